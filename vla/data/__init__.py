@@ -1,0 +1,7 @@
+"""Episode store, window sampling, norm stats, LeRobot interchange."""
+
+from vla.data.chunks import StoreError
+from vla.data.store import EpisodeInfo, EpisodeStore
+from vla.data.writer import EpisodeWriter, FrameError
+
+__all__ = ["EpisodeStore", "EpisodeWriter", "EpisodeInfo", "StoreError", "FrameError"]

@@ -1,0 +1,307 @@
+"""Import LeRobot datasets (format v3.0 and v2.1) into an episode store, without lerobot.
+
+LeRobot layouts read here (see ANCHORS.md):
+  v3.0  meta/info.json, meta/tasks.parquet, meta/episodes/chunk-*/file-*.parquet,
+        data/chunk-*/file-*.parquet (many episodes per file),
+        videos/<key>/chunk-*/file-*.mp4 (many episodes per file, from/to timestamps per episode)
+  v2.1  meta/info.json, meta/tasks.jsonl, meta/episodes.jsonl,
+        data/chunk-XXX/episode_XXXXXX.parquet, videos/chunk-XXX/<key>/episode_XXXXXX.mp4
+Image features are either PNG bytes inside the parquet (dtype "image") or mp4 (dtype "video").
+
+Mapping: `observation.state` -> observation/state, `action` -> action,
+`observation.images.<cam>` (or any other image/video feature `observation.<cam>`) ->
+observation/images/<cam>, `timestamp` -> timestamp; the episode's task string -> task.
+The import writes into a temporary folder beside the destination and renames it at the end,
+so a failed import leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from vla.data.chunks import StoreError
+from vla.data.store import EpisodeStore
+from vla.data.video import VideoCursor, decode_png
+from vla.spec import ACTION, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key, load_embodiment
+
+log = logging.getLogger(__name__)
+
+SUPPORTED = ("v2.1", "v3.0")
+LR_STATE, LR_ACTION = "observation.state", "action"
+
+
+class LeRobotFormatError(StoreError):
+    """A LeRobot dataset folder is missing files or is not in a format we read."""
+
+
+@dataclass
+class _Episode:
+    index: int
+    length: int
+    tasks: list[str]
+    data_file: Path
+    rows: tuple[int, int] | None = None  # v3: global [from, to) frame index
+    videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # cam key -> (file, from_timestamp)
+
+
+def read_info(root: Path) -> dict:
+    p = root / "meta" / "info.json"
+    if not p.exists():
+        raise LeRobotFormatError(f"{root}: not a LeRobot dataset (missing {p})")
+    try:
+        info = json.loads(p.read_text())
+    except json.JSONDecodeError as e:
+        raise LeRobotFormatError(f"{p}: invalid JSON: {e}") from None
+    version = info.get("codebase_version")
+    if version not in SUPPORTED:
+        raise LeRobotFormatError(f"{p}: codebase_version {version!r} is not supported; expected one of {SUPPORTED}")
+    for key in ("fps", "features"):
+        if key not in info:
+            raise LeRobotFormatError(f"{p}: missing required field {key!r}")
+    return info
+
+
+def camera_features(features: dict) -> dict[str, str]:
+    """LeRobot image/video feature key -> our camera name."""
+    cams = {}
+    for key, f in features.items():
+        if f.get("dtype") in ("image", "video"):
+            name = key.removeprefix("observation.images.").removeprefix("observation.").replace(".", "_")
+            cams[key] = name
+    return cams
+
+
+def embodiment_from_info(info: dict, name: str | None) -> Embodiment:
+    feats = info["features"]
+    for key in (LR_STATE, LR_ACTION):
+        if key not in feats:
+            raise LeRobotFormatError(f"meta/info.json: feature {key!r} missing; have {sorted(feats)}")
+
+    def dims(key):
+        f = feats[key]
+        n = int(np.prod(f["shape"]))
+        names = f.get("names")
+        if isinstance(names, dict):  # older datasets: {"motors": [...]}
+            names = next(iter(names.values()), None)
+        if not isinstance(names, list) or len(names) != n or not all(isinstance(x, str) for x in names):
+            names = [f"{key.split('.')[-1]}_{i}" for i in range(n)]
+        return tuple(Dim(str(x)) for x in names)
+
+    cams = []
+    for key, cam in camera_features(feats).items():
+        shape = feats[key]["shape"]
+        names = feats[key].get("names") or ["height", "width", "channels"]
+        if list(names)[:1] == ["channels"]:
+            c, h, w = shape
+        else:
+            h, w, c = shape
+        if c != 3:
+            raise LeRobotFormatError(f"feature {key!r}: only RGB images are supported, got {c} channels")
+        cams.append(Camera(cam, int(h), int(w)))
+    return Embodiment(
+        name=name or str(info.get("robot_type") or "lerobot"),
+        state=dims(LR_STATE), actions=dims(LR_ACTION), cameras=tuple(cams),
+        control_hz=float(info["fps"]), description=f"imported from LeRobot {info['codebase_version']}",
+    )
+
+
+def _read_tasks(root: Path, version: str) -> dict[int, str]:
+    if version == "v3.0":
+        p = root / "meta" / "tasks.parquet"
+        if not p.exists():
+            raise LeRobotFormatError(f"{root}: missing {p}")
+        t = pq.read_table(p).to_pydict()
+        text = t.get("task") or t.get("__index_level_0__")
+        if text is None:
+            raise LeRobotFormatError(f"{p}: no task column (have {list(t)})")
+        return {int(i): str(s) for i, s in zip(t["task_index"], text)}
+    p = root / "meta" / "tasks.jsonl"
+    if not p.exists():
+        raise LeRobotFormatError(f"{root}: missing {p}")
+    return {int(d["task_index"]): d["task"] for d in map(json.loads, p.read_text().splitlines()) if d}
+
+
+def _episodes_v3(root: Path, info: dict, cams: dict[str, str]) -> list[_Episode]:
+    files = sorted((root / "meta" / "episodes").glob("chunk-*/file-*.parquet"))
+    if not files:
+        raise LeRobotFormatError(f"{root}: no meta/episodes/chunk-*/file-*.parquet")
+    out = []
+    for f in files:
+        cols = [c for c in pq.read_schema(f).names if not c.startswith("stats/")]
+        for r in pq.read_table(f, columns=cols).to_pylist():
+            data_file = root / info["data_path"].format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
+            ep = _Episode(int(r["episode_index"]), int(r["length"]), list(r["tasks"] or []), data_file,
+                          rows=(int(r["dataset_from_index"]), int(r["dataset_to_index"])))
+            for key in cams:
+                if info["features"][key]["dtype"] == "video":
+                    vf = root / info["video_path"].format(video_key=key, chunk_index=r[f"videos/{key}/chunk_index"],
+                                                         file_index=r[f"videos/{key}/file_index"])
+                    ep.videos[key] = (vf, float(r[f"videos/{key}/from_timestamp"]))
+            out.append(ep)
+    return sorted(out, key=lambda e: e.index)
+
+
+def _episodes_v21(root: Path, info: dict, cams: dict[str, str]) -> list[_Episode]:
+    p = root / "meta" / "episodes.jsonl"
+    if not p.exists():
+        raise LeRobotFormatError(f"{root}: missing {p}")
+    chunks = int(info.get("chunks_size", 1000))
+    out = []
+    for d in map(json.loads, filter(None, p.read_text().splitlines())):
+        i = int(d["episode_index"])
+        data_file = root / info["data_path"].format(episode_chunk=i // chunks, episode_index=i)
+        ep = _Episode(i, int(d["length"]), list(d.get("tasks") or []), data_file)
+        for key in cams:
+            if info["features"][key]["dtype"] == "video":
+                vf = root / info["video_path"].format(episode_chunk=i // chunks, video_key=key, episode_index=i)
+                ep.videos[key] = (vf, 0.0)
+        out.append(ep)
+    return sorted(out, key=lambda e: e.index)
+
+
+class _TableCache:
+    """Keeps the last data parquet file in memory (v3 files hold many episodes)."""
+
+    def __init__(self, columns: list[str]):
+        self.columns, self.path, self.table = columns, None, None
+
+    def rows(self, ep: _Episode) -> dict:
+        if self.path != ep.data_file:
+            if not ep.data_file.exists():
+                raise LeRobotFormatError(f"episode {ep.index}: data file missing: {ep.data_file}")
+            t = pq.read_table(ep.data_file)
+            missing = [c for c in self.columns if c not in t.column_names]
+            if missing:
+                raise LeRobotFormatError(f"{ep.data_file}: missing columns {missing}")
+            self.table = t.select(self.columns)
+            self.path = ep.data_file
+            self._ep_col = np.asarray(self.table.column("episode_index"))
+        sel = np.flatnonzero(self._ep_col == ep.index)
+        if len(sel) != ep.length:
+            raise LeRobotFormatError(f"{ep.data_file}: episode {ep.index} has {len(sel)} rows, meta says {ep.length}")
+        sub = self.table.take(sel)
+        fi = np.asarray(sub.column("frame_index"))
+        order = np.argsort(fi, kind="stable")
+        if not np.array_equal(fi[order], np.arange(ep.length)):
+            raise LeRobotFormatError(f"{ep.data_file}: episode {ep.index} frame_index is not 0..{ep.length - 1}")
+        return {c: sub.column(c) for c in self.columns}, order
+
+
+def import_lerobot(src: str | Path, dst: str | Path, *, embodiment: str | None = None,
+                   progress: bool = True) -> dict:
+    """Import a LeRobot v3.0/v2.1 folder into a new episode store at dst. Returns timing info."""
+    from tqdm import tqdm
+
+    src, dst = Path(src), Path(dst)
+    if not src.is_dir():
+        raise LeRobotFormatError(f"{src}: not a directory")
+    if dst.exists():
+        raise StoreError(f"{dst}: already exists; import writes a new store")
+    info = read_info(src)
+    version = info["codebase_version"]
+    cams = camera_features(info["features"])
+    emb = embodiment_from_info(info, None)
+    if embodiment is not None:
+        emb = _resolve_embodiment(embodiment, emb)
+    tasks = _read_tasks(src, version)
+    episodes = _episodes_v3(src, info, cams) if version == "v3.0" else _episodes_v21(src, info, cams)
+    fps = float(info["fps"])
+
+    cols = [LR_STATE, LR_ACTION, "timestamp", "frame_index", "episode_index", "task_index"]
+    cols += [k for k in cams if info["features"][k]["dtype"] == "image"]
+    tables = _TableCache(cols)
+    cursors: dict[tuple[str, Path], VideoCursor] = {}
+    tmp = dst.with_name(dst.name + ".importing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    t0 = time.perf_counter()
+    frames = 0
+    try:
+        store = EpisodeStore.create(tmp, [emb])
+        with store.writer(emb.name, source=f"lerobot:{src.name}") as w:
+            for ep in tqdm(episodes, desc=f"import {src.name}", unit="ep", disable=not progress):
+                where = f"{src} episode {ep.index}"
+                cols_ep, order = tables.rows(ep)
+                state = np.asarray(cols_ep[LR_STATE].to_pylist(), np.float32)[order]
+                action = np.asarray(cols_ep[LR_ACTION].to_pylist(), np.float32)[order]
+                ts = np.asarray(cols_ep["timestamp"], np.float64)[order]
+                images = {}
+                for key, cam in cams.items():
+                    if info["features"][key]["dtype"] == "image":
+                        structs = cols_ep[key].to_pylist()
+                        images[cam] = [_png(structs[j], src, where, key) for j in order]
+                    else:
+                        vf, t_from = ep.videos[key]
+                        cur = cursors.get((key, vf))
+                        if cur is None:
+                            for k in [k for k in cursors if k[0] == key]:
+                                cursors.pop(k).close()
+                            cur = cursors[(key, vf)] = VideoCursor(vf, fps)
+                        images[cam] = cur.frames_at(t_from + ts)
+                task_idx = int(np.asarray(cols_ep["task_index"])[order][0])
+                task = tasks.get(task_idx) or (ep.tasks[0] if ep.tasks else "")
+                for j in range(ep.length):
+                    frame = {STATE: state[j], ACTION: action[j], TIMESTAMP: ts[j]}
+                    for cam in emb.camera_names:
+                        frame[image_key(cam)] = images[cam][j]
+                    try:
+                        w.add_frame(frame)
+                    except SpecError as e:
+                        raise type(e)(f"{where}: {e}") from None
+                w.end_episode(task=task, success=None)
+                frames += ep.length
+        for c in cursors.values():
+            c.close()
+        tmp.rename(dst)
+    except BaseException:
+        for c in cursors.values():
+            c.close()
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    dt = time.perf_counter() - t0
+    return {"episodes": len(episodes), "frames": frames, "seconds": dt, "frames_per_s": frames / max(dt, 1e-9),
+            "version": version, "embodiment": emb.name}
+
+
+def _png(struct: dict | None, root: Path, where: str, key: str) -> np.ndarray:
+    if not struct:
+        raise LeRobotFormatError(f"{where}: {key} has no image")
+    if struct.get("bytes"):
+        return decode_png(struct["bytes"], f"{where} {key}")
+    p = root / str(struct.get("path") or "")
+    if struct.get("path") and p.is_file():
+        return decode_png(p.read_bytes(), str(p))
+    raise LeRobotFormatError(f"{where}: {key} has neither embedded bytes nor a readable path ({struct.get('path')})")
+
+
+def _resolve_embodiment(name: str, derived: Embodiment) -> Embodiment:
+    """`--embodiment` names a built-in/TOML embodiment (dims must match) or just renames."""
+    try:
+        emb = load_embodiment(name)
+    except SpecError:
+        from dataclasses import replace
+
+        return replace(derived, name=name)
+    problems = []
+    if emb.state_dim != derived.state_dim:
+        problems.append(f"state dim {emb.state_dim} vs dataset {derived.state_dim}")
+    if emb.action_dim != derived.action_dim:
+        problems.append(f"action dim {emb.action_dim} vs dataset {derived.action_dim}")
+    if sorted(c.shape for c in emb.cameras) != sorted(c.shape for c in derived.cameras):
+        problems.append(f"cameras {[(c.name, c.shape) for c in emb.cameras]} vs dataset "
+                        f"{[(c.name, c.shape) for c in derived.cameras]}")
+    if set(emb.camera_names) != set(derived.camera_names):
+        problems.append(f"camera names {emb.camera_names} vs dataset {derived.camera_names}")
+    if not math.isclose(emb.control_hz, derived.control_hz):
+        log.warning("embodiment %s runs at %s Hz but the dataset at %s fps", emb.name, emb.control_hz, derived.control_hz)
+    if problems:
+        raise SpecError(f"embodiment {emb.name!r} does not match the dataset: " + "; ".join(problems))
+    return emb

@@ -1,0 +1,182 @@
+"""Training windows over one or several episode stores.
+
+A window at frame t of an episode holds the observation at t (plus `history` earlier frames,
+repeated from the episode's first frame where they fall before it) and the next `horizon`
+actions a[t:t+h]; past the episode's end the last action repeats and `action_is_pad` is True.
+
+Low-dim arrays (state, action) of the chosen episodes are loaded into memory once (they are
+small); images are read per batch straight from their per-frame chunks, which is what makes
+this loader fast (see `vla bench data`).
+
+Sample keys (history = 0):
+    observation/images/<cam>  uint8 [H, W, 3]      observation/state  float32 [s]
+    action  float32 [h, a]     action_is_pad  bool [h]     task  str     embodiment  str
+With history k > 0 the observation keys get a leading time dim of k+1 and `obs_is_pad` [k+1].
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch.utils.data import Dataset, WeightedRandomSampler
+
+from vla.data.store import EpisodeStore
+from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, IMAGE_PREFIX, STATE, TASK, SpecError, image_key
+
+
+class WindowDataset(Dataset):
+    def __init__(self, stores: Sequence[str | EpisodeStore] | str | EpisodeStore, horizon: int, *, history: int = 0,
+                 weights: Sequence[float] | None = None, embodiments: Sequence[str] | None = None,
+                 images: bool = True):
+        if horizon < 1:
+            raise SpecError(f"horizon must be >= 1, got {horizon}")
+        if history < 0:
+            raise SpecError(f"history must be >= 0, got {history}")
+        if isinstance(stores, (str, EpisodeStore)):
+            stores = [stores]
+        self.paths = [s.path if isinstance(s, EpisodeStore) else str(s) for s in stores]
+        if not self.paths:
+            raise SpecError("WindowDataset needs at least one store")
+        if weights is not None and len(weights) != len(self.paths):
+            raise SpecError(f"mixture weights: expected {len(self.paths)} (one per store), got {len(weights)}")
+        if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
+            raise SpecError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
+        self.horizon, self.history, self.images = horizon, history, images
+        self.weights = list(weights) if weights is not None else None
+        self._stores = [s if isinstance(s, EpisodeStore) else EpisodeStore.open(s) for s in stores]
+
+        # Flat index over every frame of every selected episode.
+        ep_rows, store_of, frames = [], [], []
+        self._state, self._action, self._task, self._emb, self._start, self._len = [], [], [], [], [], []
+        self.embodiments = {}
+        for si, store in enumerate(self._stores):
+            for info in store.infos():
+                if embodiments is not None and info.embodiment not in embodiments:
+                    continue
+                self.embodiments.setdefault(info.embodiment, store.embodiments[info.embodiment])
+                e = len(self._len)
+                self._state.append(store.lowdim(info.embodiment, STATE, info.start, info.end))
+                self._action.append(store.lowdim(info.embodiment, ACTION, info.start, info.end))
+                self._task.append(info.task)
+                self._emb.append(info.embodiment)
+                self._start.append(info.start)
+                self._len.append(info.length)
+                ep_rows.append(np.full(info.length, e, np.int64))
+                frames.append(np.arange(info.length, dtype=np.int64))
+                store_of.append(si)
+        if not self._len:
+            raise SpecError(f"no episodes to sample from in {self.paths}" + (f" for embodiments {list(embodiments)}" if embodiments else ""))
+        self._ep_store = np.asarray(store_of, np.int64)
+        self._ep = np.concatenate(ep_rows)
+        self._t = np.concatenate(frames)
+
+    def __getstate__(self):
+        d = self.__dict__.copy()
+        d["_stores"] = None  # reopened lazily in each DataLoader worker
+        return d
+
+    def _store(self, si: int) -> EpisodeStore:
+        if self._stores is None:
+            self._stores = [EpisodeStore.open(p) for p in self.paths]
+        return self._stores[si]
+
+    def __len__(self) -> int:
+        return len(self._ep)
+
+    def sampler(self, num_samples: int | None = None, *, seed: int = 0) -> WeightedRandomSampler:
+        """Draws windows so that store k is picked with probability weights[k] / sum(weights)."""
+        per_ep_store = self._ep_store[self._ep]
+        counts = np.bincount(per_ep_store, minlength=len(self.paths)).astype(np.float64)
+        w = np.asarray(self.weights if self.weights is not None else counts, np.float64)
+        per_sample = np.where(counts[per_ep_store] > 0, w[per_ep_store] / np.maximum(counts[per_ep_store], 1), 0.0)
+        g = torch.Generator().manual_seed(seed)
+        return WeightedRandomSampler(torch.as_tensor(per_sample), num_samples or len(self), replacement=True, generator=g)
+
+    # ---- windows ----
+    def _lowdim(self, i: int) -> dict:
+        e, t = int(self._ep[i]), int(self._t[i])
+        n, h = self._len[e], self.horizon
+        act = self._action[e]
+        idx = np.arange(t, t + h)
+        pad = idx >= n
+        out = {ACTION: act[np.minimum(idx, n - 1)], ACTION_IS_PAD: pad, TASK: self._task[e], EMBODIMENT: self._emb[e]}
+        if self.history:
+            obs_t = np.arange(t - self.history, t + 1)
+            out["obs_is_pad"] = obs_t < 0
+            out[STATE] = self._state[e][np.maximum(obs_t, 0)]
+        else:
+            out[STATE] = self._state[e][t]
+        return out
+
+    def _obs_frames(self, i: int) -> list[int]:
+        """Global store frame indices of the observation frames of window i."""
+        e, t = int(self._ep[i]), int(self._t[i])
+        ts = range(t - self.history, t + 1) if self.history else (t,)
+        return [self._start[e] + max(x, 0) for x in ts]
+
+    def __getitem__(self, i: int) -> dict:
+        return self.__getitems__([i])[0]
+
+    def __getitems__(self, indices) -> list[dict]:
+        indices = [int(i) for i in indices]
+        samples = [self._lowdim(i) for i in indices]
+        if not self.images:
+            return samples
+        # Batch the image reads per (store, embodiment, camera).
+        groups = defaultdict(list)
+        for k, i in enumerate(indices):
+            e = int(self._ep[i])
+            groups[(int(self._ep_store[e]), self._emb[e])].append((k, i))
+        for (si, emb_name), members in groups.items():
+            store = self._store(si)
+            frames = [f for _, i in members for f in self._obs_frames(i)]
+            per = self.history + 1
+            for cam in self.embodiments[emb_name].camera_names:
+                imgs = store.frame_chunks(emb_name, cam).read(frames)
+                for j, (k, _) in enumerate(members):
+                    samples[k][image_key(cam)] = imgs[j * per:(j + 1) * per] if self.history else imgs[j]
+        return samples
+
+
+def collate_windows(samples: list[dict]) -> dict:
+    """Stack samples into a batch of tensors; pads mixed embodiments.
+
+    State/action are right-padded with zeros to the largest dim in the batch, with
+    `state_dim_is_pad` / `action_dim_is_pad` [b, dim] marking padding. A camera missing from
+    some samples is zero-filled there, with `image_mask/<cam>` [b] False for those samples.
+    """
+    out: dict = {TASK: [s[TASK] for s in samples], EMBODIMENT: [s[EMBODIMENT] for s in samples]}
+    for key, pad_key in ((STATE, "state_dim_is_pad"), (ACTION, "action_dim_is_pad")):
+        arrs = [s[key] for s in samples]
+        dmax = max(a.shape[-1] for a in arrs)
+        if all(a.shape[-1] == dmax for a in arrs):
+            out[key] = torch.from_numpy(np.stack(arrs))
+        else:
+            batch = np.zeros((len(arrs), *arrs[0].shape[:-1], dmax), np.float32)
+            for k, a in enumerate(arrs):
+                batch[k, ..., : a.shape[-1]] = a
+            out[key] = torch.from_numpy(batch)
+        mask = np.ones((len(arrs), dmax), bool)
+        for k, a in enumerate(arrs):
+            mask[k, : a.shape[-1]] = False
+        out[pad_key] = torch.from_numpy(mask)
+    for key in (ACTION_IS_PAD, "obs_is_pad"):
+        if key in samples[0]:
+            out[key] = torch.from_numpy(np.stack([s[key] for s in samples]))
+    cams = sorted({k for s in samples for k in s if k.startswith(IMAGE_PREFIX)})
+    for key in cams:
+        present = [key in s for s in samples]
+        ref = next(s[key] for s in samples if key in s)
+        if any(key in s and s[key].shape != ref.shape for s in samples):
+            shapes = sorted({s[key].shape for s in samples if key in s})
+            raise SpecError(f"{key}: image shapes differ within a batch {shapes}; resize per embodiment first")
+        batch = np.zeros((len(samples), *ref.shape), np.uint8)
+        for k, s in enumerate(samples):
+            if key in s:
+                batch[k] = s[key]
+        out[key] = torch.from_numpy(batch)
+        out["image_mask/" + key[len(IMAGE_PREFIX):]] = torch.tensor(present)
+    return out

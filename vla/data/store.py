@@ -1,0 +1,292 @@
+"""Episode store: episodes of one or several embodiments in one zarr v3 group.
+
+Layout (diffusion-policy replay buffer, extended to several embodiments):
+
+    zarr.json                       attrs: format, version, embodiments, num_episodes, num_frames
+    meta/episode_ends               int64 [e]  exclusive end of each episode in the global frame index
+    meta/episode_embodiment         str   [e]
+    meta/episode_task               str   [e]  the language instruction
+    meta/episode_success            int8  [e]  1 success, 0 failure, -1 unknown (e.g. imported teleop)
+    meta/episode_source             str   [e]  where it came from ("sim:arm7-reach", "lerobot:<dir>")
+    <embodiment>/observation/state  float32 [t, s]   indexed by global frame index; only the frames
+    <embodiment>/action             float32 [t, a]   of this embodiment's episodes are written
+    <embodiment>/timestamp          float32 [t]
+    <embodiment>/observation/images/<cam>  uint8 [t, H, W, 3], one compressed chunk per frame
+
+Commit protocol (crash safety): a writer first writes an episode's frames, then its meta
+entries, and last rewrites the root attrs with the new `num_episodes`/`num_frames` (one atomic
+file replace on local disk, one PUT on object stores). Readers trust only the committed count,
+so a writer killed at any point loses at most the episode it was writing; whatever it left
+past the committed end is overwritten by the next writer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import zarr
+from zarr.codecs import BloscCodec
+
+from vla.data.chunks import FrameChunks, StoreError, image_array_kwargs
+from vla.spec import ACTION, IMAGE_PREFIX, STATE, TIMESTAMP, Embodiment, SpecError, image_key
+
+log = logging.getLogger(__name__)
+
+FORMAT = "vla-episode-store"
+VERSION = 1
+META_KEYS = ("episode_ends", "episode_embodiment", "episode_task", "episode_success", "episode_source")
+LOWDIM_CHUNK = 4096
+
+
+@dataclass(frozen=True)
+class EpisodeInfo:
+    index: int
+    embodiment: str
+    task: str
+    success: bool | None
+    source: str
+    start: int  # global frame index
+    end: int  # exclusive
+
+    @property
+    def length(self) -> int:
+        return self.end - self.start
+
+
+def _is_url(path: str) -> bool:
+    return "://" in str(path)
+
+
+def _open_group(path, mode: str) -> zarr.Group:
+    return zarr.open_group(str(path), mode=mode, zarr_format=3)
+
+
+class EpisodeStore:
+    """A crash-safe, append-only store of episodes. See the module docstring for the layout."""
+
+    def __init__(self, group: zarr.Group, path: str):
+        self._g = group
+        self.path = path
+        attrs = dict(group.attrs)
+        if attrs.get("format") != FORMAT:
+            raise StoreError(f"{path}: not a vla episode store (root attrs have format={attrs.get('format')!r})")
+        if attrs.get("version") != VERSION:
+            raise StoreError(f"{path}: store version {attrs.get('version')} not supported (expected {VERSION})")
+        self._attrs = attrs
+        self.embodiments: dict[str, Embodiment] = {
+            name: Embodiment.from_dict(d) for name, d in attrs.get("embodiments", {}).items()
+        }
+        self._load_meta()
+        self._chunks: dict[tuple[str, str], FrameChunks] = {}
+
+    # ---- construction ----
+    @classmethod
+    def create(cls, path, embodiments=(), *, exist_ok: bool = False) -> "EpisodeStore":
+        """Create an empty store at a local path or fsspec URL."""
+        path = str(path)
+        if not _is_url(path):
+            p = Path(path)
+            if p.exists() and any(p.iterdir()):
+                if not exist_ok:
+                    raise StoreError(f"{path}: already exists and is not empty; pick a new path or open it")
+                return cls.open(path, mode="a")
+        g = _open_group(path, mode="w")
+        g.attrs.put({"format": FORMAT, "version": VERSION, "embodiments": {}, "num_episodes": 0, "num_frames": 0})
+        meta = g.require_group("meta")
+        meta.create_array("episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK,), dtype="int64")
+        meta.create_array("episode_success", shape=(0,), chunks=(LOWDIM_CHUNK,), dtype="int8", fill_value=-1)
+        for key in ("episode_embodiment", "episode_task", "episode_source"):
+            meta.create_array(key, shape=(0,), chunks=(LOWDIM_CHUNK,), dtype=str)
+        store = cls(g, path)
+        for emb in embodiments:
+            store.add_embodiment(emb)
+        return store
+
+    @classmethod
+    def open(cls, path, mode: str = "r") -> "EpisodeStore":
+        """Open an existing store ('r' read-only, 'a' to append)."""
+        path = str(path)
+        if not _is_url(path) and not (Path(path) / "zarr.json").exists():
+            why = "does not exist" if not Path(path).exists() else "has no zarr.json"
+            raise StoreError(f"{path}: not an episode store ({why})")
+        try:
+            g = _open_group(path, mode="r" if mode == "r" else "r+")
+        except Exception as e:  # zarr raises several types for unreadable metadata
+            raise StoreError(f"{path}: cannot open as a zarr v3 group: {e}") from None
+        return cls(g, path)
+
+    def add_embodiment(self, emb: Embodiment) -> None:
+        """Register an embodiment (idempotent for an identical spec)."""
+        if emb.name in self.embodiments:
+            if self.embodiments[emb.name] != emb:
+                raise StoreError(f"{self.path}: embodiment {emb.name!r} already registered with a different spec")
+            return
+        if emb.name == "meta":
+            raise SpecError("embodiment name 'meta' is reserved by the store layout")
+        eg = self._g.require_group(emb.name)
+        lowdim = dict(dtype="float32", compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4)])
+        eg.create_array(STATE, shape=(0, emb.state_dim), chunks=(LOWDIM_CHUNK, emb.state_dim), **lowdim)
+        eg.create_array(ACTION, shape=(0, emb.action_dim), chunks=(LOWDIM_CHUNK, emb.action_dim), **lowdim)
+        eg.create_array(TIMESTAMP, shape=(0,), chunks=(LOWDIM_CHUNK,), **lowdim)
+        for cam in emb.cameras:
+            eg.create_array(image_key(cam.name), **image_array_kwargs(cam.height, cam.width))
+        embs = dict(self._attrs["embodiments"])
+        embs[emb.name] = emb.to_dict()
+        self._set_attrs(embodiments=embs)
+        self.embodiments[emb.name] = emb
+
+    def _set_attrs(self, **changes) -> None:
+        new = {**self._attrs, **changes}
+        self._g.attrs.put(new)  # one atomic write of the root zarr.json
+        self._attrs = new
+
+    # ---- metadata ----
+    def _load_meta(self) -> None:
+        n = int(self._attrs.get("num_episodes", 0))
+        try:
+            meta = self._g["meta"]
+            cols = {k: meta[k][:n] if n else np.zeros(0) for k in META_KEYS}
+        except KeyError as e:
+            raise StoreError(f"{self.path}: store is missing meta array {e}") from None
+        except Exception as e:
+            raise StoreError(f"{self.path}: cannot read episode metadata: {e}") from None
+        for k, v in cols.items():
+            if len(v) != n:
+                raise StoreError(f"{self.path}: meta/{k} has {len(v)} entries, expected {n} committed episodes")
+        ends = np.asarray(cols["episode_ends"], np.int64)
+        if n and ends[-1] != self._attrs.get("num_frames"):
+            raise StoreError(f"{self.path}: meta/episode_ends ends at {ends[-1]}, root says {self._attrs.get('num_frames')} frames")
+        self._ends = ends
+        self._starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
+        self._emb = [str(x) for x in cols["episode_embodiment"]]
+        self._task = [str(x) for x in cols["episode_task"]]
+        self._success = np.asarray(cols["episode_success"], np.int8) if n else np.zeros(0, np.int8)
+        self._source = [str(x) for x in cols["episode_source"]]
+        unknown = set(self._emb) - set(self.embodiments)
+        if unknown:
+            raise StoreError(f"{self.path}: episodes name embodiments {sorted(unknown)} that the store does not define")
+
+    def refresh(self) -> None:
+        """Re-read the committed state (e.g. after another process appended)."""
+        self._attrs = dict(self._g.attrs)
+        self.embodiments = {name: Embodiment.from_dict(d) for name, d in self._attrs.get("embodiments", {}).items()}
+        self._load_meta()
+
+    @property
+    def num_episodes(self) -> int:
+        return len(self._ends)
+
+    @property
+    def num_frames(self) -> int:
+        return int(self._ends[-1]) if len(self._ends) else 0
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(set(self._task))
+
+    def info(self, i: int) -> EpisodeInfo:
+        i = self._check_index(i)
+        s = int(self._success[i])
+        return EpisodeInfo(i, self._emb[i], self._task[i], None if s < 0 else bool(s), self._source[i],
+                           int(self._starts[i]), int(self._ends[i]))
+
+    def infos(self) -> list[EpisodeInfo]:
+        return [self.info(i) for i in range(self.num_episodes)]
+
+    def _check_index(self, i: int) -> int:
+        n = self.num_episodes
+        if not -n <= i < n:
+            raise IndexError(f"episode {i} out of range: store {self.path} has {n} episodes")
+        return i % n
+
+    # ---- frame data ----
+    def array(self, embodiment: str, key: str) -> zarr.Array:
+        try:
+            return self._g[f"{embodiment}/{key}"]
+        except KeyError:
+            raise StoreError(f"{self.path}: no array {embodiment}/{key}") from None
+
+    def frame_chunks(self, embodiment: str, camera: str) -> FrameChunks:
+        k = (embodiment, camera)
+        if k not in self._chunks:
+            self._chunks[k] = FrameChunks(self.array(embodiment, image_key(camera)))
+        return self._chunks[k]
+
+    def lowdim(self, embodiment: str, key: str, start: int, end: int) -> np.ndarray:
+        arr = self.array(embodiment, key)
+        if arr.shape[0] < end:
+            raise StoreError(f"{self.path}: {embodiment}/{key} has {arr.shape[0]} frames, need {end} (store corrupt?)")
+        return arr[start:end]
+
+    def episode(self, i: int, *, images: bool = True) -> dict:
+        """Episode i as {frame key: array [t, ...]} plus task, embodiment, success, source."""
+        info = self.info(i)
+        emb = self.embodiments[info.embodiment]
+        out = {key: self.lowdim(info.embodiment, key, info.start, info.end) for key in (STATE, ACTION, TIMESTAMP)}
+        if images:
+            for cam in emb.camera_names:
+                out[image_key(cam)] = self.frame_chunks(info.embodiment, cam).read(range(info.start, info.end))
+        out.update(task=info.task, embodiment=info.embodiment, success=info.success, source=info.source)
+        return out
+
+    def __iter__(self) -> Iterator[dict]:
+        for i in range(self.num_episodes):
+            yield self.episode(i)
+
+    def __len__(self) -> int:
+        return self.num_episodes
+
+    def summary(self) -> dict:
+        """Plain-data description: counts, embodiments, tasks, per-key shapes."""
+        per_emb = {}
+        for name, emb in self.embodiments.items():
+            idx = [i for i, e in enumerate(self._emb) if e == name]
+            per_emb[name] = {
+                "episodes": len(idx),
+                "frames": int(sum(self._ends[i] - self._starts[i] for i in idx)),
+                "control_hz": emb.control_hz,
+                "action_mode": emb.action_mode,
+                "keys": {k: {"shape": list(s), "dtype": d} for k, (s, d) in emb.frame_shapes().items()},
+            }
+        tasks = {}
+        for t in self._task:
+            tasks[t] = tasks.get(t, 0) + 1
+        succ = self._success
+        return {
+            "path": self.path,
+            "episodes": self.num_episodes,
+            "frames": self.num_frames,
+            "embodiments": per_emb,
+            "tasks": tasks,
+            "success": {"yes": int((succ == 1).sum()), "no": int((succ == 0).sum()), "unknown": int((succ < 0).sum())},
+            "sources": sorted(set(self._source)),
+        }
+
+    def writer(self, embodiment: str | None = None, *, source: str = "") -> "EpisodeWriter":
+        from vla.data.writer import EpisodeWriter
+
+        if self._g.read_only:
+            raise StoreError(f"{self.path}: opened read-only; use EpisodeStore.open(path, mode='a') to append")
+        if embodiment is None:
+            if len(self.embodiments) != 1:
+                raise StoreError(f"{self.path}: name the embodiment to write, one of {sorted(self.embodiments)}")
+            embodiment = next(iter(self.embodiments))
+        if embodiment not in self.embodiments:
+            raise StoreError(f"{self.path}: unknown embodiment {embodiment!r}; store has {sorted(self.embodiments)}")
+        return EpisodeWriter(self, self.embodiments[embodiment], source=source)
+
+    def __repr__(self) -> str:
+        return f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, embodiments={sorted(self.embodiments)})"
+
+
+def image_keys(emb: Embodiment) -> list[str]:
+    return [IMAGE_PREFIX + c for c in emb.camera_names]
+
+
+def dumps_json(obj) -> str:
+    return json.dumps(obj, indent=2, sort_keys=False)
