@@ -1,7 +1,8 @@
 """Per-frame image chunks of the episode store, read and written without zarr's slow path.
 
 Images are zarr v3 arrays [t, H, W, 3] uint8 with one chunk per frame, codec pipeline
-`bytes -> blosc(lz4, clevel 5, noshuffle)` and chunk keys `c/<t>/0/0/0`. Those arrays stay
+`bytes -> blosc(lz4, clevel 5, noshuffle)` and chunk keys `c.<t>.0.0.0` (one flat folder
+per camera, not four nested folders per frame). Those arrays stay
 ordinary zarr (any zarr v3 reader opens them), but going through zarr's array API costs about
 1-2 ms per chunk; a training loader reads thousands of frames per second. So for local stores
 this module reads and writes the chunk files directly (about 25 us per 96x96 frame), and for
@@ -38,7 +39,7 @@ def image_array_kwargs(height: int, width: int) -> dict:
         dtype="uint8",
         fill_value=0,
         compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)],
-        chunk_key_encoding={"name": "default", "separator": "/"},
+        chunk_key_encoding={"name": "default", "separator": "."},
     )
 
 
@@ -58,14 +59,15 @@ class FrameChunks:
         self.shape = tuple(arr.shape[1:])
         self.nbytes = int(np.prod(self.shape))
         self._dir = _local_root(arr)
+        self._tag = uuid.uuid4().hex[:8]
 
     def _key(self, t: int) -> str:
-        return f"c/{t}/0/0/0"
+        return f"c.{t}.0.0.0"
 
     # ---- read ----
     def _get(self, t: int) -> bytes:
         if self._dir is not None:
-            p = self._dir / "c" / str(t) / "0" / "0" / "0"
+            p = self._dir / self._key(t)
             try:
                 with open(p, "rb") as f:
                     return f.read()
@@ -98,9 +100,8 @@ class FrameChunks:
             blob = numcodecs.blosc.compress(np.ascontiguousarray(img).tobytes(), typesize=1, **BLOSC)
             t = start + k
             if self._dir is not None:
-                p = self._dir / "c" / str(t) / "0" / "0" / "0"
-                p.parent.mkdir(parents=True, exist_ok=True)
-                tmp = p.with_name(f".{uuid.uuid4().hex}.partial")
+                p = self._dir / self._key(t)
+                tmp = self._dir / f".{self._tag}{t}.partial"
                 with open(tmp, "wb") as f:
                     f.write(blob)
                 os.replace(tmp, p)  # atomic: a reader sees the old chunk or the new one

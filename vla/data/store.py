@@ -171,6 +171,16 @@ class EpisodeStore:
         if unknown:
             raise StoreError(f"{self.path}: episodes name embodiments {sorted(unknown)} that the store does not define")
 
+    def _commit_episode(self, embodiment: str, task: str, success: int, source: str, end: int) -> None:
+        """Writers call this after an episode's frames and meta entries are on disk."""
+        self._set_attrs(num_episodes=self.num_episodes + 1, num_frames=end)
+        self._starts = np.append(self._starts, self.num_frames)
+        self._ends = np.append(self._ends, end)
+        self._emb.append(embodiment)
+        self._task.append(task)
+        self._success = np.append(self._success, np.int8(success))
+        self._source.append(source)
+
     def refresh(self) -> None:
         """Re-read the committed state (e.g. after another process appended)."""
         self._attrs = dict(self._g.attrs)

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import io
+import os
 from fractions import Fraction
 from pathlib import Path
 
 import av
+from av.video.reformatter import VideoReformatter
 import numpy as np
 from PIL import Image
 
 from vla.data.chunks import StoreError
+
+os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file otherwise; keep errors only
 
 
 class VideoCursor:
@@ -33,7 +37,7 @@ class VideoCursor:
             stream = self._container.streams.video[0]
         except (av.error.FFmpegError, IndexError) as e:
             raise StoreError(f"{self.path}: cannot open video: {e}") from None
-        stream.thread_type = "AUTO"
+        self._rgb = VideoReformatter()  # reused: a fresh converter per frame costs ~3x the decode
         self._frames = self._container.decode(stream)
         self._prev: tuple[float, np.ndarray] | None = None
         self._next: tuple[float, np.ndarray] | None = None
@@ -45,7 +49,7 @@ class VideoCursor:
             return None
         except av.error.FFmpegError as e:
             raise StoreError(f"{self.path}: video decode failed: {e}") from None
-        return float(f.time), f.to_ndarray(format="rgb24")
+        return float(f.time), self._rgb.reformat(f, format="rgb24").to_ndarray()
 
     def frames_at(self, times) -> np.ndarray:
         times = np.asarray(times, np.float64)
@@ -87,14 +91,12 @@ class VideoWriter:
             self.stream.options = {"g": "2", "crf": "30", "preset": "12"}
         elif codec in ("libx264", "h264"):
             self.stream.options = {"g": "2", "crf": "18"}
-        self.stream.time_base = Fraction(1, int(round(fps)))
         self.count = 0
 
     def add(self, frames: np.ndarray) -> None:
         for img in frames:
             vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
-            vf.pts = self.count
-            vf.time_base = self.stream.time_base
+            vf.pts = self.count  # in units of 1/fps, the codec's time base
             for packet in self.stream.encode(vf):
                 self._c.mux(packet)
             self.count += 1

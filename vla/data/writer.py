@@ -189,25 +189,19 @@ class EpisodeWriter:
         start, end = self._start, self._start + self._n
         for key, rows in self._lowdim.items():
             arr = store.array(emb.name, key)
-            data = np.stack(rows)
             if arr.shape[0] < end:
-                arr.resize((end, *arr.shape[1:]))
-            arr[start:end] = data
-        meta = store._g["meta"]
+                arr.resize((end + GROW, *arr.shape[1:]))
+            arr[start:end] = np.stack(rows)
         i = store.num_episodes
-        values = {
-            "episode_ends": end,
-            "episode_embodiment": emb.name,
-            "episode_task": task,
-            "episode_success": -1 if success is None else int(bool(success)),
-            "episode_source": self.source,
-        }
+        success = -1 if success is None else int(bool(success))
+        meta = store._g["meta"]
+        values = {"episode_ends": end, "episode_embodiment": emb.name, "episode_task": task,
+                  "episode_success": success, "episode_source": self.source}
         for key, value in values.items():
             arr = meta[key]
             if arr.shape[0] < i + 1:
-                arr.resize((i + 1,))
+                arr.resize((i + GROW,))
             arr[i] = value
-        store._set_attrs(num_episodes=i + 1, num_frames=end)  # the commit point
-        store.refresh()
+        store._commit_episode(emb.name, task, success, self.source, end)  # the commit point
         self._reset_episode()
         return i

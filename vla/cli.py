@@ -1,0 +1,184 @@
+"""The `vla` command. Thin: parses arguments, calls library functions, prints results."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.")
+data_app = typer.Typer(no_args_is_help=True, help="Episode stores: inspect, compute stats, LeRobot import/export.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints and optionally saves JSON.")
+app.add_typer(data_app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+def _fail(msg: str) -> None:
+    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
+    raise typer.Exit(2)
+
+
+def _user_errors():
+    from vla.data.chunks import StoreError
+    from vla.spec import SpecError
+
+    return (StoreError, SpecError, FileNotFoundError)
+
+
+def _fmt(v) -> str:
+    return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
+
+
+@data_app.command("info")
+def data_info(
+    store: str = typer.Argument(..., help="Path or fsspec URL of an episode store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the summary (with norm stats) as JSON."),
+    sheet: Optional[Path] = typer.Option(None, help="Where to write the contact sheet PNG [default: ./<store>_contact.png]."),
+    no_sheet: bool = typer.Option(False, "--no-sheet", help="Do not write a contact sheet."),
+):
+    """What is in a store: episodes, frames, embodiments, tasks, shapes, norm stats, and a contact sheet."""
+    from vla.data.stats import compute_norm_stats, stats_to_json
+    from vla.data.store import EpisodeStore
+    from vla.data.viz import contact_sheet
+
+    try:
+        s = EpisodeStore.open(store)
+        summary = s.summary()
+        summary["norm_stats"] = stats_to_json(compute_norm_stats(s)) if s.num_episodes else {}
+        if not no_sheet and s.num_episodes:
+            name = Path(store.rstrip("/")).name or "store"
+            out = contact_sheet(s, sheet or Path(f"{name}_contact.png"))
+            summary["contact_sheet"] = str(out) if out else None
+    except _user_errors() as e:
+        _fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+        return
+    typer.echo(f"store      {summary['path']}")
+    typer.echo(f"episodes   {summary['episodes']}    frames {summary['frames']}    "
+               f"success yes/no/unknown {summary['success']['yes']}/{summary['success']['no']}/{summary['success']['unknown']}")
+    typer.echo(f"sources    {', '.join(summary['sources']) or '-'}")
+    for name, e in summary["embodiments"].items():
+        typer.echo(f"embodiment {name}: {e['episodes']} episodes, {e['frames']} frames, {e['control_hz']} Hz, {e['action_mode']}")
+        for key, spec in e["keys"].items():
+            typer.echo(f"    {key:<32} {str(tuple(spec['shape'])):<16} {spec['dtype']}")
+    typer.echo("tasks")
+    for task, n in sorted(summary["tasks"].items(), key=lambda kv: -kv[1]):
+        typer.echo(f"    {n:>5}  {task}")
+    for emb, per in summary["norm_stats"].items():
+        typer.echo(f"norm stats [{emb}]")
+        for key, st in per.items():
+            typer.echo(f"    {key}  (n={st['count']})")
+            for stat in ("mean", "std", "min", "max", "q01", "q99"):
+                typer.echo(f"        {stat:<5} {_fmt(st[stat])}")
+    if summary.get("contact_sheet"):
+        typer.echo(f"contact sheet: {summary['contact_sheet']}")
+
+
+@data_app.command("stats")
+def data_stats(
+    store: str = typer.Argument(..., help="Path of an episode store."),
+    out: Optional[Path] = typer.Option(None, help="Output JSON [default: <store>/norm_stats.json]."),
+):
+    """Compute norm stats (mean, std, min, max, q01, q99) per embodiment and key, streaming."""
+    from vla.data.stats import compute_norm_stats, save_stats, stats_to_json
+    from vla.data.store import EpisodeStore
+
+    try:
+        s = EpisodeStore.open(store)
+        stats = compute_norm_stats(s, progress=True)
+        target = out or Path(store) / "norm_stats.json"
+        save_stats(stats, target)
+    except _user_errors() as e:
+        _fail(str(e))
+    for emb, per in stats_to_json(stats).items():
+        for key, st in per.items():
+            typer.echo(f"{emb} {key}: n={st['count']} mean={_fmt(st['mean'])} std={_fmt(st['std'])}")
+    typer.echo(f"wrote {target}")
+
+
+@data_app.command("import-lerobot")
+def data_import_lerobot(
+    src: Path = typer.Argument(..., help="LeRobot dataset folder (format v3.0 or v2.1)."),
+    dst: Path = typer.Argument(..., help="New episode store to create."),
+    embodiment: Optional[str] = typer.Option(None, help="Built-in embodiment name / TOML path to map onto "
+                                             "(dims must match), or a new name [default: the dataset's robot_type]."),
+):
+    """Import a LeRobot dataset (v3.0 or v2.1; images in parquet or mp4 video) into a new store."""
+    from vla.data.lerobot_import import import_lerobot
+
+    try:
+        r = import_lerobot(src, dst, embodiment=embodiment)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"imported {r['episodes']} episodes, {r['frames']} frames (LeRobot {r['version']}, embodiment "
+               f"{r['embodiment']}) into {dst} at {r['frames_per_s']:.0f} frames/s")
+
+
+@data_app.command("export-lerobot")
+def data_export_lerobot(
+    store: str = typer.Argument(..., help="Episode store to export."),
+    dst: Path = typer.Argument(..., help="New LeRobot v3.0 dataset folder."),
+    embodiment: Optional[str] = typer.Option(None, help="Which embodiment to export (needed if the store has several)."),
+    robot_type: Optional[str] = typer.Option(None, help="robot_type in info.json [default: the embodiment name]."),
+    images: str = typer.Option("auto", help="auto: AV1 video where the size allows, else PNG; video; image (PNG)."),
+):
+    """Export a store to LeRobot v3.0 (loadable by LeRobotDataset(repo_id, root=DST))."""
+    from vla.data.lerobot_export import export_lerobot
+
+    if images not in ("auto", "video", "image"):
+        _fail(f"--images must be auto, video or image, got {images!r}")
+    try:
+        r = export_lerobot(store, dst, embodiment=embodiment, robot_type=robot_type, images=images)
+    except _user_errors() as e:
+        _fail(str(e))
+    typer.echo(f"exported {r['episodes']} episodes, {r['frames']} frames to {dst} "
+               f"(video: {r['video_cameras'] or '-'}, png: {r['image_cameras'] or '-'})")
+
+
+@bench_app.command("data")
+def bench_data(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    episodes: int = typer.Option(20, help="Episodes in the generated store."),
+    length: int = typer.Option(200, help="Frames per episode."),
+):
+    """Loader windows/s (batch 32, 2 cams 96x96, H=50; 0 and 2 workers) and LeRobot import frames/s."""
+    from vla.bench.data import run
+
+    _emit(run(episodes=episodes, length=length), json_out)
+
+
+def _emit(result: dict, json_out: Optional[Path]) -> None:
+    text = json.dumps(result, indent=2)
+    typer.echo(text)
+    if json_out:
+        json_out.parent.mkdir(parents=True, exist_ok=True)
+        json_out.write_text(text + "\n")
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Run folder."),
+    force: bool = typer.Option(False, help="Redo steps that already finished."),
+):
+    """Run the whole path on the embedded default and print what each step did."""
+    from vla.quickstart import run_quickstart
+
+    try:
+        run_quickstart(out, force=force)
+    except _user_errors() as e:
+        _fail(str(e))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
+
+
+if __name__ == "__main__":
+    main()

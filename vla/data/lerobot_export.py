@@ -1,0 +1,241 @@
+"""Export an episode store (one embodiment) to a LeRobot v3.0 dataset folder.
+
+Writes what LeRobot 0.4's `LeRobotDataset(repo_id, root=DIR)` reads: meta/info.json,
+meta/stats.json, meta/tasks.parquet (task string as the pandas index), meta/episodes/...
+(per-episode file pointers and stats), data/chunk-000/file-XXX.parquet and, per camera,
+videos/<key>/chunk-000/file-XXX.mp4 (AV1, yuv420p, as LeRobot encodes) or, for cameras too
+small for the encoder, PNG frames inside the parquet (feature dtype "image"). Files roll
+over at LeRobot's default caps (100 MB data, 200 MB video). Written to a temporary folder
+and renamed at the end.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from vla.data.chunks import StoreError
+from vla.data.store import EpisodeStore
+from vla.data.video import VideoWriter, encode_png, video_codec_for
+from vla.spec import ACTION, STATE, TIMESTAMP, image_key
+
+DATA_CAP_MB, VIDEO_CAP_MB, CHUNKS_SIZE = 100, 200, 1000
+QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
+LR_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
+LR_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+
+
+def _stats(x: np.ndarray) -> dict:
+    """LeRobot per-feature stats of x [n, ...] over axis 0."""
+    x = np.asarray(x, np.float64)
+    out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
+    for name, q in QUANTILES.items():
+        out[name] = np.quantile(x, q, axis=0)
+    return out
+
+
+def _image_stats(imgs: np.ndarray) -> dict:
+    """Per-channel stats of uint8 [n, H, W, 3] frames, scaled to [0, 1], shaped (3, 1, 1) like LeRobot."""
+    x = imgs.reshape(-1, 3).astype(np.float64) / 255.0
+    s = _stats(x)
+    return {k: (v.reshape(3, 1, 1) if k != "count" else np.array([len(imgs)])) for k, v in s.items()}
+
+
+def _aggregate(per_episode: list[dict]) -> dict:
+    """Weighted merge of per-episode stats (quantiles: count-weighted mean, as LeRobot does)."""
+    counts = np.array([float(s["count"][0]) for s in per_episode])
+    w = counts / counts.sum()
+    mean = sum(wi * s["mean"] for wi, s in zip(w, per_episode))
+    var = sum(wi * (s["std"] ** 2 + (s["mean"] - mean) ** 2) for wi, s in zip(w, per_episode))
+    out = {"min": np.min([s["min"] for s in per_episode], 0), "max": np.max([s["max"] for s in per_episode], 0),
+           "mean": mean, "std": np.sqrt(var), "count": np.array([int(counts.sum())])}
+    for name in QUANTILES:
+        out[name] = sum(wi * s[name] for wi, s in zip(w, per_episode))
+    return out
+
+
+def _tolist(d: dict) -> dict:
+    return {k: np.asarray(v).tolist() for k, v in d.items()}
+
+
+def _hf_features(emb, image_cams) -> dict:
+    seq = lambda n: {"feature": {"dtype": "float32", "_type": "Value"}, "length": n, "_type": "List"}
+    feats = {f"observation.images.{c}": {"_type": "Image"} for c in image_cams}
+    feats.update({"observation.state": seq(emb.state_dim), "action": seq(emb.action_dim),
+                  "timestamp": {"dtype": "float32", "_type": "Value"}})
+    for k in ("frame_index", "episode_index", "index", "task_index"):
+        feats[k] = {"dtype": "int64", "_type": "Value"}
+    return feats
+
+
+def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str | None = None,
+                   robot_type: str | None = None, images: str = "auto", progress: bool = True) -> dict:
+    """images: 'auto' (video where the codec allows, else PNG), 'video' or 'image'."""
+    from tqdm import tqdm
+
+    store = EpisodeStore.open(store_path)
+    dst = Path(dst)
+    if dst.exists():
+        raise StoreError(f"{dst}: already exists; export writes a new folder")
+    if embodiment is None:
+        if len(store.embodiments) != 1:
+            raise StoreError(f"{store.path}: holds {sorted(store.embodiments)}; a LeRobot dataset has one robot, "
+                             "pass --embodiment")
+        embodiment = next(iter(store.embodiments))
+    if embodiment not in store.embodiments:
+        raise StoreError(f"{store.path}: no embodiment {embodiment!r}; have {sorted(store.embodiments)}")
+    emb = store.embodiments[embodiment]
+    infos = [i for i in store.infos() if i.embodiment == embodiment]
+    if not infos:
+        raise StoreError(f"{store.path}: no episodes of embodiment {embodiment!r}")
+    fps = emb.control_hz
+    if abs(fps - round(fps)) > 1e-6:
+        raise StoreError(f"LeRobot needs an integer fps; embodiment {emb.name!r} runs at {fps} Hz")
+    fps = int(round(fps))
+    codecs = {}
+    for cam in emb.cameras:
+        codec = video_codec_for(cam.height, cam.width)
+        if images == "video" and codec is None:
+            raise StoreError(f"camera {cam.name!r} {cam.height}x{cam.width} is too small or odd-sized for video; "
+                             "use --images image")
+        codecs[cam.name] = None if images == "image" else codec
+    video_cams = [c for c in emb.camera_names if codecs[c]]
+    image_cams = [c for c in emb.camera_names if not codecs[c]]
+    task_list = sorted({i.task for i in infos})
+    task_index = {t: k for k, t in enumerate(task_list)}
+
+    tmp = dst.with_name(dst.name + ".exporting")
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir(parents=True)
+        hf_meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(emb, image_cams)}}).encode()}
+        data_file, data_writer, data_bytes = 0, None, 0
+        vid = {c: {"file": 0, "writer": None, "frames": 0, "bytes": 0} for c in video_cams}
+        ep_rows, ep_stats, global_index = [], [], 0
+        for new_i, info in enumerate(tqdm(infos, desc=f"export {emb.name}", unit="ep", disable=not progress)):
+            ep = store.episode(info.index)
+            n = info.length
+            row = {"episode_index": new_i, "tasks": [info.task], "length": n}
+            # ---- frames table ----
+            cols = {
+                "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(ep[STATE].reshape(-1), pa.float32()), emb.state_dim),
+                "action": pa.FixedSizeListArray.from_arrays(pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim),
+                # Timestamps restart at 0 each episode and follow the frame rate, as LeRobot checks.
+                "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps, pa.float32()),
+                "frame_index": pa.array(np.arange(n), pa.int64()),
+                "episode_index": pa.array(np.full(n, new_i), pa.int64()),
+                "index": pa.array(np.arange(global_index, global_index + n), pa.int64()),
+                "task_index": pa.array(np.full(n, task_index[info.task]), pa.int64()),
+            }
+            for c in image_cams:
+                cols[f"observation.images.{c}"] = pa.array(
+                    [{"bytes": encode_png(img), "path": f"frame-{j:06d}.png"} for j, img in enumerate(ep[image_key(c)])],
+                    pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+            order = [f"observation.images.{c}" for c in image_cams] + list(cols)[: len(cols) - len(image_cams)]
+            table = pa.table({k: cols[k] for k in order})
+            if data_writer is not None and data_bytes > DATA_CAP_MB * 1e6:
+                data_writer.close()
+                data_writer, data_file, data_bytes = None, data_file + 1, 0
+            if data_writer is None:
+                path = tmp / LR_DATA_PATH.format(chunk_index=0, file_index=data_file)
+                path.parent.mkdir(parents=True, exist_ok=True)
+                data_writer = pq.ParquetWriter(path, table.schema.with_metadata(hf_meta))
+            data_writer.write_table(table.replace_schema_metadata(hf_meta))
+            data_bytes += table.nbytes
+            row.update({"data/chunk_index": 0, "data/file_index": data_file,
+                        "dataset_from_index": global_index, "dataset_to_index": global_index + n})
+            # ---- videos ----
+            for c in video_cams:
+                v = vid[c]
+                key = f"observation.images.{c}"
+                if v["writer"] is not None and v["bytes"] > VIDEO_CAP_MB * 1e6:
+                    v["writer"].close()
+                    v.update(writer=None, file=v["file"] + 1, frames=0, bytes=0)
+                if v["writer"] is None:
+                    cam = next(x for x in emb.cameras if x.name == c)
+                    path = tmp / LR_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=v["file"])
+                    v["writer"] = VideoWriter(path, fps, cam.height, cam.width, codecs[c])
+                    v["path"] = path
+                start = v["frames"] / fps
+                v["writer"].add(ep[image_key(c)])
+                v["frames"] += n
+                v["bytes"] = v["path"].stat().st_size if v["path"].exists() else 0
+                row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": v["file"],
+                            f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + n / fps})
+            # ---- per-episode stats ----
+            st = {"observation.state": _stats(ep[STATE]), "action": _stats(ep[ACTION]),
+                  "timestamp": _stats(np.arange(n)[:, None] / fps), "frame_index": _stats(np.arange(n)[:, None]),
+                  "episode_index": _stats(np.full((n, 1), new_i)),
+                  "index": _stats(np.arange(global_index, global_index + n)[:, None]),
+                  "task_index": _stats(np.full((n, 1), task_index[info.task]))}
+            for c in emb.camera_names:
+                st[f"observation.images.{c}"] = _image_stats(ep[image_key(c)])
+            ep_stats.append(st)
+            for feat, s in st.items():
+                for name, val in s.items():
+                    row[f"stats/{feat}/{name}"] = np.asarray(val).tolist()
+            row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
+            ep_rows.append(row)
+            global_index += n
+        if data_writer is not None:
+            data_writer.close()
+        for v in vid.values():
+            if v["writer"] is not None:
+                v["writer"].close()
+        _write_meta(tmp, emb, robot_type or emb.name, fps, ep_rows, ep_stats, task_list, global_index,
+                    video_cams, image_cams, codecs)
+        tmp.rename(dst)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return {"episodes": len(infos), "frames": global_index, "video_cameras": video_cams, "image_cameras": image_cams}
+
+
+def _write_meta(root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, total_frames,
+                video_cams, image_cams, codecs) -> None:
+    meta = root / "meta"
+    (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pylist(ep_rows), meta / "episodes" / "chunk-000" / "file-000.parquet")
+    # tasks.parquet: LeRobot reads it with pandas, the task string being the index.
+    pandas_meta = {
+        "index_columns": ["__index_level_0__"],
+        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
+                            "metadata": {"encoding": "UTF-8"}}],
+        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
+                    {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
+        "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
+    }
+    tasks = pa.table({"task_index": pa.array(range(len(task_list)), pa.int64()),
+                      "__index_level_0__": pa.array(task_list, pa.string())})
+    pq.write_table(tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), meta / "tasks.parquet")
+    stats = {feat: _tolist(_aggregate([s[feat] for s in ep_stats])) for feat in ep_stats[0]}
+    (meta / "stats.json").write_text(json.dumps(stats, indent=4))
+    features = {}
+    for c in emb.cameras:
+        key = f"observation.images.{c.name}"
+        if c.name in video_cams:
+            features[key] = {"dtype": "video", "shape": [c.height, c.width, 3], "names": ["height", "width", "channels"],
+                             "info": {"video.height": c.height, "video.width": c.width,
+                                      "video.codec": "av1" if codecs[c.name] == "libsvtav1" else "h264",
+                                      "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
+                                      "video.channels": 3, "has_audio": False}}
+        else:
+            features[key] = {"dtype": "image", "shape": [c.height, c.width, 3], "names": ["height", "width", "channels"]}
+    features["observation.state"] = {"dtype": "float32", "shape": [emb.state_dim], "names": [d.name for d in emb.state]}
+    features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": [d.name for d in emb.actions]}
+    features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
+    for k in ("frame_index", "episode_index", "index", "task_index"):
+        features[k] = {"dtype": "int64", "shape": [1], "names": None}
+    info = {
+        "codebase_version": "v3.0", "robot_type": robot_type, "total_episodes": len(ep_rows),
+        "total_frames": total_frames, "total_tasks": len(task_list), "chunks_size": CHUNKS_SIZE,
+        "data_files_size_in_mb": DATA_CAP_MB, "video_files_size_in_mb": VIDEO_CAP_MB, "fps": fps,
+        "splits": {"train": f"0:{len(ep_rows)}"}, "data_path": LR_DATA_PATH,
+        "video_path": LR_VIDEO_PATH if video_cams else None, "features": features,
+    }
+    (meta / "info.json").write_text(json.dumps(info, indent=4))
