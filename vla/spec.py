@@ -13,7 +13,7 @@ import math
 import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 # Frame keys (one name, used everywhere: store, sampler, policy, wire protocol).
 IMAGE_PREFIX = "observation/images/"
@@ -193,3 +193,17 @@ def load_embodiment(name_or_path: str | Path) -> Embodiment:
         return Embodiment.from_toml(candidate)
     known = sorted(x.stem for x in embodiment_dir().glob("*.toml"))
     raise SpecError(f"unknown embodiment {str(name_or_path)!r}; built-in ones are {known}, or pass a .toml path")
+
+
+class PolicyLike(Protocol):
+    """What evaluation and the control loop drive: a checkpoint policy, a remote client, or a scripted expert.
+
+    `obs` holds the frame keys of one embodiment (images uint8 HxWx3, `observation/state`
+    float32 [s]) plus `task` (the instruction) and `embodiment` (its name).
+    `infer` returns at least {"actions": float32 [h, a]}: a chunk of h actions in the
+    embodiment's own units, the first one meant for the current step.
+    """
+
+    def reset(self) -> None: ...
+
+    def infer(self, obs: dict) -> dict: ...

@@ -1,40 +1,23 @@
-"""The `vla` command. Thin: parses arguments, calls library functions, prints results."""
+"""`vla data ...` and `vla bench data`."""
 
 from __future__ import annotations
 
 import json
-import logging
-import sys
 from pathlib import Path
 from typing import Optional
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.")
-data_app = typer.Typer(no_args_is_help=True, help="Episode stores: inspect, compute stats, LeRobot import/export.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints and optionally saves JSON.")
-app.add_typer(data_app, name="data")
-app.add_typer(bench_app, name="bench")
+from vla.cli.common import bench_app, emit, fail, user_errors
 
-
-def _fail(msg: str) -> None:
-    typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
-
-
-def _user_errors():
-    from vla.data.chunks import StoreError
-    from vla.spec import SpecError
-
-    return (StoreError, SpecError, FileNotFoundError)
+app = typer.Typer(no_args_is_help=True, help="Episode stores: inspect, compute stats, LeRobot import/export.")
 
 
 def _fmt(v) -> str:
     return "[" + ", ".join(f"{x:.3g}" for x in v) + "]"
 
 
-@data_app.command("info")
+@app.command("info")
 def data_info(
     store: str = typer.Argument(..., help="Path or fsspec URL of an episode store."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary (with norm stats) as JSON."),
@@ -54,8 +37,8 @@ def data_info(
             name = Path(store.rstrip("/")).name or "store"
             out = contact_sheet(s, sheet or Path(f"{name}_contact.png"))
             summary["contact_sheet"] = str(out) if out else None
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     if as_json:
         typer.echo(json.dumps(summary, indent=2))
         return
@@ -80,7 +63,7 @@ def data_info(
         typer.echo(f"contact sheet: {summary['contact_sheet']}")
 
 
-@data_app.command("stats")
+@app.command("stats")
 def data_stats(
     store: str = typer.Argument(..., help="Path of an episode store."),
     out: Optional[Path] = typer.Option(None, help="Output JSON [default: <store>/norm_stats.json]."),
@@ -94,15 +77,15 @@ def data_stats(
         stats = compute_norm_stats(s, progress=True)
         target = out or Path(store) / "norm_stats.json"
         save_stats(stats, target)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     for emb, per in stats_to_json(stats).items():
         for key, st in per.items():
             typer.echo(f"{emb} {key}: n={st['count']} mean={_fmt(st['mean'])} std={_fmt(st['std'])}")
     typer.echo(f"wrote {target}")
 
 
-@data_app.command("import-lerobot")
+@app.command("import-lerobot")
 def data_import_lerobot(
     src: Path = typer.Argument(..., help="LeRobot dataset folder (format v3.0 or v2.1)."),
     dst: Path = typer.Argument(..., help="New episode store to create."),
@@ -114,13 +97,13 @@ def data_import_lerobot(
 
     try:
         r = import_lerobot(src, dst, embodiment=embodiment)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     typer.echo(f"imported {r['episodes']} episodes, {r['frames']} frames (LeRobot {r['version']}, embodiment "
                f"{r['embodiment']}) into {dst} at {r['frames_per_s']:.0f} frames/s")
 
 
-@data_app.command("export-lerobot")
+@app.command("export-lerobot")
 def data_export_lerobot(
     store: str = typer.Argument(..., help="Episode store to export."),
     dst: Path = typer.Argument(..., help="New LeRobot v3.0 dataset folder."),
@@ -132,11 +115,11 @@ def data_export_lerobot(
     from vla.data.lerobot_export import export_lerobot
 
     if images not in ("auto", "video", "image"):
-        _fail(f"--images must be auto, video or image, got {images!r}")
+        fail(f"--images must be auto, video or image, got {images!r}")
     try:
         r = export_lerobot(store, dst, embodiment=embodiment, robot_type=robot_type, images=images)
-    except _user_errors() as e:
-        _fail(str(e))
+    except user_errors() as e:
+        fail(str(e))
     typer.echo(f"exported {r['episodes']} episodes, {r['frames']} frames to {dst} "
                f"(video: {r['video_cameras'] or '-'}, png: {r['image_cameras'] or '-'})")
 
@@ -150,35 +133,4 @@ def bench_data(
     """Loader windows/s (batch 32, 2 cams 96x96, H=50; 0 and 2 workers) and LeRobot import frames/s."""
     from vla.bench.data import run
 
-    _emit(run(episodes=episodes, length=length), json_out)
-
-
-def _emit(result: dict, json_out: Optional[Path]) -> None:
-    text = json.dumps(result, indent=2)
-    typer.echo(text)
-    if json_out:
-        json_out.parent.mkdir(parents=True, exist_ok=True)
-        json_out.write_text(text + "\n")
-
-
-@app.command("quickstart")
-def quickstart(
-    out: Path = typer.Option(Path("runs/quickstart"), help="Run folder."),
-    force: bool = typer.Option(False, help="Redo steps that already finished."),
-):
-    """Run the whole path on the embedded default and print what each step did."""
-    from vla.quickstart import run_quickstart
-
-    try:
-        run_quickstart(out, force=force)
-    except _user_errors() as e:
-        _fail(str(e))
-
-
-def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    app()
-
-
-if __name__ == "__main__":
-    main()
+    emit(run(episodes=episodes, length=length), json_out)

@@ -1,0 +1,40 @@
+"""The `vla` command. Thin: each submodule parses arguments and calls library functions.
+
+One module per area registers its commands here: data (stores, LeRobot), sim (collect, eval),
+train, runtime (serve, run). Nothing in the package imports `vla.cli`.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from vla.cli import data
+from vla.cli.common import bench_app, fail, user_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.")
+app.add_typer(data.app, name="data")
+app.add_typer(bench_app, name="bench")
+
+
+@app.command("quickstart")
+def quickstart(
+    out: Path = typer.Option(Path("runs/quickstart"), help="Run folder."),
+    force: bool = typer.Option(False, help="Redo steps that already finished."),
+):
+    """Run the whole path on the embedded default and print what each step did."""
+    from vla.quickstart import run_quickstart
+
+    try:
+        run_quickstart(out, force=force)
+    except user_errors() as e:
+        fail(str(e))
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    app()
