@@ -32,8 +32,10 @@ LR_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d
 
 def _stats(x: np.ndarray) -> dict:
     """LeRobot per-feature stats of x [n, ...] over axis 0."""
-    x = np.asarray(x, np.float64)
-    out = {"min": x.min(0), "max": x.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
+    raw = np.asarray(x)
+    x = raw.astype(np.float64)
+    # Integer features keep integer min/max, as LeRobot writes them.
+    out = {"min": raw.min(0), "max": raw.max(0), "mean": x.mean(0), "std": x.std(0), "count": np.array([len(x)])}
     for name, q in QUANTILES.items():
         out[name] = np.quantile(x, q, axis=0)
     return out
@@ -169,7 +171,7 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
                             f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + n / fps})
             # ---- per-episode stats ----
             st = {"observation.state": _stats(ep[STATE]), "action": _stats(ep[ACTION]),
-                  "timestamp": _stats(np.arange(n)[:, None] / fps), "frame_index": _stats(np.arange(n)[:, None]),
+                  "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps), "frame_index": _stats(np.arange(n)[:, None]),
                   "episode_index": _stats(np.full((n, 1), new_i)),
                   "index": _stats(np.arange(global_index, global_index + n)[:, None]),
                   "task_index": _stats(np.full((n, 1), task_index[info.task]))}
@@ -211,7 +213,7 @@ def _write_meta(root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, 
         "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
     }
     tasks = pa.table({"task_index": pa.array(range(len(task_list)), pa.int64()),
-                      "__index_level_0__": pa.array(task_list, pa.string())})
+                      "__index_level_0__": pa.array(task_list, pa.large_string())})
     pq.write_table(tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), meta / "tasks.parquet")
     stats = {feat: _tolist(_aggregate([s[feat] for s in ep_stats])) for feat in ep_stats[0]}
     (meta / "stats.json").write_text(json.dumps(stats, indent=4))
