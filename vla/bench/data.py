@@ -13,19 +13,16 @@ import time
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader
-
 from vla.data.lerobot_export import export_lerobot
 from vla.data.lerobot_import import import_lerobot
-from vla.data.sampler import WindowDataset, collate_windows
+from vla.data.sampler import WindowDataset, make_loader
 from vla.data.store import EpisodeStore
 from vla.data.synthetic import write_synthetic
 from vla.spec import load_embodiment
 
 
 def _windows_per_s(ds: WindowDataset, workers: int, batches: int, batch_size: int) -> float:
-    dl = DataLoader(ds, batch_size=batch_size, sampler=ds.sampler(batch_size * (batches + 2), seed=1),
-                    num_workers=workers, collate_fn=collate_windows, persistent_workers=workers > 0)
+    dl = make_loader(ds, batch_size, workers=workers, num_samples=batch_size * (batches + 2), seed=1)
     it = iter(dl)
     next(it)  # exclude worker start-up
     next(it)
@@ -35,7 +32,7 @@ def _windows_per_s(ds: WindowDataset, workers: int, batches: int, batch_size: in
     return n / (time.perf_counter() - t0)
 
 
-def run(episodes: int = 20, length: int = 200, horizon: int = 50, batch_size: int = 32, batches: int = 150,
+def run(episodes: int = 20, length: int = 200, horizon: int = 50, batch_size: int = 32, batches: int = 400,
         workdir: str | None = None) -> dict:
     emb = load_embodiment("toy2d")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
