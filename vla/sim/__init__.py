@@ -1,0 +1,48 @@
+"""MuJoCo simulation: built-in robots and language tasks, scripted experts, external suites,
+collection into episode stores, and the evaluation harness.
+
+    env = make_env("arm7", "reach", image_size=96)
+    expert = make_expert(env, noise=0.02, seed=0)
+    collect("datasets/quickstart.toml", "data/quickstart", workers=2)
+    results = evaluate("expert", "quickstart", episodes=10)
+
+Gymnasium ids (`vla/Arm7-Reach-v0`, ...) are registered when this package is imported.
+"""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+from vla.sim.registry import builtin_pairs, env_id, list_robots, list_tasks, make_env, register_all  # noqa: E402
+
+register_all()
+
+
+def make_expert(env, *, noise: float = 0.0, seed: int | None = None):
+    from vla.sim.expert import make_expert as _make
+
+    return _make(env, noise=noise, seed=seed)
+
+
+def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: int = 1, **kwargs) -> dict:
+    from vla.sim.collect import collect as _collect
+
+    return _collect(recipe_or_spec, out_store, episodes=episodes, workers=workers, **kwargs)
+
+
+def evaluate(policy, suite, **kwargs) -> dict:
+    from vla.sim.eval import evaluate as _evaluate
+
+    return _evaluate(policy, suite, **kwargs)
+
+
+def list_suites() -> list[str]:
+    from vla.sim.suites import list_suites as _list
+
+    return _list()
+
+
+__all__ = ["builtin_pairs", "collect", "env_id", "evaluate", "list_robots", "list_suites", "list_tasks", "make_env",
+           "make_expert", "register_all"]

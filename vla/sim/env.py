@@ -1,0 +1,196 @@
+"""SimEnv: one built-in robot doing one language-conditioned task, as a gymnasium env.
+
+Observation (frame keys from vla.spec): `observation/images/<cam>` uint8 HxWx3 for each camera,
+`observation/state` float32 [s] (joint positions + gripper per arm), `task` (the instruction).
+Action: float32 [a], absolute joint position targets + gripper in [0, 1] per arm, clipped to the
+embodiment's limits. Reward is 1.0 on the step the task succeeds; the episode then terminates.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import string
+import weakref
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+
+import gymnasium as gym
+import mujoco
+import numpy as np
+
+from vla.sim.ik import ArmIK
+from vla.sim.robots import RobotConfig, get_robot
+from vla.sim.tasks import get_task
+from vla.spec import STATE, TASK, SpecError, image_key
+
+log = logging.getLogger(__name__)
+
+_OPEN = weakref.WeakSet()  # envs holding a GL context: closed at exit, before the GL module is torn down
+_ATEXIT = []
+
+
+def _close_all() -> None:
+    for env in list(_OPEN):
+        try:
+            env.close()
+        except Exception:  # the GL display may already be gone; nothing left to free then
+            pass
+
+
+def _track(env) -> None:
+    # Registered after mujoco's own EGL atexit hook (imported with the first Renderer), so it runs before it.
+    if not _ATEXIT:
+        atexit.register(_close_all)
+        _ATEXIT.append(True)
+    _OPEN.add(env)
+
+
+TEXT_CHARSET = string.ascii_letters + string.digits + " .,'-_/:()"
+
+
+class ActionError(ValueError):
+    """An action handed to an env has the wrong shape or non-finite values."""
+
+
+def check_action(action, shape: tuple[int, ...], who: str) -> np.ndarray:
+    a = np.asarray(action, dtype=np.float32)
+    if a.shape != shape:
+        raise ActionError(f"{who}: expected action of shape {shape}, got {a.shape}")
+    if not np.isfinite(a).all():
+        bad = np.flatnonzero(~np.isfinite(a)).tolist()
+        raise ActionError(f"{who}: action has NaN/Inf at dims {bad}")
+    return a
+
+
+class SimEnv(gym.Env):
+    metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
+
+    def __init__(self, robot: str = "arm7", task: str = "reach", image_size: int = 96, render_mode: str | None = "rgb_array",
+                 max_steps: int | None = None, task_config=None):
+        self.robot: RobotConfig = get_robot(robot)
+        task_cls = get_task(task)
+        if robot not in task_cls.robots:
+            raise SpecError(f"task {task!r} is not defined for robot {robot!r}; it supports {list(task_cls.robots)}")
+        if render_mode not in (None, "rgb_array"):
+            raise SpecError(f"render_mode must be 'rgb_array' or None, got {render_mode!r}")
+        self.task = task_cls(self.robot, task_config)
+        self.image_size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
+        self.render_mode = render_mode
+        self.embodiment = self.robot.embodiment(self.image_size)
+        self.metadata = {**self.metadata, "render_fps": int(self.robot.control_hz)}
+
+        spec = mujoco.MjSpec.from_file(str(self.robot.mjcf))
+        self.task.build(spec)
+        self.model = spec.compile()
+        self.data = mujoco.MjData(self.model)
+        self.task.bind(self.model)
+        self.n_substeps = max(1, int(round(1.0 / (self.robot.control_hz * self.model.opt.timestep))))
+        self.max_steps = max_steps or self.task.max_steps()
+        self._home = self.model.key("home").id
+        self.iks = [ArmIK(self.model, arm.joints, arm.site) for arm in self.robot.arms]
+        m = self.model
+        self._arm_qadr = [np.array([m.jnt_qposadr[m.joint(j).id] for j in arm.joints]) for arm in self.robot.arms]
+        self._arm_act = [np.array([m.actuator(j).id for j in arm.joints]) for arm in self.robot.arms]
+        self._finger_qadr = [np.array([m.jnt_qposadr[m.joint(f).id] for f in arm.fingers]) for arm in self.robot.arms]
+        self._finger_act = [np.array([m.actuator(f).id for f in arm.fingers]) for arm in self.robot.arms]
+        self._sites = [m.site(arm.site).id for arm in self.robot.arms]
+        self._renderer = None
+        self.episode_id = 0
+        self.steps = 0
+
+        emb = self.embodiment
+        lo = np.array([d.low for d in emb.actions], np.float32)
+        hi = np.array([d.high for d in emb.actions], np.float32)
+        self.action_space = gym.spaces.Box(lo, hi, dtype=np.float32)
+        slo = np.array([d.low for d in emb.state], np.float32)
+        shi = np.array([d.high for d in emb.state], np.float32)
+        spaces = {image_key(c.name): gym.spaces.Box(0, 255, c.shape, np.uint8) for c in emb.cameras}
+        spaces[STATE] = gym.spaces.Box(slo, shi, dtype=np.float32)
+        spaces[TASK] = gym.spaces.Text(max_length=256, min_length=1, charset=TEXT_CHARSET)
+        self.observation_space = gym.spaces.Dict(spaces)
+
+    # ---- robot state helpers (used by experts and tasks) ----
+    def grip_pos(self, arm: int = 0) -> np.ndarray:
+        return self.data.site_xpos[self._sites[arm]].copy()
+
+    def grip_rot(self, arm: int = 0) -> np.ndarray:
+        return self.data.site_xmat[self._sites[arm]].reshape(3, 3).copy()
+
+    def arm_q(self, arm: int = 0) -> np.ndarray:
+        return self.data.qpos[self._arm_qadr[arm]].copy()
+
+    def gripper_state(self, arm: int = 0) -> float:
+        a = self.robot.arms[arm]
+        w = float(np.mean(self.data.qpos[self._finger_qadr[arm]]))
+        return float(np.clip((a.finger_open - w) / (a.finger_open - a.finger_closed), 0.0, 1.0))
+
+    def state(self) -> np.ndarray:
+        parts = []
+        for i in range(len(self.robot.arms)):
+            parts += [self.arm_q(i), [self.gripper_state(i)]]
+        s = np.concatenate(parts).astype(np.float32)
+        return np.clip(s, self.observation_space[STATE].low, self.observation_space[STATE].high)
+
+    # ---- rendering ----
+    def _render_cam(self, cam: str) -> np.ndarray:
+        if self._renderer is None:
+            h, w = self.image_size
+            self._renderer = mujoco.Renderer(self.model, h, w)
+            _track(self)
+        self._renderer.update_scene(self.data, camera=cam)
+        return self._renderer.render()
+
+    def render(self):
+        if self.render_mode != "rgb_array":
+            return None
+        return self._render_cam(self.robot.cameras[0])
+
+    def _obs(self) -> dict:
+        obs = {image_key(c): self._render_cam(c) for c in self.robot.cameras}
+        obs[STATE] = self.state()
+        obs[TASK] = self.task.instruction
+        return obs
+
+    # ---- gymnasium API ----
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        m, d = self.model, self.data
+        mujoco.mj_resetDataKeyframe(m, d, self._home)
+        self.task.reset(m, d, self.np_random)
+        mujoco.mj_forward(m, d)
+        # Let objects settle on the table with the arm holding its home pose.
+        for _ in range(10):
+            mujoco.mj_step(m, d)
+        self.steps = 0
+        self.episode_id += 1
+        self._success = False
+        return self._obs(), {"success": False, "task": self.task.instruction}
+
+    def apply_action(self, a: np.ndarray) -> None:
+        a = np.clip(a, self.action_space.low, self.action_space.high)
+        i = 0
+        for k, arm in enumerate(self.robot.arms):
+            n = len(arm.joints)
+            self.data.ctrl[self._arm_act[k]] = a[i:i + n]
+            g = float(a[i + n])
+            self.data.ctrl[self._finger_act[k]] = arm.finger_open + g * (arm.finger_closed - arm.finger_open)
+            i += n + 1
+
+    def step(self, action):
+        a = check_action(action, self.action_space.shape, f"{self.robot.env_name}-{self.task.env_name}")
+        self.apply_action(a)
+        mujoco.mj_step(self.model, self.data, nstep=self.n_substeps)
+        self.steps += 1
+        success = self.task.success(self.model, self.data)
+        self._success = self._success or success
+        obs = self._obs()
+        truncated = self.steps >= self.max_steps and not success
+        info = {"success": bool(success), "task": self.task.instruction, "steps": self.steps}
+        return obs, float(success), bool(success), bool(truncated), info
+
+    def close(self):
+        if self._renderer is not None:
+            self._renderer.close()
+            self._renderer = None

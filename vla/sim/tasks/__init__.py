@@ -1,0 +1,21 @@
+"""Task registry: name -> Task class."""
+
+from __future__ import annotations
+
+from vla.sim.tasks.base import Segment, Task, TaskConfig
+from vla.sim.tasks.reach import ReachTask
+from vla.spec import SpecError
+
+TASKS: dict[str, type[Task]] = {
+    ReachTask.name: ReachTask,
+}
+
+
+def get_task(name: str) -> type[Task]:
+    try:
+        return TASKS[name]
+    except KeyError:
+        raise SpecError(f"unknown task {name!r}; built-in tasks are {sorted(TASKS)}") from None
+
+
+__all__ = ["TASKS", "Segment", "Task", "TaskConfig", "get_task"]

@@ -1,0 +1,68 @@
+"""reach: touch the named coloured target among three."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla.sim.scene import COLORS, CYLINDER, add_marker, pick_colors, sample_xy
+from vla.sim.tasks.base import Segment, Task, TaskConfig, phrase, via_point
+
+TEMPLATES = (
+    "touch the {c} target",
+    "reach the {c} target",
+    "move the gripper to the {c} marker",
+    "go to the {c} one",
+    "put the gripper on the {c} target",
+)
+
+
+@dataclass(frozen=True)
+class ReachConfig(TaskConfig):
+    horizon_s: float = 5.0
+    num_targets: int = 3
+    threshold: float = 0.035  # m between grip site and the target's top centre
+
+
+class ReachTask(Task):
+    name, env_name = "reach", "Reach"
+    robots = ("arm7", "arm5")
+    config_cls = ReachConfig
+
+    def _radius(self) -> float:
+        return 1.25 * self.robot.cube_half
+
+    def build(self, spec):
+        r = self._radius()
+        for i in range(self.cfg.num_targets):
+            add_marker(spec, f"target{i}", [r, 0.005], type=CYLINDER)
+
+    def bind(self, model):
+        self.bodies = [model.body(f"target{i}").id for i in range(self.cfg.num_targets)]
+        self.geoms = [model.geom(f"target{i}").id for i in range(self.cfg.num_targets)]
+        self.grip = model.site(self.robot.arms[0].site).id
+
+    def reset(self, model, data, rng):
+        n = self.cfg.num_targets
+        xy = sample_xy(rng, n, self.robot.workspace, min_dist=4 * self._radius())
+        colors = pick_colors(rng, n)
+        for i in range(n):
+            model.body_pos[self.bodies[i]] = [xy[i, 0], xy[i, 1], 0.005]
+            model.geom_rgba[self.geoms[i]] = COLORS[colors[i]]
+        k = int(rng.integers(n))
+        self.info = {"target": k, "color": colors[k], "target_pos": np.array([xy[k, 0], xy[k, 1], 0.01])}
+        self.instruction = phrase(rng, TEMPLATES, c=colors[k])
+        return self.instruction
+
+    def success(self, model, data):
+        return bool(np.linalg.norm(data.site_xpos[self.grip] - self.info["target_pos"]) < self.cfg.threshold)
+
+    def plan(self, env, rng, noise):
+        goal = self.info["target_pos"] + np.array([0, 0, 0.012])
+        start = env.grip_pos(0)
+        above = goal + np.array([0, 0, rng.uniform(0.05, 0.1)])
+        segs = [Segment(via_point(rng, start, above, noise), tol=None, speed=rng.uniform(0.8, 1.2)),
+                Segment(above, tol=None, speed=rng.uniform(0.8, 1.2)),
+                Segment(goal, speed=0.6, hold=20)]
+        return [segs]
