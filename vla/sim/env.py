@@ -82,13 +82,18 @@ class SimEnv(gym.Env):
         self.metadata = {**self.metadata, "render_fps": int(self.robot.control_hz)}
 
         spec = mujoco.MjSpec.from_file(str(self.robot.mjcf))
+        # The robot's `home` keyframe covers the robot's joints only; task objects come after them in qpos.
+        key = next((k for k in spec.keys if k.name == "home"), None)
+        if key is None:
+            raise SpecError(f"{self.robot.mjcf}: needs a keyframe named 'home'")
+        self._home_qpos, self._home_ctrl = np.array(key.qpos), np.array(key.ctrl)
+        key.delete()
         self.task.build(spec)
         self.model = spec.compile()
         self.data = mujoco.MjData(self.model)
         self.task.bind(self.model)
         self.n_substeps = max(1, int(round(1.0 / (self.robot.control_hz * self.model.opt.timestep))))
         self.max_steps = max_steps or self.task.max_steps()
-        self._home = self.model.key("home").id
         self.iks = [ArmIK(self.model, arm.joints, arm.site) for arm in self.robot.arms]
         m = self.model
         self._arm_qadr = [np.array([m.jnt_qposadr[m.joint(j).id] for j in arm.joints]) for arm in self.robot.arms]
@@ -157,7 +162,9 @@ class SimEnv(gym.Env):
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         m, d = self.model, self.data
-        mujoco.mj_resetDataKeyframe(m, d, self._home)
+        mujoco.mj_resetData(m, d)
+        d.qpos[:len(self._home_qpos)] = self._home_qpos
+        d.ctrl[:len(self._home_ctrl)] = self._home_ctrl
         self.task.reset(m, d, self.np_random)
         mujoco.mj_forward(m, d)
         # Let objects settle on the table with the arm holding its home pose.

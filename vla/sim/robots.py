@@ -25,6 +25,7 @@ class ArmConfig:
     finger_open: float  # finger joint position (m) when open
     finger_closed: float  # ... and when closed on nothing
     site: str  # grip site: z axis = approach direction, y axis = finger closing direction
+    pad_half: float = 0.02  # half length of the finger pads along the approach axis (m)
     side: str = ""  # "left" / "right" for two-armed robots, used in instructions
 
 
@@ -39,7 +40,7 @@ class RobotConfig:
     workspace: tuple[float, float, float, float]
     cube_half: float  # half edge of the cubes this robot's gripper handles
     speed: float = 0.35  # expert's Cartesian speed (m/s)
-    min_height: float = 0.0  # lowest grip-site height the expert aims for above an object's centre
+    max_reach: float = 10.0  # objects are placed at most this far (m, horizontally) from the base
 
     def __post_init__(self):
         x0, x1, y0, y1 = self.workspace
@@ -83,9 +84,9 @@ def check_embodiment(robot: RobotConfig, emb: Embodiment) -> None:
 
 
 _PANDA = ArmConfig(joints=tuple(f"joint{i}" for i in range(1, 8)), fingers=("finger_left", "finger_right"),
-                   finger_open=0.04, finger_closed=0.0, site="grip")
+                   finger_open=0.04, finger_closed=0.0, site="grip", pad_half=0.024)
 _SO100 = ArmConfig(joints=("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"),
-                   fingers=("finger_left", "finger_right"), finger_open=0.03, finger_closed=0.0, site="grip")
+                   fingers=("finger_left", "finger_right"), finger_open=0.03, finger_closed=0.0, site="grip", pad_half=0.02)
 
 
 def _vx300(side: str) -> ArmConfig:
@@ -98,7 +99,7 @@ ROBOTS: dict[str, RobotConfig] = {
     "arm7": RobotConfig(name="arm7", env_name="Arm7", arms=(_PANDA,), cameras=("front", "wrist"), control_hz=20.0,
                         workspace=(0.38, 0.68, -0.25, 0.25), cube_half=0.02, speed=0.4),
     "arm5": RobotConfig(name="arm5", env_name="Arm5", arms=(_SO100,), cameras=("front", "wrist"), control_hz=20.0,
-                        workspace=(0.13, 0.25, -0.14, 0.14), cube_half=0.0125, speed=0.25),
+                        workspace=(0.12, 0.25, -0.15, 0.15), cube_half=0.0125, speed=0.25, max_reach=0.25),
     "bimanual": RobotConfig(name="bimanual", env_name="Bimanual", arms=(_vx300("left"), _vx300("right")),
                             cameras=("front", "wrist_left", "wrist_right"), control_hz=20.0,
                             workspace=(-0.2, 0.2, -0.05, 0.2), cube_half=0.02, speed=0.4),

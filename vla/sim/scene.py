@@ -46,14 +46,16 @@ def free_yaw(data: mujoco.MjData, model: mujoco.MjModel, name: str) -> float:
     return float(np.arctan2(2 * (q[0] * q[3] + q[1] * q[2]), 1 - 2 * (q[2] ** 2 + q[3] ** 2)))
 
 
-def sample_xy(rng: np.random.Generator, n: int, region, min_dist: float, avoid=(), tries: int = 1000) -> np.ndarray:
-    """n points in region (x_lo, x_hi, y_lo, y_hi), at least min_dist from each other and from `avoid`."""
+def sample_xy(rng: np.random.Generator, n: int, region, min_dist: float, avoid=(), max_reach: float = np.inf,
+              tries: int = 2000) -> np.ndarray:
+    """n points in region (x_lo, x_hi, y_lo, y_hi) within max_reach of the origin, at least min_dist from
+    each other and from `avoid`."""
     x0, x1, y0, y1 = region
     pts = [np.asarray(a, np.float64)[:2] for a in avoid]
     out = []
     for _ in range(tries):
         p = np.array([rng.uniform(x0, x1), rng.uniform(y0, y1)])
-        if all(np.linalg.norm(p - q) >= min_dist for q in pts):
+        if np.hypot(*p) <= max_reach and all(np.linalg.norm(p - q) >= min_dist for q in pts):
             pts.append(p)
             out.append(p)
             if len(out) == n:

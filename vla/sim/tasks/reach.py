@@ -45,7 +45,7 @@ class ReachTask(Task):
 
     def reset(self, model, data, rng):
         n = self.cfg.num_targets
-        xy = sample_xy(rng, n, self.robot.workspace, min_dist=4 * self._radius())
+        xy = sample_xy(rng, n, self.robot.workspace, min_dist=4 * self._radius(), max_reach=self.robot.max_reach)
         colors = pick_colors(rng, n)
         for i in range(n):
             model.body_pos[self.bodies[i]] = [xy[i, 0], xy[i, 1], 0.005]
