@@ -66,7 +66,7 @@ class ScriptedExpert:
         s = segs[arm.seg]
         if arm.target is None:
             arm.target = np.asarray(s.pos(e) if callable(s.pos) else s.pos, np.float64)
-            arm.yaw_target = arm.yaw if s.yaw is None else (s.yaw(e) if callable(s.yaw) else s.yaw)
+            arm.yaw_target = arm.yaw if s.yaw is None else float(s.yaw(e) if callable(s.yaw) else s.yaw)
         arm.grip = s.grip
         step = e.robot.speed * s.speed / e.robot.control_hz
         delta = arm.target - arm.cmd

@@ -18,12 +18,17 @@ GREY = (0.6, 0.6, 0.6, 1.0)
 BOX, CYLINDER, SPHERE = mujoco.mjtGeom.mjGEOM_BOX, mujoco.mjtGeom.mjGEOM_CYLINDER, mujoco.mjtGeom.mjGEOM_SPHERE
 
 
-def add_free_box(spec: mujoco.MjSpec, name: str, half, *, mass: float = 0.05, rgba=GREY) -> None:
-    """A free-floating box (cube or block) that the grippers can pick up."""
+def add_free_box(spec: mujoco.MjSpec, name: str, half, *, mass: float = 0.05, rgba=GREY, slippery: bool = False) -> None:
+    """A free-floating box (cube or block) that the grippers can pick up.
+
+    `slippery` boxes use their own low friction for every contact (priority over table and pads), so
+    they slide when pushed instead of tipping over.
+    """
     body = spec.worldbody.add_body(name=name, pos=[0, 0, 0.2])
     body.add_freejoint(name=name)
-    body.add_geom(name=name, type=BOX, size=list(half), mass=mass, rgba=list(rgba), condim=4,
-                  friction=[1.2, 0.02, 0.001], solref=[0.004, 1], solimp=[0.95, 0.99, 0.001, 0.5, 2])
+    friction, priority = ([0.4, 0.01, 0.001], 2) if slippery else ([1.2, 0.02, 0.001], 0)
+    body.add_geom(name=name, type=BOX, size=list(half), mass=mass, rgba=list(rgba), condim=4, priority=priority,
+                  friction=friction, solref=[0.004, 1], solimp=[0.95, 0.99, 0.001, 0.5, 2])
 
 
 def add_marker(spec: mujoco.MjSpec, name: str, size, *, type=CYLINDER, rgba=GREY, collide: bool = False) -> None:

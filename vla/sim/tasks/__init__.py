@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from vla.sim.tasks.base import Segment, Task, TaskConfig
 from vla.sim.tasks.pick_place import PickPlaceTask
+from vla.sim.tasks.push import PushTask
 from vla.sim.tasks.reach import ReachTask
 from vla.spec import SpecError
 
 TASKS: dict[str, type[Task]] = {
     ReachTask.name: ReachTask,
     PickPlaceTask.name: PickPlaceTask,
+    PushTask.name: PushTask,
 }
 
 
