@@ -1,0 +1,66 @@
+"""`vla train` and `vla tokenizer fit`."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vla.cli.common import fail, user_errors
+
+tokenizer_app = typer.Typer(no_args_is_help=True, help="FAST action tokenizers.")
+
+
+def _split(s: str | None) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()] if s else []
+
+
+def train_command(
+    preset: str = typer.Argument(..., help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-small, fast-tiny, "
+                                 "pi0-paligemma, fast-paligemma) or a .toml path."),
+    data: str = typer.Option(..., help="Episode store(s), comma-separated."),
+    out: Path = typer.Option(..., help="Checkpoint directory to write (atomically)."),
+    steps: Optional[int] = typer.Option(None, help="Training steps [default: the preset's]."),
+    weights: Optional[str] = typer.Option(None, help="Mixture weights, one per store, comma-separated."),
+    batch_size: Optional[int] = typer.Option(None, help="Global batch size [default: the preset's]."),
+    lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
+    workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: the preset's]."),
+    save_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps."),
+    resume: bool = typer.Option(False, help="Continue from OUT's train_state.pt up to --steps."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
+    seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
+):
+    """Train a policy on episode stores. Multi-GPU/CPU: torchrun --nproc_per_node N $(which vla) train ..."""
+    from vla.config import load_preset
+    from vla.train.trainer import train
+
+    overrides = {k: v for k, v in {"batch_size": batch_size, "lr": lr, "workers": workers, "save_every": save_every,
+                                    "seed": seed}.items() if v is not None}
+    try:
+        p = load_preset(preset, {"train": overrides} if overrides else None)
+        w = [float(x) for x in _split(weights)] or None
+        ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device)
+    except user_errors() as e:
+        fail(str(e))
+    typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")
+
+
+@tokenizer_app.command("fit")
+def tokenizer_fit(
+    store: str = typer.Argument(..., help="Episode store whose action chunks to fit on."),
+    out: Path = typer.Option(..., help="Output directory (one sub-folder per embodiment)."),
+    horizon: int = typer.Option(50, help="Chunk length H."),
+    scale: float = typer.Option(10.0, help="DCT coefficient scale before rounding (accuracy vs length)."),
+    vocab: int = typer.Option(1024, help="BPE vocabulary size."),
+    chunks: int = typer.Option(2000, help="Chunks sampled per embodiment."),
+):
+    """Fit FAST (DCT + scale/round + BPE) on a store's quantile-normalized action chunks; report quality."""
+    from vla.model.fast_fit import fit_store
+
+    try:
+        report = fit_store(store, out, horizon=horizon, scale=scale, vocab=vocab, chunks=chunks)
+    except user_errors() as e:
+        fail(str(e))
+    typer.echo(json.dumps(report, indent=2))

@@ -1,0 +1,84 @@
+"""Policy presets: TOML -> frozen dataclasses; lookup by name (policies/<name>.toml) or path.
+
+A preset has four parts, each handed to the component that owns it:
+    type, norm_mode         which policy, which normalization (zscore for pi0, quantile for FAST)
+    [model]                 the policy config (vla.model.pi0.Pi0Config / fast_policy.FastConfig)
+    [text]                  text tokenizer (vocab_size, or pretrained dir)
+    [train]                 vla.train.trainer.TrainConfig
+Sizes are checked when the trainer builds the policy config (vla.model.registry), so a
+preset with inconsistent sizes fails before any data is read.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from vla.spec import SpecError
+
+POLICY_TYPES = ("pi0", "fast")  # vla.model.registry.POLICIES holds their classes
+NORM_MODES = ("zscore", "quantile")  # as vla.data.stats.MODES
+
+
+def presets_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "policies"
+
+
+@dataclass(frozen=True)
+class TextConfig:
+    vocab_size: int = 512
+    pretrained: str | None = None  # a dir with tokenizer.json (e.g. the PaliGemma checkpoint)
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    type: str
+    norm_mode: str
+    model: dict  # raw; resolved into the policy config once embodiments are known
+    text: TextConfig = TextConfig()
+    train: dict = field(default_factory=dict)  # raw; vla.train.trainer.TrainConfig(**train)
+
+    def __post_init__(self):
+        if self.type not in POLICY_TYPES:
+            raise SpecError(f"preset {self.name!r}: unknown type {self.type!r}; known: {list(POLICY_TYPES)}")
+        if self.norm_mode not in NORM_MODES:
+            raise SpecError(f"preset {self.name!r}: norm_mode must be one of {NORM_MODES}, got {self.norm_mode!r}")
+        if isinstance(self.text, dict):
+            object.__setattr__(self, "text", TextConfig(**self.text))
+
+    @property
+    def horizon(self) -> int:
+        return int(self.model.get("horizon", 50 if self.type == "pi0" else 10))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def load_preset(name_or_path: str | Path, overrides: dict | None = None) -> Preset:
+    p = Path(name_or_path)
+    if p.suffix != ".toml" and not p.exists():
+        p = presets_dir() / f"{name_or_path}.toml"
+        if not p.exists():
+            known = sorted(x.stem for x in presets_dir().glob("*.toml"))
+            raise SpecError(f"unknown policy preset {str(name_or_path)!r}; presets: {known}, or pass a .toml path")
+    try:
+        d = tomllib.loads(p.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"preset file not found: {p}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{p}: invalid TOML: {e}") from None
+    d.setdefault("name", p.stem)
+    for section, values in (overrides or {}).items():
+        d.setdefault(section, {}).update(values)
+    unknown = set(d) - {"name", "type", "norm_mode", "model", "text", "train", "description"}
+    if unknown:
+        raise SpecError(f"{p}: unknown top-level keys {sorted(unknown)}")
+    d.pop("description", None)
+    try:
+        return Preset(**d)
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
+    except TypeError as e:
+        raise SpecError(f"{p}: {e}") from None

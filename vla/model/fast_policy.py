@@ -1,0 +1,160 @@
+"""pi0-FAST style policy: the backbone alone decodes FAST action tokens autoregressively.
+
+    prefix  = [image tokens][language tokens][state token]            ar = 0 (bidirectional)
+    postfix = [ACT][fast tokens of the chunk ...][EOS]                 ar = 1 each (causal)
+Loss: cross-entropy on the postfix (each token predicts the next). Decoding: greedy with a
+KV cache, constrained to the row's embodiment's FAST ids and EOS, until EOS or
+`max_action_tokens`. Each embodiment has its own FAST tokenizer (its own action dim, no
+padded dims) and its own id range in the LM vocabulary, after the text vocabulary.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+import torch
+from torch import nn
+
+from vla.model.attention import joint_forward, make_attn_mask, positions_from_valid
+from vla.model.backbone import Backbone, BackboneConfig
+from vla.model.heads import EmbodimentLinear
+from vla.spec import SpecError
+
+
+@dataclass(frozen=True)
+class FastConfig:
+    backbone: BackboneConfig
+    horizon: int = 10
+    cameras: int = 2
+    max_tokens: int = 16
+    max_action_tokens: int = 64
+    fast_vocab_size: int = 512
+    fast_scale: float = 10.0
+    embodiments: dict = field(default_factory=dict)  # name -> (state_dim, action_dim)
+    grad_checkpoint: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.backbone, dict):
+            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+        if self.horizon < 1 or self.max_action_tokens < 3:
+            raise SpecError(f"fast: horizon must be >= 1 and max_action_tokens >= 3, got {self.horizon}, {self.max_action_tokens}")
+        object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class ActionVocab:
+    """Where each embodiment's FAST ids live in the LM vocabulary."""
+
+    def __init__(self, text_vocab: int, fast_sizes: dict[str, int]):
+        self.offsets, base = {}, text_vocab
+        for name in sorted(fast_sizes):
+            self.offsets[name] = base
+            base += fast_sizes[name]
+        self.sizes = dict(fast_sizes)
+        self.act_id, self.eos_id = base, base + 1
+        self.total = base + 2
+
+    def allowed(self, name: str, device=None) -> torch.Tensor:
+        m = torch.zeros(self.total, dtype=torch.bool, device=device)
+        m[self.offsets[name]: self.offsets[name] + self.sizes[name]] = True
+        m[self.eos_id] = True
+        return m
+
+
+class FastPolicy(nn.Module):
+    def __init__(self, cfg: FastConfig, vocab: ActionVocab):
+        super().__init__()
+        if not cfg.embodiments:
+            raise SpecError("fast: the config names no embodiments (they come from the training data)")
+        self.cfg, self.vocab = cfg, vocab
+        self.backbone = Backbone(cfg.backbone, vocab.total)
+        self.state_in = EmbodimentLinear({k: v[0] for k, v in cfg.embodiments.items()}, self.backbone.width, direction="in")
+
+    def _lm(self):
+        return self.backbone.language_model
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        return hidden @ self._lm().embed_tokens.weight.T  # tied LM head, as Gemma
+
+    def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        img = self.backbone.embed_images(batch["images"])
+        per = img.shape[1] // batch["images"].shape[1]
+        txt = self.backbone.embed_tokens(batch["tokens"]).to(img.dtype)
+        st = self.state_in(batch["state"].to(img.dtype), batch["embodiment"])[:, None]
+        valid = torch.cat([batch["image_mask"].repeat_interleave(per, dim=1), batch["token_mask"],
+                           torch.ones(st.shape[:2], dtype=torch.bool, device=st.device)], 1)
+        return torch.cat([img, txt, st], 1), valid
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample mean cross-entropy over the postfix tokens [b]."""
+        prefix, p_valid = self.embed_prefix(batch)
+        ids, id_mask = batch["action_tokens"], batch["action_token_mask"]  # [b, T]: ACT, fast ids..., EOS, pad
+        post = self.backbone.embed_tokens(ids).to(prefix.dtype)
+        valid = torch.cat([p_valid, id_mask], 1)
+        ar = torch.cat([torch.zeros_like(p_valid, dtype=torch.long), torch.ones_like(ids)], 1)
+        (out,), _ = joint_forward([self._lm()], [torch.cat([prefix, post], 1)], make_attn_mask(valid, ar),
+                                  positions_from_valid(valid), grad_checkpoint=self.cfg.grad_checkpoint and self.training)
+        h = out[:, prefix.shape[1]:-1]  # positions of ACT .. last-but-one predict the next token
+        logits = self.logits(h).float()
+        target, tmask = ids[:, 1:], id_mask[:, 1:].float()
+        ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
+        return (ce * tmask).sum(1) / tmask.sum(1).clamp(min=1)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training entry point (so DDP's hooks run): per-sample loss [b]."""
+        return self.compute_loss(batch, generator)
+
+    @torch.no_grad()
+    def generate(self, batch: dict, max_new: int | None = None) -> list[list[int]]:
+        """Greedy decoding with a KV cache -> per row the generated LM ids (EOS excluded)."""
+        emb = batch["embodiment"]
+        b = len(emb)
+        max_new = max_new or self.cfg.max_action_tokens - 1
+        prefix, p_valid = self.embed_prefix(batch)
+        act = self.backbone.embed_tokens(torch.full((b, 1), self.vocab.act_id, device=prefix.device)).to(prefix.dtype)
+        x = torch.cat([prefix, act], 1)
+        valid = torch.cat([p_valid, torch.ones(b, 1, dtype=torch.bool, device=x.device)], 1)
+        ar = torch.zeros(valid.shape, dtype=torch.long, device=x.device)
+        ar[:, -1] = 1
+        (out,), cache = joint_forward([self._lm()], [x], make_attn_mask(valid, ar), positions_from_valid(valid), keep_kv=True)
+        allowed = torch.stack([self.vocab.allowed(n, x.device) for n in emb])
+        pos = valid.sum(1)
+        seqs: list[list[int]] = [[] for _ in range(b)]
+        done = torch.zeros(b, dtype=torch.bool, device=x.device)
+        h = out[:, -1]
+        for _ in range(max_new):
+            logits = self.logits(h).masked_fill(~allowed, float("-inf"))
+            nxt = logits.argmax(-1)
+            for i in range(b):
+                if not done[i] and int(nxt[i]) != self.vocab.eos_id:
+                    seqs[i].append(int(nxt[i]))
+            done |= nxt == self.vocab.eos_id
+            if bool(done.all()):
+                break
+            e = self.backbone.embed_tokens(nxt[:, None]).to(x.dtype)
+            valid = torch.cat([valid, torch.ones(b, 1, dtype=torch.bool, device=x.device)], 1)
+            allowed_k = valid[:, None, :]  # the new token sees every real token so far
+            (out,), cache = joint_forward([self._lm()], [e], allowed_k, pos[:, None], past=cache, keep_kv=True)
+            pos = pos + 1
+            h = out[:, -1]
+        return seqs
+
+
+def lm_ids_to_fast(ids: list[int], vocab: ActionVocab, name: str) -> list[int]:
+    off, size = vocab.offsets[name], vocab.sizes[name]
+    return [i - off for i in ids if off <= i < off + size]
+
+
+def fast_to_lm_row(fast_ids: list[int], vocab: ActionVocab, name: str, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+    """[ACT] + ids + [EOS], padded to max_len -> (ids, mask, truncated)."""
+    seq = [vocab.act_id] + [vocab.offsets[name] + i for i in fast_ids] + [vocab.eos_id]
+    truncated = len(seq) > max_len
+    seq = seq[:max_len]
+    out = np.zeros(max_len, np.int64)
+    mask = np.zeros(max_len, bool)
+    out[: len(seq)] = seq
+    mask[: len(seq)] = True
+    return out, mask, truncated

@@ -1,0 +1,212 @@
+"""pi0: a VLM backbone plus a flow-matching action expert that attends jointly with it.
+
+Token layout (see vla.model.attention for the mask rule):
+    prefix = [image tokens of every camera slot][language tokens]   ar = 0 (bidirectional)
+    suffix = [state token][h action tokens]                          ar = 1, 1, 0, 0, ...
+The prefix never sees the suffix, so at inference the prefix KV cache is computed once per
+observation and reused by every denoising step.
+
+Flow matching. Convention (as openpi's code, the reverse of the pi0 paper's notation):
+t = 1 is pure noise, t = 0 is the data. x_t = t * noise + (1 - t) * actions; the expert
+predicts the velocity u = noise - actions; t ~ Beta(1.5, 1) * 0.999 + 0.001, so training
+dwells on noisier times. Sampling integrates dx/dt = v from t = 1 to 0 in `num_steps` Euler
+steps of dt = -1 / num_steps.
+
+Batch keys (model side, produced by vla.model.transforms):
+    images [b, c, 3, S, S] float in [-1, 1]   image_mask [b, c] bool
+    tokens [b, l] long   token_mask [b, l] bool   state [b, s] float (normalized, padded)
+    embodiment list[str]   actions [b, h, a] float (normalized, padded)   action_is_pad [b, h]
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+from transformers import GemmaModel
+
+from vla.model.attention import attn_bias, joint_forward, make_attn_mask, positions_from_valid, rope
+from vla.model.backbone import Backbone, BackboneConfig, GemmaSize
+from vla.model.heads import EmbodimentLinear
+from vla.spec import SpecError
+
+
+@dataclass(frozen=True)
+class Pi0Config:
+    backbone: BackboneConfig
+    expert: GemmaSize
+    horizon: int = 50
+    num_steps: int = 10
+    cameras: int = 2  # camera slots; an embodiment with fewer cameras masks the rest
+    max_tokens: int = 16
+    # name -> (state_dim, action_dim); filled from the training data's embodiments
+    embodiments: dict = field(default_factory=dict)
+    grad_checkpoint: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.backbone, dict):
+            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+        if isinstance(self.expert, dict):
+            object.__setattr__(self, "expert", GemmaSize(**self.expert))
+        t, e = self.backbone.text, self.expert
+        for k in ("depth", "heads", "kv_heads", "head_dim"):
+            if getattr(t, k) != getattr(e, k):
+                raise SpecError(f"pi0: expert.{k} must equal the backbone's for joint attention: "
+                                f"expected {getattr(t, k)}, got {getattr(e, k)}")
+        if self.horizon < 1 or self.num_steps < 1 or self.cameras < 1 or self.max_tokens < 1:
+            raise SpecError(f"pi0: horizon, num_steps, cameras and max_tokens must be >= 1 (got {self.horizon}, "
+                            f"{self.num_steps}, {self.cameras}, {self.max_tokens})")
+        object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def example_batch(self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0) -> dict:
+        """Random model inputs of the right shapes (tests build models with no data on disk)."""
+        if not self.embodiments:
+            raise SpecError("pi0: example_batch needs at least one embodiment in the config")
+        g = torch.Generator().manual_seed(seed)
+        names = sorted(self.embodiments)
+        emb = [names[i % len(names)] for i in range(batch_size)]
+        s = max(d[0] for d in self.embodiments.values())
+        a = max(d[1] for d in self.embodiments.values())
+        size = self.backbone.image_size
+        tokens = torch.randint(4, vocab_size, (batch_size, self.max_tokens), generator=g)
+        token_mask = torch.arange(self.max_tokens)[None] < torch.randint(2, self.max_tokens + 1, (batch_size, 1), generator=g)
+        return {
+            "images": torch.rand(batch_size, self.cameras, 3, size, size, generator=g) * 2 - 1,
+            "image_mask": torch.ones(batch_size, self.cameras, dtype=torch.bool),
+            "tokens": tokens, "token_mask": token_mask,
+            "state": torch.randn(batch_size, s, generator=g),
+            "embodiment": emb,
+            "actions": torch.randn(batch_size, self.horizon, a, generator=g),
+            "action_is_pad": torch.zeros(batch_size, self.horizon, dtype=torch.bool),
+        }
+
+
+def sincos_time(t: torch.Tensor, width: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
+    """t [b] -> [b, width] sine-cosine embedding with periods from min_period to max_period."""
+    frac = torch.linspace(0.0, 1.0, width // 2, device=t.device, dtype=torch.float64)
+    period = min_period * (max_period / min_period) ** frac
+    angle = t.double()[:, None] * (2 * math.pi / period)[None]
+    return torch.cat([angle.sin(), angle.cos()], dim=-1).to(t.dtype if t.is_floating_point() else torch.float32)
+
+
+class Pi0Policy(nn.Module):
+    def __init__(self, cfg: Pi0Config, vocab_size: int):
+        super().__init__()
+        if not cfg.embodiments:
+            raise SpecError("pi0: the config names no embodiments (they come from the training data)")
+        self.cfg = cfg
+        self.backbone = Backbone(cfg.backbone, vocab_size)
+        self.expert = GemmaModel(cfg.expert.gemma_config(vocab_size=8))  # its token embedding is unused
+        w = cfg.expert.width
+        self.state_in = EmbodimentLinear({k: v[0] for k, v in cfg.embodiments.items()}, w, direction="in")
+        self.action_in = EmbodimentLinear({k: v[1] for k, v in cfg.embodiments.items()}, w, direction="in")
+        self.action_out = EmbodimentLinear({k: v[1] for k, v in cfg.embodiments.items()}, w, direction="out")
+        self.time_mlp_in = nn.Linear(2 * w, w)
+        self.time_mlp_out = nn.Linear(w, w)
+
+    # ---- embeddings ----
+    def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> tokens [b, lp, d], valid [b, lp]."""
+        img = self.backbone.embed_images(batch["images"])
+        per = img.shape[1] // batch["images"].shape[1]
+        img_valid = batch["image_mask"].repeat_interleave(per, dim=1)
+        txt = self.backbone.embed_tokens(batch["tokens"])
+        return torch.cat([img, txt.to(img.dtype)], 1), torch.cat([img_valid, batch["token_mask"]], 1)
+
+    def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]):
+        """-> tokens [b, 1 + h, w], ar [b, 1 + h]."""
+        s = self.state_in(state, emb)[:, None]
+        a = self.action_in(x_t, emb)
+        te = sincos_time(t, a.shape[-1]).to(a.dtype)[:, None].expand_as(a)
+        a = self.time_mlp_out(nn.functional.silu(self.time_mlp_in(torch.cat([a, te], -1))))
+        h = x_t.shape[1]
+        ar = torch.zeros(x_t.shape[0], 1 + h, dtype=torch.long, device=x_t.device)
+        ar[:, :2] = 1
+        return torch.cat([s, a], 1), ar
+
+    def _suffix_out(self, hidden: torch.Tensor, emb: list[str]) -> torch.Tensor:
+        return self.action_out(hidden[:, 1:], emb)  # drop the state token
+
+    # ---- training ----
+    def sample_time(self, b: int, generator=None, device=None) -> torch.Tensor:
+        beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
+        if generator is None:
+            t = beta.sample((b,))
+        else:  # Beta via two Gammas is not generator-aware; use inverse CDF: F(t) = t^1.5
+            t = torch.rand(b, generator=generator) ** (1 / 1.5)
+        return (t * 0.999 + 0.001).to(device)
+
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Per-sample flow-matching MSE [b], over real action dims and non-padded steps."""
+        actions, emb = batch["actions"], batch["embodiment"]
+        b = actions.shape[0]
+        noise = torch.randn(actions.shape, generator=generator).to(actions)
+        t = self.sample_time(b, generator, actions.device).to(actions.dtype)
+        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        target = noise - actions
+        prefix, p_valid = self.embed_prefix(batch)
+        suffix, s_ar = self.embed_suffix(batch["state"], x_t, t, emb)
+        valid = torch.cat([p_valid, torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)], 1)
+        ar = torch.cat([torch.zeros(p_valid.shape, dtype=torch.long, device=s_ar.device), s_ar], 1)
+        (_, out), _ = joint_forward([self.backbone.language_model, self.expert], [prefix, suffix.to(prefix.dtype)],
+                                    make_attn_mask(valid, ar), positions_from_valid(valid),
+                                    grad_checkpoint=self.cfg.grad_checkpoint and self.training)
+        v = self._suffix_out(out, emb).float()
+        dim_mask = self.action_out.dim_mask(emb, device=v.device)[:, None, : v.shape[-1]]
+        step_mask = ~batch["action_is_pad"][:, :, None]
+        mask = (dim_mask & step_mask).float()
+        err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
+        return err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training entry point (so DDP's hooks run): per-sample loss [b]."""
+        return self.compute_loss(batch, generator)
+
+    # ---- inference ----
+    @torch.no_grad()
+    def sample_actions(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
+                       use_cache: bool = True) -> torch.Tensor:
+        """Denoise a chunk -> [b, h, a] (normalized, padded to the batch's widest action dim)."""
+        emb = batch["embodiment"]
+        steps = num_steps or self.cfg.num_steps
+        b = len(emb)
+        a_dim = max(self.cfg.embodiments[n][1] for n in emb)
+        prefix, p_valid = self.embed_prefix(batch)
+        x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)
+        x = x.to(prefix.device, prefix.dtype)
+        lm, ex = self.backbone.language_model, self.expert
+        if use_cache:
+            p_ar = torch.zeros(p_valid.shape, dtype=torch.long, device=x.device)
+            _, cache = joint_forward([lm, None], [prefix, None], make_attn_mask(p_valid, p_ar),
+                                     positions_from_valid(p_valid), keep_kv=True)
+            n_prefix = p_valid.sum(1)
+        dt = -1.0 / steps
+        # Masks and RoPE tables are the same at every step: build them once.
+        s_ar = torch.zeros(b, 1 + self.cfg.horizon, dtype=torch.long, device=x.device)
+        s_ar[:, :2] = 1
+        s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=x.device)
+        if use_cache:
+            # Suffix queries see every real prefix token plus the suffix's own blocks.
+            allowed = torch.cat([p_valid[:, None, :].expand(-1, s_ar.shape[1], -1), make_attn_mask(s_valid, s_ar)], 2)
+            stacks, pos = [None, ex], positions_from_valid(s_valid, n_prefix)
+        else:
+            valid = torch.cat([p_valid, s_valid], 1)
+            allowed = make_attn_mask(valid, torch.cat([torch.zeros_like(p_valid, dtype=torch.long), s_ar], 1))
+            stacks, pos = [lm, ex], positions_from_valid(valid)
+        bias, cos_sin = attn_bias(allowed, x.dtype), rope(ex, x, pos)
+        state = batch["state"].to(x.dtype)
+        for k in range(steps):
+            t = torch.full((b,), 1.0 + k * dt, dtype=x.dtype, device=x.device)
+            suffix, _ = self.embed_suffix(state, x, t, emb)
+            if use_cache:
+                (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache)
+            else:
+                (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin)
+            v = self._suffix_out(out, emb)
+            x = x + dt * v[..., : x.shape[-1]]
+        return x

@@ -1,0 +1,167 @@
+"""Between the world (frames, observations, actions in robot units) and the model's tensors.
+
+One fixed order, both ways:
+  in:  validate against the embodiment -> images: resize-with-pad to S x S, to [-1, 1],
+       camera slots in the embodiment's camera order -> state: normalize, pad
+       -> instruction: tokenize -> (training) actions: normalize, pad (+ FAST tokens)
+  out: model actions [b, h, a_max] -> slice each row to its embodiment's dims -> unnormalize
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from vla.data.stats import KeyStats
+from vla.model.text import TextTokenizer
+from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, Embodiment, SpecError, image_key
+
+log = logging.getLogger(__name__)
+
+
+def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8/float [n, H, W, 3] -> float [n, 3, size, size] in [-1, 1], aspect kept, padded with -1."""
+    x = images.permute(0, 3, 1, 2).float() / 127.5 - 1.0
+    h, w = x.shape[-2:]
+    if (h, w) == (size, size):
+        return x
+    scale = size / max(h, w)
+    nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+    x = F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True)
+    top, left = (size - nh) // 2, (size - nw) // 2
+    return F.pad(x, (left, size - nw - left, top, size - nh - top), value=-1.0)
+
+
+class Transforms:
+    def __init__(self, embodiments: dict[str, Embodiment], stats: dict[str, dict[str, KeyStats]], norm_mode: str,
+                 text: TextTokenizer, *, image_size: int, cameras: int, max_tokens: int, horizon: int,
+                 fast=None, fast_vocab=None, max_action_tokens: int = 0):
+        missing = [n for n in embodiments if n not in stats or STATE not in stats[n] or ACTION not in stats[n]]
+        if missing:
+            raise SpecError(f"no norm stats for embodiment(s) {missing}")
+        self.embodiments, self.stats, self.mode = embodiments, stats, norm_mode
+        self.text, self.image_size, self.cameras = text, image_size, cameras
+        self.max_tokens, self.horizon = max_tokens, horizon
+        self.s_max = max(e.state_dim for e in embodiments.values())
+        self.a_max = max(e.action_dim for e in embodiments.values())
+        self.fast, self.fast_vocab, self.max_action_tokens = fast, fast_vocab, max_action_tokens
+        self.truncated_action_sequences = 0
+        for e in embodiments.values():
+            if len(e.cameras) > cameras:
+                raise SpecError(f"embodiment {e.name!r} has {len(e.cameras)} cameras, the model has {cameras} slots")
+
+    def _emb(self, name: str) -> Embodiment:
+        if name not in self.embodiments:
+            raise SpecError(f"embodiment {name!r} is not known to this checkpoint (it has norm stats for "
+                            f"{sorted(self.embodiments)})")
+        return self.embodiments[name]
+
+    def _norm(self, name: str, key: str, x: np.ndarray) -> np.ndarray:
+        y = self.stats[name][key].normalize(x, self.mode)
+        return np.clip(y, -1.0, 1.0) if self.mode == "quantile" else y
+
+    # ---- common tail: state, text, images ----
+    def _assemble(self, names: list[str], states: list[np.ndarray], tasks: list[str], cams: list[list]) -> dict:
+        b = len(names)
+        state = np.zeros((b, self.s_max), np.float32)
+        for i, (n, s) in enumerate(zip(names, states)):
+            state[i, : len(s)] = self._norm(n, STATE, s)
+        ids, mask = self.text.encode(tasks, self.max_tokens)
+        images = torch.full((b, self.cameras, 3, self.image_size, self.image_size), -1.0)
+        image_mask = torch.zeros(b, self.cameras, dtype=torch.bool)
+        for i, row in enumerate(cams):
+            for slot, img in enumerate(row):
+                if img is not None:
+                    images[i, slot] = resize_with_pad(torch.as_tensor(img)[None], self.image_size)[0]
+                    image_mask[i, slot] = True
+        return {"images": images, "image_mask": image_mask, "tokens": torch.from_numpy(ids),
+                "token_mask": torch.from_numpy(mask), "state": torch.from_numpy(state), "embodiment": list(names)}
+
+    def from_windows(self, batch: dict) -> dict:
+        """A collated sampler batch (vla.data.sampler.collate_windows) -> model batch."""
+        names = list(batch[EMBODIMENT])
+        for n in set(names):
+            self._emb(n)
+        st = batch[STATE].numpy()
+        states = [st[i, : self.embodiments[n].state_dim] for i, n in enumerate(names)]
+        cams = []
+        for i, n in enumerate(names):
+            row = []
+            for cam in self.embodiments[n].camera_names:
+                key = image_key(cam)
+                ok = key in batch and bool(batch.get(f"image_mask/{cam}", torch.ones(len(names), dtype=torch.bool))[i])
+                row.append(batch[key][i] if ok else None)
+            cams.append(row)
+        out = self._assemble(names, states, list(batch[TASK]), cams)
+        act = batch[ACTION].numpy()
+        h = act.shape[1]
+        if h != self.horizon:
+            raise SpecError(f"window horizon {h} != model horizon {self.horizon}")
+        actions = np.zeros((len(names), h, self.a_max), np.float32)
+        for i, n in enumerate(names):
+            a = self.embodiments[n].action_dim
+            actions[i, :, :a] = self._norm(n, ACTION, act[i, :, :a])
+        out["actions"] = torch.from_numpy(actions)
+        out["action_is_pad"] = batch[ACTION_IS_PAD]
+        if self.fast is not None:
+            out.update(self._fast_tokens(names, actions))
+        return out
+
+    def _fast_tokens(self, names, actions) -> dict:
+        from vla.model.fast_policy import fast_to_lm_row
+
+        rows, masks = [], []
+        for i, n in enumerate(names):
+            a = self.embodiments[n].action_dim
+            ids = self.fast[n].encode(actions[i, :, :a])
+            r, m, trunc = fast_to_lm_row(ids, self.fast_vocab, n, self.max_action_tokens)
+            self.truncated_action_sequences += int(trunc)
+            rows.append(r)
+            masks.append(m)
+        return {"action_tokens": torch.from_numpy(np.stack(rows)), "action_token_mask": torch.from_numpy(np.stack(masks))}
+
+    def from_observations(self, observations: list[dict], default_embodiment: str | None = None) -> dict:
+        """Robot/env observations (frame keys + task + embodiment) -> model batch; validates each."""
+        names, states, tasks, cams = [], [], [], []
+        for obs in observations:
+            name = obs.get(EMBODIMENT) or default_embodiment
+            if name is None:
+                raise SpecError(f"observation has no {EMBODIMENT!r} and the checkpoint knows several: {sorted(self.embodiments)}")
+            emb = self._emb(name)
+            s = np.asarray(obs.get(STATE, None) if STATE in obs else None)
+            if STATE not in obs or s.shape != (emb.state_dim,):
+                got = "missing" if STATE not in obs else f"shape {s.shape}"
+                raise SpecError(f"embodiment {name!r}, key {STATE!r}: expected shape ({emb.state_dim},), got {got}")
+            if not np.isfinite(s.astype(np.float64)).all():
+                raise SpecError(f"embodiment {name!r}, key {STATE!r}: non-finite values")
+            row = []
+            for cam in emb.cameras:
+                key = image_key(cam.name)
+                if key not in obs:
+                    raise SpecError(f"embodiment {name!r}: missing camera key {key!r}")
+                img = np.asarray(obs[key])
+                if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
+                    raise SpecError(f"embodiment {name!r}, key {key!r}: expected uint8 HxWx3, got {img.dtype} {img.shape}")
+                if img.shape != cam.shape:
+                    raise SpecError(f"embodiment {name!r}, key {key!r}: expected image {cam.shape}, got {img.shape}")
+                row.append(img)
+            task = obs.get(TASK, obs.get("prompt"))
+            if not isinstance(task, str):
+                raise SpecError(f"observation needs the instruction as a string under {TASK!r} (or 'prompt'), got {type(task).__name__}")
+            names.append(name)
+            states.append(s.astype(np.float32))
+            tasks.append(task)
+            cams.append(row)
+        return self._assemble(names, states, tasks, cams)
+
+    def to_actions(self, actions: torch.Tensor, names: list[str]) -> list[np.ndarray]:
+        """Model actions [b, h, a_max] (normalized) -> per row float32 [h, a_e] in robot units."""
+        out = []
+        x = actions.float().cpu().numpy()
+        for i, n in enumerate(names):
+            a = self.embodiments[n].action_dim
+            out.append(self.stats[n][ACTION].unnormalize(x[i, :, :a], self.mode).astype(np.float32))
+        return out

@@ -1,0 +1,1 @@
+"""Deployment runtime: the inference Policy, policy server/client, control loop, safety."""

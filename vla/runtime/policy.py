@@ -1,0 +1,98 @@
+"""The inference Policy: a checkpoint directory -> `infer(obs) -> {"actions": [h, a], ...}`.
+
+Everything is rebuilt from the checkpoint (config, weights, norm stats, tokenizers), never
+from the current presets. Observations are validated against the checkpoint's embodiments;
+an embodiment without norm stats is refused.
+
+FAST decodes that do not yield exactly h x a values are *malformed*: the reply says so
+(`malformed: True`), the count is kept in `stats`, a warning is logged, and the actions are a
+best-effort low-pass decode (the coefficients that did decode, the rest zero), never a
+silent all-zero chunk. The control loop treats a malformed chunk as no fresh plan.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+from vla.spec import EMBODIMENT
+
+log = logging.getLogger(__name__)
+
+
+class Policy:
+    def __init__(self, path: str | Path, *, device: str | None = None, num_steps: int | None = None):
+        self.ckpt = Checkpoint(path)
+        self.model, self.tf, self.cfg = build_from_checkpoint(self.ckpt)
+        self.kind = self.ckpt.config["policy"]["type"]
+        self.device = torch.device(device or "cpu")
+        self.model.to(self.device)
+        self.num_steps = num_steps
+        self.stats = {"calls": 0, "malformed": 0}
+        self._default = next(iter(self.ckpt.embodiments)) if len(self.ckpt.embodiments) == 1 else None
+
+    @property
+    def metadata(self) -> dict:
+        """What a client needs to know (sent first on every server connection)."""
+        return {
+            "policy_type": self.kind, "checkpoint": str(self.ckpt.path), "step": self.ckpt.config.get("step"),
+            "action_horizon": self.cfg.horizon,
+            "embodiments": {n: e.to_dict() for n, e in self.ckpt.embodiments.items()},
+        }
+
+    def reset(self) -> None:
+        """Stateless between calls; kept for the PolicyLike contract."""
+
+    def infer(self, obs: dict, *, noise: np.ndarray | None = None) -> dict:
+        return self.infer_batch([obs], noise=None if noise is None else noise[None])[0]
+
+    @torch.no_grad()
+    def infer_batch(self, observations: list[dict], *, noise: np.ndarray | None = None) -> list[dict]:
+        t0 = time.perf_counter()
+        batch = self.tf.from_observations(observations, self._default)
+        names = batch[EMBODIMENT]
+        batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        malformed = [False] * len(names)
+        if self.kind == "pi0":
+            nz = None if noise is None else torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+            actions = self.tf.to_actions(self.model.sample_actions(batch, num_steps=self.num_steps, noise=nz), names)
+        else:
+            actions, malformed = self._fast(batch, names)
+        dt = (time.perf_counter() - t0) * 1000
+        self.stats["calls"] += len(names)
+        self.stats["malformed"] += sum(malformed)
+        return [{"actions": a, "malformed": m, "policy_timing": {"infer_ms": dt}} for a, m in zip(actions, malformed)]
+
+    def _fast(self, batch, names):
+        from vla.model.fast import relaxed_coefficients
+        from vla.model.fast_policy import lm_ids_to_fast
+
+        seqs = self.model.generate(batch)
+        norm, bad = [], []
+        for seq, n in zip(seqs, names):
+            tok = self.tf.fast[n]
+            ids = lm_ids_to_fast(seq, self.tf.fast_vocab, n)
+            r = tok.decode(ids)
+            if r.ok:
+                norm.append(r.actions)
+                bad.append(False)
+            else:
+                acts, got = relaxed_coefficients(tok, ids)
+                log.warning("malformed FAST decode for %s: %d values, expected %d; using a low-pass decode",
+                            n, got, tok.horizon * tok.action_dim)
+                norm.append(acts)
+                bad.append(True)
+        a_max = max(x.shape[1] for x in norm)
+        padded = np.zeros((len(norm), self.cfg.horizon, a_max), np.float32)
+        for i, x in enumerate(norm):
+            padded[i, :, : x.shape[1]] = x
+        return self.tf.to_actions(torch.from_numpy(padded), names), bad
+
+
+def load_policy(path: str | Path, **kwargs) -> Policy:
+    return Policy(path, **kwargs)
