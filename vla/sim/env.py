@@ -142,7 +142,11 @@ class SimEnv(gym.Env):
     def _render_cam(self, cam: str) -> np.ndarray:
         if self._renderer is None:
             h, w = self.image_size
-            self._renderer = mujoco.Renderer(self.model, h, w)
+            try:
+                self._renderer = mujoco.Renderer(self.model, h, w)
+            except mujoco.FatalError as e:
+                raise RuntimeError(f"cannot create an offscreen OpenGL context ({e}). Set MUJOCO_GL=egl (software: Mesa "
+                                   "libEGL) in the environment before anything imports mujoco") from None
             _track(self)
         self._renderer.update_scene(self.data, camera=cam)
         return self._renderer.render()

@@ -2,9 +2,11 @@
 
 The task plans straight-line segments for each arm's grip site (with random via points and
 speeds when asked); each control step the commanded site point advances along the current
-segment and IK turns it into joint targets. `noise` (rad) adds temporally correlated
-Gaussian noise to the joint targets; the expert closes the loop, so it recovers, and the data
-records the action actually executed.
+segment and IK turns it into joint targets. `noise` (rad) is the standard deviation of a
+temporally correlated (Ornstein-Uhlenbeck) perturbation of the joint targets during free-space
+motion; segments that need precision (grasp, release, push) scale it down. The data records
+the action actually executed, and the expert re-plans from the measured state at each segment,
+so it recovers.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from vla.sim.ik import down_rotation, nearest_yaw, site_yaw
 from vla.sim.tasks.base import Segment
 
 YAW_RATE = 3.0  # rad/s
+OU_DECAY = 0.8
 MAX_WAIT = 40  # steps to wait for the real site to reach a segment's end before moving on
 
 
@@ -64,9 +67,12 @@ class ScriptedExpert:
         if arm.seg >= len(segs):
             return
         s = segs[arm.seg]
+        if arm.target is None and s.start_when is not None and not s.start_when(e, tuple(a.seg for a in self.arms)):
+            return
         if arm.target is None:
             arm.target = np.asarray(s.pos(e) if callable(s.pos) else s.pos, np.float64)
-            arm.yaw_target = arm.yaw if s.yaw is None else float(s.yaw(e) if callable(s.yaw) else s.yaw)
+            yaw = arm.yaw if s.yaw is None else float(s.yaw(e) if callable(s.yaw) else s.yaw)
+            arm.yaw_target = arm.yaw + (yaw - arm.yaw + np.pi) % (2 * np.pi) - np.pi  # the same yaw, nearest turn
         arm.grip = s.grip
         step = e.robot.speed * s.speed / e.robot.control_hz
         delta = arm.target - arm.cmd
@@ -89,22 +95,20 @@ class ScriptedExpert:
         e = self.env
         if self._episode != e.episode_id:
             self._start()
-        out = []
+        out, scale = [], []
         qpos = e.data.qpos.copy()
         for i, arm in enumerate(self.arms):
             self._advance(i, arm)
             arm.q = e.iks[i].solve(qpos, arm.q, arm.cmd, down_rotation(arm.yaw))
             out += [arm.q, [arm.grip]]
+            segs = self.plan[i]
+            s = segs[arm.seg].noise if arm.seg < len(segs) else 0.0
+            scale += [np.full(len(arm.q), s), [0.0]]  # never perturb the gripper
         a = np.concatenate(out)
         if self.noise > 0:
-            self._ou = 0.85 * self._ou + self.noise * self.rng.standard_normal(a.shape)
-            joint = np.ones(a.shape, bool)
-            k = 0
-            for arm_cfg in e.robot.arms:
-                k += len(arm_cfg.joints)
-                joint[k] = False
-                k += 1
-            a = a + np.where(joint, self._ou, 0.0)
+            # Ornstein-Uhlenbeck noise with stationary standard deviation `noise`.
+            self._ou = OU_DECAY * self._ou + np.sqrt(1 - OU_DECAY ** 2) * self.noise * self.rng.standard_normal(a.shape)
+            a = a + np.concatenate(scale) * self._ou
         return np.clip(a, e.action_space.low, e.action_space.high).astype(np.float32)
 
     def infer(self, obs: dict) -> dict:

@@ -92,7 +92,7 @@ _SO100 = ArmConfig(joints=("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist
 def _vx300(side: str) -> ArmConfig:
     joints = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
     return ArmConfig(joints=tuple(f"{side}/{j}" for j in joints), fingers=(f"{side}/finger_left", f"{side}/finger_right"),
-                     finger_open=0.037, finger_closed=0.0, site=f"{side}/grip", side=side)
+                     finger_open=0.037, finger_closed=0.0, site=f"{side}/grip", pad_half=0.022, side=side)
 
 
 ROBOTS: dict[str, RobotConfig] = {
@@ -102,7 +102,7 @@ ROBOTS: dict[str, RobotConfig] = {
                         workspace=(0.12, 0.25, -0.15, 0.15), cube_half=0.0125, speed=0.25, max_reach=0.25),
     "bimanual": RobotConfig(name="bimanual", env_name="Bimanual", arms=(_vx300("left"), _vx300("right")),
                             cameras=("front", "wrist_left", "wrist_right"), control_hz=20.0,
-                            workspace=(-0.2, 0.2, -0.05, 0.2), cube_half=0.02, speed=0.4),
+                            workspace=(-0.22, -0.07, -0.06, 0.2), cube_half=0.02, speed=0.4),
 }
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from vla.sim.tasks.base import Segment, Task, TaskConfig
+from vla.sim.tasks.handover import HandoverTask
 from vla.sim.tasks.pick_place import PickPlaceTask
 from vla.sim.tasks.push import PushTask
 from vla.sim.tasks.reach import ReachTask
@@ -12,6 +13,7 @@ TASKS: dict[str, type[Task]] = {
     ReachTask.name: ReachTask,
     PickPlaceTask.name: PickPlaceTask,
     PushTask.name: PushTask,
+    HandoverTask.name: HandoverTask,
 }
 
 

@@ -33,6 +33,10 @@ class Segment:
     speed: float = 1.0
     hold: int = 0
     tol: float = 0.01  # m: how close the real site must get before the hold starts (None: do not wait)
+    # Two-arm coordination: the segment starts only once start_when(env, progress) holds, where
+    # progress[i] is the index of the segment arm i is on.
+    start_when: object = None
+    noise: float = 1.0  # scale of the expert's action noise on this segment (0 for grasps and releases)
 
 
 class Task:

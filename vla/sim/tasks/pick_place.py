@@ -111,12 +111,12 @@ class PickPlaceTask(Task):
         sp = lambda: rng.uniform(0.8, 1.2)  # noqa: E731
         return [[
             Segment(via_point(rng, env.grip_pos(0), above, noise), yaw=yaw, tol=None, speed=sp()),
-            Segment(above, yaw=yaw, speed=sp(), tol=0.02),
-            Segment(grasp, yaw=yaw, speed=0.5, tol=0.008, hold=2),
-            Segment(grasp, grip=1.0, yaw=yaw, tol=None, hold=8),
+            Segment(above, yaw=yaw, speed=sp(), tol=0.02, noise=0.3),
+            Segment(grasp, yaw=yaw, speed=0.5, tol=0.008, hold=2, noise=0.0),
+            Segment(grasp, grip=1.0, yaw=yaw, tol=None, hold=8, noise=0.0),
             Segment(np.array([cube[0], cube[1], lift]), grip=1.0, speed=0.7, tol=None),
             Segment(carry, grip=1.0, speed=sp(), tol=0.02),
-            Segment(drop, grip=1.0, speed=0.6, tol=0.015, hold=2),
-            Segment(drop, grip=0.0, tol=None, hold=10),
+            Segment(drop, grip=1.0, speed=0.6, tol=0.015, hold=2, noise=0.3),
+            Segment(drop, grip=0.0, tol=None, hold=10, noise=0.0),
             Segment(drop + np.array([0, 0, 0.05]), grip=0.0, tol=None, hold=20),
         ]]

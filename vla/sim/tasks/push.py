@@ -130,12 +130,12 @@ class PushTask(Task):
         segs = [
             Segment(via_point(rng, env.grip_pos(0), above, noise), grip=1.0, yaw=yaw, tol=None, speed=rng.uniform(0.8, 1.2)),
             Segment(above, grip=1.0, yaw=yaw, tol=0.02),
-            Segment(behind, grip=1.0, speed=0.5, tol=0.008),
+            Segment(behind, grip=1.0, speed=0.5, tol=0.008, noise=0.0),
         ]
         # Push in stages, re-aiming behind the block before each, so sideways drift does not build up.
         for i, frac in enumerate((0.6, 1.0, 1.0)):
             if i:
-                segs += [Segment(back_off, grip=1.0, speed=0.5, tol=None),
-                         Segment(behind, grip=1.0, yaw=yaw, speed=0.5, tol=0.006)]
-            segs.append(Segment(push_to(frac), grip=1.0, speed=0.3, tol=None, hold=3))
+                segs += [Segment(back_off, grip=1.0, speed=0.5, tol=None, noise=0.0),
+                         Segment(behind, grip=1.0, yaw=yaw, speed=0.5, tol=0.006, noise=0.0)]
+            segs.append(Segment(push_to(frac), grip=1.0, speed=0.3, tol=None, hold=3, noise=0.0))
         return [segs]

@@ -64,5 +64,5 @@ class ReachTask(Task):
         above = goal + np.array([0, 0, rng.uniform(0.05, 0.1)])
         segs = [Segment(via_point(rng, start, above, noise), tol=None, speed=rng.uniform(0.8, 1.2)),
                 Segment(above, tol=None, speed=rng.uniform(0.8, 1.2)),
-                Segment(goal, speed=0.6, hold=20)]
+                Segment(goal, speed=0.6, hold=20, noise=0.2)]
         return [segs]
