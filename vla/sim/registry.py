@@ -68,3 +68,10 @@ def make_env(robot: str, task: str, *, image_size: int = 96, seed: int | None = 
     if seed is not None:
         env.reset(seed=seed)
     return env
+
+
+def embodiment_for(robot: str, image_size: int = 96):
+    """The Embodiment an env of this robot produces at this image size (no env is built)."""
+    if robot in EXTERNAL:
+        return _external(robot).embodiment(image_size)
+    return get_robot(robot).embodiment(image_size)

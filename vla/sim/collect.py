@@ -1,0 +1,161 @@
+"""Fill an episode store with scripted-expert demonstrations, following a recipe (datasets/*.toml).
+
+    name = "quickstart"
+    image_size = 64
+    seed = 0
+    keep_failed = false
+    [[tasks]]
+    robot = "arm7"
+    task = "reach"
+    episodes = 40
+    noise = 0.02        # expert action noise, rad (see vla.sim.expert)
+
+Episodes run in worker processes; the parent writes each finished episode to the store, so a
+Ctrl-C (or a crash) keeps every episode committed so far. Failed episodes are dropped unless
+`keep_failed`; a crashed episode is logged with its seed and the rest go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import tomllib
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla.data.store import EpisodeStore
+from vla.sim.registry import embodiment_for, make_env
+from vla.sim.rollout import run_episode
+from vla.sim.suites import parse_tasks
+from vla.sim.workers import run_jobs
+from vla.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+DATASETS_DIR = Path(__file__).resolve().parent.parent.parent / "datasets"
+SEED_STRIDE = 100_000  # seeds of task i are seed + i * SEED_STRIDE + episode
+
+
+@dataclass(frozen=True)
+class RecipeTask:
+    robot: str
+    task: str
+    episodes: int
+    noise: float = 0.0
+
+
+@dataclass(frozen=True)
+class RecipeConfig:
+    name: str
+    tasks: tuple[RecipeTask, ...]
+    image_size: int = 96
+    seed: int = 0
+    keep_failed: bool = False
+    description: str = ""
+
+    def __post_init__(self):
+        if not self.tasks:
+            raise SpecError(f"recipe {self.name!r}: needs at least one [[tasks]] entry")
+        for t in self.tasks:
+            if t.noise < 0:
+                raise SpecError(f"recipe {self.name!r}: {t.robot}/{t.task}: noise must be >= 0, got {t.noise}")
+
+
+def load_recipe(name_or_path: str | Path) -> RecipeConfig:
+    p = Path(name_or_path)
+    if not p.exists() and p.suffix != ".toml":
+        p = DATASETS_DIR / f"{name_or_path}.toml"
+    if not p.exists():
+        known = sorted(x.stem for x in DATASETS_DIR.glob("*.toml"))
+        raise SpecError(f"recipe not found: {name_or_path}; built-in recipes are {known}, or pass a .toml path")
+    try:
+        d = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{p}: invalid TOML: {e}") from None
+    known = {"name", "description", "image_size", "seed", "keep_failed", "episodes", "noise", "tasks"}
+    if set(d) - known:
+        raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")
+    name = d.get("name", p.stem)
+    tasks = parse_tasks(name, d, "recipe", int(d.get("episodes", 50)))
+    return RecipeConfig(name=name, image_size=int(d.get("image_size", 96)), seed=int(d.get("seed", 0)),
+                        keep_failed=bool(d.get("keep_failed", False)), description=d.get("description", ""),
+                        tasks=tuple(RecipeTask(t["robot"], t["task"], t["episodes"], float(t.get("noise", d.get("noise", 0.0))))
+                                    for t in tasks))
+
+
+# ---- worker side ----
+_ENVS: dict = {}
+
+
+def _env(robot: str, task: str, image_size: int):
+    key = (robot, task, image_size)
+    if key not in _ENVS:
+        _ENVS[key] = make_env(robot, task, image_size=image_size)
+    return _ENVS[key]
+
+
+def _collect_job(context: dict, job: dict) -> dict:
+    from vla.sim.expert import make_expert
+
+    env = _env(job["robot"], job["task"], context["image_size"])
+    expert = make_expert(env, noise=job["noise"], seed=job["seed"])
+    ep = run_episode(env, expert, seed=job["seed"], replan_every=1, record=True)
+    frames = ep.pop("frames")
+    ep["arrays"] = {k: np.stack([f[k] for f in frames]) for k in frames[0]} if frames else {}
+    return ep
+
+
+# ---- parent side ----
+def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: int = 1, keep_failed: bool | None = None,
+            progress: bool = True) -> dict:
+    """Run a recipe (name, TOML path or RecipeConfig) into `out_store` (created, or appended to)."""
+    recipe = recipe_or_spec if isinstance(recipe_or_spec, RecipeConfig) else load_recipe(recipe_or_spec)
+    if episodes is not None:
+        if episodes < 1:
+            raise SpecError(f"episodes must be >= 1, got {episodes}")
+        recipe = replace(recipe, tasks=tuple(replace(t, episodes=episodes) for t in recipe.tasks))
+    keep = recipe.keep_failed if keep_failed is None else keep_failed
+    embs = {t.robot: embodiment_for(t.robot, recipe.image_size) for t in recipe.tasks}
+    store = EpisodeStore.create(out_store, list(embs.values()), exist_ok=True)
+    for emb in embs.values():
+        store.add_embodiment(emb)
+    jobs = [{"robot": t.robot, "task": t.task, "noise": t.noise, "seed": recipe.seed + i * SEED_STRIDE + k}
+            for i, t in enumerate(recipe.tasks) for k in range(t.episodes)]
+    stats = {f"{t.robot}/{t.task}": {"attempted": 0, "succeeded": 0, "kept": 0, "crashed": 0, "frames": 0}
+             for t in recipe.tasks}
+    crashed: list[dict] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=f"collect {recipe.name}", unit="ep", disable=not progress)
+    try:
+        for job, ep, err in run_jobs(_collect_job, {"image_size": recipe.image_size}, jobs, workers=workers):
+            s = stats[f"{job['robot']}/{job['task']}"]
+            s["attempted"] += 1
+            bar.update(1)
+            if err is not None:
+                s["crashed"] += 1
+                crashed.append({"robot": job["robot"], "task": job["task"], "seed": job["seed"], "error": err.strip().splitlines()[-1]})
+                log.error("episode %s/%s seed %d crashed: %s", job["robot"], job["task"], job["seed"], err.strip().splitlines()[-1])
+                continue
+            s["succeeded"] += int(ep["success"])
+            if not (ep["success"] or keep) or not ep["arrays"]:
+                continue
+            arrays = ep["arrays"]
+            n = len(arrays["action"])
+            with store.writer(ep["embodiment"], source=f"sim:expert:{job['robot']}/{job['task']}") as w:
+                for i in range(n):
+                    w.add_frame({k: v[i] for k, v in arrays.items()})
+                w.end_episode(task=ep["task"], success=bool(ep["success"]))
+            s["kept"] += 1
+            s["frames"] += n
+            bar.set_postfix(kept=sum(x["kept"] for x in stats.values()))
+    finally:
+        bar.close()
+    elapsed = time.perf_counter() - t0
+    total = sum(x["attempted"] for x in stats.values())
+    return {"recipe": recipe.name, "store": str(out_store), "episodes_attempted": total,
+            "episodes_kept": sum(x["kept"] for x in stats.values()), "seconds": round(elapsed, 2),
+            "episodes_per_min": round(60 * total / elapsed, 1) if elapsed > 0 else None,
+            "per_task": stats, "crashed": crashed}

@@ -1,0 +1,64 @@
+"""One episode of a policy in an env, executing action chunks open-loop for `replan_every` steps."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from vla.spec import ACTION, EMBODIMENT, TASK, SpecError
+
+
+class PolicyOutputError(SpecError):
+    """A policy returned something that is not a chunk of actions for this embodiment."""
+
+
+def _chunk(out, action_dim: int, who: str) -> np.ndarray:
+    if not isinstance(out, dict) or "actions" not in out:
+        raise PolicyOutputError(f"{who}: infer() must return a dict with 'actions', got {type(out).__name__}"
+                                + (f" with keys {sorted(out)}" if isinstance(out, dict) else ""))
+    a = np.asarray(out["actions"], dtype=np.float32)
+    if a.ndim == 1:
+        a = a[None]
+    if a.ndim != 2 or a.shape[1] != action_dim or a.shape[0] == 0:
+        raise PolicyOutputError(f"{who}: expected actions of shape [h, {action_dim}], got {a.shape}")
+    return a
+
+
+def run_episode(env, policy, *, seed: int, replan_every: int | None = None, record: bool = False,
+                video: bool = False) -> dict:
+    """Roll out `policy` (PolicyLike) in `env` from reset(seed). Returns success, length, and (record) frames.
+
+    Recorded frames are store-ready: image keys, `observation/state`, and the executed `action`;
+    `video` keeps the first camera's images.
+    """
+    emb = env.unwrapped.embodiment
+    obs, info = env.reset(seed=seed)
+    policy.reset()
+    instruction = obs.get(TASK, "")
+    frames: list[dict] = []
+    images: list[np.ndarray] = []
+    first_cam = f"observation/images/{emb.cameras[0].name}" if emb.cameras else None
+    queue: list[np.ndarray] = []
+    success, steps = False, 0
+    while True:
+        if not queue:
+            q = dict(obs)
+            q[EMBODIMENT] = emb.name
+            chunk = _chunk(policy.infer(q), emb.action_dim, type(policy).__name__)
+            n = replan_every or max(1, len(chunk) // 2)
+            queue = list(chunk[:n])
+        action = queue.pop(0)
+        if record:
+            f = {k: v for k, v in obs.items() if k != TASK}
+            f[ACTION] = action
+            frames.append(f)
+        if video and first_cam is not None:
+            images.append(obs[first_cam])
+        obs, _, terminated, truncated, info = env.step(action)
+        steps += 1
+        success = success or bool(info.get("success", False))
+        if terminated or truncated:
+            break
+    if video and first_cam is not None:
+        images.append(obs[first_cam])
+    return {"success": success, "length": steps, "task": instruction, "frames": frames, "video": images,
+            "embodiment": emb.name}
