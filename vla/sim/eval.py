@@ -1,0 +1,148 @@
+"""The evaluation harness: a policy on a suite -> success rate per task (95% Wilson CI), mean
+episode length, JSON, a bar chart and a few rollout videos.
+
+`policy` is "expert" (the scripted expert of each env: a sanity baseline), a PolicyLike object
+(`reset()`, `infer(obs) -> {"actions": [h, a]}`), or a picklable zero-arg factory returning one
+(needed for workers > 1: each worker process builds its own). The harness adds `embodiment` to
+every observation and executes each chunk open-loop for `replan_every` steps (default: the
+suite's setting, else half the chunk). This module imports nothing from runtime/model/train.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from vla.sim.collect import SEED_STRIDE
+from vla.sim.registry import make_env
+from vla.sim.report import bar_chart, wilson, write_json, write_video
+from vla.sim.rollout import run_episode
+from vla.sim.suites import SuiteConfig, load_suite
+from vla.sim.workers import run_jobs
+from vla.spec import SpecError
+
+log = logging.getLogger(__name__)
+
+_ENVS: dict = {}
+_POLICY: dict = {}
+
+
+def _policy(context: dict, env, seed: int):
+    p = context["policy"]
+    if isinstance(p, str):
+        if p != "expert":
+            raise SpecError(f"policy string must be 'expert', got {p!r}")
+        from vla.sim.expert import make_expert
+
+        return make_expert(env, seed=seed)
+    if hasattr(p, "infer"):
+        return p
+    if "built" not in _POLICY:  # one policy per worker process, built from the factory
+        _POLICY["built"] = p()
+    return _POLICY["built"]
+
+
+def _eval_job(context: dict, job: dict) -> dict:
+    key = (job["robot"], job["task"], context["image_size"])
+    if key not in _ENVS:
+        _ENVS[key] = make_env(job["robot"], job["task"], image_size=context["image_size"])
+    env = _ENVS[key]
+    policy = _policy(context, env, job["seed"])
+    ep = run_episode(env, policy, seed=job["seed"], replan_every=context["replan_every"], video=job["video"])
+    ep["fps"] = int(env.metadata.get("render_fps", 20))
+    return ep
+
+
+def _policy_name(policy) -> str:
+    if isinstance(policy, str):
+        return policy
+    return getattr(policy, "name", None) or getattr(policy, "__name__", None) or type(policy).__name__
+
+
+def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = None, workers: int = 1,
+             replan_every: int | None = None, image_size: int | None = None, json_out: str | Path | None = None,
+             chart: str | Path | None = None, videos: str | Path | None = None, num_videos: int = 2,
+             progress: bool = True) -> dict:
+    """Run `policy` on every task of `suite`; see the module docstring. Returns the results dict."""
+    cfg = suite if isinstance(suite, SuiteConfig) else load_suite(suite)
+    if episodes is not None:
+        if episodes < 1:
+            raise SpecError(f"episodes must be >= 1, got {episodes}")
+        cfg = replace(cfg, tasks=tuple(replace(t, episodes=episodes) for t in cfg.tasks))
+    if replan_every is not None and replan_every < 1:
+        raise SpecError(f"replan_every must be >= 1, got {replan_every}")
+    if workers > 1 and not isinstance(policy, str) and hasattr(policy, "infer"):
+        raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
+    size = image_size or cfg.image_size
+    context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every}
+    jobs = [{"robot": t.robot, "task": t.task, "seed": cfg.seed + i * SEED_STRIDE + k, "video": bool(videos) and k < num_videos}
+            for i, t in enumerate(cfg.tasks) for k in range(t.episodes)]
+    per: dict[str, dict] = {f"{t.robot}/{t.task}": {"robot": t.robot, "task": t.task, "episodes": 0, "successes": 0,
+                                                     "lengths": [], "errors": []} for t in cfg.tasks}
+    video_files: list[str] = []
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(jobs), desc=f"eval {cfg.name}", unit="ep", disable=not progress)
+    try:
+        for job, ep, err in run_jobs(_eval_job, context, jobs, workers=workers):
+            r = per[f"{job['robot']}/{job['task']}"]
+            bar.update(1)
+            if err is not None:
+                last = err.strip().splitlines()[-1]
+                r["errors"].append({"seed": job["seed"], "error": last})
+                log.error("eval %s/%s seed %d failed: %s", job["robot"], job["task"], job["seed"], last)
+                log.debug("traceback:\n%s", err)
+                continue
+            r["episodes"] += 1
+            r["successes"] += int(ep["success"])
+            r["lengths"].append(ep["length"])
+            if videos and ep["video"]:
+                tag = "success" if ep["success"] else "fail"
+                path = Path(videos) / f"{job['robot']}_{job['task']}_seed{job['seed']}_{tag}.mp4"
+                video_files.append(str(write_video(ep["video"], path, ep["fps"])))
+    finally:
+        bar.close()
+    rows = []
+    for r in per.values():
+        n, s = r["episodes"], r["successes"]
+        rows.append({"robot": r["robot"], "task": r["task"], "episodes": n, "successes": s,
+                     "success_rate": s / n if n else 0.0, "ci95": list(wilson(s, n)),
+                     "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
+                     "errors": r["errors"]})
+    n_all = sum(r["episodes"] for r in rows)
+    s_all = sum(r["successes"] for r in rows)
+    results = {"policy": _policy_name(policy), "suite": cfg.name, "image_size": size,
+               "replan_every": context["replan_every"], "tasks": rows,
+               "overall": {"episodes": n_all, "successes": s_all, "success_rate": s_all / n_all if n_all else 0.0,
+                           "ci95": list(wilson(s_all, n_all)),
+                           "mean_task_success": float(np.mean([r["success_rate"] for r in rows])) if rows else 0.0},
+               "seconds": round(time.perf_counter() - t0, 2), "videos": video_files}
+    if json_out:
+        results["json"] = str(write_json(results, json_out))
+    if chart or json_out:
+        target = Path(chart) if chart else Path(json_out).with_suffix(".png")
+        results["chart"] = str(bar_chart(results, target))
+        if json_out:
+            write_json(results, json_out)
+    return results
+
+
+def format_results(results: dict) -> str:
+    """A plain-text table of the results."""
+    lines = [f"policy {results['policy']}  suite {results['suite']}  ({results['seconds']} s)",
+             f"{'robot/task':<26} {'success':>9} {'rate':>6} {'95% CI':>15} {'mean len':>9} {'errors':>6}"]
+    for r in results["tasks"]:
+        lo, hi = r["ci95"]
+        ml = f"{r['mean_length']:.1f}" if r["mean_length"] is not None else "-"
+        ci = f"[{lo:.2f}, {hi:.2f}]"
+        name = r["robot"] + "/" + r["task"]
+        lines.append(f"{name:<26} {r['successes']:>4}/{r['episodes']:<4} {r['success_rate']:>6.2f} "
+                     f"{ci:>15} {ml:>9} {len(r['errors']):>6}")
+    o = results["overall"]
+    ci = "[{:.2f}, {:.2f}]".format(*o["ci95"])
+    lines.append(f"{'overall':<26} {o['successes']:>4}/{o['episodes']:<4} {o['success_rate']:>6.2f} {ci:>15}")
+    return "\n".join(lines)
