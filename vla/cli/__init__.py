@@ -13,12 +13,15 @@ from pathlib import Path
 import typer
 
 from vla.cli import data, train
+from vla.cli import sim
 from vla.cli.common import bench_app, fail, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.")
 app.add_typer(data.app, name="data")
 app.add_typer(bench_app, name="bench")
+app.command("collect")(sim.collect_command)
+app.command("eval")(sim.eval_command)
 app.command("train")(train.train_command)
 app.add_typer(train.tokenizer_app, name="tokenizer")
 

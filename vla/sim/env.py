@@ -26,6 +26,7 @@ from vla.sim.tasks import get_task
 from vla.spec import STATE, TASK, SpecError, image_key
 
 log = logging.getLogger(__name__)
+logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs an INFO line per process otherwise
 
 _OPEN = weakref.WeakSet()  # envs holding a GL context: closed at exit, before the GL module is torn down
 _ATEXIT = []

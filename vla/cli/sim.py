@@ -1,0 +1,126 @@
+"""`vla collect`, `vla eval` and `vla bench sim`."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vla.cli.common import bench_app, emit, fail, user_errors
+
+log = logging.getLogger(__name__)
+
+
+def _sim_errors() -> tuple[type[BaseException], ...]:
+    from vla.sim.env import ActionError
+
+    return user_errors() + (ActionError,)
+
+
+def collect_command(
+    recipe: str = typer.Argument(..., help="Recipe TOML (datasets/*.toml) or a built-in recipe name."),
+    out: Path = typer.Option(..., "--out", help="Episode store to create or append to."),
+    episodes: Optional[int] = typer.Option(None, help="Episodes per recipe task [default: the recipe's]."),
+    workers: int = typer.Option(1, help="Worker processes."),
+    keep_failed: Optional[bool] = typer.Option(None, "--keep-failed/--drop-failed",
+                                               help="Keep unsuccessful episodes [default: the recipe's, usually no]."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
+):
+    """Fill a store with scripted-expert demonstrations in simulation."""
+    from vla.sim.collect import collect
+
+    try:
+        r = collect(recipe, out, episodes=episodes, workers=workers, keep_failed=keep_failed)
+    except _sim_errors() as e:
+        fail(str(e))
+    for name, s in r["per_task"].items():
+        typer.echo(f"{name:<24} attempted {s['attempted']:>5}  succeeded {s['succeeded']:>5}  kept {s['kept']:>5}  "
+                   f"frames {s['frames']:>7}  crashed {s['crashed']}")
+    for c in r["crashed"]:
+        typer.echo(f"crashed: {c['robot']}/{c['task']} seed {c['seed']}: {c['error']}", err=True)
+    typer.echo(f"{r['episodes_kept']} episodes into {out} in {r['seconds']} s ({r['episodes_per_min']} episodes/min)")
+    if json_out:
+        emit(r, json_out)
+
+
+# Picklable policy factories, one per worker process (module-level: pickled by reference).
+def _load_checkpoint(path: str):
+    from vla.runtime.policy import load_policy
+
+    return load_policy(path)
+
+
+def _connect(url: str):
+    from vla.runtime.client import RemotePolicy
+
+    return RemotePolicy(url)
+
+
+def resolve_policy(policy: str, workers: int):
+    """'expert', a ws:// URL, or a checkpoint dir -> what `evaluate` takes (object for 1 worker, else factory)."""
+    if policy == "expert":
+        return "expert"
+    if policy.startswith(("ws://", "wss://")):
+        module, factory = "vla.runtime.client", functools.partial(_connect, policy)
+        what = "a policy server client (vla.runtime.client.RemotePolicy)"
+    else:
+        if not Path(policy).is_dir():
+            fail(f"POLICY must be 'expert', a ws://host:port policy server, or a checkpoint directory; "
+                 f"{policy!r} is none of these (no such directory)")
+        module, factory = "vla.runtime.policy", functools.partial(_load_checkpoint, policy)
+        what = "checkpoint loading (vla.runtime.policy.load_policy)"
+    import importlib
+
+    try:
+        importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        fail(f"{what} is not available in this install: {e}")
+    if workers <= 1:
+        try:
+            return factory()  # fail fast on a bad checkpoint or an unreachable server
+        except user_errors() + (OSError, ConnectionError) as e:
+            fail(f"cannot load policy {policy!r}: {e}")
+    return factory
+
+
+def eval_command(
+    policy: str = typer.Argument(..., help="'expert', a checkpoint directory, or a ws://host:port policy server."),
+    suite: str = typer.Option("quickstart", help="Suite name (envs/suites/*.toml) or TOML path."),
+    episodes: Optional[int] = typer.Option(None, help="Episodes per task [default: the suite's]."),
+    workers: int = typer.Option(1, help="Worker processes (each loads its own policy)."),
+    replan_every: Optional[int] = typer.Option(None, help="Execute this many actions of each chunk before replanning "
+                                               "[default: the suite's, else half the chunk]."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results JSON here (and the bar chart PNG beside it)."),
+    videos: Optional[Path] = typer.Option(None, help="Folder for mp4 videos of the first rollouts of each task."),
+    num_videos: int = typer.Option(2, help="Videos per task."),
+):
+    """Success rate per task (95% CI), mean episode length, a bar chart and videos."""
+    from vla.sim.eval import evaluate, format_results
+
+    pol = resolve_policy(policy, workers)
+    try:
+        r = evaluate(pol, suite, episodes=episodes, workers=workers, replan_every=replan_every, json_out=json_out,
+                     videos=videos, num_videos=num_videos)
+    except _sim_errors() as e:
+        fail(str(e))
+    typer.echo(format_results(r))
+    if r.get("json"):
+        typer.echo(f"results: {r['json']}  chart: {r['chart']}")
+    if r["videos"]:
+        typer.echo(f"videos: {len(r['videos'])} in {videos}")
+
+
+@bench_app.command("sim")
+def bench_sim(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    quick: bool = typer.Option(False, help="Fewer iterations (a smoke run, not for reporting)."),
+    external: bool = typer.Option(True, help="Include the Meta-World and ALOHA suites."),
+    collect_episodes: int = typer.Option(100, help="arm7 reach episodes for the collection timing."),
+):
+    """Physics steps/s, renders/s per camera (96x96, 224x224), collection episodes/min."""
+    from vla.bench.sim import run
+
+    emit(run(quick=quick, external=external, collect_episodes=collect_episodes), json_out)
