@@ -6,7 +6,7 @@ from vla.cli import app
 from vla.data import EpisodeStore
 from vla.data.synthetic import write_synthetic
 from vla.spec import load_embodiment
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 runner = CliRunner()
 

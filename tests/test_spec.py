@@ -3,7 +3,7 @@ import math
 import pytest
 
 from vla.spec import ACTION, STATE, Embodiment, SpecError, image_key, load_embodiment
-from conftest import tiny_embodiment
+from helpers import tiny_embodiment
 
 
 def test_embodiment_dict_roundtrip_keeps_infinite_limits():

@@ -10,7 +10,7 @@ from vla.data.lerobot_export import export_lerobot
 from vla.data.lerobot_import import LeRobotFormatError, import_lerobot
 from vla.data.synthetic import write_synthetic
 from vla.spec import ACTION, STATE, TIMESTAMP, SpecError, image_key, load_embodiment
-from conftest import FIXTURES
+from helpers import FIXTURES
 
 pytestmark = pytest.mark.interop
 

@@ -6,7 +6,7 @@ import pytest
 from vla.data import EpisodeStore
 from vla.data.stats import compute_norm_stats, load_stats, save_stats
 from vla.spec import ACTION, STATE, SpecError
-from conftest import tiny_embodiment
+from helpers import tiny_embodiment
 
 
 def test_streaming_stats_match_numpy(tmp_path):

@@ -13,7 +13,7 @@ import zarr
 
 from vla.data import EpisodeStore, FrameError, StoreError
 from vla.spec import ACTION, STATE, TIMESTAMP, image_key
-from conftest import fill, make_frame, tiny_embodiment
+from helpers import fill, make_frame, tiny_embodiment
 
 
 def check_episode(store, i, emb, ep_id, length):
@@ -161,7 +161,7 @@ def test_fsspec_url_store(emb):
 CHILD = textwrap.dedent("""
     import sys, numpy as np
     sys.path.insert(0, {tests!r})
-    from conftest import make_frame, tiny_embodiment
+    from helpers import make_frame, tiny_embodiment
     from vla.data import EpisodeStore
     emb = tiny_embodiment(cams=(("front", 32, 32), ("wrist", 16, 16)))
     store = EpisodeStore.open({path!r}, mode="a")

@@ -141,12 +141,14 @@ class WindowDataset(Dataset):
         return samples
 
 
-def collate_windows(samples: list[dict]) -> dict:
+def collate_windows(samples: list[dict], *, stack_images: bool = True) -> dict:
     """Stack samples into a batch of tensors; pads mixed embodiments.
 
     State/action are right-padded with zeros to the largest dim in the batch, with
     `state_dim_is_pad` / `action_dim_is_pad` [b, dim] marking padding. A camera missing from
     some samples is zero-filled there, with `image_mask/<cam>` [b] False for those samples.
+    With stack_images=False, images stay a list per camera (None where missing), for batches
+    whose embodiments use different image sizes under one camera name.
     """
     out: dict = {TASK: [s[TASK] for s in samples], EMBODIMENT: [s[EMBODIMENT] for s in samples]}
     for key, pad_key in ((STATE, "state_dim_is_pad"), (ACTION, "action_dim_is_pad")):
@@ -169,6 +171,10 @@ def collate_windows(samples: list[dict]) -> dict:
     cams = sorted({k for s in samples for k in s if k.startswith(IMAGE_PREFIX)})
     for key in cams:
         present = [key in s for s in samples]
+        out["image_mask/" + key[len(IMAGE_PREFIX):]] = torch.tensor(present)
+        if not stack_images:
+            out[key] = [s.get(key) for s in samples]
+            continue
         ref = next(s[key] for s in samples if key in s)
         if any(key in s and s[key].shape != ref.shape for s in samples):
             shapes = sorted({s[key].shape for s in samples if key in s})
@@ -178,7 +184,6 @@ def collate_windows(samples: list[dict]) -> dict:
             if key in s:
                 batch[k] = s[key]
         out[key] = torch.from_numpy(batch)
-        out["image_mask/" + key[len(IMAGE_PREFIX):]] = torch.tensor(present)
     return out
 
 

@@ -126,7 +126,9 @@ def compute_stats_from_chunks(chunks_factory, dim: int, bins: int = 5000) -> Key
     # Quantiles cannot leave the observed range (a constant dim has q01 = q99 = its value).
     q01 = np.clip(hist.quantile(0.01), mom.min, mom.max)
     q99 = np.clip(hist.quantile(0.99), mom.min, mom.max)
-    return KeyStats(mom.n, mom.mean, std, mom.min, mom.max, q01, q99)
+    # float32, exactly what a JSON round trip gives back (so a resumed run normalizes identically)
+    f32 = lambda x: np.asarray(x, np.float32)
+    return KeyStats(mom.n, f32(mom.mean), f32(std), f32(mom.min), f32(mom.max), f32(q01), f32(q99))
 
 
 def compute_norm_stats(stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION), bins: int = 5000,

@@ -145,8 +145,11 @@ class Pi0Policy(nn.Module):
         """Per-sample flow-matching MSE [b], over real action dims and non-padded steps."""
         actions, emb = batch["actions"], batch["embodiment"]
         b = actions.shape[0]
-        noise = torch.randn(actions.shape, generator=generator).to(actions)
-        t = self.sample_time(b, generator, actions.device).to(actions.dtype)
+        # The trainer may hand in the noise and times (drawn for the global batch, so DDP ranks
+        # see exactly what one process would); otherwise draw them here.
+        noise = batch["noise"] if "noise" in batch else torch.randn(actions.shape, generator=generator).to(actions)
+        t = batch["time"] if "time" in batch else self.sample_time(b, generator, actions.device)
+        t = t.to(actions.dtype)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         target = noise - actions
         prefix, p_valid = self.embed_prefix(batch)
@@ -175,6 +178,9 @@ class Pi0Policy(nn.Module):
         emb = batch["embodiment"]
         steps = num_steps or self.cfg.num_steps
         b = len(emb)
+        unknown = sorted(set(emb) - set(self.cfg.embodiments))
+        if unknown:
+            raise KeyError(f"no head for embodiment(s) {unknown}; this model knows {sorted(self.cfg.embodiments)}")
         a_dim = max(self.cfg.embodiments[n][1] for n in emb)
         prefix, p_valid = self.embed_prefix(batch)
         x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)

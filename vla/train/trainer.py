@@ -101,7 +101,7 @@ class _Collate:
         self.tf = tf
 
     def __call__(self, samples):
-        return self.tf.from_windows(collate_windows(samples))
+        return self.tf.from_windows(collate_windows(samples, stack_images=False))
 
 
 def _dist_info() -> tuple[int, int]:
@@ -176,7 +176,8 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         start = state["step"]
         if start >= tcfg.steps:
             log.info("checkpoint %s is already at step %d >= %d", out, start, tcfg.steps)
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    # Heads of embodiments absent from a rank's slice get no gradient in that step.
+    ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     counts = np.bincount(ds._ep_store[ds._ep], minlength=len(stores)).astype(np.float64)
     w = np.asarray(weights if weights is not None else counts, np.float64)
@@ -221,7 +222,11 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tcfg)
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step * 101 + rank))
+        gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
+        if preset.type == "pi0":  # noise and times of the whole global batch; this rank's rows
+            shape = (tcfg.batch_size, *batch["actions"].shape[1:])
+            batch["noise"] = torch.randn(shape, generator=gen)[rank::world].to(dev)
+            batch["time"] = model.sample_time(tcfg.batch_size, gen)[rank::world].to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss = ddp_model.compute_loss(batch, gen).mean() if world == 1 else _ddp_loss(ddp_model, batch, gen)
         opt.zero_grad(set_to_none=True)

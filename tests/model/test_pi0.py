@@ -1,0 +1,108 @@
+import pytest
+import torch
+
+from vla.model.attention import fuse_for_inference, make_attn_mask, positions_from_valid
+from vla.model.backbone import GemmaSize
+from vla.model.pi0 import Pi0Config, Pi0Policy
+from vla.spec import SpecError
+from model.tiny_configs import tiny_pi0
+
+
+def test_mask_rule_is_block_causal():
+    valid = torch.tensor([[1, 1, 0, 1, 1, 1, 1]], dtype=torch.bool)  # token 2 is padding
+    ar = torch.tensor([[0, 0, 0, 0, 1, 1, 0]])  # prefix 0..3, state 4, actions 5..6
+    m = make_attn_mask(valid, ar)[0]
+    prefix, state, actions = [0, 1, 3], [4], [5, 6]
+    for i in prefix:
+        assert m[i, prefix].all() and not m[i, state + actions].any(), "prefix must never see the suffix"
+    assert m[4, prefix + state].all() and not m[4, actions].any()
+    for i in actions:
+        assert m[i, prefix + state + actions].all(), "actions see everything real, bidirectionally"
+    assert not m[[0, 1, 3, 4, 5, 6], 2].any(), "nobody attends to padding"
+    assert m[2, 2], "a padding query's softmax row is never empty"
+    assert positions_from_valid(valid).tolist() == [[0, 1, 1, 2, 3, 4, 5]]
+
+
+def test_prefix_outputs_do_not_depend_on_suffix():
+    torch.manual_seed(0)
+    cfg = tiny_pi0()
+    m = Pi0Policy(cfg, 64).eval()
+    batch = cfg.example_batch(2, vocab_size=64)
+    noise = torch.randn(2, cfg.horizon, 4)
+    a = m.sample_actions(batch, noise=noise)
+    batch2 = dict(batch, state=batch["state"] + 5.0)  # changes the suffix only
+    b = m.sample_actions(batch2, noise=noise)
+    assert not torch.allclose(a, b), "state must matter"
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_cached_sampling_equals_uncached(fused):
+    torch.manual_seed(1)
+    cfg = tiny_pi0()
+    m = Pi0Policy(cfg, 64).eval()
+    if fused:
+        fuse_for_inference(m.backbone.language_model, m.expert)
+    batch = cfg.example_batch(3, vocab_size=64)
+    batch["image_mask"][1, 1] = False  # a missing camera
+    noise = torch.randn(3, cfg.horizon, 4)
+    cached = m.sample_actions(batch, noise=noise, use_cache=True)
+    full = m.sample_actions(batch, noise=noise, use_cache=False)
+    assert cached.shape == (3, cfg.horizon, 4)
+    assert (cached - full).abs().max() < 1e-4
+
+
+def test_fused_inference_path_matches_modules():
+    torch.manual_seed(2)
+    cfg = tiny_pi0()
+    m = Pi0Policy(cfg, 64).eval()
+    batch = cfg.example_batch(2, vocab_size=64)
+    noise = torch.randn(2, cfg.horizon, 4)
+    ref = m.sample_actions(batch, noise=noise)
+    fuse_for_inference(m.backbone.language_model, m.expert)
+    assert (m.sample_actions(batch, noise=noise) - ref).abs().max() < 1e-5
+
+
+def test_loss_decreases_on_a_tiny_batch_and_padding_is_masked():
+    torch.manual_seed(0)
+    cfg = tiny_pi0()
+    m = Pi0Policy(cfg, 64)
+    batch = cfg.example_batch(4, vocab_size=64)
+    opt = torch.optim.Adam(m.parameters(), lr=3e-3)
+    g = lambda: torch.Generator().manual_seed(0)  # same noise/time each step: a fixed objective
+    first = m.compute_loss(batch, g()).mean().item()
+    for _ in range(60):
+        loss = m.compute_loss(batch, g()).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.5 * first, (first, loss.item())
+    # Padded action dims (embodiment "a" has 2 of 4) and padded steps do not enter the loss.
+    b2 = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}
+    b2["actions"][0, :, 2:] = 1000.0
+    b2["action_is_pad"][1, -2:] = True
+    b2["actions"][1, -2:] = 1000.0
+    l1, l2 = m.compute_loss(batch, g()), m.compute_loss(b2, g())
+    assert torch.allclose(l1[0], l2[0]) and l2[1] < 100
+
+
+def test_multi_embodiment_heads_route_rows():
+    torch.manual_seed(0)
+    cfg = tiny_pi0(embodiments={"small": (2, 2), "big": (6, 5)})
+    m = Pi0Policy(cfg, 64).eval()
+    batch = cfg.example_batch(4, vocab_size=64)
+    assert sorted(set(batch["embodiment"])) == ["big", "small"]
+    out = m.sample_actions(batch)
+    assert out.shape == (4, cfg.horizon, 5)
+    batch["embodiment"] = ["small", "small", "nope", "big"]
+    with pytest.raises(KeyError, match="no head for embodiment"):
+        m.sample_actions(batch)
+
+
+def test_inconsistent_sizes_fail_at_construction():
+    with pytest.raises(SpecError, match="expert.depth must equal the backbone's .* expected 2, got 3"):
+        tiny_pi0(expert=GemmaSize(width=16, depth=3, mlp=32, heads=2, kv_heads=1, head_dim=16))
+    with pytest.raises(SpecError, match="head_dim"):
+        tiny_pi0(expert=GemmaSize(width=16, depth=2, mlp=32, heads=2, kv_heads=1, head_dim=8))
+    with pytest.raises(SpecError, match="not a multiple of patch_size"):
+        from model.tiny_configs import tiny_backbone
+        tiny_backbone(image_size=30)

@@ -1,0 +1,137 @@
+import json
+import os
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from vla.config import load_preset
+from vla.model.checkpoint import Checkpoint, CheckpointError
+from vla.runtime.policy import load_policy
+from vla.spec import SpecError
+from vla.train.trainer import train
+from train.conftest import write_preset
+
+
+def _params(ckpt):
+    return torch.load(ckpt / "train_state.pt", weights_only=False)["model"]
+
+
+def test_train_writes_a_complete_checkpoint(tmp_path, two_stores):
+    preset = load_preset(write_preset(tmp_path / "p.toml"))
+    ck = train(preset, two_stores, tmp_path / "ck", progress=False)
+    c = Checkpoint(ck)
+    assert c.config["step"] == 6 and set(c.embodiments) == {"armA", "armB"}
+    assert c.config["policy"]["config"]["embodiments"] == {"armA": [4, 3], "armB": [6, 5]}
+    rows = [json.loads(x) for x in (ck / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3, 4, 5, 6] and all(np.isfinite(r["loss"]) for r in rows)
+    assert (ck / "loss.png").stat().st_size > 1000
+    # The runtime rebuilds the policy from the checkpoint alone and serves both embodiments.
+    pol = load_policy(ck)
+    for name, s, a, cams in (("armA", 4, 3, {"front": (16, 16), "wrist": (16, 16)}), ("armB", 6, 5, {"front": (20, 16)})):
+        obs = {"observation/state": np.zeros(s, np.float32), "task": "reach the red target", "embodiment": name}
+        obs.update({f"observation/images/{c}": np.zeros((*hw, 3), np.uint8) for c, hw in cams.items()})
+        out = pol.infer(obs)
+        assert out["actions"].shape == (6, a) and np.isfinite(out["actions"]).all()
+    with pytest.raises(SpecError, match="embodiment 'armC' is not known"):
+        pol.infer({**obs, "embodiment": "armC"})
+    with pytest.raises(SpecError, match="'observation/images/front': expected image"):
+        pol.infer({**obs, "observation/images/front": np.zeros((8, 8, 3), np.uint8)})
+
+
+def test_resume_is_exact(tmp_path, two_stores):
+    preset = load_preset(write_preset(tmp_path / "p.toml"))
+    full = train(preset, two_stores, tmp_path / "full", steps=6, progress=False)
+    train(preset, two_stores, tmp_path / "part", steps=3, progress=False)
+    resumed = train(preset, two_stores, tmp_path / "part", steps=6, resume=True, progress=False)
+    a, b = _params(full), _params(resumed)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), k
+    ema_a, ema_b = load_file(str(full / "model.safetensors")), load_file(str(resumed / "model.safetensors"))
+    assert all(torch.equal(ema_a[k], ema_b[k]) for k in ema_a)
+    assert len((resumed / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_fast_preset_trains_and_infers(tmp_path, two_stores):
+    preset = load_preset(write_preset(tmp_path / "f.toml", kind="fast"))
+    ck = train(preset, two_stores[:1], tmp_path / "ck", steps=3, progress=False)
+    assert (ck / "fast" / "armA" / "fast.json").exists()
+    pol = load_policy(ck)
+    obs = {"observation/state": np.zeros(4, np.float32), "task": "go", "observation/images/front": np.zeros((16, 16, 3), np.uint8),
+           "observation/images/wrist": np.zeros((16, 16, 3), np.uint8)}
+    out = pol.infer(obs)
+    # An untrained FAST model usually emits a malformed sequence: it must be flagged and counted.
+    assert out["actions"].shape == (6, 3) and isinstance(out["malformed"], bool)
+    assert pol.stats["malformed"] == int(out["malformed"])
+
+
+def test_corrupted_checkpoint_is_detected(tmp_path, two_stores):
+    preset = load_preset(write_preset(tmp_path / "p.toml"))
+    ck = train(preset, two_stores[:1], tmp_path / "ck", steps=1, progress=False)
+    data = bytearray((ck / "model.safetensors").read_bytes())
+    data[-5] ^= 0xFF
+    (ck / "model.safetensors").write_bytes(bytes(data))
+    with pytest.raises(CheckpointError, match="model.safetensors is corrupted"):
+        load_policy(ck)
+    (ck / "norm_stats.json").unlink()
+    with pytest.raises(CheckpointError, match="missing norm_stats.json"):
+        Checkpoint(ck)
+
+
+def test_preset_errors(tmp_path):
+    with pytest.raises(SpecError, match="unknown policy preset 'nope'"):
+        load_preset("nope")
+    p = write_preset(tmp_path / "p.toml")
+    p.write_text(p.read_text().replace('norm_mode = "zscore"', 'norm_mode = "minmax"'))
+    with pytest.raises(SpecError, match="norm_mode must be one of"):
+        load_preset(p)
+
+
+@pytest.mark.parametrize("name", ["pi0-tiny", "pi0-small", "fast-tiny", "pi0-paligemma", "fast-paligemma"])
+def test_every_builtin_preset_resolves(name):
+    from vla.model.registry import policy_config
+
+    preset = load_preset(name)
+    cfg = policy_config(preset.type, {**preset.model, "embodiments": {"x": (8, 8)}})
+    assert cfg.horizon == preset.horizon
+
+
+def test_shrunken_paligemma_presets_build():
+    """The 3B presets' layout (MQA, head_dim 256, expert of equal depth) instantiated at shrunken width/depth."""
+    from vla.model.backbone import GemmaSize
+    from vla.model.registry import build_policy, policy_config
+
+    for name in ("pi0-paligemma", "fast-paligemma"):
+        preset = load_preset(name)
+        model = dict(preset.model)
+        bb = dict(model["backbone"], vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=32, vocab_size=300,
+                  text=dict(model["backbone"]["text"], width=64, depth=2, mlp=64))
+        model["backbone"] = bb
+        if "expert" in model:
+            model["expert"] = dict(model["expert"], width=32, depth=2, mlp=32)
+        cfg = policy_config(preset.type, {**model, "embodiments": {"x": (8, 7)}})
+        assert cfg.backbone.text.head_dim == 256 and cfg.backbone.text.kv_heads == 1 and cfg.backbone.image_size == 224
+        m = build_policy(preset.type, cfg, text_vocab=300, fast_sizes={"x": 50})
+        assert sum(p.numel() for p in m.parameters()) > 0
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_match_one(tmp_path, two_stores):
+    """torchrun with 2 gloo processes trains to the same parameters as 1 process (same global batch)."""
+    preset_path = write_preset(tmp_path / "p.toml")
+    single = train(load_preset(preset_path), two_stores, tmp_path / "one", steps=3, progress=False)
+    script = tmp_path / "run.py"
+    script.write_text(
+        "import sys\nfrom vla.config import load_preset\nfrom vla.train.trainer import train\n"
+        f"train(load_preset({str(preset_path)!r}), {two_stores!r}, {str(tmp_path / 'two')!r}, steps=3, progress=False)\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+                        str(script)], capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    a, b = _params(single), _params(tmp_path / "two")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-5), k
