@@ -106,3 +106,20 @@ def test_inconsistent_sizes_fail_at_construction():
     with pytest.raises(SpecError, match="not a multiple of patch_size"):
         from model.tiny_configs import tiny_backbone
         tiny_backbone(image_size=30)
+
+
+def test_guided_sampling_inpaints_the_frozen_prefix():
+    torch.manual_seed(3)
+    cfg = tiny_pi0(num_steps=5)
+    m = Pi0Policy(cfg, 64).eval()
+    batch = cfg.example_batch(2, vocab_size=64)
+    noise = torch.randn(2, cfg.horizon, 4)
+    free = m.sample_actions(batch, noise=noise)
+    guide = torch.full((2, cfg.horizon, 4), 0.7)
+    w = torch.zeros(2, cfg.horizon)
+    w[:, :2] = 1.0  # first two steps frozen to the guide
+    w[:, 2] = 0.5
+    out = m.sample_actions(batch, noise=noise, guide=guide, guide_weights=w)
+    assert torch.allclose(out[:, :2], guide[:, :2], atol=1e-6), "frozen steps end exactly at the guide"
+    assert (out[:, 2] - guide[:, 2]).abs().mean() < (free[:, 2] - guide[:, 2]).abs().mean()
+    assert not torch.allclose(out[:, -1], guide[:, -1])

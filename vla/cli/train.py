@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import fail, user_errors
+from vla.cli.common import bench_app, emit, fail, user_errors
 
 tokenizer_app = typer.Typer(no_args_is_help=True, help="FAST action tokenizers.")
 
@@ -64,3 +64,16 @@ def tokenizer_fit(
     except user_errors() as e:
         fail(str(e))
     typer.echo(json.dumps(report, indent=2))
+
+
+@bench_app.command("infer")
+def bench_infer(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    threads: int = typer.Option(2, help="torch CPU threads."),
+    reps: int = typer.Option(20, help="Timed repetitions (median reported)."),
+):
+    """Chunk latency (H=50, 10 steps, 2 cams 96x96) for pi0-tiny/pi0-small with and without the prefix
+    cache, FAST decoding latency, peak memory, parameter counts."""
+    from vla.bench.infer import run
+
+    emit(run(threads=threads, reps=reps), json_out)

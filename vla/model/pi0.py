@@ -173,8 +173,16 @@ class Pi0Policy(nn.Module):
     # ---- inference ----
     @torch.no_grad()
     def sample_actions(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
-                       use_cache: bool = True) -> torch.Tensor:
-        """Denoise a chunk -> [b, h, a] (normalized, padded to the batch's widest action dim)."""
+                       use_cache: bool = True, guide: torch.Tensor | None = None,
+                       guide_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Denoise a chunk -> [b, h, a] (normalized, padded to the batch's widest action dim).
+
+        Inpainting for real-time chunking: `guide` [b, h, a] holds actions the new chunk should
+        agree with (the old plan's actions that will run while this chunk is computed) and
+        `guide_weights` [b, h] in [0, 1] how strongly (1: frozen, 0: free). After every Euler
+        step the guided positions are pulled towards the guide, noised to the current flow
+        time along the same noise: x <- w * (t * noise + (1 - t) * guide) + (1 - w) * x.
+        """
         emb = batch["embodiment"]
         steps = num_steps or self.cfg.num_steps
         b = len(emb)
@@ -185,6 +193,12 @@ class Pi0Policy(nn.Module):
         prefix, p_valid = self.embed_prefix(batch)
         x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)
         x = x.to(prefix.device, prefix.dtype)
+        x0 = x.clone()
+        if guide is not None:
+            if guide_weights is None:
+                raise ValueError("guide needs guide_weights [b, h]")
+            guide = guide.to(x)[..., : x.shape[-1]]
+            gw = guide_weights.to(x)[..., None]
         lm, ex = self.backbone.language_model, self.expert
         if use_cache:
             p_ar = torch.zeros(p_valid.shape, dtype=torch.long, device=x.device)
@@ -215,4 +229,7 @@ class Pi0Policy(nn.Module):
                 (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin)
             v = self._suffix_out(out, emb)
             x = x + dt * v[..., : x.shape[-1]]
+            if guide is not None:
+                t_next = 1.0 + (k + 1) * dt
+                x = gw * (t_next * x0 + (1 - t_next) * guide) + (1 - gw) * x
         return x

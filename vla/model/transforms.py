@@ -157,6 +157,14 @@ class Transforms:
             cams.append(row)
         return self._assemble(names, states, tasks, cams)
 
+    def normalize_actions(self, actions: np.ndarray, names: list[str]) -> np.ndarray:
+        """Robot-unit actions [b, h, a_e] (rows may be narrower) -> normalized [b, h, a_max], zero-padded."""
+        out = np.zeros((len(names), actions.shape[1], self.a_max), np.float32)
+        for i, n in enumerate(names):
+            a = self._emb(n).action_dim
+            out[i, :, :a] = self._norm(n, ACTION, np.asarray(actions[i])[:, :a])
+        return out
+
     def to_actions(self, actions: torch.Tensor, names: list[str]) -> list[np.ndarray]:
         """Model actions [b, h, a_max] (normalized) -> per row float32 [h, a_e] in robot units."""
         out = []

@@ -32,6 +32,9 @@ class Policy:
         self.kind = self.ckpt.config["policy"]["type"]
         self.device = torch.device(device or "cpu")
         self.model.to(self.device)
+        from vla.model.attention import fuse_for_inference
+
+        fuse_for_inference(*[m for m in (self.model.backbone.language_model, getattr(self.model, "expert", None)) if m is not None])
         self.num_steps = num_steps
         self.stats = {"calls": 0, "malformed": 0}
         self._default = next(iter(self.ckpt.embodiments)) if len(self.ckpt.embodiments) == 1 else None
@@ -48,11 +51,20 @@ class Policy:
     def reset(self) -> None:
         """Stateless between calls; kept for the PolicyLike contract."""
 
-    def infer(self, obs: dict, *, noise: np.ndarray | None = None) -> dict:
-        return self.infer_batch([obs], noise=None if noise is None else noise[None])[0]
+    def infer(self, obs: dict, *, noise: np.ndarray | None = None, guide: np.ndarray | None = None,
+              guide_weights: np.ndarray | None = None) -> dict:
+        """One observation -> {"actions": float32 [h, a] in robot units, "malformed", "policy_timing"}.
+
+        guide / guide_weights (pi0 only): real-time chunking. `guide` [h, a] in robot units is
+        the plan the new chunk should agree with, `guide_weights` [h] in [0, 1] how strongly.
+        """
+        return self.infer_batch([obs], noise=None if noise is None else noise[None],
+                                guide=None if guide is None else guide[None],
+                                guide_weights=None if guide_weights is None else guide_weights[None])[0]
 
     @torch.no_grad()
-    def infer_batch(self, observations: list[dict], *, noise: np.ndarray | None = None) -> list[dict]:
+    def infer_batch(self, observations: list[dict], *, noise: np.ndarray | None = None,
+                    guide: np.ndarray | None = None, guide_weights: np.ndarray | None = None) -> list[dict]:
         t0 = time.perf_counter()
         batch = self.tf.from_observations(observations, self._default)
         names = batch[EMBODIMENT]
@@ -60,8 +72,15 @@ class Policy:
         malformed = [False] * len(names)
         if self.kind == "pi0":
             nz = None if noise is None else torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-            actions = self.tf.to_actions(self.model.sample_actions(batch, num_steps=self.num_steps, noise=nz), names)
+            g = gw = None
+            if guide is not None:
+                g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names)).to(self.device)
+                gw = torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device)
+            out = self.model.sample_actions(batch, num_steps=self.num_steps, noise=nz, guide=g, guide_weights=gw)
+            actions = self.tf.to_actions(out, names)
         else:
+            if guide is not None:
+                log.debug("guided (RTC) sampling is pi0-only; FAST decodes unguided")
             actions, malformed = self._fast(batch, names)
         dt = (time.perf_counter() - t0) * 1000
         self.stats["calls"] += len(names)

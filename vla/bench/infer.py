@@ -1,0 +1,109 @@
+"""`vla bench infer`: action-chunk latency, prefix cache effect, FAST decoding, memory, size.
+
+Setup as the issue states: H=50, 10 denoising steps, 2 cameras 96x96, batch 1, 2 CPU threads
+(torch.set_num_threads). Each model runs in its own spawned process so its peak RSS is its own.
+Models are randomly initialized from the presets (latency does not depend on the weights; for
+FAST the decode is forced to a fixed token count, the typical length of a 50-step chunk).
+"""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+import os
+import platform
+import resource
+import statistics
+import time
+
+import torch
+
+EMB = {"toy2d": (8, 8)}
+
+
+def _median_ms(fn, reps: int) -> float:
+    fn()
+    fn()
+    ts = []
+    for _ in range(reps):
+        t = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t)
+    return statistics.median(ts) * 1000
+
+
+def _pi0(preset_name: str, threads: int, reps: int) -> dict:
+    from vla.config import load_preset
+    from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
+    from vla.model.registry import build_policy, policy_config
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    preset = load_preset(preset_name)
+    cfg = policy_config("pi0", {**preset.model, "embodiments": EMB, "cameras": 2,
+                                "backbone": {**preset.model["backbone"], "image_size": 96}})
+    model = build_policy("pi0", cfg, text_vocab=preset.text.vocab_size).eval()
+    fuse_for_inference(model.backbone.language_model, model.expert)
+    batch = cfg.example_batch(1, vocab_size=preset.text.vocab_size)
+    noise = torch.randn(1, cfg.horizon, 8)
+    with torch.no_grad():
+        cached = _median_ms(lambda: model.sample_actions(batch, noise=noise, use_cache=True), reps)
+        uncached = _median_ms(lambda: model.sample_actions(batch, noise=noise, use_cache=False), max(3, reps // 3))
+        prefix, valid = model.embed_prefix(batch)
+        ar = torch.zeros_like(valid, dtype=torch.long)
+        lm = model.backbone.language_model
+
+        def prefix_pass():
+            p, v = model.embed_prefix(batch)
+            return joint_forward([lm, None], [p, None], make_attn_mask(v, ar), positions_from_valid(v), keep_kv=True)
+
+        prefix_ms = _median_ms(prefix_pass, reps)
+        one_step = model.sample_actions  # a 1-step chunk minus the prefix pass = one cached step
+        step_ms = (_median_ms(lambda: one_step(batch, num_steps=1, noise=noise), reps) - prefix_ms)
+    return {
+        "preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,
+        "chunk_ms_cached": round(cached, 1), "chunk_ms_uncached": round(uncached, 1),
+        "prefix_pass_ms": round(prefix_ms, 2), "cached_step_ms": round(step_ms, 2),
+        "cached_step_over_prefix": round(step_ms / prefix_ms, 3),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
+
+
+def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
+    from vla.config import load_preset
+    from vla.model.attention import fuse_for_inference
+    from vla.model.registry import build_policy, policy_config
+
+    torch.set_num_threads(threads)
+    torch.manual_seed(0)
+    preset = load_preset(preset_name)
+    cfg = policy_config("fast", {**preset.model, "embodiments": EMB, "cameras": 2,
+                                 "backbone": {**preset.model["backbone"], "image_size": 96}})
+    fast_vocab = cfg.fast_vocab_size
+    model = build_policy("fast", cfg, text_vocab=preset.text.vocab_size, fast_sizes={"toy2d": fast_vocab}).eval()
+    fuse_for_inference(model.backbone.language_model)
+    model.vocab.eos_id = -1  # never stop early: time exactly `tokens` decode steps
+    b = 1
+    batch = {"images": torch.rand(b, 2, 3, 96, 96) * 2 - 1, "image_mask": torch.ones(b, 2, dtype=torch.bool),
+             "tokens": torch.randint(4, 100, (b, cfg.max_tokens)), "token_mask": torch.ones(b, cfg.max_tokens, dtype=torch.bool),
+             "state": torch.randn(b, 8), "embodiment": ["toy2d"]}
+    ms = _median_ms(lambda: model.generate(batch, max_new=tokens), max(3, reps // 2))
+    return {"preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+            "decoded_tokens": tokens, "chunk_ms": round(ms, 1), "ms_per_token": round(ms / tokens, 2),
+            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+
+
+def _in_process(fn, *args):
+    ctx = mp.get_context("spawn")
+    with ctx.Pool(1) as pool:
+        return pool.apply(fn, args)
+
+
+def run(threads: int = 2, reps: int = 20, fast_tokens: int = 40, presets=("pi0-tiny", "pi0-small")) -> dict:
+    results = {"benchmark": "infer", "setup": {"horizon": 50, "denoise_steps": 10, "cameras": "2 x 96x96",
+                                               "batch": 1, "torch_threads": threads}}
+    results["pi0"] = [_in_process(_pi0, p, threads, reps) for p in presets]
+    results["fast"] = [_in_process(_fast, "fast-tiny", threads, reps, fast_tokens)]
+    results["targets"] = {"pi0-tiny chunk_ms_cached": 25, "cached_step_over_prefix": 0.2}
+    results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}
+    return results
