@@ -1,0 +1,89 @@
+import importlib
+
+import numpy as np
+import pytest
+
+from vla.data.store import EpisodeStore
+from vla.sim.collect import RecipeConfig, RecipeTask, collect, load_recipe
+from vla.spec import SpecError
+
+pytestmark = pytest.mark.sim
+# `vla.sim.collect` the attribute is the API function; the module is this one.
+collect_mod = importlib.import_module("vla.sim.collect")
+
+
+def _recipe(**kw):
+    tasks = kw.pop("tasks", (RecipeTask("arm7", "reach", 2, noise=0.02), RecipeTask("arm5", "reach", 2)))
+    return RecipeConfig(name="t", image_size=16, tasks=tasks, **kw)
+
+
+def test_collect_fills_a_store_with_successful_episodes(tmp_path):
+    r = collect(_recipe(), tmp_path / "s", progress=False)
+    assert r["episodes_attempted"] == 4 and r["episodes_kept"] == 4 and not r["crashed"]
+    s = EpisodeStore.open(tmp_path / "s")
+    assert s.num_episodes == 4 and sorted(s.embodiments) == ["arm5", "arm7"]
+    ep = s.episode(0)
+    assert ep["embodiment"] == "arm7" and ep["success"] is True or ep["success"] == 1
+    assert "target" in ep["task"] or "marker" in ep["task"] or "one" in ep["task"]
+    assert ep["observation/images/front"].shape[1:] == (16, 16, 3)
+    assert np.isfinite(ep["action"]).all() and ep["action"].shape[1] == 8
+    # Appending to the same store works and keeps what was there.
+    collect(_recipe(tasks=(RecipeTask("arm5", "reach", 1),)), tmp_path / "s", progress=False)
+    assert EpisodeStore.open(tmp_path / "s").num_episodes == 5
+
+
+def test_failed_episodes_are_dropped_unless_kept(tmp_path, monkeypatch):
+    real = collect_mod._collect_job
+
+    def flaky(context, job):
+        ep = real(context, job)
+        ep["success"] = job["seed"] % 2 == 0
+        return ep
+
+    monkeypatch.setattr(collect_mod, "_collect_job", flaky)
+    r = collect(_recipe(tasks=(RecipeTask("arm5", "reach", 4),)), tmp_path / "a", progress=False)
+    assert r["episodes_kept"] == 2
+    r = collect(_recipe(tasks=(RecipeTask("arm5", "reach", 4),)), tmp_path / "b", keep_failed=True, progress=False)
+    s = EpisodeStore.open(tmp_path / "b")
+    assert r["episodes_kept"] == 4 and sorted(int(s.info(i).success) for i in range(4)) == [0, 0, 1, 1]
+
+
+def test_interrupt_keeps_completed_episodes(tmp_path, monkeypatch):
+    real_run_jobs = collect_mod.run_jobs
+
+    def interrupted(fn, context, jobs, workers):
+        for i, item in enumerate(real_run_jobs(fn, context, jobs, workers=workers)):
+            if i == 2:
+                raise KeyboardInterrupt
+            yield item
+
+    monkeypatch.setattr(collect_mod, "run_jobs", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        collect(_recipe(tasks=(RecipeTask("arm5", "reach", 5),)), tmp_path / "s", progress=False)
+    s = EpisodeStore.open(tmp_path / "s")
+    assert s.num_episodes == 2
+
+
+def test_crashed_episode_is_reported_with_its_seed(tmp_path, monkeypatch):
+    real = collect_mod._collect_job
+
+    def crashing(context, job):
+        if job["seed"] == 1:
+            raise RuntimeError("simulated crash")
+        return real(context, job)
+
+    monkeypatch.setattr(collect_mod, "_collect_job", crashing)
+    r = collect(_recipe(tasks=(RecipeTask("arm5", "reach", 3),)), tmp_path / "s", progress=False)
+    assert r["episodes_kept"] == 2
+    assert r["crashed"] == [{"robot": "arm5", "task": "reach", "seed": 1, "error": "RuntimeError: simulated crash"}]
+
+
+def test_recipes_load_and_bad_ones_say_why(tmp_path):
+    q = load_recipe("quickstart")
+    assert {(t.robot, t.task) for t in q.tasks} == {("arm7", "reach"), ("arm5", "reach")}
+    bad = tmp_path / "bad.toml"
+    bad.write_text('[[tasks]]\nrobot = "arm7"\ntask = "juggle"\n')
+    with pytest.raises(SpecError, match=r"unknown task 'juggle' for robot 'arm7'; valid tasks are \['pick-place', 'push', 'reach'\]"):
+        load_recipe(bad)
+    with pytest.raises(SpecError, match="recipe not found"):
+        load_recipe("no-such-recipe")

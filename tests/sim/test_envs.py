@@ -1,0 +1,89 @@
+"""Contract tests over every registered built-in (robot, task) env."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+from gymnasium.utils.env_checker import check_env
+
+import vla.sim
+from vla.sim.env import ActionError
+from vla.spec import STATE, TASK, SpecError, image_key
+
+PAIRS = vla.sim.builtin_pairs()
+pytestmark = pytest.mark.sim
+
+
+def test_registry_lists_every_builtin():
+    assert {r for r, _ in PAIRS} == {"arm7", "arm5", "bimanual"}
+    assert {t for _, t in PAIRS} == {"reach", "pick-place", "push", "handover"}
+    assert "vla/Arm7-Reach-v0" in gym.registry and "vla/Bimanual-Handover-v0" in gym.registry
+
+
+@pytest.mark.filterwarnings("ignore:.*symmetric and normalized")  # joint limits are the natural action space
+@pytest.mark.parametrize("robot,task", PAIRS)
+def test_env_contract(robot, task):
+    env = gym.make(vla.sim.env_id(robot, task), image_size=24)
+    check_env(env.unwrapped, skip_render_check=False)
+    emb = env.unwrapped.embodiment
+    obs, info = env.reset(seed=3)
+    assert set(obs) == {image_key(c) for c in emb.camera_names} | {STATE, TASK}
+    for c in emb.cameras:
+        assert obs[image_key(c.name)].shape == (24, 24, 3) and obs[image_key(c.name)].dtype == np.uint8
+        assert c.shape == (24, 24, 3)
+    assert obs[STATE].dtype == np.float32 and obs[STATE].shape == (emb.state_dim,)
+    assert env.action_space.shape == (emb.action_dim,) and isinstance(obs[TASK], str) and obs[TASK]
+    obs2, _, term, trunc, info = env.step(env.action_space.sample())
+    assert isinstance(info["success"], bool)
+    env.close()
+
+
+@pytest.mark.parametrize("robot,task", [("arm7", "pick-place"), ("bimanual", "handover")])
+def test_seeded_reset_is_deterministic_and_seeds_differ(robot, task):
+    env = vla.sim.make_env(robot, task, image_size=16)
+    a, _ = env.reset(seed=11)
+    b, _ = env.reset(seed=11)
+    c, _ = env.reset(seed=12)
+    assert a[TASK] == b[TASK]
+    for k in a:
+        if k != TASK:
+            np.testing.assert_array_equal(a[k], b[k])
+    differs = a[TASK] != c[TASK] or any(not np.array_equal(a[k], c[k]) for k in a if k.startswith("observation/images"))
+    assert differs
+    env.close()
+
+
+def test_instruction_names_the_distinguishing_colour():
+    env = vla.sim.make_env("arm7", "reach", image_size=16)
+    for seed in range(5):
+        obs, _ = env.reset(seed=seed)
+        assert env.unwrapped.task.info["color"] in obs[TASK]
+    env.close()
+
+
+def test_bad_actions_raise_clear_errors():
+    env = vla.sim.make_env("arm5", "reach", image_size=16, seed=0)
+    with pytest.raises(ActionError, match=r"expected action of shape \(6,\), got \(5,\)"):
+        env.step(np.zeros(5, np.float32))
+    bad = np.zeros(6, np.float32)
+    bad[2] = np.nan
+    with pytest.raises(ActionError, match=r"NaN/Inf at dims \[2\]"):
+        env.step(bad)
+    env.close()
+
+
+def test_unknown_names_list_the_valid_ones():
+    with pytest.raises(SpecError, match=r"unknown robot 'arm9'.*arm5.*arm7.*bimanual"):
+        vla.sim.make_env("arm9", "reach")
+    with pytest.raises(SpecError, match=r"unknown task 'fly'.*pick-place.*push.*reach"):
+        vla.sim.make_env("arm7", "fly")
+    with pytest.raises(SpecError, match=r"not defined for robot 'bimanual'.*handover"):
+        vla.sim.make_env("bimanual", "reach")
+
+
+def test_embodiment_tomls_match_the_robots():
+    from vla.sim.robots import ROBOTS
+
+    for robot in ROBOTS.values():
+        emb = robot.embodiment(32)
+        assert emb.action_dim == {"arm7": 8, "arm5": 6, "bimanual": 14}[robot.name]
+        assert all(c.height == 32 for c in emb.cameras)

@@ -1,0 +1,83 @@
+import json
+
+import numpy as np
+import pytest
+
+from vla.sim.eval import evaluate, format_results
+from vla.sim.report import wilson
+from vla.sim.suites import SuiteConfig, SuiteTask, list_suites, load_suite
+from vla.spec import SpecError
+
+pytestmark = pytest.mark.sim
+
+
+def _suite(episodes=2, tasks=(("arm5", "reach"),)):
+    return SuiteConfig(name="t", image_size=16, tasks=tuple(SuiteTask(r, t, episodes) for r, t in tasks))
+
+
+def test_wilson_interval():
+    lo, hi = wilson(10, 10)
+    assert hi == pytest.approx(1.0) and 0.72 < lo < 0.73
+    lo, hi = wilson(0, 10)
+    assert lo == pytest.approx(0.0) and 0.27 < hi < 0.28
+    lo, hi = wilson(50, 100)
+    assert 0.40 < lo < 0.41 and 0.59 < hi < 0.60
+
+
+def test_expert_eval_writes_json_chart_and_videos(tmp_path):
+    r = evaluate("expert", _suite(), json_out=tmp_path / "r.json", videos=tmp_path / "v", num_videos=1, progress=False)
+    row = r["tasks"][0]
+    assert row["successes"] == 2 and row["success_rate"] == 1.0 and row["mean_length"] > 0
+    assert json.loads((tmp_path / "r.json").read_text())["overall"]["successes"] == 2
+    assert (tmp_path / "r.png").stat().st_size > 1000
+    assert len(r["videos"]) == 1 and (tmp_path / "v").glob("*.mp4")
+    assert "arm5/reach" in format_results(r)
+
+
+class Counting:
+    """Holds the arm still with chunks of h actions; counts infer calls and checks the obs it gets."""
+
+    def __init__(self, h=4):
+        self.h, self.calls = h, 0
+
+    def reset(self):
+        pass
+
+    def infer(self, obs):
+        assert obs["embodiment"] == "arm5" and isinstance(obs["task"], str)
+        self.calls += 1
+        a = np.concatenate([obs["observation/state"][:-1], [0.0]]).astype(np.float32)
+        return {"actions": np.repeat(a[None], self.h, 0)}
+
+
+def test_chunks_execute_open_loop_for_replan_every_steps():
+    p = Counting(h=4)
+    r = evaluate(p, _suite(episodes=1), replan_every=3, progress=False)
+    n = r["tasks"][0]["mean_length"]
+    assert r["tasks"][0]["successes"] == 0  # holding still never touches a target
+    assert p.calls == -(-n // 3)
+    p2 = Counting(h=4)
+    evaluate(p2, _suite(episodes=1), progress=False)  # default: half the chunk
+    assert p2.calls == -(-n // 2)
+
+
+def test_bad_policy_output_is_an_error_with_its_seed():
+    class Wrong(Counting):
+        def infer(self, obs):
+            return {"actions": np.zeros((4, 3), np.float32)}
+
+    r = evaluate(Wrong(), _suite(episodes=2), progress=False)
+    errs = r["tasks"][0]["errors"]
+    assert [e["seed"] for e in errs] == [1_000_000, 1_000_001]
+    assert "expected actions of shape [h, 6], got (4, 3)" in errs[0]["error"]
+    assert r["tasks"][0]["episodes"] == 0
+
+
+def test_suites_load_and_unknown_names_list_valid_ones():
+    assert {"quickstart", "reach-lang", "pick-place", "builtin"} <= set(list_suites())
+    for name in list_suites():
+        load_suite(name)
+    with pytest.raises(SpecError, match=r"unknown suite 'nope'; valid suites are \["):
+        load_suite("nope")
+    with pytest.raises(SpecError, match="workers > 1 needs"):
+        evaluate(Counting(), _suite(), workers=2, progress=False)
