@@ -77,3 +77,19 @@ def bench_infer(
     from vla.bench.infer import run
 
     emit(run(threads=threads, reps=reps), json_out)
+
+
+@bench_app.command("learn")
+def bench_learn(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    out: Path = typer.Option(Path("runs/bench-learn"), help="Work folder (demos, checkpoints, eval JSON)."),
+    minutes: float = typer.Option(15.0, help="Training budget per policy (wall clock)."),
+    presets: str = typer.Option("pi0-tiny,fast-tiny", help="Policy presets to train, comma-separated."),
+    episodes: int = typer.Option(30, help="Evaluation episodes per task."),
+    steps: Optional[int] = typer.Option(None, help="Step count for the LR schedule [default: the preset's]."),
+):
+    """Collect demos (2 embodiments), train each preset within the budget, evaluate reach-lang and
+    pick-place on held-out seeds, and run the language-shuffle check."""
+    from vla.bench.learn import run
+
+    emit(run(out, presets=tuple(_split(presets)), minutes=minutes, episodes=episodes, steps=steps), json_out)

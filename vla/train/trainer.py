@@ -125,8 +125,12 @@ def _fit_fast(ds: WindowDataset, tf_stats, mode: str, embodiments, cfg, n_chunks
 
 
 def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None = None, weights: list[float] | None = None,
-          resume: bool = False, device: str | None = None, progress: bool = True, on_save=None) -> Path:
-    """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path."""
+          resume: bool = False, device: str | None = None, progress: bool = True, on_save=None,
+          max_seconds: float | None = None) -> Path:
+    """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
+
+    max_seconds: a wall-clock budget; training stops (and checkpoints) at the first step past it.
+    """
     from tqdm import tqdm
 
     rank, world = _dist_info()
@@ -218,7 +222,11 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {preset.name}", unit="step", disable=not progress or rank != 0)
     t_last, n_last = time.perf_counter(), 0
     step = start
+    t_start = time.perf_counter()
     for batch in loader:
+        if max_seconds and time.perf_counter() - t_start > max_seconds:
+            log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
+            break
         for g in opt.param_groups:
             g["lr"] = lr_at(step, tcfg)
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
