@@ -25,11 +25,18 @@ class IKConfig:
 class ArmIK:
     """IK for one arm's grip site over that arm's joints, on a scratch MjData (the sim is untouched)."""
 
-    def __init__(self, model: mujoco.MjModel, joints: tuple[str, ...], site: str, cfg: IKConfig = IKConfig()):
+    def __init__(self, model: mujoco.MjModel, joints: tuple[str, ...], site: str | None = None, cfg: IKConfig = IKConfig(),
+                 *, body: str | None = None, frame: np.ndarray | None = None):
+        """Track a site, or (for models one cannot edit) a body whose axes map to the site convention
+        by `frame` (columns: the site's x, y, z axes in body coordinates)."""
         self.model = model
         self.data = mujoco.MjData(model)
         self.cfg = cfg
-        self.site = model.site(site).id
+        if (site is None) == (body is None):
+            raise ValueError("ArmIK needs exactly one of site= or body=")
+        self.site = model.site(site).id if site is not None else None
+        self.body = model.body(body).id if body is not None else None
+        self.frame = np.eye(3) if frame is None else np.asarray(frame, np.float64)
         jids = [model.joint(j).id for j in joints]
         self.qadr = np.array([model.jnt_qposadr[j] for j in jids])
         self.dadr = np.array([model.jnt_dofadr[j] for j in jids])
@@ -38,13 +45,26 @@ class ArmIK:
         self._jp = np.zeros((3, model.nv))
         self._jr = np.zeros((3, model.nv))
 
+    def _pose(self) -> tuple[np.ndarray, np.ndarray]:
+        d = self.data
+        if self.site is not None:
+            return d.site_xpos[self.site], d.site_xmat[self.site].reshape(3, 3)
+        return d.xpos[self.body], d.xmat[self.body].reshape(3, 3) @ self.frame
+
+    def _jac(self) -> None:
+        if self.site is not None:
+            mujoco.mj_jacSite(self.model, self.data, self._jp, self._jr, self.site)
+        else:
+            mujoco.mj_jacBody(self.model, self.data, self._jp, self._jr, self.body)
+
     def fk(self, qpos_full: np.ndarray, q: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Site position and rotation matrix for the full qpos with this arm's joints set to q."""
         self.data.qpos[:] = qpos_full
         if q is not None:
             self.data.qpos[self.qadr] = q
         mujoco.mj_kinematics(self.model, self.data)
-        return self.data.site_xpos[self.site].copy(), self.data.site_xmat[self.site].reshape(3, 3).copy()
+        p, r = self._pose()
+        return p.copy(), r.copy()
 
     def solve(self, qpos_full: np.ndarray, q0: np.ndarray, pos: np.ndarray, rot: np.ndarray | None = None) -> np.ndarray:
         """Joint positions (this arm) that put the site at `pos` (and near rotation `rot`), starting from q0."""
@@ -56,16 +76,17 @@ class ArmIK:
             d.qpos[self.qadr] = q
             mujoco.mj_kinematics(m, d)
             mujoco.mj_comPos(m, d)
-            err = pos - d.site_xpos[self.site]
-            mujoco.mj_jacSite(m, d, self._jp, self._jr, self.site)
+            cur_pos, cur = self._pose()
+            err = pos - cur_pos
+            self._jac()
             jp = self._jp[:, self.dadr]
             # Damped pseudo-inverse of the position Jacobian.
             jp_pinv = jp.T @ np.linalg.inv(jp @ jp.T + cfg.damping * np.eye(3))
             dq = jp_pinv @ err
             if rot is not None:
-                cur = d.site_xmat[self.site].reshape(3, 3)
                 # Rotation error as a rotation vector (small-angle form, summed over the axes).
-                erot = 0.5 * sum(np.cross(cur[:, i], rot[:, i]) for i in range(3))
+                a, b = cur.T, rot.T  # rows: the three axes
+                erot = 0.5 * (a[:, [1, 2, 0]] * b[:, [2, 0, 1]] - a[:, [2, 0, 1]] * b[:, [1, 2, 0]]).sum(axis=0)
                 jr = self._jr[:, self.dadr]
                 null = np.eye(n) - jp_pinv @ jp
                 jrn = jr @ null
