@@ -88,9 +88,10 @@ class AlohaExpert:
         jitter = lambda s: self.rng.normal(0.0, s, 3) * (1 + 10 * self.noise)  # noqa: E731
         peg, socket = self._pos("peg"), self._pos("socket")
         meet = MEET + jitter(0.01)
-        s_grasp = socket + np.array([0, 0, 0.008])
+        s_grasp = socket.copy()
+        s_grasp[2] = 0.006
         p_grasp = peg + np.array([0.03, 0, 0.0])
-        p_grasp[2] = 0.012
+        p_grasp[2] = 0.004
 
         def socket_at_meet(e):  # left tip so that the socket centre sits 8 cm left of the meeting point
             return meet + np.array([-0.08, 0, 0]) + (self._tip(0)[0] - self._pos("socket"))
