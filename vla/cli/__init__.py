@@ -14,6 +14,7 @@ import typer
 
 from vla.cli import data, train
 from vla.cli import sim
+from vla.cli import runtime
 from vla.cli.common import bench_app, fail, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -24,6 +25,9 @@ app.command("collect")(sim.collect_command)
 app.command("eval")(sim.eval_command)
 app.command("train")(train.train_command)
 app.add_typer(train.tokenizer_app, name="tokenizer")
+app.command("serve")(runtime.serve_command)
+app.command("sim-robot")(runtime.sim_robot_command)
+app.command("run")(runtime.run_command)
 
 
 @app.command("quickstart")

@@ -1,0 +1,129 @@
+"""`vla serve`, `vla sim-robot`, `vla run` and `vla bench control`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from vla.cli.common import bench_app, emit, fail, user_errors
+
+log = logging.getLogger(__name__)
+
+
+def _runtime_errors() -> tuple[type[BaseException], ...]:
+    from vla.runtime.client import PolicyUnavailable
+    from vla.runtime.robot import RobotError
+
+    return user_errors() + (PolicyUnavailable, RobotError)
+
+
+def serve_command(
+    checkpoint: str = typer.Argument(..., help="Checkpoint directory (from `vla train`)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind. 0.0.0.0 exposes it to the network: set --api-key."),
+    port: int = typer.Option(8000, help="TCP port (0 picks a free one)."),
+    api_key: Optional[str] = typer.Option(None, envvar="VLA_API_KEY",
+                                          help="Require 'Authorization: Api-Key KEY' [env: VLA_API_KEY]."),
+    max_message_mb: float = typer.Option(16.0, help="Largest accepted observation message (MiB)."),
+    device: Optional[str] = typer.Option(None, help="cpu, cuda ... [default: cpu]."),
+):
+    """Serve a checkpoint over websocket + msgpack-numpy (openpi wire protocol; GET /healthz)."""
+    from vla.runtime.server import ServerConfig, serve
+
+    try:
+        cfg = ServerConfig(host=host, port=port, api_key=api_key, max_message_bytes=int(max_message_mb * 2**20))
+        if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
+            log.warning("serving on %s without an API key: anyone who can reach this port can drive the policy", host)
+        serve(checkpoint, cfg, device=device)
+    except (ValueError, *user_errors()) as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+def sim_robot_command(
+    env: str = typer.Option("vla/Arm7-Reach-v0", help="Gymnasium id, vla/<Robot>-<Task>-v0."),
+    port: int = typer.Option(9100, help="TCP port (0 picks a free one)."),
+    host: str = typer.Option("127.0.0.1", help="Interface to bind."),
+    image_size: int = typer.Option(64, help="Camera image size (must match the policy's embodiment)."),
+    seed: int = typer.Option(0, help="Seed of the first scene."),
+    physics_hz: float = typer.Option(100.0, help="Real-time physics update rate."),
+    seconds: Optional[float] = typer.Option(None, help="Exit after this long [default: run until stopped]."),
+):
+    """A simulated robot stepping in real time, served over a socket for `vla run`."""
+    from vla.runtime.sim_robot import SimRobotServer
+
+    try:
+        server = SimRobotServer(env, host=host, port=port, image_size=image_size, seed=seed, physics_hz=physics_hz)
+        server.serve_forever(max_seconds=seconds)
+    except user_errors() as e:
+        fail(str(e))
+    except KeyboardInterrupt:
+        pass
+
+
+def run_command(
+    launch: str = typer.Argument(..., help="Launch file (launch/<name>.toml) or the name of one in launch/."),
+    mode: Optional[str] = typer.Option(None, help="Override [control] mode: sync, async or rtc."),
+    duration: Optional[float] = typer.Option(None, help="Override [control] duration_s."),
+    episodes: Optional[int] = typer.Option(None, help="Override [control] episodes."),
+    checkpoint: Optional[str] = typer.Option(None, help="Override [policy]: run this checkpoint."),
+    url: Optional[str] = typer.Option(None, help="Override [policy]: use the policy server at ws://host:port."),
+    out: Optional[Path] = typer.Option(None, help="Run folder [default: the launch file's record.out]."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
+):
+    """Run the real-time control loop of a deployment: robot + policy + safety, recorded."""
+    from vla.runtime.run import run_deployment
+
+    ov: dict = {}
+    control = {k: v for k, v in {"mode": mode, "duration_s": duration, "episodes": episodes}.items() if v is not None}
+    if control:
+        ov["control"] = control
+    if checkpoint and url:
+        fail("give --checkpoint or --url, not both")
+    if checkpoint:
+        ov["policy"] = {"checkpoint": checkpoint, "url": ""}
+    if url:
+        ov["policy"] = {"url": url, "checkpoint": ""}
+    try:
+        r = run_deployment(launch, overrides=ov, out=out)
+    except _runtime_errors() as e:
+        fail(str(e))
+    t = r
+    typer.echo(f"{r['name']}: {r['outcome']} after {t['ticks']} ticks at {r['hz']:g} Hz ({r['mode']})")
+    typer.echo(f"  tick period p50/p99/max {t['period_ms']['p50']}/{t['period_ms']['p99']}/{t['period_ms']['max']} ms, "
+               f"jitter p99 {t['jitter_ms']['p99']} ms, deadline misses {t['deadline_misses']}")
+    inf = t["inference"]
+    typer.echo(f"  inference p50/p99 {inf['latency_ms']['p50']}/{inf['latency_ms']['p99']} ms over {inf['requests']} "
+               f"chunks, delay {inf['delay_ticks']['p50']} ticks; max chunk-boundary jump {t['max_boundary_jump']}")
+    typer.echo(f"  safety interventions {r['interventions']} {json.dumps({k: v for k, v in r['safety'].items() if v})}")
+    typer.echo(f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
+               f"{len(r['recorded'])} into {r['store']}")
+    typer.echo(f"  timing log {r['files']['timing_json']}, histogram {r['files']['histogram_png']}")
+    if json_out:
+        emit(r, json_out)
+
+
+@bench_app.command("control")
+def bench_control(
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    checkpoint: Optional[str] = typer.Option(None, "--ckpt", help="A pi0-tiny checkpoint trained on arm7 reach "
+                                             "[default: the quickstart's, runs/quickstart/ckpt]."),
+    seconds: float = typer.Option(60.0, help="Length of each run."),
+    delays: str = typer.Option("0,100,300", help="Injected inference delays (ms), comma-separated."),
+    modes: str = typer.Option("sync,async,rtc", help="Chunk execution modes, comma-separated."),
+    env: str = typer.Option("vla/Arm7-Reach-v0", help="Sim robot env."),
+    out: Path = typer.Option(Path("runs/bench/control"), help="Folder for the runs' logs and plots."),
+):
+    """Control loop at 50 Hz against a sim robot process: tick jitter, misses, latency, boundary jumps, success."""
+    from vla.bench.control import run
+
+    try:
+        r = run(checkpoint=checkpoint, seconds=seconds, delays=[float(x) for x in delays.split(",") if x.strip()],
+                modes=[m.strip() for m in modes.split(",") if m.strip()], env=env, out=out)
+    except _runtime_errors() as e:
+        fail(str(e))
+    emit(r, json_out)

@@ -1,0 +1,229 @@
+"""Policy server: websocket + msgpack-numpy, wire-compatible with openpi's `WebsocketPolicyServer`.
+
+    server = PolicyServer(load_policy(ckpt), ServerConfig(port=8000, api_key="secret"))
+    server.serve_forever()          # or .start() / .stop() to run it in a background thread
+
+Protocol (as openpi): on connect the server sends the packed metadata dict first; then each
+binary message is one observation (a map of frame keys; the instruction as `task` or openpi's
+`prompt`) and each reply the packed dict `{"actions": float32 [h, a], "malformed", "policy_timing",
+"server_timing": {"infer_ms", "prev_total_ms"}}`. `GET /healthz` answers 200 without a key.
+Errors come back as a text frame that names the key; unlike openpi the connection stays open, so
+one bad message does not cost the client its session, and other clients are never affected.
+
+Extensions (ignored by openpi clients): an observation may carry `guide` [h, a] and
+`guide_weights` [h] (real-time chunking, see `Policy.infer`).
+
+Inference runs in one worker thread, so the event loop keeps answering `/healthz`, pings and
+new connections while a chunk is computed; concurrent clients are served in arrival order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import http
+import logging
+import threading
+import time
+import traceback
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+import numpy as np
+
+from vla.runtime.wire import MAX_MESSAGE_BYTES, WireError, packb, str_keys, unpackb
+
+log = logging.getLogger(__name__)
+logging.getLogger("websockets.server").setLevel(logging.WARNING)  # one INFO line per HTTP response otherwise
+
+GUIDE, GUIDE_WEIGHTS = "guide", "guide_weights"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 8000  # 0 picks a free port (see PolicyServer.port)
+    api_key: str | None = None
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+
+    def __post_init__(self):
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"server port must be in 0..65535, got {self.port}")
+        if self.max_message_bytes <= 0:
+            raise ValueError(f"max_message_bytes must be > 0, got {self.max_message_bytes}")
+        if self.api_key is not None and not self.api_key.strip():
+            raise ValueError("api_key must be non-empty when given")
+
+
+class BadRequest(ValueError):
+    """The client sent something the server cannot use; the message names the key."""
+
+
+def decode_observation(msg, max_bytes: int) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
+    """One websocket message -> (observation, guide, guide_weights). Raises BadRequest."""
+    if isinstance(msg, str):
+        raise BadRequest("expected a binary msgpack observation, got a text frame")
+    try:
+        obs = unpackb(msg, max_bytes=max_bytes)
+    except WireError as e:
+        raise BadRequest(str(e)) from None
+    if not isinstance(obs, dict):
+        raise BadRequest(f"expected a map of observation keys, got {type(obs).__name__}")
+    obs = str_keys(obs)
+    guide, weights = obs.pop(GUIDE, None), obs.pop(GUIDE_WEIGHTS, None)
+    if (guide is None) != (weights is None):
+        raise BadRequest(f"key {GUIDE!r} and key {GUIDE_WEIGHTS!r} go together; got only one")
+    if guide is not None:
+        guide, weights = np.asarray(guide), np.asarray(weights)
+        if guide.ndim != 2 or not np.issubdtype(guide.dtype, np.floating):
+            raise BadRequest(f"key {GUIDE!r}: expected float [h, a], got {guide.dtype} {guide.shape}")
+        if weights.shape != (guide.shape[0],) or not np.issubdtype(weights.dtype, np.floating):
+            raise BadRequest(f"key {GUIDE_WEIGHTS!r}: expected float [{guide.shape[0]}], got {weights.dtype} {weights.shape}")
+        if not (np.isfinite(guide).all() and np.isfinite(weights).all()):
+            raise BadRequest(f"key {GUIDE!r}/{GUIDE_WEIGHTS!r}: non-finite values")
+    return obs, guide, weights
+
+
+def encode_reply(out: dict, infer_ms: float, prev_total_ms: float | None) -> bytes:
+    reply = {k: v for k, v in out.items()}
+    reply["actions"] = np.asarray(out["actions"], dtype=np.float32)
+    timing = {"infer_ms": infer_ms}
+    if prev_total_ms is not None:
+        timing["prev_total_ms"] = prev_total_ms
+    reply["server_timing"] = timing
+    return packb(reply)
+
+
+class PolicyServer:
+    def __init__(self, policy, config: ServerConfig = ServerConfig(), metadata: dict | None = None):
+        self.policy = policy
+        self.config = config
+        self.metadata = dict(metadata if metadata is not None else getattr(policy, "metadata", {}) or {})
+        self.port: int | None = None
+        self.counters = {"connections": 0, "requests": 0, "errors": 0, "refused": 0}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="infer")
+        self._ready = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._startup_error: BaseException | None = None
+
+    # ---- HTTP side: health check and API key ----
+    def _process_request(self, connection, request):
+        if request.path == "/healthz":
+            return connection.respond(http.HTTPStatus.OK, "OK\n")
+        key = self.config.api_key
+        if key is not None:
+            got = request.headers.get("Authorization", "")
+            if not hmac.compare_digest(got.encode(), f"Api-Key {key}".encode()):
+                self.counters["refused"] += 1
+                log.warning("refused a connection from %s: %s API key", connection.remote_address,
+                            "wrong" if got else "no")
+                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
+                                          "missing or wrong API key; send the header 'Authorization: Api-Key KEY'\n")
+        return None
+
+    # ---- websocket side ----
+    def _infer(self, obs, guide, weights) -> dict:
+        if guide is None:
+            return self.policy.infer(obs)
+        return self.policy.infer(obs, guide=guide, guide_weights=weights)
+
+    async def _handler(self, ws):
+        import websockets
+
+        self.counters["connections"] += 1
+        peer = ws.remote_address
+        log.info("client connected: %s", peer)
+        loop = asyncio.get_running_loop()
+        prev_total_ms = None
+        try:
+            await ws.send(packb(self.metadata))
+            while True:
+                msg = await ws.recv()
+                t0 = time.monotonic()
+                try:
+                    obs, guide, weights = decode_observation(msg, self.config.max_message_bytes)
+                    t1 = time.monotonic()
+                    out = await loop.run_in_executor(self._pool, self._infer, obs, guide, weights)
+                    infer_ms = (time.monotonic() - t1) * 1000
+                    if not isinstance(out, dict) or "actions" not in out:
+                        raise RuntimeError(f"policy returned {type(out).__name__}, expected a dict with 'actions'")
+                    reply = encode_reply(out, infer_ms, prev_total_ms)
+                except (BadRequest, ValueError, KeyError, TypeError) as e:
+                    # Bad input (SpecError and WireError are ValueErrors): tell this client, keep serving.
+                    self.counters["errors"] += 1
+                    log.warning("bad request from %s: %s", peer, e)
+                    await ws.send(f"error: {e}")
+                    continue
+                except Exception as e:
+                    self.counters["errors"] += 1
+                    log.error("inference failed for %s:\n%s", peer, traceback.format_exc())
+                    await ws.send(f"internal error: {type(e).__name__}: {e}")
+                    continue
+                self.counters["requests"] += 1
+                await ws.send(reply)
+                prev_total_ms = (time.monotonic() - t0) * 1000
+        except websockets.ConnectionClosed:
+            pass
+        finally:
+            log.info("client disconnected: %s", peer)
+
+    async def _run(self) -> None:
+        from websockets.asyncio.server import serve
+
+        self._loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        c = self.config
+        # The hard cap only stops absurd frames early; the soft limit (max_message_bytes) gets a text reply.
+        async with serve(self._handler, c.host, c.port, compression=None, max_size=4 * c.max_message_bytes + (1 << 20),
+                         process_request=self._process_request) as server:
+            self.port = server.sockets[0].getsockname()[1]
+            log.info("policy server on ws://%s:%d (healthz: http://%s:%d/healthz)%s", c.host, self.port, c.host,
+                     self.port, ", API key required" if c.api_key else "")
+            self._ready.set()
+            await self._stop.wait()
+
+    def serve_forever(self) -> None:
+        try:
+            asyncio.run(self._run())
+        except BaseException as e:
+            self._startup_error = e
+            self._ready.set()
+            raise
+        finally:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    # ---- background use (tests, local isolation) ----
+    def start(self, timeout_s: float = 10.0) -> "PolicyServer":
+        def target():
+            try:
+                self.serve_forever()
+            except Exception:
+                pass
+
+        self._thread = threading.Thread(target=target, name="policy-server", daemon=True)
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise TimeoutError(f"policy server did not start within {timeout_s} s")
+        if self._startup_error is not None:
+            raise RuntimeError(f"policy server failed to start: {self._startup_error}") from self._startup_error
+        return self
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        if self._loop is not None and self._stop is not None:
+            self._loop.call_soon_threadsafe(self._stop.set)
+        if self._thread is not None:
+            self._thread.join(timeout_s)
+
+    @property
+    def url(self) -> str:
+        return f"ws://{self.config.host}:{self.port}"
+
+
+def serve(checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None) -> None:
+    """Load a checkpoint and serve it until interrupted (`vla serve`)."""
+    from vla.runtime.policy import load_policy
+
+    policy = load_policy(checkpoint, device=device)
+    PolicyServer(policy, config).serve_forever()
