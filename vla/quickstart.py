@@ -1,71 +1,153 @@
 """The embedded default run behind `vla quickstart` / `launch/quickstart.sh`.
 
-Today it exercises the data layer end to end: a synthetic store -> LeRobot v3.0 export ->
-import back -> info and contact sheets for both. Each step is skipped when its output
-exists (use --force to redo). Simulation, training, evaluation and deployment steps join
-as those parts land.
+    1 collect   scripted demos: arm7 + arm5 language-conditioned reach (datasets/quickstart.toml)
+    2 inspect   dataset summary, norm stats, contact sheet
+    3 train     pi0-tiny on the demos (CPU)
+    4 eval      the policy and the scripted expert on held-out seeds (suite `quickstart`), with
+                videos, plus the language-shuffle check
+    5 deploy    `vla serve` + `vla sim-robot` + `vla run` for a short real-time run
+    6 report    runs/<name>/report.html
+Each step writes its outputs under the run folder and is skipped when they exist
+(`--force` redoes everything).
 """
 
 from __future__ import annotations
 
+import functools
 import json
+import logging
+import platform
 import shutil
 import time
 from pathlib import Path
 
-from vla.data.lerobot_export import export_lerobot
-from vla.data.lerobot_import import import_lerobot
-from vla.data.stats import compute_norm_stats, save_stats
-from vla.data.store import EpisodeStore
-from vla.data.synthetic import write_synthetic
-from vla.data.viz import contact_sheet
-from vla.spec import load_embodiment
+from vla.report import build_report
+
+log = logging.getLogger(__name__)
+
+RECIPE = "datasets/quickstart.toml"
+SUITE = "quickstart"
 
 
-def _step(n: int, total: int, title: str, out: Path, force: bool) -> bool:
-    """Print the step header; True when the step must run."""
-    done = out.exists()
-    if done and force:
-        shutil.rmtree(out) if out.is_dir() else out.unlink()
-        done = False
-    print(f"\n[{n}/{total}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
-    return not done
+def _root() -> Path:
+    return Path(__file__).resolve().parent.parent
 
 
-def _describe(store_path: Path, sheet: Path) -> dict:
-    s = EpisodeStore.open(store_path)
-    summary = s.summary()
-    save_stats(compute_norm_stats(s), store_path / "norm_stats.json")
-    contact_sheet(s, sheet)
-    print(f"    {s.num_episodes} episodes, {s.num_frames} frames, embodiments {sorted(s.embodiments)}")
-    for task, n in sorted(summary["tasks"].items()):
-        print(f"      {n:>3} x {task}")
-    print(f"    contact sheet: {sheet}")
-    return summary
+class _Steps:
+    def __init__(self, out: Path, force: bool, total: int):
+        self.out, self.force, self.total, self.n = out, force, total, 0
+        self.times: dict[str, float] = {}
+
+    def __call__(self, title: str, marker: Path | None = None) -> bool:
+        """Print the step header; True when the step must run (its marker output is missing)."""
+        self.n += 1
+        done = marker is not None and marker.exists() and not self.force
+        print(f"\n[{self.n}/{self.total}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
+        return not done
 
 
-def run_quickstart(out: Path, *, force: bool = False) -> dict:
+def _json(path: Path, data: dict) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+    return data
+
+
+def run_quickstart(out: Path, *, force: bool = False, steps: int = 1000, episodes: int = 10,
+                   deploy_seconds: float = 20.0, workers: int = 2) -> dict:
+    from vla.config import load_preset
+    from vla.data.stats import compute_norm_stats, save_stats
+    from vla.data.store import EpisodeStore
+    from vla.data.viz import contact_sheet
+    from vla.runtime.policy import load_policy
+    from vla.sim import collect, evaluate
+    from vla.sim.eval import format_results
+    from vla.train.trainer import train
+
     out = Path(out)
+    if force and out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    emb = load_embodiment("toy2d")
-    synth, lerobot, back = out / "data" / "synthetic", out / "data" / "lerobot_v30", out / "data" / "reimported"
-    total = 4
-    if _step(1, total, f"write a synthetic store ({emb.name}: 12 episodes x 60 frames, 2 cameras)", synth, force):
-        shutil.rmtree(synth.with_name(synth.name + ".tmp"), ignore_errors=True)
-        tmp = synth.with_name(synth.name + ".tmp")
-        store = EpisodeStore.create(tmp, [emb])
-        write_synthetic(store, emb, episodes=12, length=60, seed=0, progress=True)
-        tmp.rename(synth)
-    if _step(2, total, f"export to LeRobot v3.0 -> {lerobot}", lerobot, force):
-        r = export_lerobot(synth, lerobot)
-        print(f"    {r['episodes']} episodes, video cameras {r['video_cameras']}")
-    if _step(3, total, f"import the LeRobot folder back -> {back}", back, force):
-        r = import_lerobot(lerobot, back)
-        print(f"    {r['frames']} frames at {r['frames_per_s']:.0f} frames/s")
-    print(f"\n[4/{total}] describe both stores (vla data info)")
-    report = {"synthetic": _describe(synth, out / "synthetic_contact.png"),
-              "reimported": _describe(back, out / "reimported_contact.png")}
-    (out / "summary.json").write_text(json.dumps(report, indent=2))
-    print(f"\nquickstart finished in {time.perf_counter() - t0:.1f}s; outputs in {out}/ (summary.json, *_contact.png)")
-    return report
+    step = _Steps(out, force, 6)
+    demos, ckpt, ev = out / "data" / "demos", out / "ckpt", out / "eval"
+
+    if step(f"collect scripted demos ({RECIPE}) -> {demos}", demos):
+        tmp = demos.with_name("demos.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        collect(str(_root() / RECIPE), str(tmp), workers=workers)
+        tmp.rename(demos)
+
+    if step("inspect the dataset (vla data info)", out / "dataset.json"):
+        s = EpisodeStore.open(demos)
+        save_stats(compute_norm_stats(s), out / "norm_stats.json")
+        contact_sheet(s, out / "contact_sheet.png")
+        _json(out / "dataset.json", s.summary())
+    dataset = json.loads((out / "dataset.json").read_text())
+    print(f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
+          f"{len(dataset['tasks'])} instructions; contact sheet {out / 'contact_sheet.png'}")
+
+    if step(f"train pi0-tiny for {steps} steps on the CPU -> {ckpt}", ckpt / "config.json"):
+        preset = load_preset("pi0-tiny", {"train": {"workers": 1}})
+        train(preset, [str(demos)], ckpt, steps=steps)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    training = {"preset": "pi0-tiny", "steps": cfg["step"], "parameters": f"{cfg['params'] / 1e6:.2f}M",
+                "final loss": f"{metrics[-1]['loss']:.4f}" if metrics else "-",
+                "windows/s": f"{sum(m['windows_per_s'] for m in metrics[-10:]) / max(1, len(metrics[-10:])):.0f}"}
+
+    if step(f"evaluate on held-out seeds (suite '{SUITE}', {episodes} episodes per task) + expert + language check",
+            ev / "language.json"):
+        from vla.bench.learn import language_check
+
+        factory = functools.partial(load_policy, str(ckpt))
+        pol = evaluate(factory, SUITE, episodes=episodes, workers=workers, json_out=ev / "policy.json",
+                       videos=ev / "videos", num_videos=2)
+        print(format_results(pol))
+        exp = evaluate("expert", SUITE, episodes=episodes, workers=workers, json_out=ev / "expert.json")
+        print(format_results(exp))
+        pool = EpisodeStore.open(demos).tasks
+        _json(ev / "language.json", language_check(ckpt, SUITE, pool, episodes=episodes, workers=workers, normal=pol))
+    pol = json.loads((ev / "policy.json").read_text())
+    exp = json.loads((ev / "expert.json").read_text())
+    lang = json.loads((ev / "language.json").read_text())
+    print(f"    policy success {pol['overall']['success_rate']:.0%}, expert {exp['overall']['success_rate']:.0%}; "
+          f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})")
+
+    control, control_png = None, None
+    if step(f"deploy: vla serve + vla sim-robot + vla run for {deploy_seconds:.0f} s", out / "deploy" / "summary.json"):
+        control, control_png = _deploy(ckpt, out / "deploy", deploy_seconds)
+    if (out / "deploy" / "summary.json").exists():
+        d = json.loads((out / "deploy" / "summary.json").read_text())
+        control, control_png = d.get("table"), d.get("histogram")
+
+    step("write the report")
+    videos = sorted(str(p) for p in (ev / "videos").glob("*.mp4"))
+    report = build_report(
+        out / "report.html", title="vla quickstart",
+        facts={"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+               "python": platform.python_version(), "total time": f"{time.perf_counter() - t0:.0f} s (this invocation)"},
+        dataset=dataset, contact_sheet=str(out / "contact_sheet.png"), training=training,
+        loss_png=str(ckpt / "loss.png"), eval_policy=pol, eval_expert=exp, eval_chart=pol.get("chart"),
+        videos=_pick_videos(videos), language=lang, control=control, control_png=control_png)
+    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s. Report: {report}")
+    return {"report": str(report), "policy": pol["overall"], "expert": exp["overall"], "language": lang,
+            "control": control}
+
+
+def _pick_videos(videos: list[str]) -> list[str]:
+    """A couple of successes and failures."""
+    succ = [v for v in videos if "success" in Path(v).stem][:2]
+    fail = [v for v in videos if "fail" in Path(v).stem][:2]
+    return succ + fail
+
+
+def _deploy(ckpt: Path, out: Path, seconds: float):
+    """Short real-time run against a sim robot process, through the policy server."""
+    try:
+        from vla.runtime.deploy import quick_deployment
+    except ImportError:
+        log.warning("deployment runtime not available in this build; skipping the control-loop step")
+        return None, None
+    summary = quick_deployment(ckpt, out, seconds=seconds)
+    _json(out / "summary.json", summary)
+    return summary.get("table"), summary.get("histogram")

@@ -34,12 +34,16 @@ app.command("run")(runtime.run_command)
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Run folder."),
     force: bool = typer.Option(False, help="Redo steps that already finished."),
+    steps: int = typer.Option(1000, help="Training steps for pi0-tiny."),
+    episodes: int = typer.Option(10, help="Evaluation episodes per task."),
+    deploy_seconds: float = typer.Option(20.0, help="Length of the real-time deployment run."),
 ):
-    """Run the whole path on the embedded default and print what each step did."""
+    """Collect demos, train pi0-tiny, evaluate it against the expert, deploy it in a real-time loop,
+    and write runs/<name>/report.html. Finished steps are skipped on re-runs."""
     from vla.quickstart import run_quickstart
 
     try:
-        run_quickstart(out, force=force)
+        run_quickstart(out, force=force, steps=steps, episodes=episodes, deploy_seconds=deploy_seconds)
     except user_errors() as e:
         fail(str(e))
 
