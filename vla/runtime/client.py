@@ -57,8 +57,9 @@ class RemotePolicy:
 
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
         try:
+            # Entered by hand: the connection outlives this call (closed in close()).
             ws = connect(self.url, compression=None, max_size=None, additional_headers=headers,
-                         open_timeout=self.connect_timeout_s)
+                         open_timeout=self.connect_timeout_s).__enter__()
         except websockets.InvalidStatus as e:
             status = e.response.status_code
             body = e.response.body.decode(errors="replace").strip() if e.response.body else ""

@@ -68,7 +68,7 @@ def _unpack_hook(d: dict):
         n = dt.itemsize * int(np.prod(shape, dtype=np.int64))
         if n != len(data):
             raise WireError(f"array of shape {tuple(shape)} and dtype {dt} needs {n} bytes, got {len(data)}")
-        return np.frombuffer(data, dtype=dt).reshape(shape)
+        return np.frombuffer(bytearray(data), dtype=dt).reshape(shape)  # writable (torch warns on read-only)
     if _has(d, "__npgeneric__"):
         dt = _dtype(_get(d, "dtype"))
         try:
@@ -84,7 +84,7 @@ def packb(obj) -> bytes:
 
 
 def unpackb(data: bytes, *, max_bytes: int | None = None):
-    """msgpack bytes -> object; arrays come back as (read-only) numpy arrays. Raises WireError."""
+    """msgpack bytes -> object; arrays come back as numpy arrays. Raises WireError."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireError(f"expected a binary message, got {type(data).__name__}")
     if max_bytes is not None and len(data) > max_bytes:
