@@ -52,3 +52,25 @@ def test_bad_input_gives_one_line_errors(tmp_path):
     write_synthetic(s, emb, 1, 3)
     r = runner.invoke(app, ["data", "export-lerobot", str(tmp_path / "s"), str(tmp_path / "o"), "--images", "gif"])
     assert r.exit_code == 2 and "--images must be" in r.output
+
+
+def test_train_tokenizer_and_bench_commands(tmp_path):
+    import sys
+    sys.path.insert(0, str(FIXTURES.parent))
+    from train.conftest import write_preset
+
+    emb = load_embodiment("toy2d")
+    s = EpisodeStore.create(tmp_path / "s", [emb])
+    write_synthetic(s, emb, 3, 20)
+    preset = write_preset(tmp_path / "p.toml")
+    r = runner.invoke(app, ["train", str(preset), "--data", str(tmp_path / "s"), "--out", str(tmp_path / "ck"), "--steps", "2"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "ck" / "model.safetensors").exists() and "checkpoint:" in r.output
+    r = runner.invoke(app, ["train", "nope", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "x")])
+    assert r.exit_code == 2 and "unknown policy preset 'nope'" in r.output
+    r = runner.invoke(app, ["tokenizer", "fit", str(tmp_path / "s"), "--out", str(tmp_path / "tok"), "--horizon", "10",
+                            "--vocab", "256", "--chunks", "40"])
+    assert r.exit_code == 0, r.output
+    rep = json.loads(r.output)["toy2d"]["heldout"]
+    assert rep["tokens_per_chunk_mean"] > 0 and rep["compression"] > 1 and rep["roundtrip_failures"] == 0
+    assert (tmp_path / "tok" / "toy2d" / "fast.json").exists()

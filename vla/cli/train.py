@@ -31,20 +31,45 @@ def train_command(
     resume: bool = typer.Option(False, help="Continue from OUT's train_state.pt up to --steps."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
+    eval_suite: Optional[str] = typer.Option(None, help="Evaluate in simulation at every checkpoint on this suite."),
+    eval_every: int = typer.Option(0, help="Checkpoint (and evaluate) every N steps; needs --eval-suite."),
+    eval_episodes: int = typer.Option(5, help="Episodes per task for the periodic evaluation."),
 ):
     """Train a policy on episode stores. Multi-GPU/CPU: torchrun --nproc_per_node N $(which vla) train ..."""
     from vla.config import load_preset
     from vla.train.trainer import train
 
+    if eval_every and not eval_suite:
+        fail("--eval-every needs --eval-suite")
+    save_every = eval_every or save_every
     overrides = {k: v for k, v in {"batch_size": batch_size, "lr": lr, "workers": workers, "save_every": save_every,
                                     "seed": seed}.items() if v is not None}
     try:
         p = load_preset(preset, {"train": overrides} if overrides else None)
         w = [float(x) for x in _split(weights)] or None
-        ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device)
+        on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
+        ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device, on_save=on_save)
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")
+
+
+def _periodic_eval(suite: str, episodes: int):
+    """on_save callback: evaluate the fresh checkpoint in sim; log to <ckpt>/evals.jsonl."""
+    history: list[dict] = []
+
+    def on_save(step: int, ckpt: Path) -> None:
+        from vla.runtime.policy import load_policy
+        from vla.sim import evaluate
+
+        r = evaluate(load_policy(ckpt), suite, episodes=episodes, progress=False)
+        rec = {"step": step, "suite": suite, "success_rate": r["overall"]["success_rate"],
+               "tasks": {f"{t['robot']}/{t['task']}": t["success_rate"] for t in r["tasks"]}}
+        history.append(rec)
+        (Path(ckpt) / "evals.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
+        typer.echo(f"\n[eval] step {step}: {suite} success {rec['success_rate']:.0%} {rec['tasks']}")
+
+    return on_save
 
 
 @tokenizer_app.command("fit")
