@@ -1,0 +1,41 @@
+import math
+
+import numpy as np
+import pytest
+
+from helpers import tiny_embodiment
+from vla.runtime.safety import SafetyConfig, SafetyFilter
+from vla.spec import SpecError
+
+EMB = tiny_embodiment("s", s=3, a=3)  # limits [-5, 5]
+
+
+def test_nonfinite_and_bad_shape_are_rejected_and_hold():
+    f = SafetyFilter(EMB, SafetyConfig(), dt=0.02, initial=np.zeros(3))
+    assert np.array_equal(f.filter(0, [1, 1, 1]), [1, 1, 1])
+    for bad in ([np.nan, 0, 0], [0, np.inf, 0]):
+        assert np.array_equal(f.filter(1, bad), [1, 1, 1])
+    assert np.array_equal(f.filter(2, [1, 2]), [1, 1, 1])
+    assert f.counts["nonfinite"] == 2 and f.counts["bad_shape"] == 1
+    assert [e.kind for e in f.events] == ["nonfinite", "nonfinite", "bad_shape"] and f.events[0].dims == [0]
+
+
+def test_joint_velocity_and_acceleration_limits():
+    f = SafetyFilter(EMB, SafetyConfig(max_velocity=1.0, max_acceleration=math.inf, limit_margin=0.5), dt=0.1,
+                     initial=np.zeros(3))
+    assert np.allclose(f.filter(0, [9, 0.05, -9]), [0.1, 0.05, -0.1])  # 1 unit/s over 0.1 s
+    assert f.counts["velocity_limit"] == 1 and f.counts["position_limit"] == 1
+    f.last = np.array([4.4, 0, 0])
+    assert np.allclose(f.filter(1, [9, 0, 0]), [4.5, 0, 0])  # 5 - margin
+    g = SafetyFilter(EMB, SafetyConfig(max_acceleration={"a0": 10.0, "default": 1000.0}), dt=0.1, initial=np.zeros(3))
+    out = g.filter(0, [1, 1, 0])
+    assert np.allclose(out, [0.1, 1, 0]) and g.counts["acceleration_limit"] == 1  # a0: v <= 10 * 0.1 = 1 unit/s
+
+
+def test_config_errors_name_the_key():
+    with pytest.raises(SpecError, match="max_velocity"):
+        SafetyConfig(max_velocity=-1)
+    with pytest.raises(SpecError, match="unknown action names"):
+        SafetyFilter(EMB, SafetyConfig(max_velocity={"elbow": 1.0}), dt=0.1)
+    with pytest.raises(SpecError, match="expected 3 values"):
+        SafetyFilter(EMB, SafetyConfig(max_velocity=[1.0, 2.0]), dt=0.1)
