@@ -171,11 +171,12 @@ def _signals(loop):
 
 
 def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
-    from vla.runtime.client import RemotePolicy
+    """Start what the policy needs now; returns a function that connects (so startups overlap)."""
+    from vla.runtime.client import PolicyUnavailable, RemotePolicy
 
     p = cfg.policy
     if p.url:
-        return stack.enter_context(RemotePolicy(p.url, api_key=p.api_key, wait_s=p.start_timeout_s))
+        return lambda: stack.enter_context(RemotePolicy(p.url, api_key=p.api_key, wait_s=p.start_timeout_s))
     if not Path(p.checkpoint).is_dir():
         from vla.spec import SpecError
 
@@ -183,18 +184,22 @@ def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
     if not p.isolate:
         from vla.runtime.policy import load_policy
 
-        return load_policy(p.checkpoint, device=p.device or None)
+        return lambda: load_policy(p.checkpoint, device=p.device or None)
     port = free_port()
     args = ["serve", p.checkpoint, "--host", "127.0.0.1", "--port", str(port)] + (["--device", p.device] if p.device else [])
     proc = stack.enter_context(child_process(args, out / "policy_server.log", "policy server"))
-    deadline = time.monotonic() + p.start_timeout_s
-    while True:
-        try:
-            return stack.enter_context(RemotePolicy(f"ws://127.0.0.1:{port}", wait_s=1.0))
-        except ConnectionError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the policy server for {p.checkpoint} did not come up:\n"
-                                   f"{_tail(out / 'policy_server.log')}") from None
+
+    def connect():
+        deadline = time.monotonic() + p.start_timeout_s
+        while True:
+            try:
+                return stack.enter_context(RemotePolicy(f"ws://127.0.0.1:{port}", wait_s=1.0))
+            except PolicyUnavailable:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    raise PolicyUnavailable(f"the policy server for {p.checkpoint} did not come up:\n"
+                                            f"{_tail(out / 'policy_server.log')}") from None
+
+    return connect
 
 
 def _robot(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
@@ -237,8 +242,9 @@ def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | N
     sys.setswitchinterval(0.0005)
     with contextlib.ExitStack() as stack:
         stack.callback(sys.setswitchinterval, old_switch)
+        connect_policy = _policy(cfg, stack, out)  # a child server starts loading while the robot comes up
         robot = _robot(cfg, stack, out)
-        policy = _policy(cfg, stack, out)
+        policy = connect_policy()
         recorder = EpisodeRecorder(cfg.store, robot.embodiment, cfg.control.hz) if cfg.record.enabled else None
         loop = ControlLoop(robot, policy, cfg.control, cfg.safety, cfg.chunking,
                            policy_embodiment=cfg.policy.embodiment or None, recorder=recorder)

@@ -187,6 +187,10 @@ class SimRobotServer:
         except (SpecError, ValueError, TypeError) as e:
             self.stats["errors"] += 1
             reply = {"error": str(e)}
+        except Exception as e:  # a simulator failure: report it, keep serving
+            log.exception("sim robot request failed")
+            self.stats["errors"] += 1
+            reply = {"error": f"{type(e).__name__}: {e}"}
         if reply is None:
             return client
         if self.pending_error:
