@@ -1,6 +1,6 @@
 """Scripted bimanual experts for gym-aloha, after the ACT paper's description of its sim demos.
 
-Transfer-cube: the right arm grasps the cube from above at a 60-degree tilt and lifts it to a
+Transfer-cube: the right arm grasps the cube from above (tilted 15 degrees away from its base) and lifts it to a
 meeting point; the left arm approaches horizontally with its fingers closing vertically, closes
 on the free half of the cube, the right arm opens and backs away. Insertion: each arm grasps
 its object from above (left: socket, right: peg), both lift them to a meeting point with their
@@ -36,7 +36,6 @@ def rot(approach, fingers) -> np.ndarray:
 
 
 DOWN = rot([0, 0, -1], [0, 1, 0])
-TILT_RIGHT = rot([-0.26, 0, -0.966], [0, 1, 0])  # right arm, pointing down-left at 60 degrees
 HORIZONTAL_LEFT = rot([1, 0, 0], [0, 0, 1])  # left arm pointing right, fingers closing vertically
 
 
@@ -47,7 +46,7 @@ class AlohaExpert:
         self.rng = np.random.default_rng(seed)
         m = self.env.model
         self.iks = [ArmIK(m, tuple(f"vx300s_{s}/{j}" for j in JOINTS), body=f"vx300s_{s}/camera_focus", frame=FRAME,
-                          cfg=IKConfig(iters=20)) for s in ("left", "right")]
+                          cfg=IKConfig(iters=10)) for s in ("left", "right")]
         self._episode = None
 
     def reset(self) -> None:
@@ -65,17 +64,21 @@ class AlohaExpert:
         jitter = lambda s: self.rng.normal(0.0, s, 3) * (1 + 10 * self.noise)  # noqa: E731
         cube = self._pos("box")
         meet = MEET + jitter(0.01)
-        grasp = cube + TILT_RIGHT[:, 2] * 0.012
+        # Tilt towards the right arm's base, fingers across that direction: the waist does the aiming.
+        d = cube[:2] - self._pos("vx300s_right")[:2]
+        d /= np.linalg.norm(d)
+        tilt = rot([0.26 * d[0], 0.26 * d[1], -0.966], [-d[1], d[0], 0.0])
+        grasp = cube + tilt[:, 2] * 0.012
         grasp[2] = max(grasp[2], 0.012)
         held = lambda e: self._tip(1)[0] - self._pos("box")  # noqa: E731  # tip relative to the cube
-        right = [(90, grasp - TILT_RIGHT[:, 2] * 0.08 + jitter(0.01), TILT_RIGHT, OPEN),
-                 (130, grasp, TILT_RIGHT, OPEN),
-                 (160, grasp, TILT_RIGHT, CLOSED),
-                 (200, grasp + np.array([0, 0, 0.1]), TILT_RIGHT, CLOSED),
-                 (230, lambda e: meet + held(e), TILT_RIGHT, CLOSED),
-                 (320, lambda e: meet + held(e), TILT_RIGHT, CLOSED),
-                 (335, lambda e: self._tip(1)[0], TILT_RIGHT, OPEN),
-                 (380, lambda e: self._tip(1)[0] - TILT_RIGHT[:, 2] * 0.1, TILT_RIGHT, OPEN)]
+        right = [(90, grasp - tilt[:, 2] * 0.08 + jitter(0.01), tilt, OPEN),
+                 (130, grasp, tilt, OPEN),
+                 (160, grasp, tilt, CLOSED),
+                 (200, grasp + np.array([0, 0, 0.1]), tilt, CLOSED),
+                 (230, lambda e: meet + held(e), tilt, CLOSED),
+                 (320, lambda e: meet + held(e), tilt, CLOSED),
+                 (335, lambda e: self._tip(1)[0], tilt, OPEN),
+                 (380, lambda e: self._tip(1)[0] - tilt[:, 2] * 0.1, tilt, OPEN)]
         left = [(150, meet + np.array([-0.12, 0, 0]) + jitter(0.01), HORIZONTAL_LEFT, OPEN),
                 (250, lambda e: self._pos("box") + np.array([-0.12, 0, 0]), HORIZONTAL_LEFT, OPEN),
                 (290, lambda e: self._pos("box") + np.array([0.004, 0, 0]), HORIZONTAL_LEFT, OPEN),
@@ -140,7 +143,7 @@ class AlohaExpert:
                 res[i] = (tw, np.asarray(pos(self.env) if callable(pos) else pos, float), r, g)
         (t0, p0, r0, _), (t1, p1, r1, g1) = res[k - 1], res[k]
         a = 1.0 if t1 <= t0 else float(np.clip((t - t0) / (t1 - t0), 0.0, 1.0))
-        rr = Slerp([0, 1], Rotation.from_matrix([r0, r1]))(a).as_matrix()
+        rr = r1 if np.allclose(r0, r1) else Slerp([0, 1], Rotation.from_matrix([r0, r1]))(a).as_matrix()
         return p0 + a * (p1 - p0), rr, g1 if a >= 1.0 or t >= t1 else res[k - 1][3]
 
     def act(self, obs=None) -> np.ndarray:
