@@ -107,7 +107,7 @@ class FastPolicy(nn.Module):
         """The training entry point (so DDP's hooks run): per-sample loss [b]."""
         return self.compute_loss(batch, generator)
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def generate(self, batch: dict, max_new: int | None = None) -> list[list[int]]:
         """Greedy decoding with a KV cache -> per row the generated LM ids (EOS excluded)."""
         emb = batch["embodiment"]

@@ -120,14 +120,20 @@ class Pi0Policy(nn.Module):
 
     def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]):
         """-> tokens [b, 1 + h, w], ar [b, 1 + h]."""
-        s = self.state_in(state, emb)[:, None]
-        a = self.action_in(x_t, emb)
-        te = sincos_time(t, a.shape[-1]).to(a.dtype)[:, None].expand_as(a)
-        a = self.time_mlp_out(nn.functional.silu(self.time_mlp_in(torch.cat([a, te], -1))))
         h = x_t.shape[1]
         ar = torch.zeros(x_t.shape[0], 1 + h, dtype=torch.long, device=x_t.device)
         ar[:, :2] = 1
-        return torch.cat([s, a], 1), ar
+        return torch.cat([self.state_in(state, emb)[:, None], self._action_tokens(x_t, t, emb)], 1), ar
+
+    def _action_tokens(self, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]) -> torch.Tensor:
+        """Noisy actions + flow time -> [b, h, w]: MLP(concat(action_emb, sincos(t))), as pi0."""
+        a = self.action_in(x_t, emb)
+        w = a.shape[-1]
+        te = sincos_time(t, w).to(a.dtype)
+        # concat-then-Linear, computed as two halves: the time half is one row per sample
+        w_in = self.time_mlp_in.weight
+        hid = a @ w_in[:, :w].T + (te @ w_in[:, w:].T + self.time_mlp_in.bias)[:, None]
+        return self.time_mlp_out(nn.functional.silu(hid))
 
     def _suffix_out(self, hidden: torch.Tensor, emb: list[str]) -> torch.Tensor:
         return self.action_out(hidden[:, 1:], emb)  # drop the state token
@@ -171,7 +177,7 @@ class Pi0Policy(nn.Module):
         return self.compute_loss(batch, generator)
 
     # ---- inference ----
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample_actions(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
                        use_cache: bool = True, guide: torch.Tensor | None = None,
                        guide_weights: torch.Tensor | None = None) -> torch.Tensor:
@@ -219,10 +225,10 @@ class Pi0Policy(nn.Module):
             allowed = make_attn_mask(valid, torch.cat([torch.zeros_like(p_valid, dtype=torch.long), s_ar], 1))
             stacks, pos = [lm, ex], positions_from_valid(valid)
         bias, cos_sin = attn_bias(allowed, x.dtype), rope(ex, x, pos)
-        state = batch["state"].to(x.dtype)
+        state_tok = self.state_in(batch["state"].to(x.dtype), emb)[:, None]  # the same at every step
         for k in range(steps):
             t = torch.full((b,), 1.0 + k * dt, dtype=x.dtype, device=x.device)
-            suffix, _ = self.embed_suffix(state, x, t, emb)
+            suffix = torch.cat([state_tok, self._action_tokens(x, t, emb)], 1)
             if use_cache:
                 (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache)
             else:

@@ -62,7 +62,7 @@ class Policy:
                                 guide=None if guide is None else guide[None],
                                 guide_weights=None if guide_weights is None else guide_weights[None])[0]
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def infer_batch(self, observations: list[dict], *, noise: np.ndarray | None = None,
                     guide: np.ndarray | None = None, guide_weights: np.ndarray | None = None) -> list[dict]:
         t0 = time.perf_counter()
