@@ -24,6 +24,7 @@ def _worker(fn, context, tasks, results) -> None:
     import os
 
     os.environ.setdefault("MUJOCO_GL", "egl")
+    os.environ.setdefault("LP_NUM_THREADS", "0")
     while True:
         item = tasks.get()
         if item is None:
