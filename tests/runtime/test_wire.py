@@ -45,3 +45,14 @@ def test_object_arrays_are_never_sent_and_garbage_is_a_wire_error():
         unpackb(b"\xc1\xc1\xc1")
     with pytest.raises(WireError, match="over the limit"):
         unpackb(packb({"x": np.zeros(100, np.uint8)}), max_bytes=50)
+
+
+def test_robot_side_modules_never_import_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, vla.runtime.client, vla.runtime.wire, vla.runtime.run, vla.runtime.control, "
+            "vla.runtime.robot; bad = [m for m in ('torch', 'mujoco', 'vla.model') if m in sys.modules]; "
+            "assert not bad, bad")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
