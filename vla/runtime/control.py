@@ -321,7 +321,7 @@ class ControlLoop:
                 ref = prev_sent if prev_sent is not None else a
                 jump = float(np.max(np.abs(raw - ref))) if (switched and raw is not None and ref is not None) else float("nan")
                 change = float(np.max(np.abs(a - prev_sent))) if (a is not None and prev_sent is not None) else float("nan")
-                timing.tick(k, t_sent - deadline, t_sent - t_run0, raw is None, switched, jump, change)
+                timing.tick(k, t_sent - deadline, t_sent - t_run0, raw is None, switched, jump, change, k == ep_k0 > 0)
                 prev_sent = a
                 # 4. the newest observation, and the frame it makes with this action
                 if observer.error is not None:

@@ -23,13 +23,14 @@ def _max(x) -> float | None:
 class TimingLog:
     period_s: float
     miss_tolerance_s: float
-    ticks: list = field(default_factory=list)  # (k, lateness_ms, sent_s, held, switched, raw_jump, sent_change)
+    ticks: list = field(default_factory=list)  # (k, lateness_ms, sent_s, held, switched, raw_jump, sent_change, new_grid)
     inference: list = field(default_factory=list)  # (k_obs, k_used, latency_ms, server_ms, ok)
     skipped: int = 0
 
     def tick(self, k: int, lateness_s: float, sent_s: float, held: bool, switched: bool, raw_jump: float,
-             sent_change: float) -> None:
-        self.ticks.append((k, lateness_s * 1000, sent_s, held, switched, raw_jump, sent_change))
+             sent_change: float, new_grid: bool = False) -> None:
+        """new_grid: the first tick after an episode reset (its period to the tick before is not a period)."""
+        self.ticks.append((k, lateness_s * 1000, sent_s, held, switched, raw_jump, sent_change, new_grid))
 
     def infer(self, k_obs: int, k_used: int, latency_s: float, server_ms: float | None, ok: bool) -> None:
         self.inference.append((k_obs, k_used, latency_s * 1000, server_ms, ok))
@@ -37,7 +38,10 @@ class TimingLog:
     # ---- figures ----
     def periods_ms(self) -> np.ndarray:
         sent = np.array([t[2] for t in self.ticks], np.float64)
-        return np.diff(sent) * 1000 if len(sent) > 1 else np.zeros(0)
+        if len(sent) < 2:
+            return np.zeros(0)
+        keep = ~np.array([t[7] for t in self.ticks[1:]], bool)
+        return (np.diff(sent) * 1000)[keep]
 
     def summary(self) -> dict:
         per = self.periods_ms()
