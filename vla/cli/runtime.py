@@ -117,13 +117,14 @@ def bench_control(
     modes: str = typer.Option("sync,async,rtc", help="Chunk execution modes, comma-separated."),
     env: str = typer.Option("vla/Arm7-Reach-v0", help="Sim robot env."),
     out: Path = typer.Option(Path("runs/bench/control"), help="Folder for the runs' logs and plots."),
+    rt_priority: int = typer.Option(50, help="SCHED_FIFO priority of the control thread (0 = normal scheduling)."),
 ):
     """Control loop at 50 Hz against a sim robot process: tick jitter, misses, latency, boundary jumps, success."""
     from vla.bench.control import run
 
     try:
         r = run(checkpoint=checkpoint, seconds=seconds, delays=[float(x) for x in delays.split(",") if x.strip()],
-                modes=[m.strip() for m in modes.split(",") if m.strip()], env=env, out=out)
+                modes=[m.strip() for m in modes.split(",") if m.strip()], env=env, out=out, rt_priority=rt_priority)
     except _runtime_errors() as e:
         fail(str(e))
     emit(r, json_out)
