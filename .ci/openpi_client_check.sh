@@ -4,10 +4,11 @@
 # small venv (never the project's). Then tests/runtime/test_openpi_interop.py runs with that venv's
 # python as VLA_OPENPI_PYTHON. If the venv cannot be built (no network, no PyPI), the test is
 # skipped with a message; the normal test suite never depends on this script.
-# Usage: bash .ci/openpi_client_check.sh   (needs the project's .venv: launch/setup.sh makes it)
+# Usage: bash .ci/openpi_client_check.sh   (makes the project's .venv with launch/setup.sh if missing)
 set -uo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
+[ -x "$ROOT/.venv/bin/python" ] || source "$ROOT/launch/setup.sh"  # the project's own venv (fresh clone)
 VENV="${VLA_OPENPI_VENV:-${TMPDIR:-/tmp}/vla-openpi-client-venv}"
 PY="${PYTHON:-python3}"
 ok() { "$VENV/bin/python" -c "import openpi_client.websocket_client_policy, typing_extensions, numpy; assert numpy.__version__ < '2'" 2>/dev/null; }
