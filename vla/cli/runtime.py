@@ -72,6 +72,8 @@ def run_command(
     episodes: Optional[int] = typer.Option(None, help="Override [control] episodes."),
     checkpoint: Optional[str] = typer.Option(None, help="Override [policy]: run this checkpoint."),
     url: Optional[str] = typer.Option(None, help="Override [policy]: use the policy server at ws://host:port."),
+    robot_port: Optional[int] = typer.Option(None, help="Override [robot]: connect to a running `vla sim-robot` on "
+                                             "this port instead of starting one."),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: the launch file's record.out]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
 ):
@@ -88,6 +90,8 @@ def run_command(
         ov["policy"] = {"checkpoint": checkpoint, "url": ""}
     if url:
         ov["policy"] = {"url": url, "checkpoint": ""}
+    if robot_port is not None:
+        ov["robot"] = {"spawn": False, "port": robot_port}
     try:
         r = run_deployment(launch, overrides=ov, out=out)
     except _runtime_errors() as e:
