@@ -86,10 +86,12 @@ def test_estop_stops_motion_at_once(fake_robot):
 
 
 def test_episodes_end_when_the_robot_says_done(fake_robot):
-    fake_robot.done_after_s = 0.3
-    r = _loop(fake_robot, StubPolicy(), "rtc", seconds=10, episodes=2).run()
-    assert r["outcome"] == "episodes" and len(r["episodes"]) == 2 and r["successes"] == 2
-    assert fake_robot.resets == 2  # the first reset plus one between episodes
+    fake_robot.done_after_s = 0.4
+    r = _loop(fake_robot, StubPolicy(latency_s=0.05), "rtc", seconds=10, episodes=3).run()
+    assert r["outcome"] == "episodes" and len(r["episodes"]) == 3 and r["successes"] == 3
+    assert fake_robot.resets == 3  # the first reset plus one between episodes
+    # A request abandoned at a reset must not leave a second one queued behind every later request.
+    assert r["inference"]["latency_ms"]["p50"] < 90
 
 
 class SlowAfter(StubPolicy):

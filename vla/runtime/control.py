@@ -112,21 +112,28 @@ class ControlLoop:
                 return now
 
     def _realtime(self, on: bool) -> None:
+        """SCHED_FIFO for this (control) thread at rt_priority and for the process's other Python threads
+        one below: a helper thread holding the GIL is then never descheduled by unrelated processes
+        while the control thread waits for it (priority inversion through the GIL)."""
         import os
 
         if not self.cfg.rt_priority or not hasattr(os, "sched_setscheduler"):
             return
-        try:
-            if on:
-                os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(self.cfg.rt_priority))
-            else:
-                os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
-        except OSError as e:
-            if on:
-                log.warning("cannot run the control thread SCHED_FIFO (%s); continuing with normal scheduling", e)
+        me = threading.get_native_id()
+        tids = {t.native_id for t in threading.enumerate() if t.native_id is not None} | {me}
+        for tid in sorted(tids, key=lambda t: t != me):
+            try:
+                if on:
+                    prio = self.cfg.rt_priority if tid == me else max(1, self.cfg.rt_priority - 1)
+                    os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(prio))
+                else:
+                    os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError as e:
+                if on and tid == me:
+                    log.warning("cannot run the control thread SCHED_FIFO (%s); continuing with normal scheduling", e)
+                    return
 
     def run(self) -> dict:
-        self._realtime(True)
         try:
             return self._run()
         finally:
@@ -138,6 +145,7 @@ class ControlLoop:
         robot = self.robot
         worker = InferenceWorker(self.policy, cfg.inject_delay_ms / 1000)
         observer = Observer(robot)
+        self._realtime(True)
         timing = TimingLog(period, cfg.miss_tolerance * period)
         ex = ChunkExecutor(self.chunking_cfg, cfg.hz, self.policy_hz)
         obs = robot.reset(seed=cfg.seed)
@@ -149,6 +157,7 @@ class ControlLoop:
         episode_i, in_flight, abandoned = 0, None, set()
         policy_down_until, down_reported, watchdog_active = 0.0, False, False
         prev_sent, last_error, first_chunk = safety.last, "", True
+        prev_cmd = None
         observer.latest = (-1, obs)
         t_start = time.monotonic() + period
         t_run0, k, ep_k0 = t_start, 0, 0
@@ -177,12 +186,12 @@ class ControlLoop:
                         res = worker.results.get_nowait()
                     except queue.Empty:
                         break
-                    in_flight = None
                     ok = res.actions is not None
                     timing.infer(res.k_obs, k, now - res.t_sent, res.server_ms, ok)
-                    if res.k_obs in abandoned:
+                    if res.k_obs in abandoned:  # given up on (watchdog, episode reset); another may be in flight
                         abandoned.discard(res.k_obs)
                         continue
+                    in_flight = None
                     if not ok:
                         policy_down_until = now + cfg.retry_s
                         if not down_reported or res.error != last_error:
@@ -218,8 +227,12 @@ class ControlLoop:
                 if a is not None:
                     robot.send_action(a)
                 t_sent = time.monotonic()
-                ref = prev_sent if prev_sent is not None else a
-                jump = float(np.max(np.abs(raw - ref))) if (switched and raw is not None and ref is not None) else float("nan")
+                # Boundary jump: the new plan's first action against what the old plan (or the hold) commanded
+                # last tick, both within the joint limits (a clamp is the safety layer's, not the chunking's).
+                cmd = None if raw is None else np.clip(raw, safety.low, safety.high)
+                ref = prev_cmd if prev_cmd is not None else prev_sent
+                jump = float(np.max(np.abs(cmd - ref))) if (switched and cmd is not None and ref is not None) else float("nan")
+                prev_cmd = cmd if cmd is not None else a
                 change = float(np.max(np.abs(a - prev_sent))) if (a is not None and prev_sent is not None) else float("nan")
                 timing.tick(k, t_sent - deadline, t_sent - t_run0, raw is None, switched, jump, change, k == ep_k0 > 0)
                 prev_sent = a
@@ -263,7 +276,7 @@ class ControlLoop:
                         in_flight = None
                     st = np.asarray(obs["observation/state"], np.float32)
                     safety.last = st.astype(np.float64) if same_layout else safety.last
-                    prev_sent = safety.last
+                    prev_sent, prev_cmd = safety.last, None
                     # The reset took time: restart the grid so that tick k + 1 is one period from now.
                     t_start = time.monotonic() + period - (k + 1) * period
                     ep_k0 = k + 1
