@@ -245,7 +245,8 @@ def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | N
         connect_policy = _policy(cfg, stack, out)  # a child server starts loading while the robot comes up
         robot = _robot(cfg, stack, out)
         policy = connect_policy()
-        recorder = EpisodeRecorder(cfg.store, robot.embodiment, cfg.control.hz) if cfg.record.enabled else None
+        store = Path(cfg.record.store) if cfg.record.store else out / "episodes"
+        recorder = EpisodeRecorder(store, robot.embodiment, cfg.control.hz) if cfg.record.enabled else None
         loop = ControlLoop(robot, policy, cfg.control, cfg.safety, cfg.chunking,
                            policy_embodiment=cfg.policy.embodiment or None, recorder=recorder)
         status_line = StatusLine(loop, cfg.control.status_every_s).start() if status else None
@@ -260,7 +261,7 @@ def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | N
             recorded = recorder.close() if recorder is not None else []
     summary["name"] = cfg.name
     summary["recorded"] = recorded
-    summary["store"] = str(cfg.store) if recorder is not None else None
+    summary["store"] = str(store) if recorder is not None else None
     files = loop.timing.save(out, summary)
     with open(out / "interventions.jsonl", "w") as f:
         for ev in loop.safety.events:
