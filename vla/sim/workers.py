@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import multiprocessing as mp
-import queue
+import multiprocessing.connection as mp_connection
 import traceback
 from typing import Any, Callable, Iterable, Iterator
 
@@ -26,18 +26,19 @@ def _worker(fn, context, tasks, results) -> None:
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("LP_NUM_THREADS", "0")
     while True:
-        item = tasks.get()
+        item = tasks.recv()
         if item is None:
             return
         i, job = item
         try:
-            results.put((i, fn(context, job), None))
+            out = (i, fn(context, job), None)
         except Exception:
-            results.put((i, None, traceback.format_exc()))
+            out = (i, None, traceback.format_exc())
+        results.send(out)  # synchronous, on this worker's own pipe: a dying sibling cannot block it
 
 
 def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, workers: int = 1,
-             poll_s: float = 0.5) -> Iterator[tuple[Any, Any, str | None]]:
+             poll_s: float = 1.0) -> Iterator[tuple[Any, Any, str | None]]:
     jobs = list(jobs)
     if workers <= 1:
         for job in jobs:
@@ -48,19 +49,21 @@ def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, wor
         return
 
     ctx = mp.get_context("spawn")  # no fork: GL contexts and torch threads do not survive it
-    results = ctx.Queue()
     pending = list(enumerate(jobs))[::-1]  # pop() from the end keeps the original order
-    procs: dict[int, tuple[Any, Any]] = {}  # slot -> (process, its task queue)
+    slots: dict[int, tuple[Any, Any, Any]] = {}  # slot -> (process, task sender, result receiver)
     running: dict[int, int] = {}  # slot -> job index
     done = 0
     next_slot = 0
 
     def start() -> int:
         nonlocal next_slot
-        tq = ctx.Queue()
-        p = ctx.Process(target=_worker, args=(fn, context, tq, results), daemon=True)
+        task_r, task_w = ctx.Pipe(duplex=False)
+        res_r, res_w = ctx.Pipe(duplex=False)
+        p = ctx.Process(target=_worker, args=(fn, context, task_r, res_w), daemon=True)
         p.start()
-        procs[next_slot] = (p, tq)
+        task_r.close()
+        res_w.close()
+        slots[next_slot] = (p, task_w, res_r)
         next_slot += 1
         return next_slot - 1
 
@@ -68,35 +71,46 @@ def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, wor
         if pending:
             i, job = pending.pop()
             running[slot] = i
-            procs[slot][1].put((i, job))
+            slots[slot][1].send((i, job))
 
     try:
         for _ in range(min(workers, len(jobs))):
             feed(start())
         while done < len(jobs):
-            try:
-                i, result, err = results.get(timeout=poll_s)
-            except queue.Empty:
-                for slot, (p, _) in list(procs.items()):
-                    if not p.is_alive() and slot in running:
+            waitables = {}
+            for slot, (p, _, r) in slots.items():
+                waitables[r] = slot
+                waitables[p.sentinel] = slot
+            ready = mp_connection.wait(list(waitables), timeout=poll_s)
+            for slot in sorted({waitables[w] for w in ready}):
+                p, _, r = slots[slot]
+                if r.poll():
+                    try:
+                        i, result, err = r.recv()
+                    except (EOFError, OSError):
+                        i = None
+                    if i is not None:
+                        del running[slot]
+                        done += 1
+                        yield jobs[i], result, err
+                        feed(slot)
+                        continue
+                if not p.is_alive():
+                    p.join()
+                    del slots[slot]
+                    if slot in running:
                         i = running.pop(slot)
-                        del procs[slot]
                         done += 1
                         yield jobs[i], None, f"worker process died (exit code {p.exitcode})"
+                    if pending:
                         feed(start())
-                continue
-            slot = next(s for s, j in running.items() if j == i)
-            del running[slot]
-            done += 1
-            yield jobs[i], result, err
-            feed(slot)
     finally:
-        for p, tq in procs.values():
+        for p, tw, _ in slots.values():
             try:
-                tq.put(None)
+                tw.send(None)
             except Exception:
                 pass
-        for p, _ in procs.values():
+        for p, _, _ in slots.values():
             p.join(timeout=2)
             if p.is_alive():
                 p.terminate()
