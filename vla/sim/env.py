@@ -32,7 +32,6 @@ log = logging.getLogger(__name__)
 logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs an INFO line per process otherwise
 
 _OPEN = weakref.WeakSet()  # envs holding a GL context: closed at exit, before the GL module is torn down
-_ATEXIT = []
 
 
 def _close_all() -> None:
@@ -41,13 +40,16 @@ def _close_all() -> None:
             env.close()
         except Exception:  # the GL display may already be gone; nothing left to free then
             pass
+    import gc
+
+    gc.collect()  # renderers left in reference cycles free their GL contexts now, while EGL is still up
 
 
 def _track(env) -> None:
-    # Registered after mujoco's own EGL atexit hook (imported with the first Renderer), so it runs before it.
-    if not _ATEXIT:
-        atexit.register(_close_all)
-        _ATEXIT.append(True)
+    # (Re-)registered after every renderer is made, so it runs before the EGL-terminating exit hooks
+    # that mujoco and dm_control register when they create their first contexts.
+    atexit.unregister(_close_all)
+    atexit.register(_close_all)
     _OPEN.add(env)
 
 
