@@ -18,10 +18,11 @@ from vla.spec import STATE, TASK, Embodiment, image_key
 
 
 def strip_render_costs(model: mujoco.MjModel) -> None:
-    """Shadows, reflections and multisampling off: software rendering at small sizes stays fast."""
+    """Shadows, reflections and multisampling off, coarse primitive tessellation: software rendering stays fast."""
     model.light_castshadow[:] = 0
     model.vis.quality.shadowsize = 0
     model.vis.quality.offsamples = 0
+    model.vis.quality.numslices, model.vis.quality.numstacks, model.vis.quality.numquads = 12, 6, 1
     model.mat_reflectance[:] = 0
     model.vis.global_.offwidth = max(model.vis.global_.offwidth, 640)
     model.vis.global_.offheight = max(model.vis.global_.offheight, 480)
