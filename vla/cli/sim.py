@@ -22,7 +22,7 @@ def _sim_errors() -> tuple[type[BaseException], ...]:
 
 def collect_command(
     recipe: str = typer.Argument(..., help="Recipe TOML (datasets/*.toml) or a built-in recipe name."),
-    out: Path = typer.Option(..., "--out", help="Episode store to create or append to."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Episode store to create or append to [default: data/<recipe name>]."),
     episodes: Optional[int] = typer.Option(None, help="Episodes per recipe task [default: the recipe's]."),
     workers: int = typer.Option(1, help="Worker processes."),
     keep_failed: Optional[bool] = typer.Option(None, "--keep-failed/--drop-failed",
@@ -30,10 +30,12 @@ def collect_command(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
 ):
     """Fill a store with scripted-expert demonstrations in simulation."""
-    from vla.sim.collect import collect
+    from vla.sim.collect import collect, load_recipe
 
     try:
-        r = collect(recipe, out, episodes=episodes, workers=workers, keep_failed=keep_failed)
+        rec = load_recipe(recipe)
+        out = out or Path("data") / rec.name
+        r = collect(rec, out, episodes=episodes, workers=workers, keep_failed=keep_failed)
     except _sim_errors() as e:
         fail(str(e))
     for name, s in r["per_task"].items():
