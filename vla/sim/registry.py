@@ -58,11 +58,9 @@ def make_env(robot: str, task: str, *, image_size: int = 96, seed: int | None = 
     if robot in EXTERNAL:
         env = _external(robot).make(task, image_size=image_size, **kwargs)
     else:
-        robot_cfg = get_robot(robot)
-        task_cls = get_task(task)
-        if robot not in task_cls.robots:
+        get_robot(robot)  # unknown names list the valid ones
+        if robot not in get_task(task).robots:
             raise SpecError(f"task {task!r} is not defined for robot {robot!r}; {robot} has tasks {list_tasks(robot)}")
-        del robot_cfg
         register_all()
         env = gym.make(env_id(robot, task), image_size=image_size, disable_env_checker=True, **kwargs)
     if seed is not None:
