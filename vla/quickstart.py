@@ -113,12 +113,12 @@ def run_quickstart(out: Path, *, force: bool = False, steps: int = 1000, episode
     print(f"    policy success {pol['overall']['success_rate']:.0%}, expert {exp['overall']['success_rate']:.0%}; "
           f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})")
 
-    control, control_png = None, None
-    if step(f"deploy: vla serve + vla sim-robot + vla run for {deploy_seconds:.0f} s", out / "deploy" / "summary.json"):
-        control, control_png = _deploy(ckpt, out / "deploy", deploy_seconds)
-    if (out / "deploy" / "summary.json").exists():
-        d = json.loads((out / "deploy" / "summary.json").read_text())
-        control, control_png = d.get("table"), d.get("histogram")
+    deploy = out / "deploy" / "quickstart.json"
+    if step(f"deploy: vla serve + vla sim-robot + vla run (arm7 reach, 50 Hz, rtc) for {deploy_seconds:.0f} s", deploy):
+        _json(deploy, _deploy(ckpt, out / "deploy", deploy_seconds))
+    d = json.loads(deploy.read_text())
+    control, control_png = d["table"], d["histogram"]
+    print("    " + "; ".join(f"{k}: {v}" for k, v in control.items()))
 
     step("write the report")
     videos = sorted(str(p) for p in (ev / "videos").glob("*.mp4"))
@@ -142,12 +142,21 @@ def _pick_videos(videos: list[str]) -> list[str]:
 
 
 def _deploy(ckpt: Path, out: Path, seconds: float):
-    """Short real-time run against a sim robot process, through the policy server."""
-    try:
-        from vla.runtime.deploy import quick_deployment
-    except ImportError:
-        log.warning("deployment runtime not available in this build; skipping the control-loop step")
-        return None, None
-    summary = quick_deployment(ckpt, out, seconds=seconds)
-    _json(out / "summary.json", summary)
-    return summary.get("table"), summary.get("histogram")
+    """Short real-time run of arm7 reach through `vla serve` (child) + `vla sim-robot` (child) + the loop."""
+    from vla.runtime.launch import load_launch
+    from vla.runtime.run import run_deployment
+
+    overrides = {"policy": {"checkpoint": str(ckpt)}, "control": {"duration_s": seconds, "episodes": 1},
+                 "record": {"out": str(out)}}
+    cfg = load_launch("arm7-reach-sim", overrides)
+    summary = run_deployment("arm7-reach-sim", out=out, status=True, overrides=overrides)
+    t = {k: summary.get(k) for k in ("ticks", "deadline_misses", "held_ticks", "chunk_switches", "max_boundary_jump")}
+    table = {
+        "loop": f"{cfg.control.hz:g} Hz, mode {cfg.control.mode}, {seconds:.0f} s",
+        "ticks": t["ticks"], "deadline misses": t["deadline_misses"],
+        "tick period p50 / p99 / max (ms)": "{p50} / {p99} / {max}".format(**summary["period_ms"]),
+        "jitter p99 (ms)": summary["jitter_ms"]["p99"],
+        "inference latency p50 / p99 (ms)": "{p50} / {p99}".format(**summary["inference"]["latency_ms"]),
+        "held ticks (watchdog)": t["held_ticks"], "max action change per tick": summary.get("max_action_change"),
+    }
+    return {"table": table, "histogram": summary["files"]["histogram_png"], "summary": summary}
