@@ -121,7 +121,7 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
                            "ci95": list(wilson(s_all, n_all)),
                            "mean_task_success": float(np.mean([r["success_rate"] for r in rows])) if rows else 0.0},
                "seconds": round(time.perf_counter() - t0, 2), "videos": video_files}
-    if json_out:
+    if json_out:  # written before the chart, so a plotting problem never loses the numbers
         results["json"] = str(write_json(results, json_out))
     if chart or json_out:
         target = Path(chart) if chart else Path(json_out).with_suffix(".png")

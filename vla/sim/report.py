@@ -40,7 +40,8 @@ def bar_chart(results: dict, path: str | Path) -> Path:
     lo = np.array([r["ci95"][0] for r in rows])
     hi = np.array([r["ci95"][1] for r in rows])
     fig, ax = plt.subplots(figsize=(max(4.0, 1.1 * len(rows) + 1.5), 3.6), dpi=100)
-    ax.bar(range(len(rows)), rate, color="#4C72B0", yerr=[rate - lo, hi - rate], capsize=4)
+    yerr = np.clip([rate - lo, hi - rate], 0.0, None)  # float round-off at 0/n and n/n
+    ax.bar(range(len(rows)), rate, color="#4C72B0", yerr=yerr, capsize=4)
     for i, r in enumerate(rows):
         ax.text(i, min(1.02, hi[i] + 0.02), f"{r['successes']}/{r['episodes']}", ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(rows)), names, rotation=30, ha="right", fontsize=8)
