@@ -134,15 +134,15 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
 def format_results(results: dict) -> str:
     """A plain-text table of the results."""
     lines = [f"policy {results['policy']}  suite {results['suite']}  ({results['seconds']} s)",
-             f"{'robot/task':<26} {'success':>9} {'rate':>6} {'95% CI':>15} {'mean len':>9} {'errors':>6}"]
+             f"{'robot/task':<34} {'success':>9} {'rate':>6} {'95% CI':>15} {'mean len':>9} {'errors':>6}"]
     for r in results["tasks"]:
         lo, hi = r["ci95"]
         ml = f"{r['mean_length']:.1f}" if r["mean_length"] is not None else "-"
         ci = f"[{lo:.2f}, {hi:.2f}]"
         name = r["robot"] + "/" + r["task"]
-        lines.append(f"{name:<26} {r['successes']:>4}/{r['episodes']:<4} {r['success_rate']:>6.2f} "
+        lines.append(f"{name:<34} {r['successes']:>4}/{r['episodes']:<4} {r['success_rate']:>6.2f} "
                      f"{ci:>15} {ml:>9} {len(r['errors']):>6}")
     o = results["overall"]
     ci = "[{:.2f}, {:.2f}]".format(*o["ci95"])
-    lines.append(f"{'overall':<26} {o['successes']:>4}/{o['episodes']:<4} {o['success_rate']:>6.2f} {ci:>15}")
+    lines.append(f"{'overall':<34} {o['successes']:>4}/{o['episodes']:<4} {o['success_rate']:>6.2f} {ci:>15}")
     return "\n".join(lines)
