@@ -102,7 +102,7 @@ def run_command(
                f"jitter p99 {t['jitter_ms']['p99']} ms, deadline misses {t['deadline_misses']}")
     inf = t["inference"]
     typer.echo(f"  inference p50/p99 {inf['latency_ms']['p50']}/{inf['latency_ms']['p99']} ms over {inf['requests']} "
-               f"chunks, delay {inf['delay_ticks']['p50']} ticks; max chunk-boundary jump {t['max_boundary_jump']}")
+               f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {t['boundary_jump']['p50']}/{t['boundary_jump']['max']}")
     typer.echo(f"  safety interventions {r['interventions']} {json.dumps({k: v for k, v in r['safety'].items() if v})}")
     typer.echo(f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
                f"{len(r['recorded'])} into {r['store']}")

@@ -11,12 +11,12 @@ from pathlib import Path
 import numpy as np
 
 
-def _q(x, q) -> float | None:
-    return None if len(x) == 0 else round(float(np.quantile(np.asarray(x, np.float64), q)), 3)
+def _q(x, q, nd: int = 4) -> float | None:
+    return None if len(x) == 0 else round(float(np.quantile(np.asarray(x, np.float64), q)), nd)
 
 
 def _max(x) -> float | None:
-    return None if len(x) == 0 else round(float(np.max(x)), 3)
+    return None if len(x) == 0 else round(float(np.max(x)), 4)
 
 
 @dataclass
@@ -66,7 +66,9 @@ class TimingLog:
                           "server_infer_ms_p50": _q(srv, 0.5),
                           "delay_ticks": {"p50": _q(delays, 0.5), "max": _max(delays)}},
             "chunk_switches": len(switch_jumps),
+            "boundary_jump": {"p50": _q(switch_jumps, 0.5), "p90": _q(switch_jumps, 0.9), "max": _max(switch_jumps)},
             "max_boundary_jump": _max(switch_jumps),
+            "action_change": {"p99": _q(changes, 0.99), "max": _max(changes)},
             "max_action_change": _max(changes),
         }
 
