@@ -152,7 +152,7 @@ def _deploy(ckpt: Path, out: Path, seconds: float):
     summary = run_deployment("arm7-reach-sim", out=out, status=True, overrides=overrides)
     t = {k: summary.get(k) for k in ("ticks", "deadline_misses", "held_ticks", "chunk_switches", "max_boundary_jump")}
     table = {
-        "loop": f"{cfg.control.hz:g} Hz, mode {cfg.control.mode}, {seconds:.0f} s",
+        "loop": f"{cfg.control.hz:g} Hz, mode {cfg.chunking.mode}, {seconds:.0f} s",
         "ticks": t["ticks"], "deadline misses": t["deadline_misses"],
         "tick period p50 / p99 / max (ms)": "{p50} / {p99} / {max}".format(**summary["period_ms"]),
         "jitter p99 (ms)": summary["jitter_ms"]["p99"],
