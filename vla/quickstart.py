@@ -36,12 +36,29 @@ def _root() -> Path:
 class _Steps:
     def __init__(self, out: Path, force: bool, total: int):
         self.out, self.force, self.total, self.n = out, force, total, 0
-        self.times: dict[str, float] = {}
+        self.path = out / "timings.json"
+        self.times: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() and not force else {}
+        self.current, self.t, self.ran = None, time.perf_counter(), False
+
+    def _lap(self) -> None:
+        """Record the wall time of the step that just ended (only steps that ran count)."""
+        now = time.perf_counter()
+        if self.current is not None and self.ran:
+            self.times[self.current] = round(now - self.t, 1)
+            self.path.write_text(json.dumps(self.times, indent=1))
+        self.t = now
+
+    @property
+    def total(self) -> float:
+        return sum(self.times.values())
 
     def __call__(self, title: str, marker: Path | None = None) -> bool:
         """Print the step header; True when the step must run (its marker output is missing)."""
+        self._lap()
         self.n += 1
+        self.current = title.split(" ")[0]
         done = marker is not None and marker.exists() and not self.force
+        self.ran = not done
         print(f"\n[{self.n}/{self.total}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
         return not done
 
@@ -100,6 +117,7 @@ def run_quickstart(out: Path, *, force: bool = False, steps: int = 1000, episode
         from vla.bench.learn import language_check
 
         factory = functools.partial(load_policy, str(ckpt))
+        factory.name = "pi0-tiny"  # shown in tables and charts
         pol = evaluate(factory, SUITE, episodes=episodes, workers=workers, json_out=ev / "policy.json",
                        videos=ev / "videos", num_videos=2)
         print(format_results(pol))
@@ -121,11 +139,14 @@ def run_quickstart(out: Path, *, force: bool = False, steps: int = 1000, episode
     print("    " + "; ".join(f"{k}: {v}" for k, v in control.items()))
 
     step("write the report")
+    step._lap()
     videos = sorted(str(p) for p in (ev / "videos").glob("*.mp4"))
     report = build_report(
         out / "report.html", title="vla quickstart",
         facts={"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
-               "python": platform.python_version(), "total time": f"{time.perf_counter() - t0:.0f} s (this invocation)"},
+               "python": platform.python_version(),
+               "time per step": ", ".join(f"{k} {v:.0f} s" for k, v in step.times.items()) or "-",
+               "total": f"{step.total:.0f} s"},
         dataset=dataset, contact_sheet=str(out / "contact_sheet.png"), training=training,
         loss_png=str(ckpt / "loss.png"), eval_policy=pol, eval_expert=exp, eval_chart=pol.get("chart"),
         videos=_pick_videos(videos), language=lang, control=control, control_png=control_png)

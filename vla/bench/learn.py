@@ -96,6 +96,7 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         train_s = time.perf_counter() - t1
         cfg = json.loads((ck / "config.json").read_text())
         factory = functools.partial(load_policy, str(ck))
+        factory.name = name
         reach = evaluate(factory, reach_suite, episodes=episodes, workers=workers, progress=False,
                          json_out=out / f"eval-{name}-{reach_suite}.json")
         pick = evaluate(factory, pick_suite, episodes=max(10, episodes // 2), workers=workers, progress=False,
