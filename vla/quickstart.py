@@ -35,7 +35,7 @@ def _root() -> Path:
 
 class _Steps:
     def __init__(self, out: Path, force: bool, total: int):
-        self.out, self.force, self.total, self.n = out, force, total, 0
+        self.out, self.force, self.count, self.n = out, force, total, 0
         self.path = out / "timings.json"
         self.times: dict[str, float] = json.loads(self.path.read_text()) if self.path.exists() and not force else {}
         self.current, self.t, self.ran = None, time.perf_counter(), False
@@ -59,7 +59,7 @@ class _Steps:
         self.current = title.split(" ")[0]
         done = marker is not None and marker.exists() and not self.force
         self.ran = not done
-        print(f"\n[{self.n}/{self.total}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
+        print(f"\n[{self.n}/{self.count}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
         return not done
 
 
