@@ -178,6 +178,9 @@ def _deploy(ckpt: Path, out: Path, seconds: float):
         "tick period p50 / p99 / max (ms)": "{p50} / {p99} / {max}".format(**summary["period_ms"]),
         "jitter p99 (ms)": summary["jitter_ms"]["p99"],
         "inference latency p50 / p99 (ms)": "{p50} / {p99}".format(**summary["inference"]["latency_ms"]),
-        "held ticks (watchdog)": t["held_ticks"], "max action change per tick": summary.get("max_action_change"),
+        "held ticks (first chunk, waits, watchdog)": t["held_ticks"],
+        "watchdog holds": (summary.get("safety") or {}).get("watchdog_hold", 0),
+        "safety interventions": sum((summary.get("safety") or {}).values()),
+        "max action change per tick": summary.get("max_action_change"),
     }
     return {"table": table, "histogram": summary["files"]["histogram_png"], "summary": summary}
