@@ -57,8 +57,8 @@ def _pi0(preset_name: str, threads: int, reps: int) -> dict:
             return joint_forward([lm, None], [p, None], make_attn_mask(v, ar), positions_from_valid(v), keep_kv=True)
 
         prefix_ms = _median_ms(prefix_pass, reps)
-        one_step = model.sample_actions  # a 1-step chunk minus the prefix pass = one cached step
-        step_ms = (_median_ms(lambda: one_step(batch, num_steps=1, noise=noise), reps) - prefix_ms)
+        # one cached denoising step: what the 10 steps add to the prefix pass, per step
+        step_ms = (cached - prefix_ms) / cfg.num_steps
     return {
         "preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,
