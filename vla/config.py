@@ -11,11 +11,10 @@ preset with inconsistent sizes fails before any data is read.
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vla.spec import SpecError
+from vla.spec import SpecError, read_toml
 
 POLICY_TYPES = ("pi0", "fast")  # vla.model.registry.POLICIES holds their classes
 NORM_MODES = ("zscore", "quantile")  # as vla.data.stats.MODES
@@ -63,12 +62,7 @@ def load_preset(name_or_path: str | Path, overrides: dict | None = None) -> Pres
         if not p.exists():
             known = sorted(x.stem for x in presets_dir().glob("*.toml"))
             raise SpecError(f"unknown policy preset {str(name_or_path)!r}; presets: {known}, or pass a .toml path")
-    try:
-        d = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"preset file not found: {p}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{p}: invalid TOML: {e}") from None
+    d = read_toml(p, "preset file")
     d.setdefault("name", p.stem)
     for section, values in (overrides or {}).items():
         d.setdefault(section, {}).update(values)

@@ -28,6 +28,17 @@ EMBODIMENT = "embodiment"
 ACTION_MODES = ("joint_position", "joint_delta", "ee_delta")
 
 
+def read_toml(path: str | Path, what: str = "file") -> dict:
+    """Parse a TOML file; a missing file or bad syntax raises SpecError naming the path."""
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise SpecError(f"{what} not found: {path}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise SpecError(f"{path}: invalid TOML: {e}") from None
+
+
 def image_key(camera: str) -> str:
     return IMAGE_PREFIX + camera
 
@@ -164,14 +175,7 @@ class Embodiment:
 
     @classmethod
     def from_toml(cls, path: str | Path) -> "Embodiment":
-        path = Path(path)
-        try:
-            with path.open("rb") as f:
-                d = tomllib.load(f)
-        except FileNotFoundError:
-            raise SpecError(f"embodiment file not found: {path}") from None
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"{path}: invalid TOML: {e}") from None
+        d = read_toml(path, "embodiment file")
         try:
             return cls.from_dict(d)
         except SpecError as e:

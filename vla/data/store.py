@@ -22,7 +22,6 @@ past the committed end is overwritten by the next writer.
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,7 +32,7 @@ import zarr
 from zarr.codecs import BloscCodec
 
 from vla.data.chunks import FrameChunks, StoreError, image_array_kwargs
-from vla.spec import ACTION, IMAGE_PREFIX, STATE, TIMESTAMP, Embodiment, SpecError, image_key
+from vla.spec import ACTION, STATE, TIMESTAMP, Embodiment, SpecError, image_key
 
 log = logging.getLogger(__name__)
 
@@ -293,10 +292,3 @@ class EpisodeStore:
     def __repr__(self) -> str:
         return f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, embodiments={sorted(self.embodiments)})"
 
-
-def image_keys(emb: Embodiment) -> list[str]:
-    return [IMAGE_PREFIX + c for c in emb.camera_names]
-
-
-def dumps_json(obj) -> str:
-    return json.dumps(obj, indent=2, sort_keys=False)

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from vla.runtime.chunking import ChunkingConfig
 from vla.runtime.control import ControlConfig
 from vla.runtime.robot import RobotConfig
 from vla.runtime.safety import SafetyConfig
-from vla.spec import SpecError
+from vla.spec import SpecError, read_toml
 
 
 def launch_dir() -> Path:
@@ -152,9 +151,6 @@ def load_launch(launch: str | Path | dict, overrides: dict | None = None) -> Lau
         if not p.exists():
             known = sorted(x.stem for x in launch_dir().glob("*.toml"))
             raise SpecError(f"launch file not found: {launch}; built-in ones are {known}")
-        try:
-            d = tomllib.loads(p.read_text())
-        except tomllib.TOMLDecodeError as e:
-            raise SpecError(f"{p}: invalid TOML: {e}") from None
+        d = read_toml(p, "launch file")
         source = str(p)
     return parse_launch(_merge(d, overrides or {}), source=source)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import logging
 import time
-import tomllib
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -31,7 +30,7 @@ from vla.sim.registry import embodiment_for, make_env
 from vla.sim.rollout import run_episode
 from vla.sim.suites import parse_tasks
 from vla.sim.workers import run_jobs
-from vla.spec import SpecError
+from vla.spec import SpecError, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -71,10 +70,7 @@ def load_recipe(name_or_path: str | Path) -> RecipeConfig:
     if not p.exists():
         known = sorted(x.stem for x in DATASETS_DIR.glob("*.toml"))
         raise SpecError(f"recipe not found: {name_or_path}; built-in recipes are {known}, or pass a .toml path")
-    try:
-        d = tomllib.loads(p.read_text())
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{p}: invalid TOML: {e}") from None
+    d = read_toml(p, "recipe")
     known = {"name", "description", "image_size", "seed", "keep_failed", "episodes", "noise", "tasks"}
     if set(d) - known:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")

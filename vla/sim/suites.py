@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 
 from vla.sim.robots import ENVS_DIR
-from vla.spec import SpecError
+from vla.spec import SpecError, read_toml
 
 SUITES_DIR = ENVS_DIR / "suites"
 
@@ -67,12 +66,7 @@ def load_suite(name_or_path: str | Path) -> SuiteConfig:
         p = SUITES_DIR / f"{name_or_path}.toml"
         if not p.exists():
             raise SpecError(f"unknown suite {str(name_or_path)!r}; valid suites are {list_suites()}, or pass a .toml path")
-    try:
-        d = tomllib.loads(p.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"suite file not found: {p}") from None
-    except tomllib.TOMLDecodeError as e:
-        raise SpecError(f"{p}: invalid TOML: {e}") from None
+    d = read_toml(p, "suite file")
     known = {"name", "description", "image_size", "episodes", "replan_every", "seed", "tasks"}
     if set(d) - known:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")
