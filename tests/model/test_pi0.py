@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import torch
 
@@ -62,7 +64,7 @@ def test_fused_inference_path_matches_modules():
     assert (m.sample_actions(batch, noise=noise) - ref).abs().max() < 1e-5
 
 
-def test_loss_decreases_on_a_tiny_batch_and_padding_is_masked():
+def test_loss_decreases_on_a_tiny_batch_and_padded_dims_are_masked():
     torch.manual_seed(0)
     cfg = tiny_pi0()
     m = Pi0Policy(cfg, 64)
@@ -76,13 +78,19 @@ def test_loss_decreases_on_a_tiny_batch_and_padding_is_masked():
         loss.backward()
         opt.step()
     assert loss.item() < 0.5 * first, (first, loss.item())
-    # Padded action dims (embodiment "a" has 2 of 4) and padded steps do not enter the loss.
+    # Padded action dims (embodiment "a" has 2 of 4) never enter the loss.
     b2 = {k: (v.clone() if torch.is_tensor(v) else v) for k, v in batch.items()}
     b2["actions"][0, :, 2:] = 1000.0
     b2["action_is_pad"][1, -2:] = True
     b2["actions"][1, -2:] = 1000.0
     l1, l2 = m.compute_loss(batch, g()), m.compute_loss(b2, g())
-    assert torch.allclose(l1[0], l2[0]) and l2[1] < 100
+    assert torch.allclose(l1[0], l2[0])
+    # Steps past the episode's end (the held last action) are trained by default, as openpi does...
+    assert l2[1] > 1000
+    # ...and masked out with mask_padded_actions.
+    m.cfg = dataclasses.replace(cfg, mask_padded_actions=True)
+    l3 = m.compute_loss(b2, g())
+    assert l3[1] < 100 and torch.allclose(l3[0], l1[0])
 
 
 def test_multi_embodiment_heads_route_rows():

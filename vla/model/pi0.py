@@ -44,6 +44,10 @@ class Pi0Config:
     # name -> (state_dim, action_dim); filled from the training data's embodiments
     embodiments: dict = field(default_factory=dict)
     grad_checkpoint: bool = False
+    # Steps past an episode's end hold its last action. False (as openpi): they are trained, so
+    # the policy learns to stay put once done; True: masked out of the loss (their predictions
+    # are then unconstrained, and a chunk that runs past the learned end of a task drifts).
+    mask_padded_actions: bool = False
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -148,7 +152,7 @@ class Pi0Policy(nn.Module):
         return (t * 0.999 + 0.001).to(device)
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample flow-matching MSE [b], over real action dims and non-padded steps."""
+        """Per-sample flow-matching MSE [b], over real action dims (and steps, see mask_padded_actions)."""
         actions, emb = batch["actions"], batch["embodiment"]
         b = actions.shape[0]
         # The trainer may hand in the noise and times (drawn for the global batch, so DDP ranks
@@ -167,8 +171,10 @@ class Pi0Policy(nn.Module):
                                     grad_checkpoint=self.cfg.grad_checkpoint and self.training)
         v = self._suffix_out(out, emb).float()
         dim_mask = self.action_out.dim_mask(emb, device=v.device)[:, None, : v.shape[-1]]
-        step_mask = ~batch["action_is_pad"][:, :, None]
-        mask = (dim_mask & step_mask).float()
+        mask = dim_mask.expand(-1, v.shape[1], -1)
+        if self.cfg.mask_padded_actions:
+            mask = mask & ~batch["action_is_pad"][:, :, None]
+        mask = mask.float()
         err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
         return err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
 

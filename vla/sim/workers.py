@@ -20,11 +20,14 @@ from typing import Any, Callable, Iterable, Iterator
 log = logging.getLogger(__name__)
 
 
-def _worker(fn, context, tasks, results) -> None:
+def _worker(fn, context, tasks, results, threads: int) -> None:
     import os
+    import sys
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("LP_NUM_THREADS", "0")
+    if "torch" in sys.modules:  # a policy in the context: share the cores, do not oversubscribe them
+        sys.modules["torch"].set_num_threads(threads)
     while True:
         item = tasks.recv()
         if item is None:
@@ -48,6 +51,9 @@ def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, wor
                 yield job, None, traceback.format_exc()
         return
 
+    import os
+
+    threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")  # no fork: GL contexts and torch threads do not survive it
     pending = list(enumerate(jobs))[::-1]  # pop() from the end keeps the original order
     slots: dict[int, tuple[Any, Any, Any]] = {}  # slot -> (process, task sender, result receiver)
@@ -59,7 +65,7 @@ def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, wor
         nonlocal next_slot
         task_r, task_w = ctx.Pipe(duplex=False)
         res_r, res_w = ctx.Pipe(duplex=False)
-        p = ctx.Process(target=_worker, args=(fn, context, task_r, res_w), daemon=True)
+        p = ctx.Process(target=_worker, args=(fn, context, task_r, res_w, threads), daemon=True)
         p.start()
         task_r.close()
         res_w.close()

@@ -68,10 +68,13 @@ class TrainConfig:
             raise SpecError(f"train: ema must be in [0, 1), got {self.ema}")
 
 
-def lr_at(step: int, cfg: TrainConfig) -> float:
+def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
+    """Warmup then cosine to min_lr_ratio * lr. time_frac: the share of a wall-clock budget used so
+    far; the cosine follows whichever is further along, steps or time, so a time-limited run
+    still ends at the low learning rate."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    frac = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    frac = max((step - cfg.warmup) / max(1, cfg.steps - cfg.warmup), time_frac)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, frac))))
 
 
@@ -227,8 +230,10 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         if max_seconds and time.perf_counter() - t_start > max_seconds:
             log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
             break
+        time_frac = (time.perf_counter() - t_start) / max_seconds if max_seconds else 0.0
+        lr = lr_at(step, tcfg, time_frac)
         for g in opt.param_groups:
-            g["lr"] = lr_at(step, tcfg)
+            g["lr"] = lr
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
         if preset.type == "pi0":  # noise and times of the whole global batch; this rank's rows
@@ -252,7 +257,7 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         n_last += tcfg.batch_size
         if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.steps):
             now = time.perf_counter()
-            rec = {"step": step, "loss": loss.item(), "lr": lr_at(step - 1, tcfg), "grad_norm": float(gnorm),
+            rec = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": float(gnorm),
                    "windows_per_s": n_last / max(now - t_last, 1e-9)}
             if getattr(tf, "truncated_action_sequences", 0):
                 rec["fast_truncated"] = tf.truncated_action_sequences
