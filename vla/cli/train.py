@@ -23,6 +23,8 @@ def train_command(
     data: str = typer.Option(..., help="Episode store(s), comma-separated."),
     out: Path = typer.Option(..., help="Checkpoint directory to write (atomically)."),
     steps: Optional[int] = typer.Option(None, help="Training steps [default: the preset's]."),
+    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget: stop (and checkpoint) at the first step "
+                                            "past it; the learning-rate schedule is stretched to end there."),
     weights: Optional[str] = typer.Option(None, help="Mixture weights, one per store, comma-separated."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
@@ -41,6 +43,8 @@ def train_command(
 
     if eval_every and not eval_suite:
         fail("--eval-every needs --eval-suite")
+    if minutes is not None and minutes <= 0:
+        fail(f"--minutes must be > 0, got {minutes}")
     save_every = eval_every or save_every
     overrides = {k: v for k, v in {"batch_size": batch_size, "lr": lr, "workers": workers, "save_every": save_every,
                                     "seed": seed}.items() if v is not None}
@@ -48,7 +52,8 @@ def train_command(
         p = load_preset(preset, {"train": overrides} if overrides else None)
         w = [float(x) for x in _split(weights)] or None
         on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
-        ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device, on_save=on_save)
+        ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device, on_save=on_save,
+                     max_seconds=minutes * 60 if minutes else None)
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")

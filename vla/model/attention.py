@@ -122,6 +122,37 @@ def _out_mlp(layer, h, seg):
     return h + (F.gelu(g, approximate="tanh") * u) @ f.down.T
 
 
+def _mqa_layer(fs: list[FusedLayer], hs, cos_sin, row_bias, past_kv, keep_kv):
+    """One layer of joint attention on fused MQA layers (inference).
+
+    Rows of the attention matmuls are (token, head) pairs in token-major order, so q needs no
+    transpose and the output is [b, l, heads * head_dim] as it comes; `row_bias` is the mask
+    bias with each query row repeated per head (built once per forward by joint_forward).
+    """
+    qs, ks, vs = [], [], []
+    for f, h, (cos, sin) in zip(fs, hs, cos_sin):
+        b, n, _ = h.shape
+        q, q_rot, k, k_rot, v = (F.rms_norm(h, (f.width,), f.ln1, f.eps) @ f.w_in.T).split(f.splits, -1)
+        qs.append(q.view(b, n, f.heads, f.head_dim) * cos[:, :, None] + q_rot.view(b, n, f.heads, f.head_dim) * sin[:, :, None])
+        ks.append(k * cos + k_rot * sin)  # one kv head: [b, n, head_dim]
+        vs.append(v)
+    q, k, v = (torch.cat(x, 1) if len(x) > 1 else x[0] for x in (qs, ks, vs))
+    if past_kv is not None:
+        k = torch.cat([past_kv[0][:, 0], k], 1)
+        v = torch.cat([past_kv[1][:, 0], v], 1)
+    b, lq, heads, hd = q.shape
+    scores = torch.baddbmm(row_bias, q.reshape(b, lq * heads, hd), k.transpose(1, 2), alpha=fs[0].scale)
+    out = torch.bmm(scores.softmax(-1), v).view(b, lq, heads * hd)
+    new_hs, start = [], 0
+    for f, h in zip(fs, hs):
+        seg = out[:, start:start + h.shape[1]]
+        start += h.shape[1]
+        h = h + seg @ f.o.T
+        g, u = (F.rms_norm(h, (f.width,), f.ln2, f.eps) @ f.gate_up.T).split(f.mlp_width, -1)
+        new_hs.append(h + (F.gelu(g, approximate="tanh") * u) @ f.down.T)
+    return new_hs, ((k[:, None], v[:, None]) if keep_kv else None)  # cache layout [b, 1, l, head_dim]
+
+
 def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv):
     """One layer of joint attention. hs: per active stream [b, l_s, d_s]."""
     qs, ks, vs = [], [], []
@@ -132,15 +163,8 @@ def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv):
     if past_kv is not None:
         k = torch.cat([past_kv[0], k], 2)
         v = torch.cat([past_kv[1], v], 2)
-    if k.shape[1] == 1 and all(_fused(st.layers[layer_idx]) is not None for st in stacks):
-        # MQA fast path: rows are (token, head) pairs of one shared key/value head.
-        b, heads, lq, hd = q.shape
-        scores = torch.baddbmm(bias.expand(b, heads, lq, k.shape[2]).reshape(b, heads * lq, -1),
-                               q.reshape(b, heads * lq, hd), k[:, 0].transpose(1, 2), alpha=hd ** -0.5)
-        out = torch.bmm(scores.softmax(-1), v[:, 0]).view(b, heads, lq, hd)
-    else:
-        groups = q.shape[1] // k.shape[1]
-        out = F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=bias)
+    groups = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=bias)
     out = out.transpose(1, 2).flatten(2)  # [b, l, heads * head_dim]
     new_hs, start = [], 0
     for stack, h in zip(stacks, hs):
@@ -173,10 +197,17 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
         cos_sin.append((cos[:, start:start + h.shape[1]], sin[:, start:start + h.shape[1]]))
         start += h.shape[1]
     bias = allowed if allowed.is_floating_point() else attn_bias(allowed, hs[0].dtype)
+    fused = [[_fused(st.layers[li]) for st in act_stacks] for li in range(depth)]
+    mqa = all(f is not None and f.kv_heads == 1 for fs in fused for f in fs)
+    if mqa:  # query rows (token, head), token-major: the same bias row for every head of a token
+        heads = fused[0][0].heads
+        row_bias = bias[:, 0].repeat_interleave(heads, dim=1) if bias.shape[2] > 1 else bias[:, 0]
     cache: KVCache = []
     for li in range(depth):
         layer_past = past[li] if past is not None else None
-        if grad_checkpoint and torch.is_grad_enabled():
+        if mqa:
+            hs, kv = _mqa_layer(fused[li], hs, cos_sin, row_bias, layer_past, keep_kv)
+        elif grad_checkpoint and torch.is_grad_enabled():
             hs, kv = checkpoint(_layer, act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, use_reentrant=False)
         else:
             hs, kv = _layer(act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv)

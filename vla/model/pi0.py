@@ -129,14 +129,23 @@ class Pi0Policy(nn.Module):
         ar[:, :2] = 1
         return torch.cat([self.state_in(state, emb)[:, None], self._action_tokens(x_t, t, emb)], 1), ar
 
-    def _action_tokens(self, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]) -> torch.Tensor:
-        """Noisy actions + flow time -> [b, h, w]: MLP(concat(action_emb, sincos(t))), as pi0."""
-        a = self.action_in(x_t, emb)
-        w = a.shape[-1]
-        te = sincos_time(t, w).to(a.dtype)
-        # concat-then-Linear, computed as two halves: the time half is one row per sample
+    def _time_term(self, t: torch.Tensor) -> torch.Tensor:
+        """The flow time's half of the action MLP's first layer: [b] -> [b, 1, w]."""
+        w = self.cfg.expert.width
         w_in = self.time_mlp_in.weight
-        hid = a @ w_in[:, :w].T + (te @ w_in[:, w:].T + self.time_mlp_in.bias)[:, None]
+        return (sincos_time(t, w).to(w_in.dtype) @ w_in[:, w:].T + self.time_mlp_in.bias)[:, None]
+
+    def _action_tokens(self, x_t: torch.Tensor, t: torch.Tensor, emb: list[str],
+                       time_term: torch.Tensor | None = None) -> torch.Tensor:
+        """Noisy actions + flow time -> [b, h, w]: MLP(concat(action_emb, sincos(t))), as pi0.
+
+        The concat-then-Linear is computed as two halves; the time half (one row per sample)
+        may be passed in precomputed, as the denoising loop does for all its steps at once.
+        """
+        a = self.action_in(x_t, emb)
+        if time_term is None:
+            time_term = self._time_term(t)
+        hid = a @ self.time_mlp_in.weight[:, : a.shape[-1]].T + time_term.to(a.dtype)
         return self.time_mlp_out(nn.functional.silu(hid))
 
     def _suffix_out(self, hidden: torch.Tensor, emb: list[str]) -> torch.Tensor:
@@ -232,9 +241,10 @@ class Pi0Policy(nn.Module):
             stacks, pos = [lm, ex], positions_from_valid(valid)
         bias, cos_sin = attn_bias(allowed, x.dtype), rope(ex, x, pos)
         state_tok = self.state_in(batch["state"].to(x.dtype), emb)[:, None]  # the same at every step
+        times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=x.dtype, device=x.device)
+        time_terms = self._time_term(times)  # [steps, 1, w]: every step's time half at once
         for k in range(steps):
-            t = torch.full((b,), 1.0 + k * dt, dtype=x.dtype, device=x.device)
-            suffix = torch.cat([state_tok, self._action_tokens(x, t, emb)], 1)
+            suffix = torch.cat([state_tok, self._action_tokens(x, None, emb, time_terms[k:k + 1])], 1)
             if use_cache:
                 (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache)
             else:

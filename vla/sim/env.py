@@ -175,6 +175,14 @@ class SimEnv(gym.Env):
         mujoco.mj_resetData(m, d)
         d.qpos[:len(self._home_qpos)] = self._home_qpos
         d.ctrl[:len(self._home_ctrl)] = self._home_ctrl
+        noise = getattr(self.task.cfg, "home_noise", 0.0)
+        if noise > 0:  # a random start pose: the arm's state alone must not give the goal away
+            for qadr, act in zip(self._arm_qadr, self._arm_act):
+                q = d.qpos[qadr] + self.np_random.uniform(-noise, noise, len(qadr))
+                lo, hi = m.jnt_range[[m.jnt_qposadr.tolist().index(a) for a in qadr]].T
+                q = np.where(hi > lo, np.clip(q, lo, hi), q)
+                d.qpos[qadr] = q
+                d.ctrl[act] = q
         self.task.reset(m, d, self.np_random)
         mujoco.mj_forward(m, d)
         # Let objects settle on the table with the arm holding its home pose.

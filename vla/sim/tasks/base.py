@@ -17,6 +17,7 @@ from vla.sim.robots import RobotConfig
 @dataclass(frozen=True)
 class TaskConfig:
     horizon_s: float = 8.0  # episode time limit (seconds of sim time)
+    home_noise: float = 0.0  # rad: uniform noise on every arm joint of the start pose
 
 
 @dataclass

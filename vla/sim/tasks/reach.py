@@ -23,6 +23,9 @@ class ReachConfig(TaskConfig):
     horizon_s: float = 5.0
     num_targets: int = 3
     threshold: float = 0.035  # m between grip site and the target's top centre
+    # Start poses vary, so the arm's state mid-reach does not tell which target it is heading
+    # for: a policy has to look and read the instruction all the way, not only at the start.
+    home_noise: float = 0.2
 
 
 class ReachTask(Task):
