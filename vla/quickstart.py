@@ -69,8 +69,8 @@ def _json(path: Path, data: dict) -> dict:
     return data
 
 
-def run_quickstart(out: Path, *, force: bool = False, steps: int = 1000, episodes: int = 10,
-                   deploy_seconds: float = 20.0, workers: int = 2) -> dict:
+def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.0, steps: int = 4000,
+                   episodes: int = 10, deploy_seconds: float = 20.0, workers: int = 2) -> dict:
     from vla.config import load_preset
     from vla.data.stats import compute_norm_stats, save_stats
     from vla.data.store import EpisodeStore
@@ -103,9 +103,10 @@ def run_quickstart(out: Path, *, force: bool = False, steps: int = 1000, episode
     print(f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
           f"{len(dataset['tasks'])} instructions; contact sheet {out / 'contact_sheet.png'}")
 
-    if step(f"train pi0-tiny for {steps} steps on the CPU -> {ckpt}", ckpt / "config.json"):
+    if step(f"train pi0-tiny on the CPU for {train_minutes:g} minutes (at most {steps} steps) -> {ckpt}",
+            ckpt / "config.json"):
         preset = load_preset("pi0-tiny", {"train": {"workers": 1}})
-        train(preset, [str(demos)], ckpt, steps=steps)
+        train(preset, [str(demos)], ckpt, steps=steps, max_seconds=train_minutes * 60)
     cfg = json.loads((ckpt / "config.json").read_text())
     metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
     training = {"preset": "pi0-tiny", "steps": cfg["step"], "parameters": f"{cfg['params'] / 1e6:.2f}M",

@@ -1,7 +1,8 @@
 """`vla bench infer`: action-chunk latency, prefix cache effect, FAST decoding, memory, size.
 
 Setup as the issue states: H=50, 10 denoising steps, 2 cameras 96x96, batch 1, 2 CPU threads
-(torch.set_num_threads). Each model runs in its own spawned process so its peak RSS is its own.
+(torch.set_num_threads). The camera frames are resized to the preset's model input size inside
+the timed call (as the runtime does); the horizon is set to 50 whatever the preset's. Each model runs in its own spawned process so its peak RSS is its own.
 Models are randomly initialized from the presets (latency does not depend on the weights; for
 FAST the decode is forced to a fixed token count, the typical length of a 50-step chunk).
 """
@@ -39,20 +40,29 @@ def _pi0(preset_name: str, threads: int, reps: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     preset = load_preset(preset_name)
-    cfg = policy_config("pi0", {**preset.model, "embodiments": EMB, "cameras": 2,
-                                "backbone": {**preset.model["backbone"], "image_size": 96}})
+    from vla.model.transforms import resize_with_pad
+
+    cfg = policy_config("pi0", {**preset.model, "embodiments": EMB, "cameras": 2, "horizon": 50})
     model = build_policy("pi0", cfg, text_vocab=preset.text.vocab_size).eval()
     fuse_for_inference(model.backbone.language_model, model.expert)
     batch = cfg.example_batch(1, vocab_size=preset.text.vocab_size)
     noise = torch.randn(1, cfg.horizon, 8)
+    frames = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8)  # the two 96x96 camera images
+    size = cfg.backbone.image_size
+
+    def chunk(use_cache: bool):  # camera frames -> model input size, then the whole denoising
+        batch["images"] = resize_with_pad(frames, size)[None]
+        return model.sample_actions(batch, noise=noise, use_cache=use_cache)
+
     with torch.no_grad():
-        cached = _median_ms(lambda: model.sample_actions(batch, noise=noise, use_cache=True), reps)
-        uncached = _median_ms(lambda: model.sample_actions(batch, noise=noise, use_cache=False), max(3, reps // 3))
+        cached = _median_ms(lambda: chunk(True), reps)
+        uncached = _median_ms(lambda: chunk(False), max(3, reps // 3))
         prefix, valid = model.embed_prefix(batch)
         ar = torch.zeros_like(valid, dtype=torch.long)
         lm = model.backbone.language_model
 
-        def prefix_pass():
+        def prefix_pass():  # resize included, as in chunk()
+            batch["images"] = resize_with_pad(frames, size)[None]
             p, v = model.embed_prefix(batch)
             return joint_forward([lm, None], [p, None], make_attn_mask(v, ar), positions_from_valid(v), keep_kv=True)
 
@@ -61,7 +71,7 @@ def _pi0(preset_name: str, threads: int, reps: int) -> dict:
         step_ms = (cached - prefix_ms) / cfg.num_steps
     return {
         "preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-        "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,
+        "model_image_size": size, "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,
         "chunk_ms_cached": round(cached, 1), "chunk_ms_uncached": round(uncached, 1),
         "prefix_pass_ms": round(prefix_ms, 2), "cached_step_ms": round(step_ms, 2),
         "cached_step_over_prefix": round(step_ms / prefix_ms, 3),
@@ -77,17 +87,23 @@ def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     preset = load_preset(preset_name)
-    cfg = policy_config("fast", {**preset.model, "embodiments": EMB, "cameras": 2,
-                                 "backbone": {**preset.model["backbone"], "image_size": 96}})
+    from vla.model.transforms import resize_with_pad
+
+    cfg = policy_config("fast", {**preset.model, "embodiments": EMB, "cameras": 2})
     fast_vocab = cfg.fast_vocab_size
     model = build_policy("fast", cfg, text_vocab=preset.text.vocab_size, fast_sizes={"toy2d": fast_vocab}).eval()
     fuse_for_inference(model.backbone.language_model)
     model.vocab.eos_id = -1  # never stop early: time exactly `tokens` decode steps
     b = 1
-    batch = {"images": torch.rand(b, 2, 3, 96, 96) * 2 - 1, "image_mask": torch.ones(b, 2, dtype=torch.bool),
+    frames = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8)
+    batch = {"images": None, "image_mask": torch.ones(b, 2, dtype=torch.bool),
              "tokens": torch.randint(4, 100, (b, cfg.max_tokens)), "token_mask": torch.ones(b, cfg.max_tokens, dtype=torch.bool),
              "state": torch.randn(b, 8), "embodiment": ["toy2d"]}
-    ms = _median_ms(lambda: model.generate(batch, max_new=tokens), max(3, reps // 2))
+    def chunk():
+        batch["images"] = resize_with_pad(frames, cfg.backbone.image_size)[None]
+        return model.generate(batch, max_new=tokens)
+
+    ms = _median_ms(chunk, max(3, reps // 2))
     return {"preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
             "decoded_tokens": tokens, "chunk_ms": round(ms, 1), "ms_per_token": round(ms / tokens, 2),
             "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}

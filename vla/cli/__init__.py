@@ -34,7 +34,8 @@ app.command("run")(runtime.run_command)
 def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Run folder."),
     force: bool = typer.Option(False, help="Redo steps that already finished."),
-    steps: int = typer.Option(1000, help="Training steps for pi0-tiny."),
+    train_minutes: float = typer.Option(10.0, help="Wall-clock training budget for pi0-tiny."),
+    steps: int = typer.Option(4000, help="Upper bound on training steps (a fast machine stops here)."),
     episodes: int = typer.Option(10, help="Evaluation episodes per task."),
     deploy_seconds: float = typer.Option(20.0, help="Length of the real-time deployment run."),
 ):
@@ -43,7 +44,7 @@ def quickstart(
     from vla.quickstart import run_quickstart
 
     try:
-        run_quickstart(out, force=force, steps=steps, episodes=episodes, deploy_seconds=deploy_seconds)
+        run_quickstart(out, force=force, train_minutes=train_minutes, steps=steps, episodes=episodes, deploy_seconds=deploy_seconds)
     except user_errors() as e:
         fail(str(e))
 

@@ -50,12 +50,13 @@ def rope(stack: GemmaModel, like: torch.Tensor, positions: torch.Tensor) -> tupl
 class FusedLayer:
     """Inference-only view of one Gemma decoder layer with merged projections.
 
-    One matmul makes q, rotate_half(q), k, rotate_half(k) and v (the RoPE rotation folded
-    into the weights), another makes gate and up; RMSNorm scales (1 + w) are precomputed for
-    torch's fused rms_norm. With one kv head (MQA, as Gemma-2B and our presets), attention
-    runs as two plain matmuls over [l * heads, head_dim] rows with no repeat or transpose.
-    About a third of the kernel launches of the stock modules, which is what bounds a small
-    model's latency on a CPU. Built by `fuse_for_inference`; never used with grad enabled.
+    One matmul makes [q, k, rotate_half(q), rotate_half(k), v] (the RoPE rotation folded into
+    the weights, so RoPE is one multiply-add over q and k together), another makes gate and
+    up; the RMSNorm scales (1 + w) are folded into the columns of those matmuls, so each norm
+    is a bare x / rms(x). With one kv head (MQA, as Gemma-2B and our presets), attention runs
+    as two plain matmuls over [l * heads, head_dim] rows with no repeat or transpose. About a
+    third of the kernel launches of the stock modules, which is what bounds a small model's
+    latency on a CPU. Built by `fuse_for_inference`; never used with grad enabled.
     """
 
     def __init__(self, layer):
@@ -69,17 +70,45 @@ class FusedLayer:
             return torch.cat([-w[:, hd // 2:], w[:, : hd // 2]], 1).reshape(-1, w.shape[-1])
 
         wq, wk, wv = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
-        self.w_in = torch.cat([wq, rot(wq), wk, rot(wk), wv]).detach()
-        self.splits = [wq.shape[0], wq.shape[0], wk.shape[0], wk.shape[0], wv.shape[0]]
+        ln1 = 1.0 + layer.input_layernorm.weight.float()
+        ln2 = 1.0 + layer.post_attention_layernorm.weight.float()
+        w_in = torch.cat([wq, wk, rot(wq), rot(wk), wv])
+        self.w_in = (w_in * ln1.to(w_in.dtype)[None]).detach()
+        self.qk = wq.shape[0] + wk.shape[0]
+        self.q_width = wq.shape[0]
         self.o = attn.o_proj.weight.detach()
-        self.gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight]).detach()
+        gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
+        self.gate_up = (gate_up * ln2.to(gate_up.dtype)[None]).detach()
         self.down = mlp.down_proj.weight.detach()
-        self.ln1 = (1.0 + layer.input_layernorm.weight.float()).detach()
-        self.ln2 = (1.0 + layer.post_attention_layernorm.weight.float()).detach()
         self.eps = layer.input_layernorm.eps
         self.width = self.o.shape[0]
         self.mlp_width = self.down.shape[1]
         self.scale = attn.scaling
+
+    def qkv(self, h: torch.Tensor, cos_qk: torch.Tensor, sin_qk: torch.Tensor):
+        """h [b, n, d] -> q [b, n, heads * hd], k [b, n, kv_heads * hd], v, RoPE applied.
+
+        cos_qk / sin_qk: [b, n, (heads + kv_heads) * hd], the tables tiled over the heads.
+        """
+        y = unit_rms(h, self.eps) @ self.w_in.T
+        qk = torch.addcmul(y[..., : self.qk] * cos_qk, y[..., self.qk: 2 * self.qk], sin_qk)
+        return qk[..., : self.q_width], qk[..., self.q_width:], y[..., 2 * self.qk:]
+
+    def out_mlp(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+        h = h + attn_out @ self.o.T
+        g, u = (unit_rms(h, self.eps) @ self.gate_up.T).split(self.mlp_width, -1)
+        return h + (F.gelu(g, approximate="tanh") * u) @ self.down.T
+
+
+def unit_rms(h: torch.Tensor, eps: float) -> torch.Tensor:
+    """h / sqrt(mean(h^2) + eps) in four kernels (torch's rms_norm takes about twice as long on small rows)."""
+    n = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
+    return h * torch.addcmul(n.new_tensor(eps), n, n, value=1.0 / h.shape[-1]).rsqrt_()
+
+
+def tile_rope(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) [b, l, hd] -> tiled over `heads` q/k heads: [b, l, heads * hd] each."""
+    return cos.repeat(1, 1, heads), sin.repeat(1, 1, heads)
 
 
 def fuse_for_inference(*stacks: GemmaModel) -> None:
@@ -104,12 +133,10 @@ def _qkv(layer, h, cos, sin):
         k = attn.k_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
         return (*apply_rotary_pos_emb(q, k, cos, sin), v)
-    q, q_rot, k, k_rot, v = (F.rms_norm(h, (f.width,), f.ln1, f.eps) @ f.w_in.T).split(f.splits, -1)
-    c, s = cos[:, :, None], sin[:, :, None]  # [b, l, 1, hd]
+    q, k, v = f.qkv(h, *tile_rope(cos, sin, f.heads + f.kv_heads))
     hd = f.head_dim
-    q = q.view(b, n, -1, hd) * c + q_rot.view(b, n, -1, hd) * s
-    k = k.view(b, n, -1, hd) * c + k_rot.view(b, n, -1, hd) * s
-    return q.transpose(1, 2), k.transpose(1, 2), v.view(b, n, -1, hd).transpose(1, 2)
+    return (q.reshape(b, n, -1, hd).transpose(1, 2), k.reshape(b, n, -1, hd).transpose(1, 2),
+            v.reshape(b, n, -1, hd).transpose(1, 2))
 
 
 def _out_mlp(layer, h, seg):
@@ -117,39 +144,33 @@ def _out_mlp(layer, h, seg):
     if f is None:
         h = h + layer.self_attn.o_proj(seg)
         return h + layer.mlp(layer.post_attention_layernorm(h))
-    h = h + seg @ f.o.T
-    g, u = (F.rms_norm(h, (f.width,), f.ln2, f.eps) @ f.gate_up.T).split(f.mlp_width, -1)
-    return h + (F.gelu(g, approximate="tanh") * u) @ f.down.T
+    return f.out_mlp(h, seg)
 
 
-def _mqa_layer(fs: list[FusedLayer], hs, cos_sin, row_bias, past_kv, keep_kv):
+def _mqa_layer(fs: list[FusedLayer], hs, tiled, row_bias, past_kv, keep_kv):
     """One layer of joint attention on fused MQA layers (inference).
 
     Rows of the attention matmuls are (token, head) pairs in token-major order, so q needs no
     transpose and the output is [b, l, heads * head_dim] as it comes; `row_bias` is the mask
-    bias with each query row repeated per head (built once per forward by joint_forward).
+    bias with each query row repeated per head, `tiled` each stream's RoPE tables tiled over
+    its q and k heads (both built once per forward by joint_forward).
     """
     qs, ks, vs = [], [], []
-    for f, h, (cos, sin) in zip(fs, hs, cos_sin):
-        b, n, _ = h.shape
-        q, q_rot, k, k_rot, v = (F.rms_norm(h, (f.width,), f.ln1, f.eps) @ f.w_in.T).split(f.splits, -1)
-        qs.append(q.view(b, n, f.heads, f.head_dim) * cos[:, :, None] + q_rot.view(b, n, f.heads, f.head_dim) * sin[:, :, None])
-        ks.append(k * cos + k_rot * sin)  # one kv head: [b, n, head_dim]
-        vs.append(v)
+    for f, h, (cos_qk, sin_qk) in zip(fs, hs, tiled):
+        q, k, v = f.qkv(h, cos_qk, sin_qk)
+        qs.append(q), ks.append(k), vs.append(v)
     q, k, v = (torch.cat(x, 1) if len(x) > 1 else x[0] for x in (qs, ks, vs))
     if past_kv is not None:
         k = torch.cat([past_kv[0][:, 0], k], 1)
         v = torch.cat([past_kv[1][:, 0], v], 1)
-    b, lq, heads, hd = q.shape
+    b, lq, hd = q.shape[0], q.shape[1], fs[0].head_dim
+    heads = q.shape[2] // hd
     scores = torch.baddbmm(row_bias, q.reshape(b, lq * heads, hd), k.transpose(1, 2), alpha=fs[0].scale)
     out = torch.bmm(scores.softmax(-1), v).view(b, lq, heads * hd)
     new_hs, start = [], 0
     for f, h in zip(fs, hs):
-        seg = out[:, start:start + h.shape[1]]
+        new_hs.append(f.out_mlp(h, out[:, start:start + h.shape[1]]))
         start += h.shape[1]
-        h = h + seg @ f.o.T
-        g, u = (F.rms_norm(h, (f.width,), f.ln2, f.eps) @ f.gate_up.T).split(f.mlp_width, -1)
-        new_hs.append(h + (F.gelu(g, approximate="tanh") * u) @ f.down.T)
     return new_hs, ((k[:, None], v[:, None]) if keep_kv else None)  # cache layout [b, 1, l, head_dim]
 
 
@@ -202,11 +223,12 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
     if mqa:  # query rows (token, head), token-major: the same bias row for every head of a token
         heads = fused[0][0].heads
         row_bias = bias[:, 0].repeat_interleave(heads, dim=1) if bias.shape[2] > 1 else bias[:, 0]
+        tiled = [tile_rope(c, s_, heads + 1) for c, s_ in cos_sin]
     cache: KVCache = []
     for li in range(depth):
         layer_past = past[li] if past is not None else None
         if mqa:
-            hs, kv = _mqa_layer(fused[li], hs, cos_sin, row_bias, layer_past, keep_kv)
+            hs, kv = _mqa_layer(fused[li], hs, tiled, row_bias, layer_past, keep_kv)
         elif grad_checkpoint and torch.is_grad_enabled():
             hs, kv = checkpoint(_layer, act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, use_reentrant=False)
         else:
