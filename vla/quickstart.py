@@ -168,7 +168,8 @@ def _deploy(ckpt: Path, out: Path, seconds: float):
     from vla.runtime.launch import load_launch
     from vla.runtime.run import run_deployment
 
-    overrides = {"policy": {"checkpoint": str(ckpt)}, "control": {"duration_s": seconds, "episodes": 1},
+    # Episodes (5 s of reach each) restart until the duration is up: the run lasts `seconds`.
+    overrides = {"policy": {"checkpoint": str(ckpt)}, "control": {"duration_s": seconds, "episodes": 1000},
                  "record": {"out": str(out)}}
     cfg = load_launch("arm7-reach-sim", overrides)
     summary = run_deployment("arm7-reach-sim", out=out, status=True, overrides=overrides)
