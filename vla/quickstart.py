@@ -56,7 +56,7 @@ class _Steps:
         """Print the step header; True when the step must run (its marker output is missing)."""
         self._lap()
         self.n += 1
-        self.current = title.split(" ")[0]
+        self.current = title.split(" ")[0].rstrip(":")
         done = marker is not None and marker.exists() and not self.force
         self.ran = not done
         print(f"\n[{self.n}/{self.count}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
