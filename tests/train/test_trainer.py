@@ -12,7 +12,7 @@ from vla.config import load_preset
 from vla.model.checkpoint import Checkpoint, CheckpointError
 from vla.runtime.policy import load_policy
 from vla.spec import SpecError
-from vla.train.trainer import train
+from vla.train.trainer import TrainConfig, lr_at, train
 from train.conftest import write_preset
 
 
@@ -119,6 +119,19 @@ def test_shrunken_paligemma_presets_build():
         assert sum(p.numel() for p in m.parameters()) > 0
 
 
+def test_time_budget_stops_the_run_and_finishes_the_schedule(tmp_path, two_stores):
+    cfg = TrainConfig(steps=1000, lr=1e-3, warmup=10, min_lr_ratio=0.1)
+    assert lr_at(500, cfg, time_frac=0.0) > 0.5e-3
+    assert lr_at(20, cfg, time_frac=1.0) == pytest.approx(1e-4)  # the budget is spent: lowest rate
+    assert lr_at(5, cfg, time_frac=1.0) == pytest.approx(6e-4)  # warmup is by steps only
+    preset = load_preset(write_preset(tmp_path / "p.toml"))
+    ck = train(preset, two_stores, tmp_path / "ck", steps=100000, max_seconds=3, progress=False)
+    step = json.loads((ck / "config.json").read_text())["step"]
+    assert 2 < step < 100000  # stopped by the clock, past warmup, with a checkpoint
+    rows = [json.loads(x) for x in (ck / "metrics.jsonl").read_text().splitlines()]
+    assert rows[-1]["lr"] < 0.5e-3  # near the end of the budget the schedule is near its floor (1e-4)
+
+
 @pytest.mark.slow
 def test_ddp_two_cpu_processes_match_one(tmp_path, two_stores):
     """torchrun with 2 gloo processes trains to the same parameters as 1 process (same global batch)."""
@@ -127,7 +140,8 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, two_stores):
     script = tmp_path / "run.py"
     script.write_text(
         "import sys\nfrom vla.config import load_preset\nfrom vla.train.trainer import train\n"
-        f"train(load_preset({str(preset_path)!r}), {two_stores!r}, {str(tmp_path / 'two')!r}, steps=3, progress=False)\n")
+        f"train(load_preset({str(preset_path)!r}), {two_stores!r}, {str(tmp_path / 'two')!r}, steps=3, progress=False,"
+        " max_seconds=1e6)\n")  # a budget that never ends the run but takes the ranks' shared-clock path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
                         str(script)], capture_output=True, text=True, env=env, timeout=300)

@@ -7,7 +7,8 @@ torchrun (gloo on CPU, nccl on GPU).
 
 Exact resume: the batch of step k is a pure function of (seed, k) (indices drawn by a
 generator seeded with both), and so are the flow-matching noise and times. So a run
-interrupted at step k and resumed from its checkpoint equals the uninterrupted run.
+interrupted at step k and resumed from its checkpoint equals the uninterrupted run (for
+step-limited runs; a wall-clock budget makes the learning rate depend on elapsed time).
 Under DDP each rank takes its slice of the same global batch; gradients are averaged.
 """
 
@@ -227,11 +228,11 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     step = start
     t_start = time.perf_counter()
     for batch in loader:
-        if max_seconds and time.perf_counter() - t_start > max_seconds:
+        elapsed = _elapsed(t_start, world, dev) if max_seconds else 0.0
+        if max_seconds and elapsed > max_seconds:
             log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
             break
-        time_frac = (time.perf_counter() - t_start) / max_seconds if max_seconds else 0.0
-        lr = lr_at(step, tcfg, time_frac)
+        lr = lr_at(step, tcfg, elapsed / max_seconds if max_seconds else 0.0)
         for g in opt.param_groups:
             g["lr"] = lr
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
@@ -273,6 +274,17 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     if world > 1:
         dist.barrier()
     return out
+
+
+def _elapsed(t_start: float, world: int, dev: torch.device) -> float:
+    """Seconds since t_start; under DDP rank 0's clock, so every rank uses the same learning
+    rate and stops at the same step."""
+    t = time.perf_counter() - t_start
+    if world > 1:
+        x = torch.tensor([t], dtype=torch.float64, device=dev)
+        dist.broadcast(x, 0)
+        t = float(x.item())
+    return t
 
 
 def _ddp_loss(ddp_model, batch, gen):
