@@ -44,7 +44,8 @@ def quickstart(
     from vla.quickstart import run_quickstart
 
     try:
-        run_quickstart(out, force=force, train_minutes=train_minutes, steps=steps, episodes=episodes, deploy_seconds=deploy_seconds)
+        run_quickstart(out, force=force, train_minutes=train_minutes, steps=steps, episodes=episodes,
+                       deploy_seconds=deploy_seconds)
     except user_errors() as e:
         fail(str(e))
 
