@@ -2,7 +2,8 @@
 
 Setup as the issue states: H=50, 10 denoising steps, 2 cameras 96x96, batch 1, 2 CPU threads
 (torch.set_num_threads). The camera frames are resized to the preset's model input size inside
-the timed call (as the runtime does); the horizon is set to 50 whatever the preset's. Each model runs in its own spawned process so its peak RSS is its own.
+the timed call (as the runtime does); the horizon is set to 50 whatever the preset's. Each
+model runs in its own spawned process so its peak RSS is its own.
 Models are randomly initialized from the presets (latency does not depend on the weights; for
 FAST the decode is forced to a fixed token count, the typical length of a 50-step chunk).
 """
@@ -32,22 +33,26 @@ def _median_ms(fn, reps: int) -> float:
     return statistics.median(ts) * 1000
 
 
+def _camera_frames() -> torch.Tensor:
+    """The two 96x96 RGB camera images of the setup, uint8 [2, 96, 96, 3]."""
+    return torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8)
+
+
 def _pi0(preset_name: str, threads: int, reps: int) -> dict:
     from vla.config import load_preset
     from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
     from vla.model.registry import build_policy, policy_config
+    from vla.model.transforms import resize_with_pad
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     preset = load_preset(preset_name)
-    from vla.model.transforms import resize_with_pad
-
     cfg = policy_config("pi0", {**preset.model, "embodiments": EMB, "cameras": 2, "horizon": 50})
     model = build_policy("pi0", cfg, text_vocab=preset.text.vocab_size).eval()
     fuse_for_inference(model.backbone.language_model, model.expert)
     batch = cfg.example_batch(1, vocab_size=preset.text.vocab_size)
     noise = torch.randn(1, cfg.horizon, 8)
-    frames = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8)  # the two 96x96 camera images
+    frames = _camera_frames()
     size = cfg.backbone.image_size
 
     def chunk(use_cache: bool):  # camera frames -> model input size, then the whole denoising
@@ -83,22 +88,22 @@ def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
     from vla.config import load_preset
     from vla.model.attention import fuse_for_inference
     from vla.model.registry import build_policy, policy_config
+    from vla.model.transforms import resize_with_pad
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     preset = load_preset(preset_name)
-    from vla.model.transforms import resize_with_pad
-
     cfg = policy_config("fast", {**preset.model, "embodiments": EMB, "cameras": 2})
     fast_vocab = cfg.fast_vocab_size
     model = build_policy("fast", cfg, text_vocab=preset.text.vocab_size, fast_sizes={"toy2d": fast_vocab}).eval()
     fuse_for_inference(model.backbone.language_model)
     model.vocab.eos_id = -1  # never stop early: time exactly `tokens` decode steps
     b = 1
-    frames = torch.randint(0, 256, (2, 96, 96, 3), dtype=torch.uint8)
+    frames = _camera_frames()
     batch = {"images": None, "image_mask": torch.ones(b, 2, dtype=torch.bool),
              "tokens": torch.randint(4, 100, (b, cfg.max_tokens)), "token_mask": torch.ones(b, cfg.max_tokens, dtype=torch.bool),
              "state": torch.randn(b, 8), "embodiment": ["toy2d"]}
+
     def chunk():
         batch["images"] = resize_with_pad(frames, cfg.backbone.image_size)[None]
         return model.generate(batch, max_new=tokens)

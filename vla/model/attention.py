@@ -80,8 +80,7 @@ class FusedLayer:
         gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
         self.gate_up = (gate_up * ln2.to(gate_up.dtype)[None]).detach()
         self.down = mlp.down_proj.weight.detach()
-        self.eps = layer.input_layernorm.eps
-        self.width = self.o.shape[0]
+        self.eps = torch.tensor(layer.input_layernorm.eps, device=self.o.device)  # 0-d: added in place by unit_rms
         self.mlp_width = self.down.shape[1]
         self.scale = attn.scaling
 
@@ -100,10 +99,13 @@ class FusedLayer:
         return h + (F.gelu(g, approximate="tanh") * u) @ self.down.T
 
 
-def unit_rms(h: torch.Tensor, eps: float) -> torch.Tensor:
-    """h / sqrt(mean(h^2) + eps) in four kernels (torch's rms_norm takes about twice as long on small rows)."""
+def unit_rms(h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
+    """h / sqrt(mean(h^2) + eps) in four kernels (torch's rms_norm takes about twice as long on small rows).
+
+    eps: a 0-d tensor on h's device (kept by FusedLayer, so the hot path allocates none).
+    """
     n = torch.linalg.vector_norm(h, dim=-1, keepdim=True)
-    return h * torch.addcmul(n.new_tensor(eps), n, n, value=1.0 / h.shape[-1]).rsqrt_()
+    return h * torch.addcmul(eps, n, n, value=1.0 / h.shape[-1]).rsqrt_()
 
 
 def tile_rope(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:

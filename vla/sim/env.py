@@ -104,6 +104,7 @@ class SimEnv(gym.Env):
         m = self.model
         self._arm_qadr = [np.array([m.jnt_qposadr[m.joint(j).id] for j in arm.joints]) for arm in self.robot.arms]
         self._arm_act = [np.array([m.actuator(j).id for j in arm.joints]) for arm in self.robot.arms]
+        self._arm_range = [m.jnt_range[[m.joint(j).id for j in arm.joints]].T for arm in self.robot.arms]
         self._finger_qadr = [np.array([m.jnt_qposadr[m.joint(f).id] for f in arm.fingers]) for arm in self.robot.arms]
         self._finger_act = [np.array([m.actuator(f).id for f in arm.fingers]) for arm in self.robot.arms]
         self._sites = [m.site(arm.site).id for arm in self.robot.arms]
@@ -177,9 +178,8 @@ class SimEnv(gym.Env):
         d.ctrl[:len(self._home_ctrl)] = self._home_ctrl
         noise = getattr(self.task.cfg, "home_noise", 0.0)
         if noise > 0:  # a random start pose: the arm's state alone must not give the goal away
-            for qadr, act in zip(self._arm_qadr, self._arm_act):
+            for qadr, act, (lo, hi) in zip(self._arm_qadr, self._arm_act, self._arm_range):
                 q = d.qpos[qadr] + self.np_random.uniform(-noise, noise, len(qadr))
-                lo, hi = m.jnt_range[[m.jnt_qposadr.tolist().index(a) for a in qadr]].T
                 q = np.where(hi > lo, np.clip(q, lo, hi), q)
                 d.qpos[qadr] = q
                 d.ctrl[act] = q

@@ -14,6 +14,8 @@ from __future__ import annotations
 import logging
 import multiprocessing as mp
 import multiprocessing.connection as mp_connection
+import os
+import sys
 import traceback
 from typing import Any, Callable, Iterable, Iterator
 
@@ -21,8 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def _worker(fn, context, tasks, results, threads: int) -> None:
-    import os
-    import sys
 
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("LP_NUM_THREADS", "0")
@@ -50,8 +50,6 @@ def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, wor
             except Exception:
                 yield job, None, traceback.format_exc()
         return
-
-    import os
 
     threads = max(1, (os.cpu_count() or 1) // workers)
     ctx = mp.get_context("spawn")  # no fork: GL contexts and torch threads do not survive it
