@@ -69,7 +69,7 @@ def _json(path: Path, data: dict) -> dict:
     return data
 
 
-def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.0, steps: int = 4000,
+def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.0, steps: int = 12000,
                    episodes: int = 10, deploy_seconds: float = 20.0, workers: int = 2) -> dict:
     from vla.config import load_preset
     from vla.data.stats import compute_norm_stats, save_stats

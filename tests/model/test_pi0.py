@@ -116,6 +116,29 @@ def test_inconsistent_sizes_fail_at_construction():
         tiny_backbone(image_size=30)
 
 
+def test_vision_positions_start_as_2d_sincos_of_row_and_column():
+    from vla.model.backbone import Backbone, sincos_2d
+    from model.tiny_configs import tiny_backbone
+
+    grid, width = 4, 32
+    table = sincos_2d(grid, width)
+    assert table.shape == (grid * grid, width)
+    rows, cols = table[:, : width // 2], table[:, width // 2:]
+    # Row-major patches: the row half changes only across rows, the column half only across columns.
+    assert torch.equal(rows[0], rows[grid - 1]) and not torch.equal(rows[0], rows[grid])
+    assert torch.equal(cols[0], cols[grid]) and not torch.equal(cols[0], cols[1])
+    # Nearby patches are more alike than far ones (the geometry a fresh tower starts with).
+    d = torch.cdist(table, table)
+    assert d[0, 1] < d[0, grid - 1] and d[0, grid] < d[0, grid * (grid - 1)]
+    torch.manual_seed(0)
+    pe = Backbone(tiny_backbone(image_size=64, patch_size=16, vision_width=32)).vision_tower.embeddings.position_embedding
+    assert torch.equal(pe.weight.detach(), table)
+    pe_rand = Backbone(tiny_backbone(image_size=64, patch_size=16, vision_width=32, vision_pos_init="random"))
+    assert not torch.equal(pe_rand.vision_tower.embeddings.position_embedding.weight.detach(), table)
+    with pytest.raises(SpecError, match="vision_pos_init"):
+        tiny_backbone(vision_pos_init="learned")
+
+
 def test_guided_sampling_inpaints_the_frozen_prefix():
     torch.manual_seed(3)
     cfg = tiny_pi0(num_steps=5)

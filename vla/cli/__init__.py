@@ -35,7 +35,7 @@ def quickstart(
     out: Path = typer.Option(Path("runs/quickstart"), help="Run folder."),
     force: bool = typer.Option(False, help="Redo steps that already finished."),
     train_minutes: float = typer.Option(10.0, help="Wall-clock training budget for pi0-tiny."),
-    steps: int = typer.Option(4000, help="Upper bound on training steps (a fast machine stops here)."),
+    steps: int = typer.Option(12000, help="Upper bound on training steps (a fast machine stops here)."),
     episodes: int = typer.Option(10, help="Evaluation episodes per task."),
     deploy_seconds: float = typer.Option(20.0, help="Length of the real-time deployment run."),
 ):

@@ -57,6 +57,10 @@ class BackboneConfig:
     vocab_size: int = 257152
     # A local PaliGemma checkpoint dir (HF layout); sizes above must then match it.
     pretrained: str | None = None
+    # How a randomly initialized vision tower starts its (learned) patch position embeddings:
+    # "sincos" = 2D sine-cosine of each patch's row and column (geometry given from step 0),
+    # "random" = the transformers default (normal noise; the layout must be learned from data).
+    vision_pos_init: str = "sincos"
 
     def __post_init__(self):
         if isinstance(self.text, dict):
@@ -65,6 +69,8 @@ class BackboneConfig:
             raise SpecError(f"BackboneConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.vision_width % self.vision_heads:
             raise SpecError(f"BackboneConfig: vision_width {self.vision_width} not divisible by vision_heads {self.vision_heads}")
+        if self.vision_pos_init not in ("sincos", "random"):
+            raise SpecError(f"BackboneConfig: vision_pos_init must be 'sincos' or 'random', got {self.vision_pos_init!r}")
 
     @property
     def tokens_per_image(self) -> int:
@@ -72,6 +78,21 @@ class BackboneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def sincos_2d(grid: int, width: int) -> torch.Tensor:
+    """[grid * grid, width] position table, row-major patches: the first half of the channels
+    encodes the patch row, the second half its column, each as sines and cosines of geometric
+    frequencies (periods from 1 patch up to ~grid * 2 pi patches)."""
+    if width % 4:
+        raise SpecError(f"sincos_2d: width {width} must be a multiple of 4")
+    q = width // 4
+    freqs = 1.0 / (grid ** (torch.arange(q, dtype=torch.float64) / q))
+    pos = torch.arange(grid, dtype=torch.float64)[:, None] * freqs[None]  # [grid, q]
+    axis = torch.cat([pos.sin(), pos.cos()], dim=1)  # [grid, 2q]
+    rows = axis[:, None, :].expand(grid, grid, 2 * q)
+    cols = axis[None, :, :].expand(grid, grid, 2 * q)
+    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, width).float()
 
 
 class Backbone(nn.Module):
@@ -86,6 +107,10 @@ class Backbone(nn.Module):
                                  image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False,
                                  attn_implementation="sdpa")
         self.vision_tower = SiglipVisionModel(vis)
+        if cfg.vision_pos_init == "sincos":
+            with torch.no_grad():
+                grid = cfg.image_size // cfg.patch_size
+                self.vision_tower.embeddings.position_embedding.weight.copy_(sincos_2d(grid, cfg.vision_width))
         self.projector = nn.Linear(cfg.vision_width, cfg.text.width)
         self.language_model = GemmaModel(cfg.text.gemma_config(vocab_size or cfg.vocab_size))
 
