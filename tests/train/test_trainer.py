@@ -149,3 +149,27 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, two_stores):
     a, b = _params(single), _params(tmp_path / "two")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-5), k
+
+
+def test_reliance_probe_swaps_one_input_at_a_time(tmp_path, two_stores):
+    from vla.bench.learn import reliance_probe
+    from vla.data import EpisodeStore
+    from vla.data.synthetic import write_synthetic
+    from helpers import tiny_embodiment
+
+    preset = load_preset(write_preset(tmp_path / "p.toml"))
+    ck = train(preset, two_stores[:1], tmp_path / "ck", progress=False)
+    a = reliance_probe(ck, two_stores[0], windows=24, batch_size=8)
+    assert a == reliance_probe(ck, two_stores[0], windows=24, batch_size=8)  # fixed windows, noise and times
+    loss = a["loss"]
+    assert set(loss) == {"as_recorded", "other_images", "other_instruction"} and a["windows"] == 24
+    assert all(np.isfinite(v) and v > 0 for v in loss.values())
+    # Each variant really changes its input (and only the loss can tell how much it matters).
+    assert loss["other_images"] != loss["as_recorded"] and loss["other_instruction"] != loss["as_recorded"]
+    assert a["rise_other_images"] == pytest.approx(loss["other_images"] / loss["as_recorded"] - 1, abs=1e-3)
+    # One episode: nothing to swap with -> a clear error, not a silent zero rise.
+    emb = tiny_embodiment("armA", s=4, a=3, cams=(("front", 16, 16), ("wrist", 16, 16)))
+    one = EpisodeStore.create(tmp_path / "one", [emb])
+    write_synthetic(one, emb, episodes=1, length=12, seed=5)
+    with pytest.raises(SpecError, match="at least two episodes with different instructions"):
+        reliance_probe(ck, tmp_path / "one", windows=8)

@@ -6,6 +6,10 @@
 4. language check: the same checkpoint with instructions shuffled across episodes. On reach
    the named colour is the only cue to which of 3 targets to touch, so a policy that uses
    language falls to about chance (1/3) while a policy that ignores it does not move.
+5. reliance probe (offline, no simulation): the training loss on fixed demo windows as they
+   are, with each window's camera images taken from another episode, and with its instruction
+   taken from another episode. A loss that does not rise when an input is swapped says the
+   policy does not use that input, long before success rates can tell.
 """
 
 from __future__ import annotations
@@ -64,6 +68,63 @@ def language_check(ckpt: str | Path, suite: str, pool: list[str], *, episodes: i
             "verdict": verdict, "episodes_per_task": episodes}
 
 
+def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, batch_size: int = 32,
+                   seed: int = 0) -> dict:
+    """Mean training loss of `ckpt` on `windows` windows of `store`: as recorded, with the camera
+    images of another episode (same embodiment), and with another episode's (different)
+    instruction. The noise and flow times are fixed, so the three losses differ only by input."""
+    import torch
+
+    from vla.data.sampler import WindowDataset, collate_windows
+    from vla.data.store import EpisodeStore
+    from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+    from vla.spec import EMBODIMENT, SpecError
+
+    model, tf, _ = build_from_checkpoint(Checkpoint(ckpt))
+    model.eval()
+    ds = WindowDataset([EpisodeStore.open(store)], tf.horizon)
+    rng = np.random.default_rng(seed)
+    picked = [ds[int(i)] for i in rng.choice(len(ds), min(windows, len(ds)), replace=False)]
+    donors_img, donors_txt = [], []
+    for i, w in enumerate(picked):
+        same = [j for j, o in enumerate(picked) if j != i and o[EMBODIMENT] == w[EMBODIMENT]]
+        other_task = [j for j in same if picked[j][TASK] != w[TASK]]
+        if not same or not other_task:
+            raise SpecError(f"reliance probe: {store} needs windows of at least two episodes with different "
+                            f"instructions per embodiment (embodiment {w[EMBODIMENT]!r} has not)")
+        donors_img.append(int(rng.choice(same)))
+        donors_txt.append(int(rng.choice(other_task)))
+
+    def variant(mode: str) -> list[dict]:
+        out = []
+        for i, w in enumerate(picked):
+            w = dict(w)
+            if mode == "other_images":
+                d = picked[donors_img[i]]
+                w.update({k: v for k, v in d.items() if k.startswith("observation/images/") or k.startswith("image_mask/")})
+            elif mode == "other_instruction":
+                w[TASK] = picked[donors_txt[i]][TASK]
+            out.append(w)
+        return out
+
+    losses = {}
+    with torch.no_grad():
+        for mode in ("as_recorded", "other_images", "other_instruction"):
+            ws, total = variant(mode), 0.0
+            for s in range(0, len(ws), batch_size):
+                b = tf.from_windows(collate_windows(ws[s:s + batch_size], stack_images=False))
+                g = torch.Generator().manual_seed(seed * 1_000_003 + s)
+                if "actions" in b and hasattr(model, "sample_time"):  # flow matching: fix noise and times
+                    b["noise"] = torch.randn(b["actions"].shape, generator=g)
+                    b["time"] = model.sample_time(b["actions"].shape[0], g)
+                total += float(model.compute_loss(b, g).sum())
+            losses[mode] = total / len(ws)
+    base = losses["as_recorded"]
+    return {"loss": {k: round(v, 5) for k, v in losses.items()}, "windows": len(picked),
+            "rise_other_images": round(losses["other_images"] / base - 1, 4),
+            "rise_other_instruction": round(losses["other_instruction"] / base - 1, 4)}
+
+
 def _instruction_pool(store: str) -> list[str]:
     from vla.data.store import EpisodeStore
 
@@ -102,12 +163,13 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         pick = evaluate(factory, pick_suite, episodes=max(10, episodes // 2), workers=workers, progress=False,
                         json_out=out / f"eval-{name}-{pick_suite}.json")
         lang = language_check(ck, reach_suite, pool, episodes=episodes, workers=workers, normal=reach)
+        probe = reliance_probe(ck, data)
         results["policies"][name] = {
             "train_seconds": round(train_s, 1), "steps": cfg["step"], "params": cfg["params"],
             "reach": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3) for r in reach["tasks"]},
             "reach_overall": reach["overall"], "pick_place": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3)
                                                              for r in pick["tasks"]},
-            "language_check": lang,
+            "language_check": lang, "reliance_probe": probe,
         }
     results["targets"] = {"reach_success": 0.8, "language_shuffled": "about chance (1/3)"}
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}

@@ -119,7 +119,22 @@ def bench_learn(
     steps: Optional[int] = typer.Option(None, help="Step count for the LR schedule [default: the preset's]."),
 ):
     """Collect demos (2 embodiments), train each preset within the budget, evaluate reach-lang and
-    pick-place on held-out seeds, and run the language-shuffle check."""
+    pick-place on held-out seeds, and run the language-shuffle check and the reliance probe."""
     from vla.bench.learn import run
 
     emit(run(out, presets=tuple(_split(presets)), minutes=minutes, episodes=episodes, steps=steps), json_out)
+
+
+@bench_app.command("probe")
+def bench_probe(
+    ckpt: Path = typer.Argument(..., help="Checkpoint directory."),
+    data: Path = typer.Option(..., help="Episode store to take windows from (e.g. the training demos)."),
+    windows: int = typer.Option(256, help="Windows to average the loss over."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+):
+    """Does a checkpoint use its camera images and its instruction? Training loss on fixed windows
+    as recorded vs with another episode's images vs another episode's instruction (no simulation;
+    a loss that does not rise means the input is ignored)."""
+    from vla.bench.learn import reliance_probe
+
+    emit(reliance_probe(ckpt, data, windows=windows), json_out)
