@@ -43,7 +43,9 @@ def _fake_run(tmp_path):
                  "embodiments": {"arm7": {"episodes": 4, "frames": 100, "control_hz": 20}}},
         contact_sheet=_png(tmp_path / "sheet.png", "red"), training={"steps": 10}, loss_png=_png(tmp_path / "loss.png", "blue"),
         eval_policy=res, eval_expert=exp, videos=[str(vid)],
-        language={"normal": 0.8, "shuffled": 0.3, "chance": 1 / 3, "passed": True, "verdict": "uses the instruction"},
+        language={"normal": 0.8, "shuffled": 0.3, "chance": 1 / 3, "passed": True, "verdict": "uses the instruction",
+                  "probe": {"windows": 256, "loss": {"as_recorded": 0.1, "other_images": 0.15, "other_instruction": 0.3},
+                            "rise_other_images": 0.5, "rise_other_instruction": 2.0}},
         control={"tick p99 ms": 0.4}, control_png=_png(tmp_path / "hist.png", "green"))
 
 
@@ -55,6 +57,7 @@ def test_report_has_every_section_and_assets(tmp_path):
     assert text.count("data:image/png;base64,") == 3  # sheet, loss, histogram
     assert (tmp_path / "report_files" / "arm7_reach_seed1_success.mp4").exists()
     assert "8/10 = 80%" in text and "10/10 = 100%" in text
+    assert "0.3000 with another episode's instruction (+200%)" in text  # the offline probe's line
 
 
 def test_missing_inputs_degrade_to_notes(tmp_path):

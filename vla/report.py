@@ -134,6 +134,14 @@ def build_report(out: str | Path, *, title: str, facts: dict | None = None, data
                      f"the only cue): success {language['normal']:.0%} with the right instruction vs "
                      f"{language['shuffled']:.0%} shuffled; chance is about {language['chance']:.0%}. "
                      f"<span class='{cls}'>{html.escape(verdict)}</span></p>")
+        probe = language.get("probe")
+        if probe:
+            loss = probe["loss"]
+            parts.append(f"<p id='probe'>Offline probe on {probe['windows']} demo windows (training loss, same noise): "
+                         f"{loss['as_recorded']:.4f} as recorded, {loss['other_images']:.4f} with another episode's "
+                         f"images ({probe['rise_other_images']:+.0%}), {loss['other_instruction']:.4f} with another "
+                         f"episode's instruction ({probe['rise_other_instruction']:+.0%}). A loss that does not rise "
+                         f"means the policy ignores that input.</p>")
     else:
         parts.append(_na("language-shuffle check"))
     parts.append("</section>")

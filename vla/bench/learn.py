@@ -72,7 +72,8 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
                    seed: int = 0) -> dict:
     """Mean training loss of `ckpt` on `windows` windows of `store`: as recorded, with the camera
     images of another episode (same embodiment), and with another episode's (different)
-    instruction. The noise and flow times are fixed, so the three losses differ only by input."""
+    instruction, taken from an episode of the same source (robot and task) where there is one.
+    The noise and flow times are fixed, so the three losses differ only by input."""
     import torch
 
     from vla.data.sampler import WindowDataset, collate_windows
@@ -82,18 +83,24 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
 
     model, tf, _ = build_from_checkpoint(Checkpoint(ckpt))
     model.eval()
-    ds = WindowDataset([EpisodeStore.open(store)], tf.horizon)
+    st = EpisodeStore.open(store)
+    ds = WindowDataset([st], tf.horizon)
     rng = np.random.default_rng(seed)
-    picked = [ds[int(i)] for i in rng.choice(len(ds), min(windows, len(ds)), replace=False)]
+    idx = rng.choice(len(ds), min(windows, len(ds)), replace=False)
+    picked, episode = [ds[int(i)] for i in idx], ds._ep[idx]
+    source = [st.infos()[int(e)].source for e in episode]  # e.g. "sim:expert:arm7/reach"
     donors_img, donors_txt = [], []
     for i, w in enumerate(picked):
-        same = [j for j, o in enumerate(picked) if j != i and o[EMBODIMENT] == w[EMBODIMENT]]
+        same = [j for j, o in enumerate(picked) if episode[j] != episode[i] and o[EMBODIMENT] == w[EMBODIMENT]]
         other_task = [j for j in same if picked[j][TASK] != w[TASK]]
-        if not same or not other_task:
+        if not other_task:
             raise SpecError(f"reliance probe: {store} needs windows of at least two episodes with different "
                             f"instructions per embodiment (embodiment {w[EMBODIMENT]!r} has not)")
+        # Prefer an instruction of the same task (same source), so the swap changes *which object*,
+        # not which skill: "touch the red target" -> "reach the blue target", not -> "put the cube...".
+        same_task = [j for j in other_task if source[j] == source[i]]
         donors_img.append(int(rng.choice(same)))
-        donors_txt.append(int(rng.choice(other_task)))
+        donors_txt.append(int(rng.choice(same_task or other_task)))
 
     def variant(mode: str) -> list[dict]:
         out = []
