@@ -89,3 +89,27 @@ def test_chart_handles_perfect_and_zero_rates(tmp_path):
     rows = [{"robot": "arm7", "task": "reach", "episodes": 50, "successes": 50, "success_rate": 1.0, "ci95": list(wilson(50, 50))},
             {"robot": "arm5", "task": "reach", "episodes": 7, "successes": 0, "success_rate": 0.0, "ci95": list(wilson(0, 7))}]
     assert bar_chart({"tasks": rows, "policy": "p", "suite": "s"}, tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_policy_noise_is_seeded_per_episode():
+    import torch
+
+    from vla.sim.registry import make_env
+    from vla.sim.rollout import run_episode
+
+    class Noisy:  # samples like a flow policy: fresh torch noise for every chunk
+        def reset(self):
+            pass
+
+        def infer(self, obs):
+            s = obs["observation/state"]
+            a = np.concatenate([s[:-1], [0.0]]) + 0.05 * torch.randn(4, len(s)).numpy()
+            return {"actions": a.astype(np.float32)}
+
+    env = make_env("arm5", "reach", image_size=16)
+    before = torch.get_rng_state()
+    runs = [run_episode(env, Noisy(), seed=s, record=True) for s in (3, 3, 4)]
+    acts = [np.stack([f["action"] for f in r["frames"]]) for r in runs]
+    assert np.array_equal(acts[0], acts[1])  # same seed, same rollout
+    assert not np.array_equal(acts[0][:4], acts[2][:4])  # another seed, other noise
+    assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left as it was

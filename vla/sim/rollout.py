@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 import numpy as np
 
 from vla.spec import ACTION, EMBODIMENT, TASK, SpecError
@@ -28,8 +30,19 @@ def run_episode(env, policy, *, seed: int, replan_every: int | None = None, reco
     """Roll out `policy` (PolicyLike) in `env` from reset(seed). Returns success, length, and (record) frames.
 
     Recorded frames are store-ready: image keys, `observation/state`, and the executed `action`;
-    `video` keeps the first camera's images.
+    `video` keeps the first camera's images. A local torch policy's sampling noise comes from
+    torch's global generator, which is seeded with `seed` for the episode (and restored after),
+    so the same checkpoint on the same seeds gives the same rollouts.
     """
+    torch = sys.modules.get("torch")  # only if a policy already brought it in; the sim itself needs none
+    if torch is None:
+        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video)
+
+
+def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bool, video: bool) -> dict:
     emb = env.unwrapped.embodiment
     obs, info = env.reset(seed=seed)
     policy.reset()
