@@ -83,7 +83,7 @@ class BackboneConfig:
 def sincos_2d(grid: int, width: int) -> torch.Tensor:
     """[grid * grid, width] position table, row-major patches: the first half of the channels
     encodes the patch row, the second half its column, each as sines and cosines of geometric
-    frequencies (periods from 1 patch up to ~grid * 2 pi patches)."""
+    frequencies (periods from 2 pi patches up to about 2 pi * grid patches)."""
     if width % 4:
         raise SpecError(f"sincos_2d: width {width} must be a multiple of 4")
     q = width // 4
