@@ -88,7 +88,8 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(ds), min(windows, len(ds)), replace=False)
     picked, episode = [ds[int(i)] for i in idx], ds._ep[idx]
-    source = [st.infos()[int(e)].source for e in episode]  # e.g. "sim:expert:arm7/reach"
+    infos = st.infos()
+    source = [infos[int(e)].source for e in episode]  # e.g. "sim:expert:arm7/reach"
     donors_img, donors_txt = [], []
     for i, w in enumerate(picked):
         same = [j for j, o in enumerate(picked) if episode[j] != episode[i] and o[EMBODIMENT] == w[EMBODIMENT]]

@@ -23,7 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def _worker(fn, context, tasks, results, threads: int) -> None:
-
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("LP_NUM_THREADS", "0")
     if "torch" in sys.modules:  # a policy in the context: share the cores, do not oversubscribe them
