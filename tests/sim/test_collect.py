@@ -32,6 +32,20 @@ def test_collect_fills_a_store_with_successful_episodes(tmp_path):
     assert EpisodeStore.open(tmp_path / "s").num_episodes == 5
 
 
+def test_demonstrations_go_on_past_the_first_success(tmp_path):
+    one = (RecipeTask("arm7", "reach", 1),)
+    collect(_recipe(tasks=one, after_success=0), tmp_path / "a", progress=False)
+    collect(_recipe(tasks=one, after_success=12), tmp_path / "b", progress=False)
+    a, b = EpisodeStore.open(tmp_path / "a").episode(0), EpisodeStore.open(tmp_path / "b").episode(0)
+    # The same episode (seed), recorded 12 steps longer; the first frames are the same.
+    assert len(b["action"]) == len(a["action"]) + 12
+    np.testing.assert_array_equal(b["action"][: len(a["action"])], a["action"])
+    # The extra steps keep the arm near where it succeeded: it settles, it does not wander off.
+    assert np.abs(np.diff(b["action"][-6:], axis=0)).max() < 0.05
+    with pytest.raises(SpecError, match="after_success"):
+        _recipe(after_success=-1)
+
+
 def test_failed_episodes_are_dropped_unless_kept(tmp_path, monkeypatch):
     real = collect_mod._collect_job
 

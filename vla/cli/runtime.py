@@ -29,6 +29,8 @@ def serve_command(
                                           help="Require 'Authorization: Api-Key KEY' [env: VLA_API_KEY]."),
     max_message_mb: float = typer.Option(16.0, help="Largest accepted observation message (MiB)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... [default: cpu]."),
+    compile: bool = typer.Option(False, "--compile", help="torch.compile the pi0 denoising (about 2x faster on CPU); "
+                                 "compiled before serving: minutes the first time, seconds once cached."),
 ):
     """Serve a checkpoint over websocket + msgpack-numpy (openpi wire protocol; GET /healthz)."""
     from vla.runtime.server import ServerConfig, serve
@@ -37,7 +39,7 @@ def serve_command(
         cfg = ServerConfig(host=host, port=port, api_key=api_key, max_message_bytes=int(max_message_mb * 2**20))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             log.warning("serving on %s without an API key: anyone who can reach this port can drive the policy", host)
-        serve(checkpoint, cfg, device=device)
+        serve(checkpoint, cfg, device=device, compile=compile)
     except (ValueError, *user_errors()) as e:
         fail(str(e))
     except KeyboardInterrupt:

@@ -101,12 +101,14 @@ def bench_infer(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     threads: int = typer.Option(2, help="torch CPU threads."),
     reps: int = typer.Option(20, help="Timed repetitions (median reported)."),
+    compile: bool = typer.Option(True, help="Also time pi0 through torch.compile (as `vla serve --compile`); the first "
+                                 "run compiles each preset (minutes on 2 cores), later runs reuse inductor's cache."),
 ):
     """Chunk latency (H=50, 10 steps, 2 cams 96x96) for pi0-tiny/pi0-small with and without the prefix
-    cache, FAST decoding latency, peak memory, parameter counts."""
+    cache (and compiled), FAST decoding latency, peak memory, parameter counts."""
     from vla.bench.infer import run
 
-    emit(run(threads=threads, reps=reps), json_out)
+    emit(run(threads=threads, reps=reps, compile=compile), json_out)
 
 
 @bench_app.command("learn")

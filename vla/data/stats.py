@@ -53,6 +53,14 @@ class KeyStats:
             return (x - self.q01) / (self.q99 - self.q01 + EPS) * 2.0 - 1.0
         raise SpecError(f"normalization mode must be one of {MODES}, got {mode!r}")
 
+    def scale(self, mode: str) -> np.ndarray:
+        """Robot units per normalized unit (what a difference of two values is divided by)."""
+        if mode == "zscore":
+            return self.std + EPS
+        if mode == "quantile":
+            return (self.q99 - self.q01 + EPS) / 2.0
+        raise SpecError(f"normalization mode must be one of {MODES}, got {mode!r}")
+
     def unnormalize(self, y: np.ndarray, mode: str) -> np.ndarray:
         if mode == "zscore":
             return y * (self.std + EPS) + self.mean

@@ -144,5 +144,6 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
     vocab = ActionVocab(text.vocab_size, fast_sizes) if fast_sizes else None
     tf = Transforms(ckpt.embodiments, stats, pol["norm_mode"], text, image_size=cfg.backbone.image_size,
                     cameras=cfg.cameras, max_tokens=cfg.max_tokens, horizon=cfg.horizon, fast=fast or None,
-                    fast_vocab=vocab, max_action_tokens=getattr(cfg, "max_action_tokens", 0))
+                    fast_vocab=vocab, max_action_tokens=getattr(cfg, "max_action_tokens", 0),
+                    delta_actions=getattr(cfg, "delta_actions", False))
     return model, tf, cfg

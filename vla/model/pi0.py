@@ -48,6 +48,10 @@ class Pi0Config:
     # the policy learns to stay put once done; True: masked out of the loss (their predictions
     # are then unconstrained, and a chunk that runs past the learned end of a task drifts).
     mask_padded_actions: bool = False
+    # Joint actions relative to the chunk's start state (openpi does this for joint-space robots):
+    # the model predicts a_t - s for every action dim that commands a state dim in the same unit
+    # (rad or m; never the gripper), so a chunk starts where the robot is by construction.
+    delta_actions: bool = False
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):

@@ -5,6 +5,10 @@ One fixed order, both ways:
        camera slots in the embodiment's camera order -> state: normalize, pad
        -> instruction: tokenize -> (training) actions: normalize, pad (+ FAST tokens)
   out: model actions [b, h, a_max] -> slice each row to its embodiment's dims -> unnormalize
+
+With `delta_actions`, joint position commands are modelled relative to the state the chunk
+starts from: normalized target (a - s) / scale for those dims (see `delta_dims`), and on the
+way out a = s + scale * y; every other dim (grippers) stays absolute.
 """
 
 from __future__ import annotations
@@ -20,6 +24,19 @@ from vla.model.text import TextTokenizer
 from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, Embodiment, SpecError, image_key
 
 log = logging.getLogger(__name__)
+
+DELTA_UNITS = ("rad", "m")
+
+
+def delta_dims(emb: Embodiment) -> tuple[np.ndarray, np.ndarray]:
+    """(action dims, state dims) a delta-action policy predicts relative to the state: position
+    commands (joint_position mode) whose state dim has the same name and unit, rad or m."""
+    pairs = []
+    if emb.action_mode == "joint_position":
+        state = {d.name: (j, d.unit) for j, d in enumerate(emb.state)}
+        pairs = [(i, state[d.name][0]) for i, d in enumerate(emb.actions)
+                 if d.unit in DELTA_UNITS and state.get(d.name, (None, None))[1] == d.unit]
+    return np.array([p[0] for p in pairs], int), np.array([p[1] for p in pairs], int)
 
 
 def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -38,7 +55,7 @@ def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
 class Transforms:
     def __init__(self, embodiments: dict[str, Embodiment], stats: dict[str, dict[str, KeyStats]], norm_mode: str,
                  text: TextTokenizer, *, image_size: int, cameras: int, max_tokens: int, horizon: int,
-                 fast=None, fast_vocab=None, max_action_tokens: int = 0):
+                 fast=None, fast_vocab=None, max_action_tokens: int = 0, delta_actions: bool = False):
         missing = [n for n in embodiments if n not in stats or STATE not in stats[n] or ACTION not in stats[n]]
         if missing:
             raise SpecError(f"no norm stats for embodiment(s) {missing}")
@@ -49,6 +66,7 @@ class Transforms:
         self.a_max = max(e.action_dim for e in embodiments.values())
         self.fast, self.fast_vocab, self.max_action_tokens = fast, fast_vocab, max_action_tokens
         self.truncated_action_sequences = 0
+        self.delta = {n: delta_dims(e) for n, e in embodiments.items()} if delta_actions else {}
         for e in embodiments.values():
             if len(e.cameras) > cameras:
                 raise SpecError(f"embodiment {e.name!r} has {len(e.cameras)} cameras, the model has {cameras} slots")
@@ -62,6 +80,28 @@ class Transforms:
     def _norm(self, name: str, key: str, x: np.ndarray) -> np.ndarray:
         y = self.stats[name][key].normalize(x, self.mode)
         return np.clip(y, -1.0, 1.0) if self.mode == "quantile" else y
+
+    def _norm_chunk(self, name: str, act: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        """Robot-unit actions [h, a] -> normalized; delta dims relative to `state` (robot units)."""
+        y = self._norm(name, ACTION, act)
+        ai, si = self._delta_for(name, state)
+        if len(ai):
+            y[:, ai] = (act[:, ai] - state[si]) / self.stats[name][ACTION].scale(self.mode)[ai]
+        return y
+
+    def _unnorm_chunk(self, name: str, y: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        a = self.stats[name][ACTION].unnormalize(y, self.mode)
+        ai, si = self._delta_for(name, state)
+        if len(ai):
+            a[:, ai] = state[si] + y[:, ai] * self.stats[name][ACTION].scale(self.mode)[ai]
+        return a
+
+    def _delta_for(self, name: str, state: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        ai, si = self.delta.get(name, (np.zeros(0, int), np.zeros(0, int)))
+        if len(ai) and state is None:
+            raise SpecError(f"embodiment {name!r}: this checkpoint predicts joint actions relative to the state "
+                            "(delta_actions), so converting actions needs the observation's state")
+        return ai, si
 
     # ---- common tail: state, text, images ----
     def _assemble(self, names: list[str], states: list[np.ndarray], tasks: list[str], cams: list[list]) -> dict:
@@ -103,7 +143,7 @@ class Transforms:
         actions = np.zeros((len(names), h, self.a_max), np.float32)
         for i, n in enumerate(names):
             a = self.embodiments[n].action_dim
-            actions[i, :, :a] = self._norm(n, ACTION, act[i, :, :a])
+            actions[i, :, :a] = self._norm_chunk(n, act[i, :, :a], states[i])
         out["actions"] = torch.from_numpy(actions)
         out["action_is_pad"] = batch[ACTION_IS_PAD]
         if self.fast is not None:
@@ -157,19 +197,25 @@ class Transforms:
             cams.append(row)
         return self._assemble(names, states, tasks, cams)
 
-    def normalize_actions(self, actions: np.ndarray, names: list[str]) -> np.ndarray:
-        """Robot-unit actions [b, h, a_e] (rows may be narrower) -> normalized [b, h, a_max], zero-padded."""
+    def normalize_actions(self, actions: np.ndarray, names: list[str], states: list | None = None) -> np.ndarray:
+        """Robot-unit actions [b, h, a_e] (rows may be narrower) -> normalized [b, h, a_max], zero-padded.
+
+        `states` (robot units, one per row): the states the chunks start from; needed by a
+        delta-action checkpoint.
+        """
         out = np.zeros((len(names), actions.shape[1], self.a_max), np.float32)
         for i, n in enumerate(names):
             a = self._emb(n).action_dim
-            out[i, :, :a] = self._norm(n, ACTION, np.asarray(actions[i])[:, :a])
+            s = None if states is None else np.asarray(states[i], np.float32)
+            out[i, :, :a] = self._norm_chunk(n, np.asarray(actions[i], np.float32)[:, :a], s)
         return out
 
-    def to_actions(self, actions: torch.Tensor, names: list[str]) -> list[np.ndarray]:
-        """Model actions [b, h, a_max] (normalized) -> per row float32 [h, a_e] in robot units."""
+    def to_actions(self, actions: torch.Tensor, names: list[str], states: list | None = None) -> list[np.ndarray]:
+        """Model actions [b, h, a_max] (normalized) -> per row float32 [h, a_e] in robot units (see normalize_actions)."""
         out = []
         x = actions.float().cpu().numpy()
         for i, n in enumerate(names):
             a = self.embodiments[n].action_dim
-            out.append(self.stats[n][ACTION].unnormalize(x[i, :, :a], self.mode).astype(np.float32))
+            s = None if states is None else np.asarray(states[i], np.float32)
+            out.append(self._unnorm_chunk(n, x[i, :, :a], s).astype(np.float32))
         return out

@@ -38,6 +38,7 @@ class PolicyConfig:
     isolate: bool = True  # run a local checkpoint in its own server process (keeps torch off the loop's GIL)
     embodiment: str = ""  # the checkpoint's embodiment for this robot [default: the robot's name]
     device: str = ""  # cpu, cuda ... for a local checkpoint
+    compile: bool = False  # torch.compile the pi0 denoising (compiled before the loop starts)
     start_timeout_s: float = 180.0
 
     def __post_init__(self):

@@ -8,10 +8,15 @@ FAST decodes that do not yield exactly h x a values are *malformed*: the reply s
 (`malformed: True`), the count is kept in `stats`, a warning is logged, and the actions are a
 best-effort low-pass decode (the coefficients that did decode, the rest zero), never a
 silent all-zero chunk. The control loop treats a malformed chunk as no fresh plan.
+
+`compile=True` (pi0) runs the denoising through `torch.compile`: about twice as fast on a CPU,
+after a one-time compile (minutes on 2 cores; inductor's cache makes later processes start in
+seconds). `warmup()` pays that cost up front, before a control loop depends on the latency.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from pathlib import Path
@@ -20,13 +25,14 @@ import numpy as np
 import torch
 
 from vla.model.checkpoint import Checkpoint, build_from_checkpoint
-from vla.spec import EMBODIMENT
+from vla.spec import EMBODIMENT, STATE, TASK, image_key
 
 log = logging.getLogger(__name__)
 
 
 class Policy:
-    def __init__(self, path: str | Path, *, device: str | None = None, num_steps: int | None = None):
+    def __init__(self, path: str | Path, *, device: str | None = None, num_steps: int | None = None,
+                 compile: bool = False):
         self.ckpt = Checkpoint(path)
         self.model, self.tf, self.cfg = build_from_checkpoint(self.ckpt)
         self.kind = self.ckpt.config["policy"]["type"]
@@ -38,6 +44,23 @@ class Policy:
         self.num_steps = num_steps
         self.stats = {"calls": 0, "malformed": 0}
         self._default = next(iter(self.ckpt.embodiments)) if len(self.ckpt.embodiments) == 1 else None
+        self._sample = self.model.sample_actions if self.kind == "pi0" else None
+        self.compiled = compile and self.kind == "pi0"
+        if compile and not self.compiled:
+            log.warning("compile applies to pi0 policies; this %s policy decodes eagerly", self.kind)
+        if self.compiled:
+            self._sample = torch.compile(functools.partial(type(self.model).sample_actions.__wrapped__, self.model),
+                                         dynamic=False)
+
+    def warmup(self) -> float:
+        """One inference per embodiment on a blank observation (compiles, when compiling); -> seconds."""
+        t0 = time.perf_counter()
+        for name, emb in self.ckpt.embodiments.items():
+            obs = {image_key(c.name): np.zeros(c.shape, np.uint8) for c in emb.cameras}
+            obs.update({STATE: np.zeros(emb.state_dim, np.float32), TASK: "warm up", EMBODIMENT: name})
+            self.infer(obs)
+        self.stats["calls"] = 0
+        return time.perf_counter() - t0
 
     @property
     def metadata(self) -> dict:
@@ -68,26 +91,30 @@ class Policy:
         t0 = time.perf_counter()
         batch = self.tf.from_observations(observations, self._default)
         names = batch[EMBODIMENT]
+        states = [np.asarray(o[STATE], np.float32) for o in observations]  # delta-action checkpoints need them
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
         malformed = [False] * len(names)
         if self.kind == "pi0":
-            nz = None if noise is None else torch.as_tensor(noise, dtype=torch.float32, device=self.device)
+            if noise is None:  # drawn here, not inside the (maybe compiled) sampler: one graph, and the same
+                a_dim = max(self.cfg.embodiments[n][1] for n in names)  # draws, seed for seed, as eager
+                noise = torch.randn(len(names), self.cfg.horizon, a_dim)
+            nz = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
             g = gw = None
             if guide is not None:
-                g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names)).to(self.device)
+                g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names, states)).to(self.device)
                 gw = torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device)
-            out = self.model.sample_actions(batch, num_steps=self.num_steps, noise=nz, guide=g, guide_weights=gw)
-            actions = self.tf.to_actions(out, names)
+            out = self._sample(batch, num_steps=self.num_steps, noise=nz, guide=g, guide_weights=gw)
+            actions = self.tf.to_actions(out, names, states)
         else:
             if guide is not None:
                 log.debug("guided (RTC) sampling is pi0-only; FAST decodes unguided")
-            actions, malformed = self._fast(batch, names)
+            actions, malformed = self._fast(batch, names, states)
         dt = (time.perf_counter() - t0) * 1000
         self.stats["calls"] += len(names)
         self.stats["malformed"] += sum(malformed)
         return [{"actions": a, "malformed": m, "policy_timing": {"infer_ms": dt}} for a, m in zip(actions, malformed)]
 
-    def _fast(self, batch, names):
+    def _fast(self, batch, names, states):
         from vla.model.fast import relaxed_coefficients
         from vla.model.fast_policy import lm_ids_to_fast
 
@@ -110,7 +137,7 @@ class Policy:
         padded = np.zeros((len(norm), self.cfg.horizon, a_max), np.float32)
         for i, x in enumerate(norm):
             padded[i, :, : x.shape[1]] = x
-        return self.tf.to_actions(torch.from_numpy(padded), names), bad
+        return self.tf.to_actions(torch.from_numpy(padded), names, states), bad
 
 
 def load_policy(path: str | Path, **kwargs) -> Policy:

@@ -184,9 +184,16 @@ def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
     if not p.isolate:
         from vla.runtime.policy import load_policy
 
-        return lambda: load_policy(p.checkpoint, device=p.device or None)
+        def load():
+            policy = load_policy(p.checkpoint, device=p.device or None, compile=p.compile)
+            if p.compile:
+                policy.warmup()
+            return policy
+
+        return load
     port = free_port()
-    args = ["serve", p.checkpoint, "--host", "127.0.0.1", "--port", str(port)] + (["--device", p.device] if p.device else [])
+    args = ["serve", p.checkpoint, "--host", "127.0.0.1", "--port", str(port)] + (["--device", p.device] if p.device else []) \
+        + (["--compile"] if p.compile else [])
     proc = stack.enter_context(child_process(args, out / "policy_server.log", "policy server"))
 
     def connect():

@@ -221,9 +221,13 @@ class PolicyServer:
         return f"ws://{self.config.host}:{self.port}"
 
 
-def serve(checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None) -> None:
+def serve(checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None,
+          compile: bool = False) -> None:
     """Load a checkpoint and serve it until interrupted (`vla serve`)."""
     from vla.runtime.policy import load_policy
 
-    policy = load_policy(checkpoint, device=device)
+    policy = load_policy(checkpoint, device=device, compile=compile)
+    if policy.compiled:
+        log.info("compiling the policy before serving (minutes the first time on this machine, then cached)")
+        log.info("compiled in %.1f s", policy.warmup())
     PolicyServer(policy, config).serve_forever()

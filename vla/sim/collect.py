@@ -4,11 +4,16 @@
     image_size = 64
     seed = 0
     keep_failed = false
+    after_success = 0   # steps recorded after the first success (default 0)
     [[tasks]]
     robot = "arm7"
     task = "reach"
     episodes = 40
     noise = 0.02        # expert action noise, rad (see vla.sim.expert)
+
+An episode ends at its first success; `after_success` > 0 records that many more steps, so a
+demonstration ends with the robot settling at the goal rather than at the edge of the success
+region (a chunk running past the end then learns "stay here" from real frames).
 
 Episodes run in worker processes; the parent writes each finished episode to the store, so a
 Ctrl-C (or a crash) keeps every episode committed so far. Failed episodes are dropped unless
@@ -53,6 +58,7 @@ class RecipeConfig:
     image_size: int = 96
     seed: int = 0
     keep_failed: bool = False
+    after_success: int = 0
     description: str = ""
 
     def __post_init__(self):
@@ -61,6 +67,8 @@ class RecipeConfig:
         for t in self.tasks:
             if t.noise < 0:
                 raise SpecError(f"recipe {self.name!r}: {t.robot}/{t.task}: noise must be >= 0, got {t.noise}")
+        if self.after_success < 0:
+            raise SpecError(f"recipe {self.name!r}: after_success must be >= 0, got {self.after_success}")
 
 
 def load_recipe(name_or_path: str | Path) -> RecipeConfig:
@@ -71,13 +79,14 @@ def load_recipe(name_or_path: str | Path) -> RecipeConfig:
         known = sorted(x.stem for x in DATASETS_DIR.glob("*.toml"))
         raise SpecError(f"recipe not found: {name_or_path}; built-in recipes are {known}, or pass a .toml path")
     d = read_toml(p, "recipe")
-    known = {"name", "description", "image_size", "seed", "keep_failed", "episodes", "noise", "tasks"}
+    known = {"name", "description", "image_size", "seed", "keep_failed", "after_success", "episodes", "noise", "tasks"}
     if set(d) - known:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")
     name = d.get("name", p.stem)
     tasks = parse_tasks(name, d, "recipe", int(d.get("episodes", 50)))
     return RecipeConfig(name=name, image_size=int(d.get("image_size", 96)), seed=int(d.get("seed", 0)),
-                        keep_failed=bool(d.get("keep_failed", False)), description=d.get("description", ""),
+                        keep_failed=bool(d.get("keep_failed", False)),
+                        after_success=int(d.get("after_success", 0)), description=d.get("description", ""),
                         tasks=tuple(RecipeTask(t["robot"], t["task"], t["episodes"], float(t.get("noise", d.get("noise", 0.0))))
                                     for t in tasks))
 
@@ -98,7 +107,7 @@ def _collect_job(context: dict, job: dict) -> dict:
 
     env = _env(job["robot"], job["task"], context["image_size"])
     expert = make_expert(env, noise=job["noise"], seed=job["seed"])
-    ep = run_episode(env, expert, seed=job["seed"], replan_every=1, record=True)
+    ep = run_episode(env, expert, seed=job["seed"], replan_every=1, record=True, after_success=context["after_success"])
     frames = ep.pop("frames")
     ep["arrays"] = {k: np.stack([f[k] for f in frames]) for k in frames[0]} if frames else {}
     return ep
@@ -126,7 +135,7 @@ def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: 
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"collect {recipe.name}", unit="ep", disable=not progress)
     try:
-        for job, ep, err in run_jobs(_collect_job, {"image_size": recipe.image_size}, jobs, workers=workers):
+        for job, ep, err in run_jobs(_collect_job, {"image_size": recipe.image_size, "after_success": recipe.after_success}, jobs, workers=workers):
             s = stats[f"{job['robot']}/{job['task']}"]
             s["attempted"] += 1
             bar.update(1)

@@ -26,8 +26,12 @@ def _chunk(out, action_dim: int, who: str) -> np.ndarray:
 
 
 def run_episode(env, policy, *, seed: int, replan_every: int | None = None, record: bool = False,
-                video: bool = False) -> dict:
+                video: bool = False, after_success: int = 0) -> dict:
     """Roll out `policy` (PolicyLike) in `env` from reset(seed). Returns success, length, and (record) frames.
+
+    The episode ends at the first success, unless `after_success` > 0: then it goes on for that
+    many more steps (or to the time limit), so a recorded demonstration shows the robot settling
+    at the goal instead of stopping at the edge of the success region.
 
     Recorded frames are store-ready: image keys, `observation/state`, and the executed `action`;
     `video` keeps the first camera's images. A local torch policy's sampling noise comes from
@@ -36,13 +40,16 @@ def run_episode(env, policy, *, seed: int, replan_every: int | None = None, reco
     """
     torch = sys.modules.get("torch")  # only if a policy already brought it in; the sim itself needs none
     if torch is None:
-        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video)
+        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video,
+                            after_success=after_success)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video)
+        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video,
+                            after_success=after_success)
 
 
-def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bool, video: bool) -> dict:
+def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bool, video: bool,
+                 after_success: int) -> dict:
     emb = env.unwrapped.embodiment
     obs, info = env.reset(seed=seed)
     policy.reset()
@@ -51,7 +58,7 @@ def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bo
     images: list[np.ndarray] = []
     first_cam = f"observation/images/{emb.cameras[0].name}" if emb.cameras else None
     queue: list[np.ndarray] = []
-    success, steps = False, 0
+    success, steps, length = False, 0, 0
     while True:
         if not queue:
             q = dict(obs)
@@ -68,10 +75,11 @@ def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bo
             images.append(obs[first_cam])
         obs, _, terminated, truncated, info = env.step(action)
         steps += 1
-        success = success or bool(info.get("success", False))
-        if terminated or truncated:
+        if not success and info.get("success", False):
+            success, length = True, steps
+        if truncated or (terminated and not success) or (success and steps - length >= after_success):
             break
     if video and first_cam is not None:
         images.append(obs[first_cam])
-    return {"success": success, "length": steps, "task": instruction, "frames": frames, "video": images,
+    return {"success": success, "length": length if success else steps, "task": instruction, "frames": frames, "video": images,
             "embodiment": emb.name}

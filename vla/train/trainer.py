@@ -167,7 +167,8 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     vocab = ActionVocab(text.vocab_size, fast_sizes) if fast else None
     tf = Transforms(embodiments, stats, preset.norm_mode, text, image_size=model_cfg.backbone.image_size,
                     cameras=model_cfg.cameras, max_tokens=model_cfg.max_tokens, horizon=model_cfg.horizon,
-                    fast=fast, fast_vocab=vocab, max_action_tokens=getattr(model_cfg, "max_action_tokens", 0))
+                    fast=fast, fast_vocab=vocab, max_action_tokens=getattr(model_cfg, "max_action_tokens", 0),
+                    delta_actions=getattr(model_cfg, "delta_actions", False))
 
     torch.manual_seed(tcfg.seed)
     model = build_policy(preset.type, model_cfg, text_vocab=text.vocab_size, fast_sizes=fast_sizes).to(dev)
