@@ -45,7 +45,9 @@ def _fake_run(tmp_path):
         eval_policy=res, eval_expert=exp, videos=[str(vid)],
         language={"normal": 0.8, "shuffled": 0.3, "chance": 1 / 3, "passed": True, "verdict": "uses the instruction",
                   "probe": {"windows": 256, "loss": {"as_recorded": 0.1, "other_images": 0.15, "other_instruction": 0.3},
-                            "rise_other_images": 0.5, "rise_other_instruction": 2.0}},
+                            "rise_other_images": 0.5, "rise_other_instruction": 2.0},
+                  "goal": {"per_embodiment": {"arm7": {"first": 0.01, "end": 0.05, "spread": 0.02, "end_if_average": 0.2,
+                                                       "episodes": 32}}, "samples": 3}},
         control={"tick p99 ms": 0.4}, control_png=_png(tmp_path / "hist.png", "green"))
 
 
@@ -58,6 +60,7 @@ def test_report_has_every_section_and_assets(tmp_path):
     assert (tmp_path / "report_files" / "arm7_reach_seed1_success.mp4").exists()
     assert "8/10 = 80%" in text and "10/10 = 100%" in text
     assert "0.3000 with another episode's instruction (+200%)" in text  # the offline probe's line
+    assert "arm7 0.050 (always answering the average end point: 0.200" in text  # and the goal check
 
 
 def test_missing_inputs_degrade_to_notes(tmp_path):

@@ -115,7 +115,7 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
 
     if step(f"evaluate on held-out seeds (suite '{SUITE}', {episodes} episodes per task) + expert + language check",
             ev / "language.json"):
-        from vla.bench.learn import language_check, reliance_probe
+        from vla.bench.learn import goal_error, language_check, reliance_probe
 
         factory = functools.partial(load_policy, str(ckpt))
         factory.name = "pi0-tiny"  # shown in tables and charts
@@ -126,7 +126,7 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
         print(format_results(exp))
         pool = EpisodeStore.open(demos).tasks
         lang = language_check(ckpt, SUITE, pool, episodes=episodes, workers=workers, normal=pol)
-        _json(ev / "language.json", {**lang, "probe": reliance_probe(ckpt, demos)})
+        _json(ev / "language.json", {**lang, "probe": reliance_probe(ckpt, demos), "goal": goal_error(ckpt, demos)})
     pol = json.loads((ev / "policy.json").read_text())
     exp = json.loads((ev / "expert.json").read_text())
     lang = json.loads((ev / "language.json").read_text())

@@ -142,6 +142,13 @@ def build_report(out: str | Path, *, title: str, facts: dict | None = None, data
                          f"images ({probe['rise_other_images']:+.0%}), {loss['other_instruction']:.4f} with another "
                          f"episode's instruction ({probe['rise_other_instruction']:+.0%}). A loss that does not rise "
                          f"means the policy ignores that input.</p>")
+        goal = (language.get("goal") or {}).get("per_embodiment")
+        if goal:
+            rows = "; ".join(f"{html.escape(n)} {g['end']:.3f} (always answering the average end point: "
+                             f"{g['end_if_average']:.3f}; spread across samples {g['spread']:.3f})" for n, g in goal.items())
+            parts.append(f"<p id='goal'>Does the policy know where an episode goes? From each demo's first frame, "
+                         f"mean error of the sampled chunk's last step against the demo, joint units: {rows}. "
+                         f"Near the average's error: the goal is not read from the observation.</p>")
     else:
         parts.append(_na("language-shuffle check"))
     parts.append("</section>")

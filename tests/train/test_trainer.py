@@ -173,3 +173,23 @@ def test_reliance_probe_swaps_one_input_at_a_time(tmp_path, two_stores):
     write_synthetic(one, emb, episodes=1, length=12, seed=5)
     with pytest.raises(SpecError, match="at least two episodes with different instructions"):
         reliance_probe(ck, tmp_path / "one", windows=8)
+
+
+def test_goal_error_compares_first_frame_chunks_with_where_the_demos_went(tmp_path, two_stores):
+    from vla.bench.learn import goal_error
+    from vla.data import EpisodeStore
+
+    preset = load_preset(write_preset(tmp_path / "p.toml"))
+    ck = train(preset, two_stores[:1], tmp_path / "ck", progress=False)
+    g = goal_error(ck, two_stores[0], episodes=4, samples=2)
+    assert g == goal_error(ck, two_stores[0], episodes=4, samples=2)  # seeded sampling
+    st = EpisodeStore.open(two_stores[0])
+    name = st.infos()[0].embodiment
+    r = g["per_embodiment"][name]
+    assert r["episodes"] == 4 and g["samples"] == 2
+    assert all(np.isfinite(r[k]) and r[k] > 0 for k in ("first", "end", "spread"))
+    # The reference: always answering the average end point of those demos.
+    h = Checkpoint(ck).config["policy"]["config"]["horizon"]
+    eps = [st.episode(i) for i, info in enumerate(st.infos()) if info.embodiment == name][:4]
+    ends = np.stack([e["action"][min(h, len(e["action"])) - 1] for e in eps])
+    assert r["end_if_average"] == pytest.approx(np.abs(ends - ends.mean(0)).mean(), abs=1e-4)

@@ -133,6 +133,52 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
             "rise_other_instruction": round(losses["other_instruction"] / base - 1, 4)}
 
 
+def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, samples: int = 3, seed: int = 0) -> dict:
+    """Does the policy know where an episode goes, from its first frame? For the first frame of
+    up to `episodes` demos (per embodiment), `samples` chunks from the runtime policy, compared
+    with the demo at the chunk's last step (or the demo's end if it is shorter), over the
+    position dims (unit rad or m; grippers left out). Per embodiment, in robot units:
+    `first`: error of the chunk's first action; `end`: error at its last step (mean over dims
+    and samples); `spread`: std of the last step across samples (mean over dims);
+    `end_if_average`: the error of always answering the average of those demo end points, the
+    score of a policy that knows nothing about where this episode goes. `end` near it: the goal
+    is not being read from the observation."""
+    import torch
+
+    from vla.data.store import EpisodeStore
+    from vla.runtime.policy import load_policy
+    from vla.spec import ACTION, EMBODIMENT
+
+    policy = load_policy(ckpt)
+    st = EpisodeStore.open(store)
+    per: dict[str, list[tuple[float, float, float]]] = {}
+    ends: dict[str, list[np.ndarray]] = {}
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        for i, info in enumerate(st.infos()):
+            name = info.embodiment
+            if len(per.setdefault(name, [])) >= episodes or name not in policy.ckpt.embodiments:
+                continue
+            emb = st.embodiments[name]
+            dims = [k for k, d in enumerate(emb.actions) if d.unit in ("rad", "m")]
+            if not dims:
+                continue
+            ep = st.episode(i)
+            obs = {k: v[0] for k, v in ep.items() if k.startswith("observation/")}
+            obs.update({TASK: ep[TASK], EMBODIMENT: name})
+            chunks = np.stack([policy.infer(obs)["actions"] for _ in range(samples)])[:, :, dims]
+            demo = ep[ACTION][:, dims]
+            last = min(chunks.shape[1], len(demo)) - 1
+            ends.setdefault(name, []).append(demo[last])
+            per[name].append((float(np.abs(chunks[:, 0] - demo[0]).mean()),
+                              float(np.abs(chunks[:, last] - demo[last]).mean()),
+                              float(chunks[:, last].std(0).mean())))
+    out = {n: {k: round(float(np.mean([r[j] for r in rows])), 4) for j, k in enumerate(("first", "end", "spread"))}
+           | {"end_if_average": round(float(np.abs(np.stack(ends[n]) - np.mean(ends[n], 0)).mean()), 4),
+              "episodes": len(rows)} for n, rows in per.items() if rows}
+    return {"per_embodiment": out, "samples": samples}
+
+
 def _instruction_pool(store: str) -> list[str]:
     from vla.data.store import EpisodeStore
 
@@ -171,7 +217,7 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         pick = evaluate(factory, pick_suite, episodes=max(10, episodes // 2), workers=workers, progress=False,
                         json_out=out / f"eval-{name}-{pick_suite}.json")
         lang = language_check(ck, reach_suite, pool, episodes=episodes, workers=workers, normal=reach)
-        probe = reliance_probe(ck, data)
+        probe = reliance_probe(ck, data) | {"goal": goal_error(ck, data)}
         results["policies"][name] = {
             "train_seconds": round(train_s, 1), "steps": cfg["step"], "params": cfg["params"],
             "reach": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3) for r in reach["tasks"]},

@@ -136,7 +136,12 @@ def bench_probe(
 ):
     """Does a checkpoint use its camera images and its instruction? Training loss on fixed windows
     as recorded vs with another episode's images vs another episode's instruction (no simulation;
-    a loss that does not rise means the input is ignored)."""
-    from vla.bench.learn import reliance_probe
+    a loss that does not rise means the input is ignored). Also: how far the chunk sampled at each
+    demo's first frame ends from where the demo went (`goal`, robot units)."""
+    from vla.bench.learn import goal_error, reliance_probe
 
-    emit(reliance_probe(ckpt, data, windows=windows), json_out)
+    try:
+        report = reliance_probe(ckpt, data, windows=windows) | {"goal": goal_error(ckpt, data)}
+    except user_errors() as e:
+        fail(str(e))
+    emit(report, json_out)
