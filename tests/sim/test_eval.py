@@ -34,6 +34,26 @@ def test_expert_eval_writes_json_chart_and_videos(tmp_path):
     assert "arm5/reach" in format_results(r)
 
 
+def _videos_kept(outcomes, limit):
+    from vla.sim.eval import _want_video
+
+    kept, picked = {"n": 0, "success": False, "fail": False}, []
+    for ok in outcomes:
+        if _want_video(kept, ok, limit):
+            kept["n"] += 1
+            kept["success" if ok else "fail"] = True
+            picked.append(ok)
+    return picked
+
+
+def test_videos_show_a_success_and_a_failure_when_there_are_both():
+    assert _videos_kept([False, False, False, True, True, False], 2) == [False, True]  # first success 4th
+    assert _videos_kept([True, True, False], 2) == [True, False]
+    assert _videos_kept([False] * 5, 3) == [False, False]  # a slot stays free for a success that never came
+    assert _videos_kept([False, True, True, True], 3) == [False, True, True]
+    assert _videos_kept([True, False], 1) == [True]
+
+
 class Counting:
     """Holds the arm still with chunks of h actions; counts infer calls and checks the obs it gets."""
 

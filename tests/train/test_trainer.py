@@ -193,3 +193,30 @@ def test_goal_error_compares_first_frame_chunks_with_where_the_demos_went(tmp_pa
     eps = [st.episode(i) for i, info in enumerate(st.infos()) if info.embodiment == name][:4]
     ends = np.stack([e["action"][min(h, len(e["action"])) - 1] for e in eps])
     assert r["end_if_average"] == pytest.approx(np.abs(ends - ends.mean(0)).mean(), abs=1e-4)
+
+
+def test_shuffled_instructions_depend_on_the_episode_not_the_order():
+    from vla.bench.learn import ShuffledInstructions
+
+    class Echo:
+        def reset(self):
+            pass
+
+        def infer(self, obs):
+            return {"task": obs["task"]}
+
+    pool = [f"touch the {c} target" for c in ("red", "green", "blue", "yellow", "purple")]
+    obs = [{"task": "touch the red target", "observation/state": np.full(3, i, np.float32)} for i in range(12)]
+
+    def run(order):
+        w, got = ShuffledInstructions(Echo(), pool, seed=7), {}
+        for i in order:
+            w.reset()
+            first = w.infer(obs[i])["task"]
+            assert w.infer({**obs[i], "observation/state": np.zeros(3, np.float32)})["task"] == first  # fixed per episode
+            got[i] = first
+        return got
+
+    a = run(range(12))
+    assert a == run(reversed(range(12)))  # what another worker's order would give
+    assert set(a.values()) <= set(pool) and len(set(a.values())) > 1

@@ -19,6 +19,7 @@ import json
 import os
 import platform
 import time
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,14 @@ from vla.spec import TASK
 
 
 class ShuffledInstructions:
-    """PolicyLike wrapper: each episode gets a random instruction from `pool` instead of its own."""
+    """PolicyLike wrapper: each episode gets a random instruction from `pool` instead of its own.
+
+    The pick is a function of the episode's first observation (its instruction and state) and
+    `seed`, so it does not depend on which worker process runs which episode."""
 
     def __init__(self, policy, pool: list[str], seed: int = 0):
-        self.policy, self.pool = policy, list(pool)
-        self.rng = np.random.default_rng(seed)
-        self.current = self.pool[0]
+        self.policy, self.pool, self.seed = policy, list(pool), seed
+        self.current: str | None = None
         self.name = f"{getattr(policy, 'name', type(policy).__name__)}+shuffled-instructions"
 
     @classmethod
@@ -40,10 +43,15 @@ class ShuffledInstructions:
         return cls(factory(), pool, seed)
 
     def reset(self) -> None:
-        self.current = str(self.rng.choice(self.pool))
+        self.current = None
         self.policy.reset()
 
     def infer(self, obs: dict) -> dict:
+        if self.current is None:
+            from vla.spec import STATE
+
+            key = zlib.crc32(str(obs.get(TASK, "")).encode() + np.asarray(obs.get(STATE, 0), np.float32).tobytes())
+            self.current = str(np.random.default_rng([self.seed, key]).choice(self.pool))
         return self.policy.infer({**obs, TASK: self.current})
 
 

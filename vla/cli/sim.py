@@ -97,7 +97,8 @@ def eval_command(
                                                "[default: the suite's, else half the chunk]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Write results JSON here (and the bar chart PNG beside it)."),
     videos: Optional[Path] = typer.Option(None, help="Folder for mp4 videos of the first rollouts of each task."),
-    num_videos: int = typer.Option(2, help="Videos per task."),
+    num_videos: int = typer.Option(2, help="Videos per task: the first success and the first failure, then more "
+                                   "of either up to this many."),
 ):
     """Success rate per task (95% CI), mean episode length, a bar chart and videos."""
     from vla.sim.eval import evaluate, format_results

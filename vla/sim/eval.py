@@ -64,6 +64,15 @@ def _policy_name(policy) -> str:
     return getattr(policy, "name", None) or getattr(policy, "__name__", None) or type(policy).__name__
 
 
+def _want_video(kept: dict, success: bool, limit: int) -> bool:
+    """Keep this rollout's video? Per task: the first success and the first failure, then more of
+    either up to `limit` videos, always leaving a slot for the outcome not yet seen."""
+    mine, other = ("success", "fail") if success else ("fail", "success")
+    if kept["n"] >= limit:
+        return False
+    return not kept[mine] or kept["n"] < limit - (0 if kept[other] else 1)
+
+
 def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = None, workers: int = 1,
              replan_every: int | None = None, image_size: int | None = None, json_out: str | Path | None = None,
              chart: str | Path | None = None, videos: str | Path | None = None, num_videos: int = 2,
@@ -80,11 +89,12 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
         raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
     size = image_size or cfg.image_size
     context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every}
-    jobs = [{"robot": t.robot, "task": t.task, "seed": cfg.seed + i * SEED_STRIDE + k, "video": bool(videos) and k < num_videos}
+    jobs = [{"robot": t.robot, "task": t.task, "seed": cfg.seed + i * SEED_STRIDE + k, "video": bool(videos) and num_videos > 0}
             for i, t in enumerate(cfg.tasks) for k in range(t.episodes)]
     per: dict[str, dict] = {f"{t.robot}/{t.task}": {"robot": t.robot, "task": t.task, "episodes": 0, "successes": 0,
                                                      "lengths": [], "errors": []} for t in cfg.tasks}
     video_files: list[str] = []
+    kept = {key: {"n": 0, "success": False, "fail": False} for key in per}
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"eval {cfg.name}", unit="ep", disable=not progress)
     try:
@@ -100,8 +110,11 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
             r["episodes"] += 1
             r["successes"] += int(ep["success"])
             r["lengths"].append(ep["length"])
-            if videos and ep["video"]:
+            k = kept[f"{job['robot']}/{job['task']}"]
+            if videos and ep["video"] and _want_video(k, ep["success"], num_videos):
                 tag = "success" if ep["success"] else "fail"
+                k["n"] += 1
+                k[tag] = True
                 path = Path(videos) / f"{job['robot']}_{job['task']}_seed{job['seed']}_{tag}.mp4"
                 video_files.append(str(write_video(ep["video"], path, ep["fps"])))
     finally:
