@@ -35,15 +35,10 @@ def test_expert_eval_writes_json_chart_and_videos(tmp_path):
 
 
 def _videos_kept(outcomes, limit):
-    from vla.sim.eval import _want_video
+    from vla.sim.eval import _keep_video
 
-    kept, picked = {"n": 0, "success": False, "fail": False}, []
-    for ok in outcomes:
-        if _want_video(kept, ok, limit):
-            kept["n"] += 1
-            kept["success" if ok else "fail"] = True
-            picked.append(ok)
-    return picked
+    kept = {"n": 0, "success": False, "fail": False}
+    return [ok for ok in outcomes if _keep_video(kept, ok, limit)]
 
 
 def test_videos_show_a_success_and_a_failure_when_there_are_both():

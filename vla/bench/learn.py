@@ -9,7 +9,9 @@
 5. reliance probe (offline, no simulation): the training loss on fixed demo windows as they
    are, with each window's camera images taken from another episode, and with its instruction
    taken from another episode. A loss that does not rise when an input is swapped says the
-   policy does not use that input, long before success rates can tell.
+   policy does not use that input, long before success rates can tell; and the goal check:
+   how far a chunk sampled at each demo's first frame ends from where the demo went, next to
+   always answering the average end point.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.spec import TASK
+from vla.spec import STATE, TASK
 
 
 class ShuffledInstructions:
@@ -48,8 +50,6 @@ class ShuffledInstructions:
 
     def infer(self, obs: dict) -> dict:
         if self.current is None:
-            from vla.spec import STATE
-
             key = zlib.crc32(str(obs.get(TASK, "")).encode() + np.asarray(obs.get(STATE, 0), np.float32).tobytes())
             self.current = str(np.random.default_rng([self.seed, key]).choice(self.pool))
         return self.policy.infer({**obs, TASK: self.current})
@@ -154,6 +154,7 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
     import torch
 
     from vla.data.store import EpisodeStore
+    from vla.model.transforms import DELTA_UNITS
     from vla.runtime.policy import load_policy
     from vla.spec import ACTION, EMBODIMENT
 
@@ -168,7 +169,7 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
             if len(per.setdefault(name, [])) >= episodes or name not in policy.ckpt.embodiments:
                 continue
             emb = st.embodiments[name]
-            dims = [k for k, d in enumerate(emb.actions) if d.unit in ("rad", "m")]
+            dims = [k for k, d in enumerate(emb.actions) if d.unit in DELTA_UNITS]  # positions, not grippers
             if not dims:
                 continue
             ep = st.episode(i)

@@ -26,6 +26,7 @@ from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, Embodiment,
 log = logging.getLogger(__name__)
 
 DELTA_UNITS = ("rad", "m")
+_NO_DELTA = (np.zeros(0, int), np.zeros(0, int))
 
 
 def delta_dims(emb: Embodiment) -> tuple[np.ndarray, np.ndarray]:
@@ -97,7 +98,7 @@ class Transforms:
         return a
 
     def _delta_for(self, name: str, state: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        ai, si = self.delta.get(name, (np.zeros(0, int), np.zeros(0, int)))
+        ai, si = self.delta.get(name, _NO_DELTA)
         if len(ai) and state is None:
             raise SpecError(f"embodiment {name!r}: this checkpoint predicts joint actions relative to the state "
                             "(delta_actions), so converting actions needs the observation's state")

@@ -64,13 +64,16 @@ def _policy_name(policy) -> str:
     return getattr(policy, "name", None) or getattr(policy, "__name__", None) or type(policy).__name__
 
 
-def _want_video(kept: dict, success: bool, limit: int) -> bool:
-    """Keep this rollout's video? Per task: the first success and the first failure, then more of
-    either up to `limit` videos, always leaving a slot for the outcome not yet seen."""
+def _keep_video(kept: dict, success: bool, limit: int) -> bool:
+    """Keep this rollout's video (and count it in `kept`)? Per task: the first success and the
+    first failure, then more of either up to `limit` videos, always leaving a slot for the
+    outcome not yet seen."""
     mine, other = ("success", "fail") if success else ("fail", "success")
-    if kept["n"] >= limit:
+    if kept["n"] >= limit or (kept[mine] and kept["n"] >= limit - (0 if kept[other] else 1)):
         return False
-    return not kept[mine] or kept["n"] < limit - (0 if kept[other] else 1)
+    kept["n"] += 1
+    kept[mine] = True
+    return True
 
 
 def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = None, workers: int = 1,
@@ -110,11 +113,8 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
             r["episodes"] += 1
             r["successes"] += int(ep["success"])
             r["lengths"].append(ep["length"])
-            k = kept[f"{job['robot']}/{job['task']}"]
-            if videos and ep["video"] and _want_video(k, ep["success"], num_videos):
+            if videos and ep["video"] and _keep_video(kept[f"{job['robot']}/{job['task']}"], ep["success"], num_videos):
                 tag = "success" if ep["success"] else "fail"
-                k["n"] += 1
-                k[tag] = True
                 path = Path(videos) / f"{job['robot']}_{job['task']}_seed{job['seed']}_{tag}.mp4"
                 video_files.append(str(write_video(ep["video"], path, ep["fps"])))
     finally:
