@@ -103,6 +103,38 @@ def test_discard_and_unfinished_episode_are_invisible(tmp_path, emb):
     check_episode(s, 1, emb, 1, 5)
 
 
+def test_cached_lowdim_reads_follow_appends_and_never_serve_uncommitted_frames(tmp_path, emb):
+    """lowdim keeps each array's committed frames in memory: episodes committed later (seen after
+    refresh) are read fresh, frames of an abandoned episode never reach a reader, and callers
+    get copies."""
+    store = EpisodeStore.create(tmp_path / "s", [emb])
+    fill(store, emb, 2, 3)
+    reader = EpisodeStore.open(tmp_path / "s")
+    check_episode(reader, 1, emb, 1, 3)  # caches the 6 committed frames
+    with store.writer() as w:  # an episode that is never committed overwrites nothing committed
+        for t in range(4):
+            w.add_frame(make_frame(emb, 77, t))
+    fill(store, emb, 1, 5, start_ep=2)  # written over the abandoned frames' slots
+    reader.refresh()
+    check_episode(reader, 2, emb, 2, 5)  # the reader re-reads past its cached prefix
+    got = reader.episode(0)[STATE]
+    got[:] = -1
+    check_episode(reader, 0, emb, 0, 3)
+
+
+def test_writer_on_an_older_handle_appends_after_other_writers(tmp_path, emb):
+    """A store handle opened before another writer committed must not write over those episodes
+    (refresh re-opens the zarr group; it used to re-read zarr's cached root metadata)."""
+    EpisodeStore.create(tmp_path / "s", [emb])
+    old = EpisodeStore.open(tmp_path / "s", mode="a")
+    fill(EpisodeStore.open(tmp_path / "s", mode="a"), emb, 2, 3)
+    fill(old, emb, 1, 4, start_ep=2)
+    s = EpisodeStore.open(tmp_path / "s")
+    assert s.num_episodes == 3
+    for e, n in ((0, 3), (1, 3), (2, 4)):
+        check_episode(s, e, emb, e, n)
+
+
 def test_open_errors(tmp_path, emb):
     with pytest.raises(StoreError, match="does not exist"):
         EpisodeStore.open(tmp_path / "missing")

@@ -82,6 +82,7 @@ class EpisodeStore:
         }
         self._load_meta()
         self._chunks: dict[tuple[str, str], FrameChunks] = {}
+        self._lowdim: dict[tuple[str, str], np.ndarray] = {}  # committed prefix of each low-dim array
 
     # ---- construction ----
     @classmethod
@@ -181,7 +182,12 @@ class EpisodeStore:
         self._source.append(source)
 
     def refresh(self) -> None:
-        """Re-read the committed state (e.g. after another process appended)."""
+        """Re-read the committed state (e.g. after another process appended). The group is
+        re-opened: zarr keeps the root metadata it read at open, so re-reading attrs through the
+        old handle saw no other writer's commits (and a writer on a stale handle would have
+        written over them)."""
+        self._g = _open_group(self.path, mode="r" if self._g.read_only else "r+")
+        self._chunks.clear()
         self._attrs = dict(self._g.attrs)
         self.embodiments = {name: Embodiment.from_dict(d) for name, d in self._attrs.get("embodiments", {}).items()}
         self._load_meta()
@@ -227,10 +233,19 @@ class EpisodeStore:
         return self._chunks[k]
 
     def lowdim(self, embodiment: str, key: str, start: int, end: int) -> np.ndarray:
-        arr = self.array(embodiment, key)
-        if arr.shape[0] < end:
-            raise StoreError(f"{self.path}: {embodiment}/{key} has {arr.shape[0]} frames, need {end} (store corrupt?)")
-        return arr[start:end]
+        """Frames [start, end) of a low-dim array (a copy). The committed part of each array is read
+        once and kept: committed frames never change, and one read of a whole array is far faster
+        than thousands of per-episode slices (35 s -> under 1 s for 4,000 episodes)."""
+        cached = self._lowdim.get((embodiment, key))
+        if cached is None or cached.shape[0] < end:
+            arr = self.array(embodiment, key)
+            if arr.shape[0] < end:
+                raise StoreError(f"{self.path}: {embodiment}/{key} has {arr.shape[0]} frames, need {end} (store corrupt?)")
+            committed = max((int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment), default=0)
+            if end > committed:  # not (yet) committed: read it, keep nothing
+                return arr[start:end]
+            cached = self._lowdim[(embodiment, key)] = arr[:committed]
+        return cached[start:end].copy()
 
     def episode(self, i: int, *, images: bool = True) -> dict:
         """Episode i as {frame key: array [t, ...]} plus task, embodiment, success, source."""
