@@ -139,6 +139,38 @@ def test_vision_positions_start_as_2d_sincos_of_row_and_column():
         tiny_backbone(vision_pos_init="learned")
 
 
+def test_gemma_init_std_is_transformers_default_unless_set():
+    """Random init std is transformers' 0.02 by default; init_std sets it (e.g. fan-in for tiny stacks)."""
+    from transformers import GemmaModel
+
+    torch.manual_seed(0)
+    for size, want in ((GemmaSize(width=64, depth=1, mlp=128, heads=2, kv_heads=1, head_dim=32), 0.02),
+                       (GemmaSize(width=64, depth=1, mlp=128, heads=2, kv_heads=1, head_dim=32, init_std=0.125), 0.125)):
+        m = GemmaModel(size.gemma_config(vocab_size=300))
+        for w in (m.layers[0].self_attn.q_proj.weight, m.layers[0].mlp.down_proj.weight, m.embed_tokens.weight):
+            assert abs(w.std().item() - want) < 0.1 * want, (w.std().item(), want)
+    with pytest.raises(SpecError, match="init_std"):
+        GemmaSize(width=64, depth=1, mlp=128, init_std=0.0)
+
+
+def test_flow_times_follow_beta_and_time_at_one():
+    n = 20000
+    m = Pi0Policy(tiny_pi0(), 64)
+    t = m.sample_time(n, torch.Generator().manual_seed(0))
+    assert t.min() >= 0.001 and t.max() < 1.0
+    # Beta(1.5, 1): mean 0.6, P(t < 0.5) = 0.5 ** 1.5 = 0.354 (times are scaled into [0.001, 1]).
+    assert abs(t.mean().item() - (0.6 * 0.999 + 0.001)) < 0.01
+    assert abs((t < 0.5).float().mean().item() - 0.5 ** 1.5) < 0.015
+    m.cfg = dataclasses.replace(m.cfg, time_at_one=0.4)
+    t2 = m.sample_time(n, torch.Generator().manual_seed(0))
+    ones = t2 == 1.0
+    assert abs(ones.float().mean().item() - 0.4) < 0.015
+    assert abs(t2[~ones].mean().item() - (0.6 * 0.999 + 0.001)) < 0.01
+    assert torch.equal(t2, m.sample_time(n, torch.Generator().manual_seed(0)))  # reproducible
+    with pytest.raises(SpecError, match="time_at_one"):
+        tiny_pi0(time_at_one=1.0)
+
+
 def test_guided_sampling_inpaints_the_frozen_prefix():
     torch.manual_seed(3)
     cfg = tiny_pi0(num_steps=5)

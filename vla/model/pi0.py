@@ -52,6 +52,10 @@ class Pi0Config:
     # the model predicts a_t - s for every action dim that commands a state dim in the same unit
     # (rad or m; never the gripper), so a chunk starts where the robot is by construction.
     delta_actions: bool = False
+    # Fraction of training samples drawn at t = 1 (pure noise) instead of from Beta(1.5, 1). At
+    # t = 1 the noisy actions carry nothing, so the expert can only lower its loss by reading the
+    # observation; 0 is pi0 as published.
+    time_at_one: float = 0.0
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -63,6 +67,8 @@ class Pi0Config:
             if getattr(t, k) != getattr(e, k):
                 raise SpecError(f"pi0: expert.{k} must equal the backbone's for joint attention: "
                                 f"expected {getattr(t, k)}, got {getattr(e, k)}")
+        if not 0.0 <= self.time_at_one < 1.0:
+            raise SpecError(f"pi0: time_at_one must be in [0, 1), got {self.time_at_one}")
         if self.horizon < 1 or self.num_steps < 1 or self.cameras < 1 or self.max_tokens < 1:
             raise SpecError(f"pi0: horizon, num_steps, cameras and max_tokens must be >= 1 (got {self.horizon}, "
                             f"{self.num_steps}, {self.cameras}, {self.max_tokens})")
@@ -157,12 +163,11 @@ class Pi0Policy(nn.Module):
 
     # ---- training ----
     def sample_time(self, b: int, generator=None, device=None) -> torch.Tensor:
-        beta = torch.distributions.Beta(torch.tensor(1.5), torch.tensor(1.0))
-        if generator is None:
-            t = beta.sample((b,))
-        else:  # Beta via two Gammas is not generator-aware; use inverse CDF: F(t) = t^1.5
-            t = torch.rand(b, generator=generator) ** (1 / 1.5)
-        return (t * 0.999 + 0.001).to(device)
+        # Beta(1.5, 1) by its inverse CDF, F(t) = t^1.5 (torch's Beta sampler takes no generator).
+        t = torch.rand(b, generator=generator) ** (1 / 1.5) * 0.999 + 0.001
+        if self.cfg.time_at_one > 0:
+            t = torch.where(torch.rand(b, generator=generator) < self.cfg.time_at_one, torch.ones(b), t)
+        return t.to(device)
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample flow-matching MSE [b], over real action dims (and steps, see mask_padded_actions)."""
