@@ -6,11 +6,12 @@ from vla.sim.tasks.base import Segment, Task, TaskConfig
 from vla.sim.tasks.handover import HandoverTask
 from vla.sim.tasks.pick_place import PickPlaceTask
 from vla.sim.tasks.push import PushTask
-from vla.sim.tasks.reach import ReachTask
+from vla.sim.tasks.reach import ReachGoalTask, ReachTask
 from vla.spec import SpecError
 
 TASKS: dict[str, type[Task]] = {
     ReachTask.name: ReachTask,
+    ReachGoalTask.name: ReachGoalTask,
     PickPlaceTask.name: PickPlaceTask,
     PushTask.name: PushTask,
     HandoverTask.name: HandoverTask,

@@ -1,4 +1,12 @@
-"""reach: touch the named coloured target among three."""
+"""reach: touch the named coloured target among three.
+
+Two layouts of the same scene:
+    reach       the three targets lie anywhere in the workspace, in random colours: the
+                policy must find the named colour in the image (visual grounding).
+    reach-goal  red, green and blue always lie on their own spot, jittered a little (as
+                LIBERO-Goal: one scene, the instruction alone decides the goal): the policy
+                must read the instruction; where the named target is follows from it.
+"""
 
 from __future__ import annotations
 
@@ -69,3 +77,38 @@ class ReachTask(Task):
                 Segment(above, tol=None, speed=rng.uniform(0.8, 1.2)),
                 Segment(goal, speed=0.6, hold=20, noise=0.2)]
         return [segs]
+
+
+@dataclass(frozen=True)
+class ReachGoalConfig(ReachConfig):
+    # Each target lies within +-jitter * (the workspace's shorter side) of its spot, in x and y.
+    jitter: float = 0.08
+
+
+class ReachGoalTask(ReachTask):
+    name, env_name = "reach-goal", "ReachGoal"
+    config_cls = ReachGoalConfig
+    COLOR_ORDER = ("red", "green", "blue")  # spot 0, 1, 2: left to right along y
+
+    def spots(self) -> np.ndarray:
+        """[num_targets, 2] x/y of each colour's spot: a row across the middle of the workspace."""
+        x0, x1, y0, y1 = self.robot.workspace
+        n = self.cfg.num_targets
+        ys = np.linspace(y0 + 0.2 * (y1 - y0), y1 - 0.2 * (y1 - y0), n)
+        return np.stack([np.full(n, (x0 + x1) / 2), ys], 1)
+
+    def reset(self, model, data, rng):
+        n = self.cfg.num_targets
+        if n > len(self.COLOR_ORDER):
+            raise ValueError(f"reach-goal has spots for {len(self.COLOR_ORDER)} colours, got num_targets={n}")
+        x0, x1, y0, y1 = self.robot.workspace
+        j = self.cfg.jitter * min(x1 - x0, y1 - y0)
+        xy = self.spots() + rng.uniform(-j, j, size=(n, 2))
+        for i in range(n):
+            model.body_pos[self.bodies[i]] = [xy[i, 0], xy[i, 1], 0.005]
+            model.geom_rgba[self.geoms[i]] = COLORS[self.COLOR_ORDER[i]]
+        k = int(rng.integers(n))
+        c = self.COLOR_ORDER[k]
+        self.info = {"target": k, "color": c, "target_pos": np.array([xy[k, 0], xy[k, 1], 0.01])}
+        self.instruction = phrase(rng, TEMPLATES, c=c)
+        return self.instruction
