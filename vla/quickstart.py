@@ -1,6 +1,6 @@
 """The embedded default run behind `vla quickstart` / `launch/quickstart.sh`.
 
-    1 collect   scripted demos: arm7 + arm5 language-conditioned reach (datasets/quickstart.toml)
+    1 collect   scripted demos: arm7 + arm5 language-conditioned reach-goal (datasets/quickstart.toml)
     2 inspect   dataset summary, norm stats, contact sheet
     3 train     pi0-tiny on the demos (CPU)
     4 eval      the policy and the scripted expert on held-out seeds (suite `quickstart`), with
@@ -134,7 +134,7 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
           f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})")
 
     deploy = out / "deploy" / "quickstart.json"
-    if step(f"deploy: vla serve + vla sim-robot + vla run (arm7 reach, 50 Hz, rtc) for {deploy_seconds:.0f} s", deploy):
+    if step(f"deploy: vla serve + vla sim-robot + vla run (arm7 reach-goal, 50 Hz, rtc) for {deploy_seconds:.0f} s", deploy):
         _json(deploy, _deploy(ckpt, out / "deploy", deploy_seconds))
     d = json.loads(deploy.read_text())
     control, control_png = d["table"], d["histogram"]
@@ -165,7 +165,7 @@ def _pick_videos(videos: list[str]) -> list[str]:
 
 
 def _deploy(ckpt: Path, out: Path, seconds: float):
-    """Short real-time run of arm7 reach through `vla serve` (child) + `vla sim-robot` (child) + the loop."""
+    """Short real-time run of arm7 reach-goal through `vla serve` (child) + `vla sim-robot` (child) + the loop."""
     from vla.runtime.launch import load_launch
     from vla.runtime.run import run_deployment
 

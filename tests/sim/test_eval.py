@@ -89,7 +89,7 @@ def test_bad_policy_output_is_an_error_with_its_seed():
 
 
 def test_suites_load_and_unknown_names_list_valid_ones():
-    assert {"quickstart", "reach-lang", "pick-place", "builtin"} <= set(list_suites())
+    assert {"quickstart", "reach-goal", "reach-lang", "pick-place", "builtin"} <= set(list_suites())
     for name in list_suites():
         load_suite(name)
     with pytest.raises(SpecError, match=r"unknown suite 'nope'; valid suites are \["):

@@ -3,9 +3,9 @@
 1. collect scripted demos from two embodiments (recipe `datasets/learn.toml`);
 2. train `pi0-tiny` (and `fast-tiny`) within a wall-clock budget;
 3. evaluate on held-out seeds: the language-conditioned reach suite and pick-place;
-4. language check: the same checkpoint with instructions shuffled across episodes. On reach
-   the named colour is the only cue to which of 3 targets to touch, so a policy that uses
-   language falls to about chance (1/3) while a policy that ignores it does not move.
+4. language check: the same checkpoint with instructions shuffled across episodes. On
+   reach-goal the named colour is the only cue to which of 3 targets to touch, so a policy
+   that uses language falls to about chance (1/3) while a policy that ignores it does not move.
 5. reliance probe (offline, no simulation): the training loss on fixed demo windows as they
    are, with each window's camera images taken from another episode, and with its instruction
    taken from another episode. A loss that does not rise when an input is swapped says the
@@ -195,7 +195,7 @@ def _instruction_pool(store: str) -> list[str]:
 
 
 def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny"), minutes: float = 15.0,
-        recipe: str = "datasets/learn.toml", reach_suite: str = "reach-lang", pick_suite: str = "pick-place",
+        recipe: str = "datasets/learn.toml", reach_suite: str = "reach-goal", pick_suite: str = "pick-place",
         episodes: int = 30, workers: int = 2, steps: int | None = None) -> dict:
     from vla.config import load_preset
     from vla.runtime.policy import load_policy

@@ -120,7 +120,7 @@ def bench_learn(
     episodes: int = typer.Option(30, help="Evaluation episodes per task."),
     steps: Optional[int] = typer.Option(None, help="Step count for the LR schedule [default: the preset's]."),
 ):
-    """Collect demos (2 embodiments), train each preset within the budget, evaluate reach-lang and
+    """Collect demos (2 embodiments), train each preset within the budget, evaluate reach-goal and
     pick-place on held-out seeds, and run the language-shuffle check and the reliance probe."""
     from vla.bench.learn import run
 
