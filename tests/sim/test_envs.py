@@ -60,6 +60,32 @@ def test_instruction_names_the_distinguishing_colour():
     env.close()
 
 
+@pytest.mark.parametrize("robot", ["arm7", "arm5"])
+def test_reach_goal_puts_each_colour_on_its_spot(robot):
+    """reach-goal: red, green, blue each within the jitter of their own spot, every episode; the
+    instruction names the target, and every colour gets named across seeds."""
+    from vla.sim.scene import COLORS
+
+    env = vla.sim.make_env(robot, "reach-goal", image_size=16)
+    task = env.unwrapped.task
+    model = env.unwrapped.model
+    x0, x1, y0, y1 = task.robot.workspace
+    jitter = task.cfg.jitter * min(x1 - x0, y1 - y0)
+    spots, named = task.spots(), set()
+    assert np.min(np.diff(spots[:, 1])) > 2 * jitter + 4 * task._radius()  # spots never overlap
+    for seed in range(12):
+        obs, _ = env.reset(seed=seed)
+        for i, colour in enumerate(("red", "green", "blue")):
+            np.testing.assert_allclose(model.geom_rgba[task.geoms[i]], COLORS[colour])
+            assert np.all(np.abs(model.body_pos[task.bodies[i]][:2] - spots[i]) <= jitter + 1e-9)
+        k = task.info["target"]
+        assert task.info["color"] in obs[TASK] and task.info["color"] == ("red", "green", "blue")[k]
+        np.testing.assert_allclose(task.info["target_pos"][:2], model.body_pos[task.bodies[k]][:2])
+        named.add(task.info["color"])
+    assert named == {"red", "green", "blue"}
+    env.close()
+
+
 def test_bad_actions_raise_clear_errors():
     env = vla.sim.make_env("arm5", "reach", image_size=16, seed=0)
     with pytest.raises(ActionError, match=r"expected action of shape \(6,\), got \(5,\)"):

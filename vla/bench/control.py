@@ -67,7 +67,7 @@ def _targets(rows: list[dict]) -> dict:
 
 
 def run(*, checkpoint: str | None = None, seconds: float = 60.0, delays=(0.0, 100.0, 300.0),
-        modes=("sync", "async", "rtc"), env: str = "vla/Arm7-Reach-v0", out: str | Path = "runs/bench/control",
+        modes=("sync", "async", "rtc"), env: str = "vla/Arm7-ReachGoal-v0", out: str | Path = "runs/bench/control",
         hz: float = 50.0, image_size: int = 64, rt_priority: int = 50) -> dict:
     from vla.runtime.client import RemotePolicy
     from vla.runtime.run import child_process, free_port, run_deployment

@@ -121,7 +121,7 @@ def bench_control(
     seconds: float = typer.Option(60.0, help="Length of each run."),
     delays: str = typer.Option("0,100,300", help="Injected inference delays (ms), comma-separated."),
     modes: str = typer.Option("sync,async,rtc", help="Chunk execution modes, comma-separated."),
-    env: str = typer.Option("vla/Arm7-Reach-v0", help="Sim robot env."),
+    env: str = typer.Option("vla/Arm7-ReachGoal-v0", help="Sim robot env (the quickstart checkpoint learned reach-goal)."),
     out: Path = typer.Option(Path("runs/bench/control"), help="Folder for the runs' logs and plots."),
     rt_priority: int = typer.Option(50, help="SCHED_FIFO priority of the control thread (0 = normal scheduling)."),
 ):
