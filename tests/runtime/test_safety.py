@@ -32,6 +32,19 @@ def test_joint_velocity_and_acceleration_limits():
     assert np.allclose(out, [0.1, 1, 0]) and g.counts["acceleration_limit"] == 1  # a0: v <= 10 * 0.1 = 1 unit/s
 
 
+def test_limit_margin_spares_the_gripper():
+    """The margin keeps joints inside their limits; a gripper's 0 (open) / 1 (closed) pass untouched."""
+    from vla.spec import Dim, Embodiment
+
+    emb = Embodiment(name="g", state=EMB.state[:2],
+                     actions=(Dim("j", "rad", -1.0, 1.0), Dim("gripper", "1", 0.0, 1.0)), cameras=EMB.cameras,
+                     control_hz=EMB.control_hz)
+    f = SafetyFilter(emb, SafetyConfig(limit_margin=0.01), dt=0.02, initial=[0.0, 0.0])
+    for tick, (a, want) in enumerate((([0.5, 0.0], [0.5, 0.0]), ([0.5, 1.0], [0.5, 1.0]), ([1.0, 0.0], [0.99, 0.0]))):
+        assert np.allclose(f.filter(tick, a), want)
+    assert f.counts["position_limit"] == 1 and f.events[0].dims == [0]
+
+
 def test_config_errors_name_the_key():
     with pytest.raises(SpecError, match="max_velocity"):
         SafetyConfig(max_velocity=-1)

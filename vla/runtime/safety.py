@@ -2,7 +2,8 @@
 
 In order, per tick:
   1. shape / NaN / Inf: a bad action is rejected and the robot holds its last safe command;
-  2. joint limits: clamp to the embodiment's `Dim.low/high` (shrunk by `limit_margin`);
+  2. joint limits: clamp to the embodiment's `Dim.low/high` (joint dims, unit rad or m, shrunk by
+     `limit_margin`; a gripper's 0..1 command keeps its full range, so "open" is not an intervention);
   3. velocity: |a_t - a_{t-1}| <= max_velocity * dt per dim;
   4. acceleration: |v_t - v_{t-1}| <= max_acceleration * dt per dim.
 Holds (watchdog, e-stop, no plan yet) re-send the last safe command. Every intervention is
@@ -28,13 +29,14 @@ log = logging.getLogger(__name__)
 
 KINDS = ("nonfinite", "bad_shape", "position_limit", "velocity_limit", "acceleration_limit", "watchdog_hold", "estop")
 MAX_EVENTS = 100_000
+JOINT_UNITS = ("rad", "m")  # dims limit_margin applies to
 
 
 @dataclass(frozen=True)
 class SafetyConfig:
     max_velocity: float | list | dict = math.inf  # action units per second
     max_acceleration: float | list | dict = math.inf  # action units per second^2
-    limit_margin: float = 0.0  # keep this far inside the embodiment's joint limits
+    limit_margin: float = 0.0  # keep this far inside the embodiment's joint limits (dims in rad or m)
     watchdog_s: float = 0.5  # hold when a requested chunk is this late or the policy is unreachable
     estop_key: str = "e"  # key (in a terminal) that triggers the e-stop; SIGUSR1 does too
 
@@ -85,8 +87,9 @@ class Intervention:
 class SafetyFilter:
     def __init__(self, emb: Embodiment, cfg: SafetyConfig, dt: float, *, initial: np.ndarray | None = None):
         self.emb, self.cfg, self.dt = emb, cfg, float(dt)
-        self.low = np.array([d.low for d in emb.actions], np.float64) + cfg.limit_margin
-        self.high = np.array([d.high for d in emb.actions], np.float64) - cfg.limit_margin
+        margin = np.array([cfg.limit_margin if d.unit in JOINT_UNITS else 0.0 for d in emb.actions])
+        self.low = np.array([d.low for d in emb.actions], np.float64) + margin
+        self.high = np.array([d.high for d in emb.actions], np.float64) - margin
         self.vmax = per_dim(cfg.max_velocity, emb, "max_velocity")
         self.amax = per_dim(cfg.max_acceleration, emb, "max_acceleration")
         self.counts = {k: 0 for k in KINDS}
