@@ -84,6 +84,10 @@ def test_reach_goal_puts_each_colour_on_its_spot(robot):
         named.add(task.info["color"])
     assert named == {"red", "green", "blue"}
     env.close()
+    from vla.sim.tasks.reach import ReachGoalConfig, ReachGoalTask
+
+    with pytest.raises(SpecError, match="spots for 3 colours, got num_targets=4"):
+        ReachGoalTask(task.robot, ReachGoalConfig(num_targets=4))
 
 
 def test_bad_actions_raise_clear_errors():

@@ -6,7 +6,8 @@ the timed call (as the runtime does); the horizon is set to 50 whatever the pres
 model runs in its own spawned process so its peak RSS is its own.
 With `compile`, each pi0 preset is also timed through `torch.compile` (as `vla serve
 --compile` runs it), with the one-time compile reported in seconds; its process then starts
-from inductor's on-disk cache if an earlier run left one (compile_s says which it was).
+from inductor's on-disk cache if an earlier run left one (compile_s says which it was). The
+compiled path gets the same prefix / step split from a second, 1-step compiled chunk.
 Models are randomly initialized from the presets (latency does not depend on the weights; for
 FAST the decode is forced to a fixed token count, the typical length of a 50-step chunk).
 """
@@ -85,8 +86,15 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
             t0 = time.perf_counter()
             chunk(True, sample)
             compile_s = time.perf_counter() - t0
-            compiled = {"chunk_ms_compiled": round(_median_ms(lambda: chunk(True, sample), reps), 1),
-                        "compile_s": round(compile_s, 1)}
+            full = _median_ms(lambda: chunk(True, sample), reps)
+            # The same split on the compiled path: a 1-step chunk is prefix + one step.
+            one = torch.compile(functools.partial(type(model).sample_actions.__wrapped__, model, num_steps=1),
+                                dynamic=False)
+            chunk(True, one)
+            step_c = (full - _median_ms(lambda: chunk(True, one), reps)) / (cfg.num_steps - 1)
+            compiled = {"chunk_ms_compiled": round(full, 1), "compile_s": round(compile_s, 1),
+                        "cached_step_ms_compiled": round(step_c, 2),
+                        "cached_step_over_prefix_compiled": round(step_c / (full - cfg.num_steps * step_c), 3)}
     return {
         "preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
         "model_image_size": size, "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,

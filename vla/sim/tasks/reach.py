@@ -16,6 +16,7 @@ import numpy as np
 
 from vla.sim.scene import COLORS, CYLINDER, add_marker, pick_colors, sample_xy
 from vla.sim.tasks.base import Segment, Task, TaskConfig, phrase, via_point
+from vla.spec import SpecError
 
 TEMPLATES = (
     "touch the {c} target",
@@ -54,10 +55,15 @@ class ReachTask(Task):
         self.geoms = [model.geom(f"target{i}").id for i in range(self.cfg.num_targets)]
         self.grip = model.site(self.robot.arms[0].site).id
 
-    def reset(self, model, data, rng):
+    def layout(self, rng) -> tuple[np.ndarray, list[str]]:
+        """Where the targets go ([n, 2] x/y) and their colours."""
         n = self.cfg.num_targets
         xy = sample_xy(rng, n, self.robot.workspace, min_dist=4 * self._radius(), max_reach=self.robot.max_reach)
-        colors = pick_colors(rng, n)
+        return xy, pick_colors(rng, n)
+
+    def reset(self, model, data, rng):
+        n = self.cfg.num_targets
+        xy, colors = self.layout(rng)
         for i in range(n):
             model.body_pos[self.bodies[i]] = [xy[i, 0], xy[i, 1], 0.005]
             model.geom_rgba[self.geoms[i]] = COLORS[colors[i]]
@@ -90,6 +96,11 @@ class ReachGoalTask(ReachTask):
     config_cls = ReachGoalConfig
     COLOR_ORDER = ("red", "green", "blue")  # spot 0, 1, 2: left to right along y
 
+    def __init__(self, robot, config=None):
+        super().__init__(robot, config)
+        if self.cfg.num_targets > len(self.COLOR_ORDER):
+            raise SpecError(f"reach-goal has spots for {len(self.COLOR_ORDER)} colours, got num_targets={self.cfg.num_targets}")
+
     def spots(self) -> np.ndarray:
         """[num_targets, 2] x/y of each colour's spot: a row across the middle of the workspace."""
         x0, x1, y0, y1 = self.robot.workspace
@@ -97,18 +108,8 @@ class ReachGoalTask(ReachTask):
         ys = np.linspace(y0 + 0.2 * (y1 - y0), y1 - 0.2 * (y1 - y0), n)
         return np.stack([np.full(n, (x0 + x1) / 2), ys], 1)
 
-    def reset(self, model, data, rng):
-        n = self.cfg.num_targets
-        if n > len(self.COLOR_ORDER):
-            raise ValueError(f"reach-goal has spots for {len(self.COLOR_ORDER)} colours, got num_targets={n}")
+    def layout(self, rng):
         x0, x1, y0, y1 = self.robot.workspace
         j = self.cfg.jitter * min(x1 - x0, y1 - y0)
-        xy = self.spots() + rng.uniform(-j, j, size=(n, 2))
-        for i in range(n):
-            model.body_pos[self.bodies[i]] = [xy[i, 0], xy[i, 1], 0.005]
-            model.geom_rgba[self.geoms[i]] = COLORS[self.COLOR_ORDER[i]]
-        k = int(rng.integers(n))
-        c = self.COLOR_ORDER[k]
-        self.info = {"target": k, "color": c, "target_pos": np.array([xy[k, 0], xy[k, 1], 0.01])}
-        self.instruction = phrase(rng, TEMPLATES, c=c)
-        return self.instruction
+        n = self.cfg.num_targets
+        return self.spots() + rng.uniform(-j, j, size=(n, 2)), list(self.COLOR_ORDER[:n])
