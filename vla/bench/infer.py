@@ -81,15 +81,17 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
     if compile:
         import functools
 
-        sample = torch.compile(functools.partial(type(model).sample_actions.__wrapped__, model), dynamic=False)
+        def compiled_sampler(**kw):  # as the runtime compiles it (vla.runtime.policy)
+            return torch.compile(functools.partial(type(model).sample_actions.__wrapped__, model, **kw), dynamic=False)
+
+        sample = compiled_sampler()
         with torch.inference_mode():
             t0 = time.perf_counter()
             chunk(True, sample)
             compile_s = time.perf_counter() - t0
             full = _median_ms(lambda: chunk(True, sample), reps)
             # The same split on the compiled path: a 1-step chunk is prefix + one step.
-            one = torch.compile(functools.partial(type(model).sample_actions.__wrapped__, model, num_steps=1),
-                                dynamic=False)
+            one = compiled_sampler(num_steps=1)
             chunk(True, one)
             step_c = (full - _median_ms(lambda: chunk(True, one), reps)) / (cfg.num_steps - 1)
             compiled = {"chunk_ms_compiled": round(full, 1), "compile_s": round(compile_s, 1),
