@@ -30,7 +30,7 @@ def test_expert_eval_writes_json_chart_and_videos(tmp_path):
     assert row["successes"] == 2 and row["success_rate"] == 1.0 and row["mean_length"] > 0
     assert json.loads((tmp_path / "r.json").read_text())["overall"]["successes"] == 2
     assert (tmp_path / "r.png").stat().st_size > 1000
-    assert len(r["videos"]) == 1 and (tmp_path / "v").glob("*.mp4")
+    assert len(r["videos"]) == 1 and [str(p) for p in (tmp_path / "v").glob("*.mp4")] == r["videos"]
     assert "arm5/reach" in format_results(r)
 
 
@@ -74,6 +74,27 @@ def test_chunks_execute_open_loop_for_replan_every_steps():
     p2 = Counting(h=4)
     evaluate(p2, _suite(episodes=1), progress=False)  # default: half the chunk
     assert p2.calls == -(-n // 2)
+
+
+def test_each_evaluate_call_builds_its_own_policy_from_its_factory():
+    built = []
+
+    def factory(tag):
+        def make():
+            p = Counting(h=4)
+            p.tag = tag
+            built.append(p)
+            return p
+        return make
+
+    first, second = factory("first"), factory("second")
+    evaluate(first, _suite(episodes=2), progress=False)
+    evaluate(second, _suite(episodes=2), progress=False)  # workers=1: runs in this process, as the first did
+    # One build per evaluate() call (shared by its episodes), each from its own factory.
+    assert [p.tag for p in built] == ["first", "second"]
+    assert built[0].calls > 0 and built[1].calls > 0
+    evaluate(first, _suite(episodes=1), progress=False)  # the same factory again: a fresh policy
+    assert [p.tag for p in built] == ["first", "second", "first"] and built[2].calls > 0
 
 
 def test_bad_policy_output_is_an_error_with_its_seed():

@@ -29,7 +29,6 @@ from vla.spec import SpecError
 log = logging.getLogger(__name__)
 
 _ENVS: dict = {}
-_POLICY: dict = {}
 
 
 def _policy(context: dict, env, seed: int):
@@ -42,9 +41,12 @@ def _policy(context: dict, env, seed: int):
         return make_expert(env, seed=seed)
     if hasattr(p, "infer"):
         return p
-    if "built" not in _POLICY:  # one policy per worker process, built from the factory
-        _POLICY["built"] = p()
-    return _POLICY["built"]
+    # One policy per evaluate() call and process: `built` lives in this call's context, which each
+    # worker process gets its own copy of, so a later evaluate() with another factory builds anew.
+    built = context["built"]
+    if "policy" not in built:
+        built["policy"] = p()
+    return built["policy"]
 
 
 def _eval_job(context: dict, job: dict) -> dict:
@@ -91,7 +93,7 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
     if workers > 1 and not isinstance(policy, str) and hasattr(policy, "infer"):
         raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
     size = image_size or cfg.image_size
-    context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every}
+    context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every, "built": {}}
     jobs = [{"robot": t.robot, "task": t.task, "seed": cfg.seed + i * SEED_STRIDE + k, "video": bool(videos) and num_videos > 0}
             for i, t in enumerate(cfg.tasks) for k in range(t.episodes)]
     per: dict[str, dict] = {f"{t.robot}/{t.task}": {"robot": t.robot, "task": t.task, "episodes": 0, "successes": 0,
