@@ -122,3 +122,46 @@ def test_unreachable_server_is_policy_unavailable():
 
     with pytest.raises(PolicyUnavailable, match="cannot reach"):
         RemotePolicy(f"ws://127.0.0.1:{free_port()}", connect_timeout_s=1)
+
+
+class CrashingServer(PolicyServer):
+    """Serves normally until `crash` is set, then its serving coroutine fails (as a lost socket would)."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.crash = threading.Event()
+
+    async def _run(self):
+        import asyncio
+
+        serving = asyncio.ensure_future(super()._run())
+        while not self.crash.is_set():
+            await asyncio.sleep(0.01)
+        serving.cancel()
+        raise OSError("socket lost")
+
+
+def test_a_crash_after_startup_is_logged_and_raised_not_lost(caplog):
+    srv = CrashingServer(StubPolicy(), ServerConfig(port=0)).start()
+    assert urllib.request.urlopen(f"http://127.0.0.1:{srv.port}/healthz", timeout=5).read() == b"OK\n"
+    assert srv.error is None
+    srv.raise_if_failed()  # nothing yet
+    with caplog.at_level("ERROR", logger="vla.runtime.server"):
+        srv.crash.set()
+        srv._thread.join(5)
+    assert not srv._thread.is_alive()
+    assert isinstance(srv.error, OSError) and "socket lost" in str(srv.error)
+    assert any(r.levelname == "ERROR" and "crashed" in r.getMessage() for r in caplog.records)
+    with pytest.raises(RuntimeError, match="policy server crashed: OSError: socket lost"):
+        srv.url
+    with pytest.raises(RuntimeError, match="policy server crashed: OSError: socket lost"):
+        srv.stop()
+
+
+def test_a_failed_start_raises_from_start():
+    taken = PolicyServer(StubPolicy(), ServerConfig(port=0)).start()
+    try:
+        with pytest.raises(RuntimeError, match="policy server failed to start"):
+            PolicyServer(StubPolicy(), ServerConfig(port=taken.port)).start()
+    finally:
+        taken.stop()

@@ -3,6 +3,9 @@
     server = PolicyServer(load_policy(ckpt), ServerConfig(port=8000, api_key="secret"))
     server.serve_forever()          # or .start() / .stop() to run it in a background thread
 
+In the background, a crash of the server thread after it started is logged, kept in `.error`,
+and raised again by `.raise_if_failed()`, `.stop()` and `.url`, so it is never lost.
+
 Protocol (as openpi): on connect the server sends the packed metadata dict first; then each
 binary message is one observation (a map of frame keys; the instruction as `task` or openpi's
 `prompt`) and each reply the packed dict `{"actions": float32 [h, a], "malformed", "policy_timing",
@@ -106,7 +109,7 @@ class PolicyServer:
         self._thread: threading.Thread | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._stop: asyncio.Event | None = None
-        self._startup_error: BaseException | None = None
+        self._error: BaseException | None = None  # why serve_forever() ended, if it failed
 
     # ---- HTTP side: health check and API key ----
     def _process_request(self, connection, request):
@@ -188,36 +191,55 @@ class PolicyServer:
         try:
             asyncio.run(self._run())
         except BaseException as e:
-            self._startup_error = e
+            self._error = e
+            if self._ready.is_set() and isinstance(e, Exception):  # it was serving: clients now get refused; say why
+                log.error("policy server on port %s crashed: %s: %s", self.port, type(e).__name__, e, exc_info=e)
             self._ready.set()
             raise
         finally:
             self._pool.shutdown(wait=False, cancel_futures=True)
 
     # ---- background use (tests, local isolation) ----
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the server (a failed start or a crash), or None."""
+        return self._error
+
+    def raise_if_failed(self) -> None:
+        """Raise RuntimeError (chained to the cause) if the server failed to start or crashed."""
+        e = self._error
+        if e is not None:
+            when = "crashed" if self.port is not None else "failed to start"
+            raise RuntimeError(f"policy server {when}: {type(e).__name__}: {e}") from e
+
     def start(self, timeout_s: float = 10.0) -> "PolicyServer":
         def target():
             try:
                 self.serve_forever()
-            except Exception:
+            except BaseException:  # kept in self._error (and logged if it was serving); raised by the methods below
                 pass
 
         self._thread = threading.Thread(target=target, name="policy-server", daemon=True)
         self._thread.start()
         if not self._ready.wait(timeout_s):
             raise TimeoutError(f"policy server did not start within {timeout_s} s")
-        if self._startup_error is not None:
-            raise RuntimeError(f"policy server failed to start: {self._startup_error}") from self._startup_error
+        self.raise_if_failed()
         return self
 
     def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop a background server; raises (see raise_if_failed) if it had crashed meanwhile."""
         if self._loop is not None and self._stop is not None:
-            self._loop.call_soon_threadsafe(self._stop.set)
+            try:
+                self._loop.call_soon_threadsafe(self._stop.set)
+            except RuntimeError:  # the loop is closed: the server already ended (see raise_if_failed)
+                pass
         if self._thread is not None:
             self._thread.join(timeout_s)
+        self.raise_if_failed()
 
     @property
     def url(self) -> str:
+        self.raise_if_failed()
         return f"ws://{self.config.host}:{self.port}"
 
 
