@@ -2,7 +2,7 @@ import msgpack
 import numpy as np
 import pytest
 
-from vla.runtime.wire import WireError, packb, unpackb
+from vla_client.wire import WireError, packb, unpackb  # also importable as vla.runtime.wire
 
 
 def test_roundtrip_arrays_scalars_and_nesting():
@@ -51,8 +51,8 @@ def test_robot_side_modules_never_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, vla.runtime.client, vla.runtime.wire, vla.runtime.run, vla.runtime.control, "
-            "vla.runtime.robot; bad = [m for m in ('torch', 'mujoco', 'vla.model') if m in sys.modules]; "
+    code = ("import sys, vla_client, vla.runtime.client, vla.runtime.wire, vla.runtime.run, vla.runtime.control, "
+            "vla.runtime.robot; bad = [m for m in ('torch', 'mujoco', 'transformers', 'vla.model') if m in sys.modules]; "
             "assert not bad, bad")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
