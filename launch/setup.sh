@@ -16,14 +16,16 @@ if [ ! -x .venv/bin/python ]; then
 fi
 # Only reinstall when the project's requirements changed since the last install.
 STAMP=.venv/.vla-installed
-HASH="$(sha256sum pyproject.toml launch/setup.sh | sha256sum | cut -c1-16)"
+HASH="$(sha256sum pyproject.toml packages/vla-client/pyproject.toml launch/setup.sh | sha256sum | cut -c1-16)"
 if [ ! -f "$STAMP" ] || [ "$(cat "$STAMP")" != "$HASH" ]; then
   echo "[setup] installing torch 2.13.0 (CPU build) and the project"
   .venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
   # The CPU torch first, so the range in pyproject.toml does not pull a multi-GB CUDA build.
   .venv/bin/python -m pip install -q "torch==2.13.0" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -m pip install -q -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
-  .venv/bin/python -c "import vla, torch, zarr, av, pyarrow" 
+  # The robot-side client is its own distribution (packages/vla-client) that vla depends on: install
+  # both from this checkout in one go, so pip never looks for `vla-client` on an index.
+  .venv/bin/python -m pip install -q -e ./packages/vla-client -e ".[test]" 2>&1 | grep -v '^WARNING: Location' || true
+  .venv/bin/python -c "import vla, vla_client, torch, zarr, av, pyarrow"
   echo "$HASH" > "$STAMP"
 fi
 export PATH="$ROOT/.venv/bin:$PATH"

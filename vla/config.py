@@ -14,14 +14,16 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from vla.spec import SpecError, read_toml
+from vla.resources import content_dir, load_toml
+from vla.spec import SpecError
 
 POLICY_TYPES = ("pi0", "fast")  # vla.model.registry.POLICIES holds their classes
 NORM_MODES = ("zscore", "quantile")  # as vla.data.stats.MODES
 
 
 def presets_dir() -> Path:
-    return Path(__file__).resolve().parent.parent / "policies"
+    """The folder of built-in policy presets (policies/, installed with the package)."""
+    return content_dir("policies")
 
 
 @dataclass(frozen=True)
@@ -56,13 +58,7 @@ class Preset:
 
 
 def load_preset(name_or_path: str | Path, overrides: dict | None = None) -> Preset:
-    p = Path(name_or_path)
-    if p.suffix != ".toml" and not p.exists():
-        p = presets_dir() / f"{name_or_path}.toml"
-        if not p.exists():
-            known = sorted(x.stem for x in presets_dir().glob("*.toml"))
-            raise SpecError(f"unknown policy preset {str(name_or_path)!r}; presets: {known}, or pass a .toml path")
-    d = read_toml(p, "preset file")
+    d, p = load_toml(name_or_path, "preset")
     d.setdefault("name", p.stem)
     for section, values in (overrides or {}).items():
         d.setdefault(section, {}).update(values)

@@ -8,7 +8,8 @@
     5 deploy    `vla serve` + `vla sim-robot` + `vla run` for a short real-time run
     6 report    runs/<name>/report.html
 Each step writes its outputs under the run folder and is skipped when they exist
-(`--force` redoes everything).
+(`--force` redoes everything). Progress lines go to the `vla.quickstart` logger at INFO; the
+`vla quickstart` command shows them on stdout as plain text.
 """
 
 from __future__ import annotations
@@ -22,15 +23,12 @@ import time
 from pathlib import Path
 
 from vla.report import build_report
+from vla.resources import content_dir
 
 log = logging.getLogger(__name__)
 
 RECIPE = "datasets/quickstart.toml"
 SUITE = "quickstart"
-
-
-def _root() -> Path:
-    return Path(__file__).resolve().parent.parent
 
 
 class _Steps:
@@ -53,13 +51,13 @@ class _Steps:
         return sum(self.times.values())
 
     def __call__(self, title: str, marker: Path | None = None) -> bool:
-        """Print the step header; True when the step must run (its marker output is missing)."""
+        """Log the step header; True when the step must run (its marker output is missing)."""
         self._lap()
         self.n += 1
         self.current = title.split(" ")[0].rstrip(":")
         done = marker is not None and marker.exists() and not self.force
         self.ran = not done
-        print(f"\n[{self.n}/{self.count}] {title}" + ("  (done already; --force redoes it)" if done else ""), flush=True)
+        log.info(f"\n[{self.n}/{self.count}] {title}" + ("  (done already; --force redoes it)" if done else ""))
         return not done
 
 
@@ -91,7 +89,7 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
     if step(f"collect scripted demos ({RECIPE}) -> {demos}", demos):
         tmp = demos.with_name("demos.partial")
         shutil.rmtree(tmp, ignore_errors=True)
-        collect(str(_root() / RECIPE), str(tmp), workers=workers)
+        collect(str(content_dir("datasets") / Path(RECIPE).name), str(tmp), workers=workers)
         tmp.rename(demos)
 
     if step("inspect the dataset (vla data info)", out / "dataset.json"):
@@ -100,8 +98,8 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
         contact_sheet(s, out / "contact_sheet.png")
         _json(out / "dataset.json", s.summary())
     dataset = json.loads((out / "dataset.json").read_text())
-    print(f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
-          f"{len(dataset['tasks'])} instructions; contact sheet {out / 'contact_sheet.png'}")
+    log.info(f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
+             f"{len(dataset['tasks'])} instructions; contact sheet {out / 'contact_sheet.png'}")
 
     if step(f"train pi0-tiny on the CPU for {train_minutes:g} minutes (at most {steps} steps) -> {ckpt}",
             ckpt / "config.json"):
@@ -121,24 +119,24 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
         factory.name = "pi0-tiny"  # shown in tables and charts
         pol = evaluate(factory, SUITE, episodes=episodes, workers=workers, json_out=ev / "policy.json",
                        videos=ev / "videos", num_videos=2)
-        print(format_results(pol))
+        log.info(format_results(pol))
         exp = evaluate("expert", SUITE, episodes=episodes, workers=workers, json_out=ev / "expert.json")
-        print(format_results(exp))
+        log.info(format_results(exp))
         pool = EpisodeStore.open(demos).tasks
         lang = language_check(ckpt, SUITE, pool, episodes=episodes, workers=workers, normal=pol)
         _json(ev / "language.json", {**lang, "probe": reliance_probe(ckpt, demos), "goal": goal_error(ckpt, demos)})
     pol = json.loads((ev / "policy.json").read_text())
     exp = json.loads((ev / "expert.json").read_text())
     lang = json.loads((ev / "language.json").read_text())
-    print(f"    policy success {pol['overall']['success_rate']:.0%}, expert {exp['overall']['success_rate']:.0%}; "
-          f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})")
+    log.info(f"    policy success {pol['overall']['success_rate']:.0%}, expert {exp['overall']['success_rate']:.0%}; "
+             f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})")
 
     deploy = out / "deploy" / "quickstart.json"
     if step(f"deploy: vla serve + vla sim-robot + vla run (arm7 reach-goal, 50 Hz, rtc) for {deploy_seconds:.0f} s", deploy):
         _json(deploy, _deploy(ckpt, out / "deploy", deploy_seconds))
     d = json.loads(deploy.read_text())
     control, control_png = d["table"], d["histogram"]
-    print("    " + "; ".join(f"{k}: {v}" for k, v in control.items()))
+    log.info("    " + "; ".join(f"{k}: {v}" for k, v in control.items()))
 
     step("write the report")
     step._lap()
@@ -152,7 +150,7 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
         dataset=dataset, contact_sheet=str(out / "contact_sheet.png"), training=training,
         loss_png=str(ckpt / "loss.png"), eval_policy=pol, eval_expert=exp, eval_chart=pol.get("chart"),
         videos=_pick_videos(videos), language=lang, control=control, control_png=control_png)
-    print(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s. Report: {report}")
+    log.info(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s. Report: {report}")
     return {"report": str(report), "policy": pol["overall"], "expert": exp["overall"], "language": lang,
             "control": control}
 

@@ -35,6 +35,8 @@ def read_toml(path: str | Path, what: str = "file") -> dict:
         return tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise SpecError(f"{what} not found: {path}") from None
+    except OSError as e:  # a directory, no permission ...
+        raise SpecError(f"cannot read {what} {path}: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise SpecError(f"{path}: invalid TOML: {e}") from None
 
@@ -183,20 +185,21 @@ class Embodiment:
 
 
 def embodiment_dir() -> Path:
-    """The repository's `envs/embodiments/` folder of built-in embodiment TOMLs."""
-    return Path(__file__).resolve().parent.parent / "envs" / "embodiments"
+    """The folder of built-in embodiment TOMLs (envs/embodiments/, installed with the package)."""
+    from vla.resources import content_dir  # vla.resources imports this module
+
+    return content_dir("envs/embodiments")
 
 
 def load_embodiment(name_or_path: str | Path) -> Embodiment:
     """Load an embodiment by built-in name (envs/embodiments/<name>.toml) or TOML path."""
-    p = Path(name_or_path)
-    if p.suffix == ".toml" or p.exists():
-        return Embodiment.from_toml(p)
-    candidate = embodiment_dir() / f"{name_or_path}.toml"
-    if candidate.exists():
-        return Embodiment.from_toml(candidate)
-    known = sorted(x.stem for x in embodiment_dir().glob("*.toml"))
-    raise SpecError(f"unknown embodiment {str(name_or_path)!r}; built-in ones are {known}, or pass a .toml path")
+    from vla.resources import load_toml  # vla.resources imports this module
+
+    d, p = load_toml(name_or_path, "embodiment")
+    try:
+        return Embodiment.from_dict(d)
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None
 
 
 class PolicyLike(Protocol):

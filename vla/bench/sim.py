@@ -12,13 +12,11 @@ import platform
 import tempfile
 import time
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-# Mesa llvmpipe: render in the calling thread. Its worker threads only add sync cost at these image
-# sizes (measured: ~530 vs ~470 renders/s at 96x96 on 2 cores) and oversubscribe parallel workers.
-os.environ.setdefault("LP_NUM_THREADS", "0")
+from vla.sim.gl import ensure_offscreen_gl
+
+ensure_offscreen_gl()  # before mujoco is imported: it picks its GL backend then
 
 import mujoco  # noqa: E402
-import numpy as np  # noqa: E402
 
 log = logging.getLogger(__name__)
 

@@ -12,10 +12,8 @@ from pathlib import Path
 
 import typer
 
-from vla.cli import data, train
-from vla.cli import sim
-from vla.cli import runtime
-from vla.cli.common import bench_app, fail, user_errors
+from vla.cli import data, runtime, sim, train
+from vla.cli.common import bench_app, fail, show_on_stdout, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.")
@@ -43,6 +41,7 @@ def quickstart(
     and write runs/<name>/report.html. Finished steps are skipped on re-runs."""
     from vla.quickstart import run_quickstart
 
+    show_on_stdout("vla.quickstart")
     try:
         run_quickstart(out, force=force, train_minutes=train_minutes, steps=steps, episodes=episodes,
                        deploy_seconds=deploy_seconds)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import sys
 from pathlib import Path
 from typing import Optional
 
@@ -14,6 +16,32 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints JSON
 def fail(msg: str) -> None:
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
     raise typer.Exit(2)
+
+
+class _StdoutHandler(logging.StreamHandler):
+    """Plain lines on whatever sys.stdout is when a record arrives (a test runner swaps it)."""
+
+    def __init__(self):
+        super().__init__()
+        self.setFormatter(logging.Formatter("%(message)s"))
+
+    @property
+    def stream(self):
+        return sys.stdout
+
+    @stream.setter
+    def stream(self, _value) -> None:
+        pass
+
+
+def show_on_stdout(logger: str) -> None:
+    """Show a library logger's INFO lines on stdout as plain text: a command's own progress report.
+    The library only logs; the command decides which lines are its console output."""
+    lg = logging.getLogger(logger)
+    if not any(isinstance(h, _StdoutHandler) for h in lg.handlers):
+        lg.addHandler(_StdoutHandler())
+    lg.setLevel(logging.INFO)
+    lg.propagate = False  # not a second time, prefixed, on stderr through the root handler
 
 
 def user_errors() -> tuple[type[BaseException], ...]:

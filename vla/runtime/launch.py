@@ -19,15 +19,17 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from vla.resources import content_dir, load_toml
 from vla.runtime.chunking import ChunkingConfig
 from vla.runtime.control import ControlConfig
 from vla.runtime.robot import RobotConfig
 from vla.runtime.safety import SafetyConfig
-from vla.spec import SpecError, read_toml
+from vla.spec import SpecError
 
 
 def launch_dir() -> Path:
-    return Path(__file__).resolve().parent.parent.parent / "launch"
+    """The folder of built-in launch files (launch/, installed with the package)."""
+    return content_dir("launch")
 
 
 @dataclass(frozen=True)
@@ -146,12 +148,6 @@ def load_launch(launch: str | Path | dict, overrides: dict | None = None) -> Lau
     if isinstance(launch, dict):
         d, source = launch, "launch"
     else:
-        p = Path(launch)
-        if not p.exists() and p.suffix != ".toml" and (launch_dir() / f"{launch}.toml").exists():
-            p = launch_dir() / f"{launch}.toml"
-        if not p.exists():
-            known = sorted(x.stem for x in launch_dir().glob("*.toml"))
-            raise SpecError(f"launch file not found: {launch}; built-in ones are {known}")
-        d = read_toml(p, "launch file")
+        d, p = load_toml(launch, "launch")
         source = str(p)
     return parse_launch(_merge(d, overrides or {}), source=source)

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 import select
 import socket
 import time
@@ -32,7 +31,6 @@ from vla.runtime.robot import DONE, SUCCESS
 from vla.runtime.wire import WireError, recv_frame, send_frame, str_keys
 from vla.spec import SpecError
 
-os.environ.setdefault("MUJOCO_GL", "egl")  # before anything imports mujoco (software EGL when headless)
 log = logging.getLogger(__name__)
 
 MAX_CLIENTS = 4
@@ -55,8 +53,9 @@ def env_pair(env_id: str) -> tuple[str, str]:
 class SimRobotServer:
     def __init__(self, env_id: str, *, host: str = "127.0.0.1", port: int = 9100, image_size: int = 64,
                  seed: int = 0, physics_hz: float = 100.0):
-        from vla.sim import make_env
+        from vla.sim import make_env  # first: importing vla.sim chooses offscreen GL before mujoco loads
 
+        # isort: split
         import mujoco
 
         self._mj = mujoco

@@ -11,14 +11,9 @@ Gymnasium ids (`vla/Arm7-Reach-v0`, ...) are registered when this package is imp
 
 from __future__ import annotations
 
-import logging
-import os
+from vla.sim.gl import ensure_offscreen_gl
 
-os.environ.setdefault("MUJOCO_GL", "egl")
-# Mesa llvmpipe: render in the calling thread. Its worker threads only add sync cost at these image
-# sizes (measured: ~530 vs ~470 renders/s at 96x96 on 2 cores) and oversubscribe parallel workers.
-os.environ.setdefault("LP_NUM_THREADS", "0")
-logging.getLogger("OpenGL").setLevel(logging.WARNING)  # PyOpenGL logs an INFO line per process otherwise
+ensure_offscreen_gl()  # before any sim module imports mujoco
 
 from vla.sim.registry import builtin_pairs, env_id, list_robots, list_tasks, make_env, register_all  # noqa: E402
 

@@ -31,15 +31,15 @@ import numpy as np
 from tqdm import tqdm
 
 from vla.data.store import EpisodeStore
+from vla.resources import load_toml
 from vla.sim.registry import embodiment_for, make_env
 from vla.sim.rollout import run_episode
 from vla.sim.suites import parse_tasks
 from vla.sim.workers import run_jobs
-from vla.spec import SpecError, read_toml
+from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
 
-DATASETS_DIR = Path(__file__).resolve().parent.parent.parent / "datasets"
 SEED_STRIDE = 100_000  # seeds of task i are seed + i * SEED_STRIDE + episode
 
 
@@ -72,13 +72,8 @@ class RecipeConfig:
 
 
 def load_recipe(name_or_path: str | Path) -> RecipeConfig:
-    p = Path(name_or_path)
-    if not p.exists() and p.suffix != ".toml":
-        p = DATASETS_DIR / f"{name_or_path}.toml"
-    if not p.exists():
-        known = sorted(x.stem for x in DATASETS_DIR.glob("*.toml"))
-        raise SpecError(f"recipe not found: {name_or_path}; built-in recipes are {known}, or pass a .toml path")
-    d = read_toml(p, "recipe")
+    """A recipe by built-in name (datasets/<name>.toml) or TOML path."""
+    d, p = load_toml(name_or_path, "recipe")
     known = {"name", "description", "image_size", "seed", "keep_failed", "after_success", "episodes", "noise", "tasks"}
     if set(d) - known:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")
@@ -135,14 +130,16 @@ def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: 
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"collect {recipe.name}", unit="ep", disable=not progress)
     try:
-        for job, ep, err in run_jobs(_collect_job, {"image_size": recipe.image_size, "after_success": recipe.after_success}, jobs, workers=workers):
+        context = {"image_size": recipe.image_size, "after_success": recipe.after_success}
+        for job, ep, err in run_jobs(_collect_job, context, jobs, workers=workers):
             s = stats[f"{job['robot']}/{job['task']}"]
             s["attempted"] += 1
             bar.update(1)
             if err is not None:
                 s["crashed"] += 1
-                crashed.append({"robot": job["robot"], "task": job["task"], "seed": job["seed"], "error": err.strip().splitlines()[-1]})
-                log.error("episode %s/%s seed %d crashed: %s", job["robot"], job["task"], job["seed"], err.strip().splitlines()[-1])
+                last = err.strip().splitlines()[-1]
+                crashed.append({"robot": job["robot"], "task": job["task"], "seed": job["seed"], "error": last})
+                log.error("episode %s/%s seed %d crashed: %s", job["robot"], job["task"], job["seed"], last)
                 continue
             s["succeeded"] += int(ep["success"])
             if not (ep["success"] or keep) or not ep["arrays"]:

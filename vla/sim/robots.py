@@ -11,9 +11,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from vla.resources import content_dir
 from vla.spec import Embodiment, SpecError, load_embodiment
 
-ENVS_DIR = Path(__file__).resolve().parent.parent.parent / "envs"
+ENVS_DIR = content_dir("envs")  # MJCF in robots/, embodiment TOMLs in embodiments/ (installed with the package)
 
 
 @dataclass(frozen=True)

@@ -5,10 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vla.sim.robots import ENVS_DIR
-from vla.spec import SpecError, read_toml
-
-SUITES_DIR = ENVS_DIR / "suites"
+from vla.resources import builtin_names, load_toml
+from vla.spec import SpecError
 
 
 @dataclass(frozen=True)
@@ -57,16 +55,12 @@ def parse_tasks(name: str, d: dict, what: str, default_episodes: int) -> list[di
 
 
 def list_suites() -> list[str]:
-    return sorted(p.stem for p in SUITES_DIR.glob("*.toml"))
+    return builtin_names("suite")
 
 
 def load_suite(name_or_path: str | Path) -> SuiteConfig:
-    p = Path(name_or_path)
-    if p.suffix != ".toml":
-        p = SUITES_DIR / f"{name_or_path}.toml"
-        if not p.exists():
-            raise SpecError(f"unknown suite {str(name_or_path)!r}; valid suites are {list_suites()}, or pass a .toml path")
-    d = read_toml(p, "suite file")
+    """A suite by built-in name (envs/suites/<name>.toml) or TOML path."""
+    d, p = load_toml(name_or_path, "suite")
     known = {"name", "description", "image_size", "episodes", "replan_every", "seed", "tasks"}
     if set(d) - known:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")

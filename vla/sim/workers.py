@@ -23,8 +23,6 @@ log = logging.getLogger(__name__)
 
 
 def _worker(fn, context, tasks, results, threads: int) -> None:
-    os.environ.setdefault("MUJOCO_GL", "egl")
-    os.environ.setdefault("LP_NUM_THREADS", "0")
     if "torch" in sys.modules:  # a policy in the context: share the cores, do not oversubscribe them
         sys.modules["torch"].set_num_threads(threads)
     while True:
@@ -108,7 +106,7 @@ def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, wor
                     if pending:
                         feed(start())
     finally:
-        for p, tw, _ in slots.values():
+        for _p, tw, _ in slots.values():
             try:
                 tw.send(None)
             except Exception:
