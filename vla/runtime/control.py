@@ -292,12 +292,14 @@ class ControlLoop:
             if self.recorder is not None and outcome != "episodes":
                 self.recorder.end_episode(task, None)  # the episode in progress, outcome unknown
         summary = timing.summary()
+        rec_error = getattr(self.recorder, "error", None)  # a failed recorder never stops the loop; report it
         summary.update({
             "outcome": outcome, "mode": self.chunking_cfg.mode, "hz": cfg.hz,
             "inject_delay_ms": cfg.inject_delay_ms, "episodes": episodes,
             "successes": sum(e["success"] for e in episodes),
             "safety": dict(safety.counts), "interventions": safety.interventions,
             "executor": dict(ex.stats), "delay_estimate_ticks": ex.delay_ticks, "observer_busy_ticks": observer.busy,
+            "recorder_error": None if rec_error is None else f"{type(rec_error).__name__}: {rec_error}",
         })
         self.timing, self.safety = timing, safety
         return summary

@@ -3,6 +3,9 @@
 The control thread only puts frames on a queue; compression and disk writes happen here, so
 they never delay a tick. Each frame is the observation of tick k and the action sent at tick
 k + 1 (the first command decided after seeing it), with the tick's time as `timestamp`.
+
+A write failure never stops the control loop: it is logged when it happens, later frames are
+dropped (not queued without bound), and `error` / `error_message()` report it for the run summary.
 """
 
 from __future__ import annotations
@@ -40,20 +43,28 @@ class EpisodeRecorder:
         self._thread.start()
 
     def add(self, obs: dict, action: np.ndarray, t: float) -> None:
+        if self.error is not None:  # the writer has stopped: nothing would ever take this frame
+            return
         frame = {k: obs[k] for k in self._keys}
         frame[ACTION] = np.asarray(action, np.float32)
         frame[TIMESTAMP] = t
         self.q.put(frame)
 
     def end_episode(self, task: str, success: bool | None) -> None:
-        self.q.put((_END, task, success))
+        if self.error is None:
+            self.q.put((_END, task, success))
+
+    def error_message(self) -> str | None:
+        """What went wrong while recording (for the run summary), or None."""
+        return None if self.error is None else f"{type(self.error).__name__}: {self.error}"
 
     def close(self, timeout_s: float = 60.0) -> list[dict]:
         """Finish writing (an unfinished episode is discarded by the writer) and return the episodes."""
         self.q.put((_STOP,))
         self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            log.error("recorder did not finish within %.0f s; the last episode may be missing", timeout_s)
+        if self._thread.is_alive() and self.error is None:
+            self.error = TimeoutError(f"the recorder did not finish within {timeout_s:.0f} s; "
+                                      "the last episode may be missing")
         if self.error is not None:
             log.error("recording failed: %s", self.error)
         return self.episodes

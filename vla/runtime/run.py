@@ -268,6 +268,8 @@ def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | N
             recorded = recorder.close() if recorder is not None else []
     summary["name"] = cfg.name
     summary["recorded"] = recorded
+    # Set again after close(): the last writes (and a writer that never finished) happen there.
+    summary["recorder_error"] = recorder.error_message() if recorder is not None else None
     summary["store"] = str(store) if recorder is not None else None
     files = loop.timing.save(out, summary)
     with open(out / "interventions.jsonl", "w") as f:
