@@ -23,7 +23,8 @@ def test_collect_fills_a_store_with_successful_episodes(tmp_path):
     s = EpisodeStore.open(tmp_path / "s")
     assert s.num_episodes == 4 and sorted(s.embodiments) == ["arm5", "arm7"]
     ep = s.episode(0)
-    assert ep["embodiment"] == "arm7" and ep["success"] is True or ep["success"] == 1
+    assert ep["embodiment"] == "arm7"  # the recipe's first task
+    assert ep["success"] in (True, 1)  # a kept demo succeeded (bool or 0/1, as the store gives it)
     assert "target" in ep["task"] or "marker" in ep["task"] or "one" in ep["task"]
     assert ep["observation/images/front"].shape[1:] == (16, 16, 3)
     assert np.isfinite(ep["action"]).all() and ep["action"].shape[1] == 8
