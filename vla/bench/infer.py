@@ -45,14 +45,15 @@ def _camera_frames() -> torch.Tensor:
 def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
     from vla.config import load_preset
     from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
-    from vla.model.registry import build_policy, policy_config
+    from vla.model.registry import model_type
     from vla.model.transforms import resize_with_pad
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     preset = load_preset(preset_name)
-    cfg = policy_config("pi0", {**preset.model, "embodiments": EMB, "cameras": 2, "horizon": 50})
-    model = build_policy("pi0", cfg, text_vocab=preset.text.vocab_size).eval()
+    pi0 = model_type("pi0")
+    cfg = pi0.make_config({**preset.model, "embodiments": EMB, "cameras": 2, "horizon": 50})
+    model = pi0.build(cfg, text_vocab=preset.text.vocab_size).eval()
     fuse_for_inference(model.backbone.language_model, model.expert)
     batch = cfg.example_batch(1, vocab_size=preset.text.vocab_size)
     frames = _camera_frames()
@@ -82,7 +83,7 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
         import functools
 
         def compiled_sampler(**kw):  # as the runtime compiles it (vla.runtime.policy)
-            return torch.compile(functools.partial(type(model).sample_actions.__wrapped__, model, **kw), dynamic=False)
+            return torch.compile(functools.partial(model.denoise, **kw), dynamic=False)
 
         sample = compiled_sampler()
         with torch.inference_mode():
@@ -110,15 +111,15 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
 def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
     from vla.config import load_preset
     from vla.model.attention import fuse_for_inference
-    from vla.model.registry import build_policy, policy_config
+    from vla.model.fast_policy import ActionVocab, FastModel
+    from vla.model.registry import model_type
     from vla.model.transforms import resize_with_pad
 
     torch.set_num_threads(threads)
     torch.manual_seed(0)
     preset = load_preset(preset_name)
-    cfg = policy_config("fast", {**preset.model, "embodiments": EMB, "cameras": 2})
-    fast_vocab = cfg.fast_vocab_size
-    model = build_policy("fast", cfg, text_vocab=preset.text.vocab_size, fast_sizes={"toy2d": fast_vocab}).eval()
+    cfg = model_type("fast").make_config({**preset.model, "embodiments": EMB, "cameras": 2})
+    model = FastModel(cfg, ActionVocab(preset.text.vocab_size, {"toy2d": cfg.fast_vocab_size})).eval()
     fuse_for_inference(model.backbone.language_model)
     model.vocab.eos_id = -1  # never stop early: time exactly `tokens` decode steps
     b = 1

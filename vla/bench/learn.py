@@ -95,7 +95,7 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
     ds = WindowDataset([st], tf.horizon)
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(ds), min(windows, len(ds)), replace=False)
-    picked, episode = [ds[int(i)] for i in idx], ds._ep[idx]
+    picked, episode = [ds[int(i)] for i in idx], ds.episode_of(idx)
     infos = st.infos()
     source = [infos[int(e)].source for e in episode]  # e.g. "sim:expert:arm7/reach"
     donors_img, donors_txt = [], []

@@ -86,17 +86,35 @@ class WindowDataset(Dataset):
     def __len__(self) -> int:
         return len(self._ep)
 
-    def sampler(self, num_samples: int | None = None, *, seed: int = 0) -> WeightedRandomSampler:
-        """Draws windows so that store k is picked with probability weights[k] / sum(weights)."""
+    def sample_probs(self) -> np.ndarray:
+        """Per window, the probability of drawing it: store k gets weights[k] / sum(weights) of the
+        mass (default: stores in proportion to their windows), spread evenly over its windows."""
         per_ep_store = self._ep_store[self._ep]
         counts = np.bincount(per_ep_store, minlength=len(self.paths)).astype(np.float64)
         w = np.asarray(self.weights if self.weights is not None else counts, np.float64)
-        per_sample = np.where(counts[per_ep_store] > 0, w[per_ep_store] / np.maximum(counts[per_ep_store], 1), 0.0)
+        p = np.where(counts[per_ep_store] > 0, w[per_ep_store] / np.maximum(counts[per_ep_store], 1), 0.0)
+        return p / p.sum()
+
+    def sampler(self, num_samples: int | None = None, *, seed: int = 0) -> WeightedRandomSampler:
+        """Draws windows by `sample_probs` (with replacement)."""
         g = torch.Generator().manual_seed(seed)
-        return WeightedRandomSampler(torch.as_tensor(per_sample), num_samples or len(self), replacement=True, generator=g)
+        return WeightedRandomSampler(torch.as_tensor(self.sample_probs()), num_samples or len(self), replacement=True,
+                                     generator=g)
+
+    def indices(self, *, embodiment: str | None = None) -> np.ndarray:
+        """Window indices, all or those of one embodiment."""
+        if embodiment is None:
+            return np.arange(len(self))
+        ep_emb = np.asarray(self._emb)
+        return np.flatnonzero(ep_emb[self._ep] == embodiment)
+
+    def episode_of(self, i) -> np.ndarray | int:
+        """Which of this dataset's episodes (0..) window(s) i belong to."""
+        return self._ep[i]
 
     # ---- windows ----
-    def _lowdim(self, i: int) -> dict:
+    def lowdim(self, i: int) -> dict:
+        """Window i without images: action chunk, action_is_pad, state, task, embodiment."""
         e, t = int(self._ep[i]), int(self._t[i])
         n, h = self._len[e], self.horizon
         act = self._action[e]
@@ -122,7 +140,7 @@ class WindowDataset(Dataset):
 
     def __getitems__(self, indices) -> list[dict]:
         indices = [int(i) for i in indices]
-        samples = [self._lowdim(i) for i in indices]
+        samples = [self.lowdim(i) for i in indices]
         if not self.images:
             return samples
         # Batch the image reads per (store, embodiment, camera).

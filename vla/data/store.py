@@ -171,8 +171,21 @@ class EpisodeStore:
         if unknown:
             raise StoreError(f"{self.path}: episodes name embodiments {sorted(unknown)} that the store does not define")
 
-    def _commit_episode(self, embodiment: str, task: str, success: int, source: str, end: int) -> None:
-        """Writers call this after an episode's frames and meta entries are on disk."""
+    def commit_episode(self, embodiment: str, task: str, success: int, source: str, end: int,
+                       grow: int = 1024) -> int:
+        """Make the next episode visible; -> its index. Writers call this once the episode's frames
+        and low-dim rows [num_frames, end) are on disk. The per-episode meta rows are written
+        first (invisible: past num_episodes), then the root attributes in one write: the commit
+        point, so a writer killed before it leaves the store as it was."""
+        i = self.num_episodes
+        meta = self._g["meta"]
+        values = {"episode_ends": end, "episode_embodiment": embodiment, "episode_task": task,
+                  "episode_success": success, "episode_source": source}
+        for key, value in values.items():
+            arr = meta[key]
+            if arr.shape[0] < i + 1:
+                arr.resize((i + grow,))
+            arr[i] = value
         self._set_attrs(num_episodes=self.num_episodes + 1, num_frames=end)
         self._starts = np.append(self._starts, self.num_frames)
         self._ends = np.append(self._ends, end)
@@ -180,6 +193,7 @@ class EpisodeStore:
         self._task.append(task)
         self._success = np.append(self._success, np.int8(success))
         self._source.append(source)
+        return i
 
     def refresh(self) -> None:
         """Re-read the committed state (e.g. after another process appended). The group is

@@ -192,16 +192,7 @@ class EpisodeWriter:
             if arr.shape[0] < end:
                 arr.resize((end + GROW, *arr.shape[1:]))
             arr[start:end] = np.stack(rows)
-        i = store.num_episodes
         success = -1 if success is None else int(bool(success))
-        meta = store._g["meta"]
-        values = {"episode_ends": end, "episode_embodiment": emb.name, "episode_task": task,
-                  "episode_success": success, "episode_source": self.source}
-        for key, value in values.items():
-            arr = meta[key]
-            if arr.shape[0] < i + 1:
-                arr.resize((i + GROW,))
-            arr[i] = value
-        store._commit_episode(emb.name, task, success, self.source, end)  # the commit point
+        i = store.commit_episode(emb.name, task, success, self.source, end)  # the commit point
         self._reset_episode()
         return i

@@ -1,11 +1,12 @@
 """Checkpoint directories: everything needed to rebuild a policy, written atomically.
 
-    config.json         format/version, policy type + resolved config, norm mode, embodiments,
-                        preset, step, sha256 of model.safetensors (corruption check on load)
+    config.json         CheckpointConfig: format/version, model type + resolved model config,
+                        norm mode, embodiments, provenance (preset, train, data), step, and the
+                        sha256 of model.safetensors (corruption check on load)
     model.safetensors   weights for inference (the EMA weights when EMA is on)
     norm_stats.json     per embodiment and key
     tokenizer.json      text tokenizer
-    fast/<embodiment>/  FAST tokenizers (fast policies only)
+    <assets>            the model type's data-derived assets (FAST: fast/<embodiment>/)
     train_state.pt      raw weights, optimizer, schedule, EMA, step: for --resume
     metrics.jsonl, loss.png   training log and curve (written by the trainer)
 A checkpoint is written into a temporary sibling folder and renamed over the old one, so a
@@ -18,22 +19,82 @@ import hashlib
 import json
 import os
 import shutil
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 from safetensors.torch import load_file, save_file
 
 from vla.data.chunks import StoreError
 from vla.data.stats import NormStats, load_stats, save_stats
-from vla.model.fast import FastTokenizer
+from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
-from vla.spec import Embodiment
+from vla.model.transforms import build_transforms
+from vla.spec import Embodiment, SpecError
 
 FORMAT, VERSION = "vla-checkpoint", 1
 
 
 class CheckpointError(StoreError):
     """A checkpoint directory is missing, incomplete or corrupt."""
+
+
+@dataclass(frozen=True)
+class CheckpointConfig:
+    """config.json: the fully resolved config a checkpoint is rebuilt from (never the presets)."""
+
+    model_type: str
+    model: Any  # the type's config dataclass (vla.model.registry), embodiments filled in
+    norm_mode: str
+    embodiments: dict[str, Embodiment]
+    step: int = 0
+    params: int = 0
+    # Provenance, recorded as given: the preset, the trainer's TrainConfig, the stores and mixture weights.
+    preset: dict = field(default_factory=dict)
+    train: dict = field(default_factory=dict)
+    data: list = field(default_factory=list)
+    weights: list | None = None
+
+    def to_json(self) -> dict:
+        return {
+            "format": FORMAT, "version": VERSION,
+            "policy": {"type": self.model_type, "config": self.model.to_dict(), "norm_mode": self.norm_mode},
+            "embodiments": {n: e.to_dict() for n, e in self.embodiments.items()},
+            "preset": self.preset, "train": self.train, "data": [str(p) for p in self.data], "weights": self.weights,
+            "params": self.params, "step": self.step,
+        }
+
+    @classmethod
+    def from_json(cls, d: dict, where: str = "config.json") -> "CheckpointConfig":
+        """Parse config.json; a missing or malformed field is named (never a bare KeyError)."""
+        if d.get("format") != FORMAT:
+            raise CheckpointError(f"{where}: not a vla checkpoint (format={d.get('format')!r})")
+        if not isinstance(d.get("version"), int) or d["version"] > VERSION:
+            raise CheckpointError(f"{where}: checkpoint format version {d.get('version')!r}; this vla reads "
+                                  f"version <= {VERSION} (written by a newer vla?)")
+
+        def need(path: str):
+            node = d
+            for part in path.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise CheckpointError(f"{where}: missing field {path!r} (written by an older or other tool?)")
+                node = node[part]
+            return node
+
+        kind = need("policy.type")
+        try:
+            mt = model_type(kind)
+            model = mt.make_config(need("policy.config"))
+            embodiments = {n: Embodiment.from_dict(e) for n, e in need("embodiments").items()}
+        except (SpecError, TypeError, KeyError, ValueError) as e:
+            raise CheckpointError(f"{where}: {e}") from None
+        norm_mode = need("policy.norm_mode")
+        if not embodiments:
+            raise CheckpointError(f"{where}: field 'embodiments' is empty")
+        return cls(kind, model, norm_mode, embodiments, step=int(d.get("step") or 0), params=int(d.get("params") or 0),
+                   preset=d.get("preset") or {}, train=d.get("train") or {}, data=list(d.get("data") or []),
+                   weights=d.get("weights"))
 
 
 def _sha256(path: Path) -> str:
@@ -44,8 +105,8 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config: dict, stats: NormStats,
-                    text: TextTokenizer, fast: dict[str, FastTokenizer] | None = None,
+def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config: CheckpointConfig, stats: NormStats,
+                    text: TextTokenizer, assets: dict | None = None,
                     train_state: dict | None = None, extra_files: dict[str, Path] | None = None) -> Path:
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -55,16 +116,14 @@ def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         save_stats(stats, tmp / "norm_stats.json")
         text.save(tmp / "tokenizer.json")
-        for name, tok in (fast or {}).items():
-            tok.save(tmp / "fast" / name)
+        model_type(config.model_type).model.save_assets(assets or {}, tmp)
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
         for name, src in (extra_files or {}).items():
             if Path(src).exists():
                 shutil.copy2(src, tmp / name)
-        config = {"format": FORMAT, "version": VERSION, **config,
-                  "files": {"model.safetensors": _sha256(tmp / "model.safetensors")}}
-        (tmp / "config.json").write_text(json.dumps(config, indent=2))
+        meta = {**config.to_json(), "files": {"model.safetensors": _sha256(tmp / "model.safetensors")}}
+        (tmp / "config.json").write_text(json.dumps(meta, indent=2))
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             out.rename(old)
@@ -77,7 +136,8 @@ def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config
 
 
 class Checkpoint:
-    """A loaded checkpoint directory (read-only view)."""
+    """A loaded checkpoint directory (read-only view). `config` is config.json as written;
+    `resolved` the typed CheckpointConfig parsed from it."""
 
     def __init__(self, path: str | Path, *, verify: bool = True):
         self.path = Path(path)
@@ -88,8 +148,9 @@ class Checkpoint:
             self.config = json.loads(cfg_path.read_text())
         except json.JSONDecodeError as e:
             raise CheckpointError(f"{cfg_path}: corrupt JSON: {e}") from None
-        if self.config.get("format") != FORMAT:
-            raise CheckpointError(f"{cfg_path}: not a vla checkpoint (format={self.config.get('format')!r})")
+        if not isinstance(self.config, dict):
+            raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(self.config).__name__}")
+        self.resolved = CheckpointConfig.from_json(self.config, str(cfg_path))
         for name in ("model.safetensors", "norm_stats.json", "tokenizer.json"):
             if not (self.path / name).exists():
                 raise CheckpointError(f"{self.path}: incomplete checkpoint, missing {name}")
@@ -99,7 +160,7 @@ class Checkpoint:
             if want != got:
                 raise CheckpointError(f"{self.path}/model.safetensors is corrupted: sha256 {got[:12]}... does not "
                                       f"match the {str(want)[:12]}... recorded at save time")
-        self.embodiments = {n: Embodiment.from_dict(d) for n, d in self.config["embodiments"].items()}
+        self.embodiments = self.resolved.embodiments
 
     def weights(self) -> dict[str, torch.Tensor]:
         try:
@@ -113,9 +174,12 @@ class Checkpoint:
     def text(self) -> TextTokenizer:
         return TextTokenizer.load(self.path / "tokenizer.json")
 
-    def fast(self) -> dict[str, FastTokenizer]:
-        d = self.path / "fast"
-        return {p.name: FastTokenizer.load(p) for p in sorted(d.iterdir())} if d.exists() else {}
+    def assets(self) -> dict:
+        """The model type's data-derived assets (FAST: {"fast": {embodiment: FastTokenizer}})."""
+        try:
+            return model_type(self.resolved.model_type).model.load_assets(self.path)
+        except SpecError as e:
+            raise CheckpointError(str(e)) from None
 
     def train_state(self) -> dict:
         p = self.path / "train_state.pt"
@@ -125,25 +189,17 @@ class Checkpoint:
 
 
 def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
-    """-> (model in eval mode, Transforms, resolved policy config) rebuilt from the checkpoint alone."""
-    from vla.model.fast_policy import ActionVocab
-    from vla.model.registry import build_policy, policy_config
-    from vla.model.transforms import Transforms
-
-    pol = ckpt.config["policy"]
-    cfg = policy_config(pol["type"], pol["config"])
-    text, stats, fast = ckpt.text(), ckpt.stats(), ckpt.fast()
-    fast_sizes = {n: t.vocab_size for n, t in fast.items()} or None
-    model = build_policy(pol["type"], cfg, text_vocab=text.vocab_size, fast_sizes=fast_sizes)
+    """-> (model in eval mode, Transforms, resolved model config) rebuilt from the checkpoint alone."""
+    rc = ckpt.resolved
+    mt = model_type(rc.model_type)
+    text, stats, assets = ckpt.text(), ckpt.stats(), ckpt.assets()
+    model = mt.build(rc.model, text_vocab=text.vocab_size, assets=assets)
     if weights:
         missing, unexpected = model.load_state_dict(ckpt.weights(), strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{ckpt.path}: weights do not match the config (missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]})")
     model.eval()
-    vocab = ActionVocab(text.vocab_size, fast_sizes) if fast_sizes else None
-    tf = Transforms(ckpt.embodiments, stats, pol["norm_mode"], text, image_size=cfg.backbone.image_size,
-                    cameras=cfg.cameras, max_tokens=cfg.max_tokens, horizon=cfg.horizon, fast=fast or None,
-                    fast_vocab=vocab, max_action_tokens=getattr(cfg, "max_action_tokens", 0),
-                    delta_actions=getattr(cfg, "delta_actions", False))
-    return model, tf, cfg
+    tf = build_transforms(mt.model, rc.model, embodiments=rc.embodiments, stats=stats, norm_mode=rc.norm_mode,
+                          text=text, assets=assets)
+    return model, tf, rc.model

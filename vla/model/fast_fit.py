@@ -23,9 +23,9 @@ def fit_store(store: str, out: str | Path, *, horizon: int = 50, scale: float = 
     out = Path(out)
     report = {}
     for name in ds.embodiments:
-        idx = np.array([i for i in range(len(ds)) if ds._emb[int(ds._ep[i])] == name])
+        idx = ds.indices(embodiment=name)
         pick = rng.choice(idx, size=min(chunks, len(idx)), replace=False)
-        x = np.stack([ds._lowdim(int(i))[ACTION] for i in pick])
+        x = np.stack([ds.lowdim(int(i))[ACTION] for i in pick])
         x = np.clip(stats[name][ACTION].normalize(x, "quantile"), -1, 1)
         n_test = max(1, int(len(x) * holdout))
         tok = FastTokenizer.fit(x[n_test:], scale=scale, vocab_size=vocab)

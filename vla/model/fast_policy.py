@@ -6,11 +6,19 @@ Loss: cross-entropy on the postfix (each token predicts the next). Decoding: gre
 KV cache, constrained to the row's embodiment's FAST ids and EOS, until EOS or
 `max_action_tokens`. Each embodiment has its own FAST tokenizer (its own action dim, no
 padded dims) and its own id range in the LM vocabulary, after the text vocabulary.
+
+The tokenizers are this type's assets (vla.model.contract): fitted on the training data's
+normalized chunks, saved as `fast/<embodiment>/` in the checkpoint, applied in the data
+workers (`FastTargets`) and inverted inside `sample`, which reports a decode that does not
+yield exactly h x a values as *malformed* (with a best-effort low-pass decode: the
+coefficients that did decode, the rest zero), never a silent all-zero chunk.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -18,8 +26,12 @@ from torch import nn
 
 from vla.model.attention import joint_forward, make_attn_mask, positions_from_valid
 from vla.model.backbone import Backbone, BackboneConfig
+from vla.model.contract import COUNT_PREFIX, ActionModel, ActionSample, example_inputs
+from vla.model.fast import FastTokenizer, relaxed_coefficients
 from vla.model.heads import EmbodimentLinear
-from vla.spec import SpecError
+from vla.spec import ACTION, SpecError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -33,6 +45,7 @@ class FastConfig:
     fast_scale: float = 10.0
     embodiments: dict = field(default_factory=dict)  # name -> (state_dim, action_dim)
     grad_checkpoint: bool = False
+    delta_actions: bool = False  # as Pi0Config.delta_actions: joint actions relative to the chunk's start state
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -43,6 +56,18 @@ class FastConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+    def example_batch(self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0,
+                      fast_sizes: dict[str, int] | None = None) -> dict:
+        """Random model inputs with random FAST token rows ([ACT] ids... [EOS]) in each row's id range."""
+        batch = example_inputs(self, batch_size, vocab_size=vocab_size, seed=seed)
+        vocab = ActionVocab(vocab_size, fast_sizes or {n: self.fast_vocab_size for n in self.embodiments})
+        g = np.random.default_rng(seed)
+        rows = [fast_to_lm_row(list(g.integers(0, vocab.sizes[n], size=g.integers(1, self.max_action_tokens - 1))),
+                               vocab, n, self.max_action_tokens) for n in batch["embodiment"]]
+        batch["action_tokens"] = torch.from_numpy(np.stack([r[0] for r in rows]))
+        batch["action_token_mask"] = torch.from_numpy(np.stack([r[1] for r in rows]))
+        return batch
 
 
 class ActionVocab:
@@ -64,14 +89,58 @@ class ActionVocab:
         return m
 
 
-class FastPolicy(nn.Module):
-    def __init__(self, cfg: FastConfig, vocab: ActionVocab):
+class FastModel(ActionModel):
+    def __init__(self, cfg: FastConfig, vocab: ActionVocab, tokenizers: dict[str, FastTokenizer] | None = None):
         super().__init__()
         if not cfg.embodiments:
             raise SpecError("fast: the config names no embodiments (they come from the training data)")
-        self.cfg, self.vocab = cfg, vocab
+        self.cfg, self.vocab, self.tokenizers = cfg, vocab, dict(tokenizers or {})
+        self.text_vocab = min(vocab.offsets.values(), default=vocab.act_id)
         self.backbone = Backbone(cfg.backbone, vocab.total)
         self.state_in = EmbodimentLinear({k: v[0] for k, v in cfg.embodiments.items()}, self.backbone.width, direction="in")
+
+    # ---- assets: one FAST tokenizer per embodiment ----
+    @classmethod
+    def build(cls, cfg: FastConfig, *, text_vocab: int, assets: dict) -> "FastModel":
+        tokenizers = assets.get("fast") or {}
+        missing = sorted(set(cfg.embodiments) - set(tokenizers))
+        if missing:
+            raise SpecError(f"fast: no FAST tokenizer for embodiment(s) {missing} (have {sorted(tokenizers)})")
+        return cls(cfg, ActionVocab(text_vocab, {n: t.vocab_size for n, t in tokenizers.items()}), tokenizers)
+
+    @classmethod
+    def fit_assets(cls, cfg: FastConfig, dataset, stats, norm_mode: str, *, seed: int = 0, chunks: int = 2000) -> dict:
+        """One FAST tokenizer per embodiment, fit on normalized action chunks drawn from the data."""
+        rng = np.random.default_rng(seed)
+        out = {}
+        for name in sorted(dataset.embodiments):
+            idx = dataset.indices(embodiment=name)
+            pick = rng.choice(idx, size=min(chunks, len(idx)), replace=False)
+            x = np.stack([dataset.lowdim(int(i))[ACTION] for i in pick])
+            norm = np.clip(stats[name][ACTION].normalize(x, norm_mode), -1, 1)
+            out[name] = FastTokenizer.fit(norm, scale=cfg.fast_scale, vocab_size=cfg.fast_vocab_size)
+        return {"fast": out}
+
+    @classmethod
+    def save_assets(cls, assets: dict, directory: Path) -> None:
+        for name, tok in (assets.get("fast") or {}).items():
+            tok.save(Path(directory) / "fast" / name)
+
+    @classmethod
+    def load_assets(cls, directory: Path) -> dict:
+        d = Path(directory) / "fast"
+        if not d.exists():
+            raise SpecError(f"{directory}: a fast checkpoint needs its FAST tokenizers in fast/<embodiment>/")
+        return {"fast": {p.name: FastTokenizer.load(p) for p in sorted(d.iterdir())}}
+
+    @classmethod
+    def action_targets(cls, cfg: FastConfig, assets: dict, text_vocab: int) -> "FastTargets":
+        tokenizers = assets["fast"]
+        vocab = ActionVocab(text_vocab, {n: t.vocab_size for n, t in tokenizers.items()})
+        return FastTargets(tokenizers, vocab, cfg.max_action_tokens)
+
+    def example_batch(self, batch_size: int = 2, *, seed: int = 0) -> dict:
+        return self.cfg.example_batch(batch_size, vocab_size=self.text_vocab, seed=seed, fast_sizes=self.vocab.sizes)
 
     def _lm(self):
         return self.backbone.language_model
@@ -103,9 +172,32 @@ class FastPolicy(nn.Module):
         ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
         return (ce * tmask).sum(1) / tmask.sum(1).clamp(min=1)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training entry point (so DDP's hooks run): per-sample loss [b]."""
-        return self.compute_loss(batch, generator)
+    def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights) -> ActionSample:
+        """Greedy decode, then FAST tokens -> normalized actions [b, h, a_max] and malformed rows [b].
+        num_steps and noise do not apply; guided (RTC) sampling is pi0's, FAST decodes unguided."""
+        if guide is not None:
+            log.debug("guided (RTC) sampling is not supported by FAST; decoding unguided")
+        names = batch["embodiment"]
+        missing = sorted(set(names) - set(self.tokenizers))
+        if missing:
+            raise SpecError(f"fast: no FAST tokenizer for embodiment(s) {missing}; this model has {sorted(self.tokenizers)}")
+        norm, bad = [], []
+        for seq, n in zip(self.generate(batch), names):
+            tok = self.tokenizers[n]
+            ids = lm_ids_to_fast(seq, self.vocab, n)
+            r = tok.decode(ids)
+            if r.ok:
+                norm.append(r.actions)
+            else:
+                acts, got = relaxed_coefficients(tok, ids)
+                log.warning("malformed FAST decode for %s: %d values, expected %d; using a low-pass decode",
+                            n, got, tok.horizon * tok.action_dim)
+                norm.append(acts)
+            bad.append(not r.ok)
+        out = np.zeros((len(norm), self.cfg.horizon, max(x.shape[1] for x in norm)), np.float32)
+        for i, x in enumerate(norm):
+            out[i, :, : x.shape[1]] = x
+        return ActionSample(torch.from_numpy(out), torch.tensor(bad, dtype=torch.bool))
 
     @torch.inference_mode()
     def generate(self, batch: dict, max_new: int | None = None) -> list[list[int]]:
@@ -158,3 +250,27 @@ def fast_to_lm_row(fast_ids: list[int], vocab: ActionVocab, name: str, max_len: 
     out[: len(seq)] = seq
     mask[: len(seq)] = True
     return out, mask, truncated
+
+
+class FastTargets:
+    """Worker-side training targets: normalized chunks -> [ACT] + FAST ids + [EOS] rows.
+
+    Also counts the sequences cut at max_action_tokens (`count/fast_truncated`, a batch key the
+    trainer sums in the main process, so the count survives DataLoader worker processes)."""
+
+    def __init__(self, tokenizers: dict[str, FastTokenizer], vocab: ActionVocab, max_len: int):
+        self.tokenizers, self.vocab, self.max_len = tokenizers, vocab, max_len
+
+    def __call__(self, names: list[str], actions: np.ndarray) -> dict:
+        rows, masks, truncated = [], [], 0
+        for i, n in enumerate(names):
+            tok = self.tokenizers[n]
+            r, m, cut = fast_to_lm_row(tok.encode(actions[i, :, : tok.action_dim]), self.vocab, n, self.max_len)
+            rows.append(r)
+            masks.append(m)
+            truncated += int(cut)
+        return {"action_tokens": torch.from_numpy(np.stack(rows)), "action_token_mask": torch.from_numpy(np.stack(masks)),
+                COUNT_PREFIX + "fast_truncated": torch.tensor(truncated)}
+
+
+FastPolicy = FastModel  # the name before model types got one contract (vla.model.contract)

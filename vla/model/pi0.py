@@ -29,6 +29,7 @@ from transformers import GemmaModel
 
 from vla.model.attention import attn_bias, joint_forward, make_attn_mask, positions_from_valid, rope
 from vla.model.backbone import Backbone, BackboneConfig, GemmaSize
+from vla.model.contract import ActionModel, ActionSample, example_inputs
 from vla.model.heads import EmbodimentLinear
 from vla.spec import SpecError
 
@@ -79,25 +80,7 @@ class Pi0Config:
 
     def example_batch(self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0) -> dict:
         """Random model inputs of the right shapes (tests build models with no data on disk)."""
-        if not self.embodiments:
-            raise SpecError("pi0: example_batch needs at least one embodiment in the config")
-        g = torch.Generator().manual_seed(seed)
-        names = sorted(self.embodiments)
-        emb = [names[i % len(names)] for i in range(batch_size)]
-        s = max(d[0] for d in self.embodiments.values())
-        a = max(d[1] for d in self.embodiments.values())
-        size = self.backbone.image_size
-        tokens = torch.randint(4, vocab_size, (batch_size, self.max_tokens), generator=g)
-        token_mask = torch.arange(self.max_tokens)[None] < torch.randint(2, self.max_tokens + 1, (batch_size, 1), generator=g)
-        return {
-            "images": torch.rand(batch_size, self.cameras, 3, size, size, generator=g) * 2 - 1,
-            "image_mask": torch.ones(batch_size, self.cameras, dtype=torch.bool),
-            "tokens": tokens, "token_mask": token_mask,
-            "state": torch.randn(batch_size, s, generator=g),
-            "embodiment": emb,
-            "actions": torch.randn(batch_size, self.horizon, a, generator=g),
-            "action_is_pad": torch.zeros(batch_size, self.horizon, dtype=torch.bool),
-        }
+        return example_inputs(self, batch_size, vocab_size=vocab_size, seed=seed)
 
 
 def sincos_time(t: torch.Tensor, width: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
@@ -108,12 +91,14 @@ def sincos_time(t: torch.Tensor, width: int, min_period: float = 4e-3, max_perio
     return torch.cat([angle.sin(), angle.cos()], dim=-1).to(t.dtype if t.is_floating_point() else torch.float32)
 
 
-class Pi0Policy(nn.Module):
+class Pi0Model(ActionModel):
+    supports_guidance = True
+
     def __init__(self, cfg: Pi0Config, vocab_size: int):
         super().__init__()
         if not cfg.embodiments:
             raise SpecError("pi0: the config names no embodiments (they come from the training data)")
-        self.cfg = cfg
+        self.cfg, self.text_vocab = cfg, vocab_size
         self.backbone = Backbone(cfg.backbone, vocab_size)
         self.expert = GemmaModel(cfg.expert.gemma_config(vocab_size=8))  # its token embedding is unused
         w = cfg.expert.width
@@ -196,15 +181,36 @@ class Pi0Policy(nn.Module):
         err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
         return err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
 
-    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """The training entry point (so DDP's hooks run): per-sample loss [b]."""
-        return self.compute_loss(batch, generator)
+    def training_draws(self, batch_size: int, batch: dict, generator: torch.Generator) -> dict:
+        """Noise and flow times of the whole global batch (each DDP rank takes its rows)."""
+        noise = torch.randn((batch_size, *batch["actions"].shape[1:]), generator=generator)
+        return {"noise": noise, "time": self.sample_time(batch_size, generator)}
 
     # ---- inference ----
-    @torch.inference_mode()
-    def sample_actions(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
-                       use_cache: bool = True, guide: torch.Tensor | None = None,
-                       guide_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def initial_noise(self, embodiments: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
+        a_dim = max(self.cfg.embodiments[n][1] for n in embodiments)
+        return torch.randn(len(embodiments), self.cfg.horizon, a_dim, generator=generator)
+
+    def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights, use_cache: bool = True) -> ActionSample:
+        x = self._denoise_fn(batch, num_steps=num_steps, noise=noise, use_cache=use_cache, guide=guide,
+                             guide_weights=guide_weights)
+        return ActionSample(x, torch.zeros(x.shape[0], dtype=torch.bool))
+
+    @property
+    def _denoise_fn(self):
+        return getattr(self, "_compiled_denoise", None) or self.denoise
+
+    def enable_compile(self) -> bool:
+        # The noise is drawn outside (initial_noise), so the graph is the same for every call.
+        self._compiled_denoise = torch.compile(self.denoise, dynamic=False)
+        return True
+
+    def decoder_stacks(self) -> list[nn.Module]:
+        return [self.backbone.language_model, self.expert]
+
+    def denoise(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
+                use_cache: bool = True, guide: torch.Tensor | None = None,
+                guide_weights: torch.Tensor | None = None) -> torch.Tensor:
         """Denoise a chunk -> [b, h, a] (normalized, padded to the batch's widest action dim).
 
         Inpainting for real-time chunking: `guide` [b, h, a] holds actions the new chunk should
@@ -264,3 +270,6 @@ class Pi0Policy(nn.Module):
                 t_next = 1.0 + (k + 1) * dt
                 x = gw * (t_next * x0 + (1 - t_next) * guide) + (1 - gw) * x
         return x
+
+
+Pi0Policy = Pi0Model  # the name before model types got one contract (vla.model.contract)

@@ -1,33 +1,43 @@
-"""The policy types, by name: config class and model class (one explicit dict)."""
+"""The model types, by name: one explicit dict from a preset's `type` to its config dataclass and
+its `ActionModel` class (vla.model.contract). Adding a type is one line in MODEL_TYPES."""
 
 from __future__ import annotations
 
-from vla.model.fast_policy import ActionVocab, FastConfig, FastPolicy
-from vla.model.pi0 import Pi0Config, Pi0Policy
+from dataclasses import dataclass, replace
+
+from vla.model.contract import ActionModel
+from vla.model.fast_policy import FastConfig, FastModel
+from vla.model.pi0 import Pi0Config, Pi0Model
 from vla.spec import SpecError
 
-POLICIES = {
-    "pi0": (Pi0Config, Pi0Policy),
-    "fast": (FastConfig, FastPolicy),
+
+@dataclass(frozen=True)
+class ModelType:
+    name: str
+    config: type  # frozen dataclass built from a preset's [model] table (+ embodiments from the data)
+    model: type[ActionModel]
+
+    def make_config(self, d: dict, **overrides):
+        """A preset's [model] table (or a checkpoint's resolved config) -> the config dataclass."""
+        try:
+            cfg = self.config(**d)
+        except TypeError as e:  # unknown or missing field: the message names it
+            raise SpecError(f"{self.name} model config: {e}") from None
+        return replace(cfg, **overrides) if overrides else cfg
+
+    def build(self, cfg, *, text_vocab: int, assets: dict | None = None) -> ActionModel:
+        return self.model.build(cfg, text_vocab=text_vocab, assets=assets or {})
+
+
+MODEL_TYPES: dict[str, ModelType] = {
+    t.name: t for t in (
+        ModelType("pi0", Pi0Config, Pi0Model),
+        ModelType("fast", FastConfig, FastModel),
+    )
 }
 
 
-def policy_config(kind: str, d: dict):
-    if kind not in POLICIES:
-        raise SpecError(f"unknown policy type {kind!r}; known: {sorted(POLICIES)}")
-    cls = POLICIES[kind][0]
-    try:
-        return cls(**d)
-    except TypeError as e:
-        raise SpecError(f"policy {kind!r} config: {e}") from None
-
-
-def build_policy(kind: str, cfg, *, text_vocab: int, fast_sizes: dict[str, int] | None = None):
-    """Instantiate the model for a resolved config (embodiments filled in)."""
-    if kind == "pi0":
-        return Pi0Policy(cfg, text_vocab)
-    if kind == "fast":
-        if not fast_sizes:
-            raise SpecError("fast policy needs its FAST tokenizers' vocab sizes")
-        return FastPolicy(cfg, ActionVocab(text_vocab, fast_sizes))
-    raise SpecError(f"unknown policy type {kind!r}; known: {sorted(POLICIES)}")
+def model_type(name: str) -> ModelType:
+    if name not in MODEL_TYPES:
+        raise SpecError(f"unknown model type {name!r}; registered types: {sorted(MODEL_TYPES)}")
+    return MODEL_TYPES[name]

@@ -9,6 +9,10 @@ One fixed order, both ways:
 With `delta_actions`, joint position commands are modelled relative to the state the chunk
 starts from: normalized target (a - s) / scale for those dims (see `delta_dims`), and on the
 way out a = s + scale * y; every other dim (grippers) stays absolute.
+
+`build_transforms` is the one place Transforms are assembled from a model config, for
+training and for a loaded checkpoint alike; a model type's extra training targets (FAST
+tokens) come from its `action_targets` hook and run here, in the data workers.
 """
 
 from __future__ import annotations
@@ -56,7 +60,7 @@ def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
 class Transforms:
     def __init__(self, embodiments: dict[str, Embodiment], stats: dict[str, dict[str, KeyStats]], norm_mode: str,
                  text: TextTokenizer, *, image_size: int, cameras: int, max_tokens: int, horizon: int,
-                 fast=None, fast_vocab=None, max_action_tokens: int = 0, delta_actions: bool = False):
+                 delta_actions: bool = False, targets=None):
         missing = [n for n in embodiments if n not in stats or STATE not in stats[n] or ACTION not in stats[n]]
         if missing:
             raise SpecError(f"no norm stats for embodiment(s) {missing}")
@@ -65,8 +69,7 @@ class Transforms:
         self.max_tokens, self.horizon = max_tokens, horizon
         self.s_max = max(e.state_dim for e in embodiments.values())
         self.a_max = max(e.action_dim for e in embodiments.values())
-        self.fast, self.fast_vocab, self.max_action_tokens = fast, fast_vocab, max_action_tokens
-        self.truncated_action_sequences = 0
+        self.targets = targets  # vla.model.contract.ActionTargets or None
         self.delta = {n: delta_dims(e) for n, e in embodiments.items()} if delta_actions else {}
         for e in embodiments.values():
             if len(e.cameras) > cameras:
@@ -147,22 +150,9 @@ class Transforms:
             actions[i, :, :a] = self._norm_chunk(n, act[i, :, :a], states[i])
         out["actions"] = torch.from_numpy(actions)
         out["action_is_pad"] = batch[ACTION_IS_PAD]
-        if self.fast is not None:
-            out.update(self._fast_tokens(names, actions))
+        if self.targets is not None:
+            out.update(self.targets(names, actions))
         return out
-
-    def _fast_tokens(self, names, actions) -> dict:
-        from vla.model.fast_policy import fast_to_lm_row
-
-        rows, masks = [], []
-        for i, n in enumerate(names):
-            a = self.embodiments[n].action_dim
-            ids = self.fast[n].encode(actions[i, :, :a])
-            r, m, trunc = fast_to_lm_row(ids, self.fast_vocab, n, self.max_action_tokens)
-            self.truncated_action_sequences += int(trunc)
-            rows.append(r)
-            masks.append(m)
-        return {"action_tokens": torch.from_numpy(np.stack(rows)), "action_token_mask": torch.from_numpy(np.stack(masks))}
 
     def from_observations(self, observations: list[dict], default_embodiment: str | None = None) -> dict:
         """Robot/env observations (frame keys + task + embodiment) -> model batch; validates each."""
@@ -220,3 +210,11 @@ class Transforms:
             s = None if states is None else np.asarray(states[i], np.float32)
             out.append(self._unnorm_chunk(n, x[i, :, :a], s).astype(np.float32))
         return out
+
+
+def build_transforms(model_cls, cfg, *, embodiments: dict[str, Embodiment], stats, norm_mode: str,
+                     text: TextTokenizer, assets: dict) -> Transforms:
+    """The Transforms of a model config (`model_cls`: its vla.model.contract.ActionModel class)."""
+    return Transforms(embodiments, stats, norm_mode, text, image_size=cfg.backbone.image_size, cameras=cfg.cameras,
+                      max_tokens=cfg.max_tokens, horizon=cfg.horizon, delta_actions=cfg.delta_actions,
+                      targets=model_cls.action_targets(cfg, assets, text.vocab_size))

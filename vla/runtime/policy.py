@@ -2,21 +2,22 @@
 
 Everything is rebuilt from the checkpoint (config, weights, norm stats, tokenizers), never
 from the current presets. Observations are validated against the checkpoint's embodiments;
-an embodiment without norm stats is refused.
+an embodiment without norm stats is refused. The model is used only through its contract
+(vla.model.contract), whatever its type.
 
-FAST decodes that do not yield exactly h x a values are *malformed*: the reply says so
-(`malformed: True`), the count is kept in `stats`, a warning is logged, and the actions are a
-best-effort low-pass decode (the coefficients that did decode, the rest zero), never a
-silent all-zero chunk. The control loop treats a malformed chunk as no fresh plan.
+A model may report rows it could not decode (FAST: token sequences that do not yield h x a
+values). The reply says so (`malformed: True`), the count is kept in `stats`, and the actions
+are the model's best effort, never a silent all-zero chunk. The control loop treats a
+malformed chunk as no fresh plan.
 
-`compile=True` (pi0) runs the denoising through `torch.compile`: about twice as fast on a CPU,
-after a one-time compile (minutes on 2 cores; inductor's cache makes later processes start in
-seconds). `warmup()` pays that cost up front, before a control loop depends on the latency.
+`compile=True` runs the sampler through `torch.compile` where the model type supports it
+(pi0: about twice as fast on a CPU, after a one-time compile of minutes on 2 cores;
+inductor's cache makes later processes start in seconds). `warmup()` pays that cost up front,
+before a control loop depends on the latency.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import time
 from pathlib import Path
@@ -35,22 +36,16 @@ class Policy:
                  compile: bool = False):
         self.ckpt = Checkpoint(path)
         self.model, self.tf, self.cfg = build_from_checkpoint(self.ckpt)
-        self.kind = self.ckpt.config["policy"]["type"]
+        self.kind = self.ckpt.resolved.model_type
         self.device = torch.device(device or "cpu")
         self.model.to(self.device)
-        from vla.model.attention import fuse_for_inference
-
-        fuse_for_inference(*[m for m in (self.model.backbone.language_model, getattr(self.model, "expert", None)) if m is not None])
+        self.model.prepare_for_inference()
         self.num_steps = num_steps
         self.stats = {"calls": 0, "malformed": 0}
         self._default = next(iter(self.ckpt.embodiments)) if len(self.ckpt.embodiments) == 1 else None
-        self._sample = self.model.sample_actions if self.kind == "pi0" else None
-        self.compiled = compile and self.kind == "pi0"
+        self.compiled = bool(compile) and self.model.enable_compile()
         if compile and not self.compiled:
-            log.warning("compile applies to pi0 policies; this %s policy decodes eagerly", self.kind)
-        if self.compiled:
-            self._sample = torch.compile(functools.partial(type(self.model).sample_actions.__wrapped__, self.model),
-                                         dynamic=False)
+            log.warning("this %s model has no compiled sampler; it runs eagerly", self.kind)
 
     def warmup(self) -> float:
         """One inference per embodiment on a blank observation (compiles, when compiling); -> seconds."""
@@ -66,7 +61,7 @@ class Policy:
     def metadata(self) -> dict:
         """What a client needs to know (sent first on every server connection)."""
         return {
-            "policy_type": self.kind, "checkpoint": str(self.ckpt.path), "step": self.ckpt.config.get("step"),
+            "policy_type": self.kind, "checkpoint": str(self.ckpt.path), "step": self.ckpt.resolved.step,
             "action_horizon": self.cfg.horizon,
             "embodiments": {n: e.to_dict() for n, e in self.ckpt.embodiments.items()},
         }
@@ -78,8 +73,9 @@ class Policy:
               guide_weights: np.ndarray | None = None) -> dict:
         """One observation -> {"actions": float32 [h, a] in robot units, "malformed", "policy_timing"}.
 
-        guide / guide_weights (pi0 only): real-time chunking. `guide` [h, a] in robot units is
-        the plan the new chunk should agree with, `guide_weights` [h] in [0, 1] how strongly.
+        guide / guide_weights: real-time chunking, for models that support guidance (pi0).
+        `guide` [h, a] in robot units is the plan the new chunk should agree with,
+        `guide_weights` [h] in [0, 1] how strongly. Other models ignore them.
         """
         return self.infer_batch([obs], noise=None if noise is None else noise[None],
                                 guide=None if guide is None else guide[None],
@@ -93,51 +89,22 @@ class Policy:
         names = batch[EMBODIMENT]
         states = [np.asarray(o[STATE], np.float32) for o in observations]  # delta-action checkpoints need them
         batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        malformed = [False] * len(names)
-        if self.kind == "pi0":
-            if noise is None:  # drawn here, not inside the (maybe compiled) sampler: one graph, and the same
-                a_dim = max(self.cfg.embodiments[n][1] for n in names)  # draws, seed for seed, as eager
-                noise = torch.randn(len(names), self.cfg.horizon, a_dim)
-            nz = torch.as_tensor(noise, dtype=torch.float32, device=self.device)
-            g = gw = None
-            if guide is not None:
-                g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names, states)).to(self.device)
-                gw = torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device)
-            out = self._sample(batch, num_steps=self.num_steps, noise=nz, guide=g, guide_weights=gw)
-            actions = self.tf.to_actions(out, names, states)
+        if noise is None:  # drawn here, not inside a (maybe compiled) sampler: one graph, and the same
+            nz = self.model.initial_noise(names)  # draws, seed for seed, as eager
         else:
-            if guide is not None:
-                log.debug("guided (RTC) sampling is pi0-only; FAST decodes unguided")
-            actions, malformed = self._fast(batch, names, states)
+            nz = torch.as_tensor(noise, dtype=torch.float32)
+        g = gw = None
+        if guide is not None and self.model.supports_guidance:
+            g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names, states)).to(self.device)
+            gw = torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device)
+        out = self.model.sample(batch, num_steps=self.num_steps, noise=None if nz is None else nz.to(self.device),
+                                guide=g, guide_weights=gw)
+        actions = self.tf.to_actions(out.actions, names, states)
+        malformed = [bool(m) for m in out.malformed.tolist()]
         dt = (time.perf_counter() - t0) * 1000
         self.stats["calls"] += len(names)
         self.stats["malformed"] += sum(malformed)
         return [{"actions": a, "malformed": m, "policy_timing": {"infer_ms": dt}} for a, m in zip(actions, malformed)]
-
-    def _fast(self, batch, names, states):
-        from vla.model.fast import relaxed_coefficients
-        from vla.model.fast_policy import lm_ids_to_fast
-
-        seqs = self.model.generate(batch)
-        norm, bad = [], []
-        for seq, n in zip(seqs, names):
-            tok = self.tf.fast[n]
-            ids = lm_ids_to_fast(seq, self.tf.fast_vocab, n)
-            r = tok.decode(ids)
-            if r.ok:
-                norm.append(r.actions)
-                bad.append(False)
-            else:
-                acts, got = relaxed_coefficients(tok, ids)
-                log.warning("malformed FAST decode for %s: %d values, expected %d; using a low-pass decode",
-                            n, got, tok.horizon * tok.action_dim)
-                norm.append(acts)
-                bad.append(True)
-        a_max = max(x.shape[1] for x in norm)
-        padded = np.zeros((len(norm), self.cfg.horizon, a_max), np.float32)
-        for i, x in enumerate(norm):
-            padded[i, :, : x.shape[1]] = x
-        return self.tf.to_actions(torch.from_numpy(padded), names, states), bad
 
 
 def load_policy(path: str | Path, **kwargs) -> Policy:

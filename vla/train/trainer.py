@@ -19,7 +19,7 @@ import logging
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -31,13 +31,12 @@ from vla.config import Preset
 from vla.data.sampler import WindowDataset, collate_windows
 from vla.data.stats import compute_norm_stats
 from vla.data.store import EpisodeStore
-from vla.model.checkpoint import Checkpoint, save_checkpoint
-from vla.model.fast import FastTokenizer
-from vla.model.fast_policy import ActionVocab
-from vla.model.registry import build_policy, policy_config
+from vla.model.checkpoint import Checkpoint, CheckpointConfig, save_checkpoint
+from vla.model.contract import COUNT_PREFIX
+from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
-from vla.model.transforms import Transforms
-from vla.spec import ACTION, SpecError
+from vla.model.transforms import Transforms, build_transforms
+from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -115,19 +114,6 @@ def _dist_info() -> tuple[int, int]:
     return (dist.get_rank(), world) if world > 1 else (0, 1)
 
 
-def _fit_fast(ds: WindowDataset, tf_stats, mode: str, embodiments, cfg, n_chunks: int, seed: int) -> dict:
-    """One FAST tokenizer per embodiment, fit on normalized action chunks drawn from the data."""
-    rng = np.random.default_rng(seed)
-    out = {}
-    for name, emb in embodiments.items():
-        idx = [i for i in range(len(ds)) if ds._emb[int(ds._ep[i])] == name]
-        pick = rng.choice(idx, size=min(n_chunks, len(idx)), replace=False)
-        chunks = np.stack([ds._lowdim(int(i))[ACTION] for i in pick])
-        norm = np.clip(tf_stats[name][ACTION].normalize(chunks, mode), -1, 1)
-        out[name] = FastTokenizer.fit(norm, scale=cfg.fast_scale, vocab_size=cfg.fast_vocab_size)
-    return out
-
-
 def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None = None, weights: list[float] | None = None,
           resume: bool = False, device: str | None = None, progress: bool = True, on_save=None,
           max_seconds: float | None = None) -> Path:
@@ -141,37 +127,33 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     tcfg = TrainConfig(**{**preset.train, **({"steps": steps} if steps else {})})
     if tcfg.batch_size % world:
         raise SpecError(f"batch_size {tcfg.batch_size} must be divisible by the {world} processes")
+    mt = model_type(preset.type)
+    model_cfg = mt.make_config(preset.model, grad_checkpoint=tcfg.grad_checkpoint)  # sizes checked before any data
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     out = Path(out)
     stores = [EpisodeStore.open(p) for p in data]
-    ds = WindowDataset(stores, preset.horizon, weights=weights)
+    ds = WindowDataset(stores, model_cfg.horizon, weights=weights)
     embodiments = ds.embodiments
-    dims = {n: (e.state_dim, e.action_dim) for n, e in embodiments.items()}
-    model_cfg = policy_config(preset.type, {**preset.model, "embodiments": dims,
-                                            "grad_checkpoint": tcfg.grad_checkpoint})
+    model_cfg = mt.make_config(preset.model, grad_checkpoint=tcfg.grad_checkpoint,
+                               embodiments={n: (e.state_dim, e.action_dim) for n, e in embodiments.items()})
 
     if resume:
         ck = Checkpoint(out)
-        stats, text, fast = ck.stats(), ck.text(), ck.fast() or None
+        stats, text, assets = ck.stats(), ck.text(), ck.assets()
         state = ck.train_state()
     else:
         stats = compute_norm_stats(stores, progress=progress and rank == 0)
         text = TextTokenizer.load(preset.text.pretrained) if preset.text.pretrained else \
             TextTokenizer.train([i.task for s in stores for i in s.infos()], preset.text.vocab_size)
-        fast = _fit_fast(ds, stats, preset.norm_mode, embodiments, model_cfg, tcfg.fast_fit_chunks, tcfg.seed) \
-            if preset.type == "fast" else None
+        assets = mt.model.fit_assets(model_cfg, ds, stats, preset.norm_mode, seed=tcfg.seed, chunks=tcfg.fast_fit_chunks)
         state = None
-    fast_sizes = {n: t.vocab_size for n, t in fast.items()} if fast else None
-    vocab = ActionVocab(text.vocab_size, fast_sizes) if fast else None
-    tf = Transforms(embodiments, stats, preset.norm_mode, text, image_size=model_cfg.backbone.image_size,
-                    cameras=model_cfg.cameras, max_tokens=model_cfg.max_tokens, horizon=model_cfg.horizon,
-                    fast=fast, fast_vocab=vocab, max_action_tokens=getattr(model_cfg, "max_action_tokens", 0),
-                    delta_actions=getattr(model_cfg, "delta_actions", False))
+    tf = build_transforms(mt.model, model_cfg, embodiments=embodiments, stats=stats, norm_mode=preset.norm_mode,
+                          text=text, assets=assets)
 
     torch.manual_seed(tcfg.seed)
-    model = build_policy(preset.type, model_cfg, text_vocab=text.vocab_size, fast_sizes=fast_sizes).to(dev)
+    model = mt.build(model_cfg, text_vocab=text.vocab_size, assets=assets).to(dev)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -188,22 +170,15 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     # Heads of embodiments absent from a rank's slice get no gradient in that step.
     ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
-    counts = np.bincount(ds._ep_store[ds._ep], minlength=len(stores)).astype(np.float64)
-    w = np.asarray(weights if weights is not None else counts, np.float64)
-    probs = (w / w.sum())[ds._ep_store[ds._ep]] / counts[ds._ep_store[ds._ep]]
-    probs /= probs.sum()
-    sampler = StepBatches(probs, tcfg.batch_size, start, tcfg.steps, tcfg.seed, rank, world)
+    sampler = StepBatches(ds.sample_probs(), tcfg.batch_size, start, tcfg.steps, tcfg.seed, rank, world)
     if tcfg.workers > 0:
         torch.multiprocessing.set_sharing_strategy("file_system")
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=tcfg.workers, collate_fn=_Collate(tf),
                         persistent_workers=False, pin_memory=dev.type == "cuda")
 
-    config = {
-        "policy": {"type": preset.type, "config": model_cfg.to_dict(), "norm_mode": preset.norm_mode},
-        "embodiments": {n: e.to_dict() for n, e in embodiments.items()},
-        "preset": preset.to_dict(), "train": asdict(tcfg), "data": [str(p) for p in data],
-        "weights": weights, "params": sum(p.numel() for p in model.parameters()),
-    }
+    config = CheckpointConfig(preset.type, model_cfg, preset.norm_mode, embodiments, preset=preset.to_dict(),
+                              train=asdict(tcfg), data=[str(p) for p in data], weights=weights,
+                              params=sum(p.numel() for p in model.parameters()))
     metrics_path = out.with_name(f".{out.name}.metrics.jsonl")
     if resume and (out / "metrics.jsonl").exists() and rank == 0:
         metrics_path.write_text((out / "metrics.jsonl").read_text())
@@ -216,7 +191,7 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         raw = model.state_dict()
         infer_weights = ema if ema is not None else raw
         _loss_plot(metrics_path, out.with_name(f".{out.name}.loss.png"))
-        save_checkpoint(out, weights=infer_weights, config={**config, "step": step}, stats=stats, text=text, fast=fast,
+        save_checkpoint(out, weights=infer_weights, config=replace(config, step=step), stats=stats, text=text, assets=assets,
                         train_state={"model": raw, "optimizer": opt.state_dict(), "ema": ema, "step": step},
                         extra_files={"metrics.jsonl": metrics_path, "loss.png": out.with_name(f".{out.name}.loss.png")})
         if on_save is not None:
@@ -228,6 +203,7 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     t_last, n_last = time.perf_counter(), 0
     step = start
     t_start = time.perf_counter()
+    counts: dict[str, int] = {}  # batch counters (count/...): summed here, since workers only see copies
     for batch in loader:
         elapsed = _elapsed(t_start, world, dev) if max_seconds else 0.0
         if max_seconds and elapsed > max_seconds:
@@ -236,12 +212,13 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         lr = lr_at(step, tcfg, elapsed / max_seconds if max_seconds else 0.0)
         for g in opt.param_groups:
             g["lr"] = lr
+        for k in [k for k in batch if k.startswith(COUNT_PREFIX)]:
+            name = k[len(COUNT_PREFIX):]
+            counts[name] = counts.get(name, 0) + int(batch.pop(k))
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
-        if preset.type == "pi0":  # noise and times of the whole global batch; this rank's rows
-            shape = (tcfg.batch_size, *batch["actions"].shape[1:])
-            batch["noise"] = torch.randn(shape, generator=gen)[rank::world].to(dev)
-            batch["time"] = model.sample_time(tcfg.batch_size, gen)[rank::world].to(dev)
+        for k, v in model.training_draws(tcfg.batch_size, batch, gen).items():  # global batch; this rank's rows
+            batch[k] = v[rank::world].to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss = ddp_model.compute_loss(batch, gen).mean() if world == 1 else _ddp_loss(ddp_model, batch, gen)
         opt.zero_grad(set_to_none=True)
@@ -261,8 +238,7 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
             now = time.perf_counter()
             rec = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": float(gnorm),
                    "windows_per_s": n_last / max(now - t_last, 1e-9)}
-            if getattr(tf, "truncated_action_sequences", 0):
-                rec["fast_truncated"] = tf.truncated_action_sequences
+            rec.update({k: v for k, v in counts.items() if v})
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(loss=f"{rec['loss']:.4f}", wps=f"{rec['windows_per_s']:.0f}")
@@ -271,6 +247,9 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         if tcfg.save_every and step % tcfg.save_every == 0 and step < tcfg.steps:
             save(step)
     bar.close()
+    for name, n in counts.items():
+        if n:
+            log.warning("%s: %d over this run (see metrics.jsonl)", name, n)
     save(step)
     if world > 1:
         dist.barrier()

@@ -1,0 +1,140 @@
+"""The one contract every model type meets (pi0, FAST, and whatever comes next).
+
+Training, checkpoints and the runtime talk to a model only through these methods, so a new
+model type is one config dataclass + one `ActionModel` subclass + one line in
+`vla.model.registry.MODEL_TYPES`; nothing else branches on the type.
+
+    build(cfg, text_vocab=, assets=)       the model for a resolved config (classmethod)
+    compute_loss(batch, generator) -> [b]  per-sample training loss on a model-side batch
+    sample(batch, ...) -> ActionSample     normalized actions [b, h, a_max] + malformed rows [b]
+    sample_actions(batch, ...) -> [b, h, a]  the actions alone
+    training_draws(n, batch, generator)    random inputs drawn for the whole global batch (DDP)
+    initial_noise(embodiments)             the runtime's noise draw (None: the model needs none)
+
+Data-derived pieces beyond weights (FAST's action tokenizers) are the type's *assets*:
+fitted once at the start of training (`fit_assets`), saved beside the weights
+(`save_assets` / `load_assets`), and turned into worker-side training targets
+(`action_targets`). Model-side batch keys are named in `vla.model.pi0`'s docstring.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch import nn
+
+from vla.spec import SpecError
+
+
+@dataclass
+class ActionSample:
+    actions: torch.Tensor  # [b, h, a_max] normalized, padded to the batch's widest action dim
+    malformed: torch.Tensor  # [b] bool: the row's decode failed; its actions are a best effort
+
+
+# Worker-side hook: (embodiment names, normalized actions [b, h, a_max] numpy) -> extra batch keys.
+ActionTargets = Callable[[list, Any], dict]
+
+COUNT_PREFIX = "count/"  # batch keys the trainer sums over steps and logs (e.g. count/fast_truncated)
+
+
+def example_inputs(cfg, batch_size: int, *, vocab_size: int, seed: int = 0) -> dict:
+    """Random model-side inputs for a config with embodiments, cameras, max_tokens, horizon and
+    backbone.image_size: images, tokens, state, embodiment, normalized actions."""
+    if not cfg.embodiments:
+        raise SpecError(f"{type(cfg).__name__}: example_batch needs at least one embodiment in the config")
+    g = torch.Generator().manual_seed(seed)
+    names = sorted(cfg.embodiments)
+    s = max(d[0] for d in cfg.embodiments.values())
+    a = max(d[1] for d in cfg.embodiments.values())
+    size, n_tok = cfg.backbone.image_size, cfg.max_tokens
+    tokens = torch.randint(4, vocab_size, (batch_size, n_tok), generator=g)
+    token_mask = torch.arange(n_tok)[None] < torch.randint(2, n_tok + 1, (batch_size, 1), generator=g)
+    return {
+        "images": torch.rand(batch_size, cfg.cameras, 3, size, size, generator=g) * 2 - 1,
+        "image_mask": torch.ones(batch_size, cfg.cameras, dtype=torch.bool),
+        "tokens": tokens, "token_mask": token_mask,
+        "state": torch.randn(batch_size, s, generator=g),
+        "embodiment": [names[i % len(names)] for i in range(batch_size)],
+        "actions": torch.randn(batch_size, cfg.horizon, a, generator=g),
+        "action_is_pad": torch.zeros(batch_size, cfg.horizon, dtype=torch.bool),
+    }
+
+
+class ActionModel(nn.Module):
+    """Base class of every model type. Subclasses implement `compute_loss` and `_sample`."""
+
+    supports_guidance = False  # real-time chunking (inpainting towards a guide chunk)
+
+    # ---- construction and assets ----
+    @classmethod
+    def build(cls, cfg, *, text_vocab: int, assets: dict) -> "ActionModel":
+        return cls(cfg, text_vocab)
+
+    @classmethod
+    def fit_assets(cls, cfg, dataset, stats, norm_mode: str, *, seed: int = 0, chunks: int = 2000) -> dict:
+        """Assets learned from the training data (`dataset`: a vla.data.sampler.WindowDataset)."""
+        return {}
+
+    @classmethod
+    def save_assets(cls, assets: dict, directory: Path) -> None:
+        """Write `assets` into the checkpoint directory being assembled."""
+
+    @classmethod
+    def load_assets(cls, directory: Path) -> dict:
+        return {}
+
+    @classmethod
+    def action_targets(cls, cfg, assets: dict, text_vocab: int) -> ActionTargets | None:
+        """Extra training targets computed in the data workers from the normalized actions."""
+        return None
+
+    def example_batch(self, batch_size: int = 2, *, seed: int = 0) -> dict:
+        """A random model-side training batch this model accepts (no data on disk)."""
+        return self.cfg.example_batch(batch_size, vocab_size=self.text_vocab, seed=seed)
+
+    # ---- training ----
+    def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        raise NotImplementedError
+
+    def forward(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
+        """The training entry point (so DDP's hooks run): per-sample loss [b]."""
+        return self.compute_loss(batch, generator)
+
+    def training_draws(self, batch_size: int, batch: dict, generator: torch.Generator) -> dict:
+        """Random inputs for the *global* batch of a step (rows are sliced per DDP rank), so N
+        processes draw exactly what one process would. Default: none."""
+        return {}
+
+    # ---- inference ----
+    def initial_noise(self, embodiments: list[str], generator: torch.Generator | None = None) -> torch.Tensor | None:
+        return None
+
+    def sample(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
+               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None, **kwargs) -> ActionSample:
+        with torch.inference_mode():
+            return self._sample(batch, num_steps=num_steps, noise=noise, guide=guide, guide_weights=guide_weights,
+                                **kwargs)
+
+    def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights, **kwargs) -> ActionSample:
+        raise NotImplementedError
+
+    def sample_actions(self, batch: dict, **kwargs) -> torch.Tensor:
+        """Normalized actions [b, h, a_max] for a model-side batch (see `sample`)."""
+        return self.sample(batch, **kwargs).actions
+
+    def prepare_for_inference(self) -> None:
+        """Fuse what can be fused for eval (weights unchanged, outputs equal within fp error)."""
+        from vla.model.attention import fuse_for_inference
+
+        fuse_for_inference(*self.decoder_stacks())
+
+    def decoder_stacks(self) -> list[nn.Module]:
+        return [self.backbone.language_model]
+
+    def enable_compile(self) -> bool:
+        """Compile the sampler with torch.compile where the type supports it; -> whether it does."""
+        return False
