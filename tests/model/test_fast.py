@@ -74,3 +74,21 @@ def test_fast_policy_learns_and_decodes_with_cache():
     for i in range(b):  # memorized: greedy decoding with the KV cache reproduces the target tokens
         assert lm_ids_to_fast(seqs[i], vocab, "r") == tok.encode(x[i])
         assert tok.decode(lm_ids_to_fast(seqs[i], vocab, "r")).ok
+
+
+def test_fast_model_sample_decodes_inside_and_flags_malformed_rows():
+    torch.manual_seed(0)
+    x = smooth_chunks(64, h=8, a=2)
+    tok = FastTokenizer.fit(x, scale=4, vocab_size=64)
+    cfg = FastConfig(backbone=tiny_backbone(vocab_size=64), horizon=8, cameras=1, max_tokens=4,
+                     max_action_tokens=40, embodiments={"r": (3, 2)})
+    m = FastPolicy.build(cfg, text_vocab=64, assets={"fast": {"r": tok}}).eval()
+    batch = m.example_batch(2)
+    good, cut = tok.encode(x[0]), tok.encode(x[1])[:-2]
+    m.generate = lambda batch: [[m.vocab.offsets["r"] + i for i in ids] for ids in (good, cut)]
+    out = m.sample(batch)
+    assert out.malformed.tolist() == [False, True]
+    np.testing.assert_allclose(out.actions[0].numpy(), tok.decode(good).actions, atol=1e-6)
+    assert out.actions[1].abs().sum() > 0  # the malformed row is a best-effort decode, not zeros
+    with pytest.raises(SpecError, match="no FAST tokenizer"):
+        FastPolicy.build(cfg, text_vocab=64, assets={"fast": {}})

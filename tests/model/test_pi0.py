@@ -3,7 +3,7 @@ import dataclasses
 import pytest
 import torch
 
-from vla.model.attention import fuse_for_inference, make_attn_mask, positions_from_valid
+from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
 from vla.model.backbone import GemmaSize
 from vla.model.pi0 import Pi0Config, Pi0Policy
 from vla.spec import SpecError
@@ -26,15 +26,28 @@ def test_mask_rule_is_block_causal():
 
 
 def test_prefix_outputs_do_not_depend_on_suffix():
+    """The block-causal mask in the real joint forward: changing the suffix (state, noisy actions,
+    time) leaves every prefix output unchanged and changes the suffix outputs. This is what lets
+    the prefix KV cache be computed once per observation."""
     torch.manual_seed(0)
     cfg = tiny_pi0()
     m = Pi0Policy(cfg, 64).eval()
     batch = cfg.example_batch(2, vocab_size=64)
-    noise = torch.randn(2, cfg.horizon, 4)
-    a = m.sample_actions(batch, noise=noise)
-    batch2 = dict(batch, state=batch["state"] + 5.0)  # changes the suffix only
-    b = m.sample_actions(batch2, noise=noise)
-    assert not torch.allclose(a, b), "state must matter"
+    emb = batch["embodiment"]
+    prefix, p_valid = m.embed_prefix(batch)
+    outs = []
+    for state, x, t in ((batch["state"], torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.9)),
+                        (batch["state"] + 5.0, torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.3))):
+        suffix, s_ar = m.embed_suffix(state, x, t, emb)
+        valid = torch.cat([p_valid, torch.ones(s_ar.shape, dtype=torch.bool)], 1)
+        ar = torch.cat([torch.zeros(p_valid.shape, dtype=torch.long), s_ar], 1)
+        with torch.no_grad():
+            outs.append(joint_forward([m.backbone.language_model, m.expert], [prefix, suffix],
+                                      make_attn_mask(valid, ar), positions_from_valid(valid))[0])
+    (pre_a, suf_a), (pre_b, suf_b) = outs
+    real = p_valid[..., None]
+    assert torch.equal(pre_a * real, pre_b * real), "prefix outputs must not see the suffix"
+    assert not torch.allclose(suf_a, suf_b), "the suffix must see its own (changed) inputs"
 
 
 @pytest.mark.parametrize("fused", [False, True])
