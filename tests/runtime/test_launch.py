@@ -8,17 +8,34 @@ from vla.spec import SpecError
 LAUNCH_FILES = sorted(p.stem for p in launch_dir().glob("*.toml"))
 
 
+def test_the_launch_files_are_found():  # an empty folder would make the test below pass with no cases
+    assert {"arm5-reach-sim", "arm7-reach-sim", "bimanual-handover-sim", "real-robot-template"} <= set(LAUNCH_FILES)
+
+
 @pytest.mark.parametrize("name", LAUNCH_FILES)
 def test_every_launch_file_parses_and_names_real_dims(name):
+    import tomllib
+
     from vla.sim.registry import embodiment_for
     from vla.runtime.sim_robot import env_pair
 
+    raw = tomllib.loads((launch_dir() / f"{name}.toml").read_text())
     cfg = load_launch(name)
-    assert cfg.control.hz > 0 and cfg.chunking.mode in ("sync", "async", "rtc")
-    if cfg.robot.type == "sim":
-        emb = embodiment_for(env_pair(cfg.robot.env)[0], cfg.robot.image_size)
-        per_dim(cfg.safety.max_velocity, emb, "max_velocity")  # names match the embodiment's actions
-        per_dim(cfg.safety.max_acceleration, emb, "max_acceleration")
+    # The file's own values arrive in the config (not the defaults).
+    assert cfg.name == raw["name"] and cfg.control.hz == raw["control"]["hz"]
+    assert cfg.chunking.mode == raw["control"]["mode"] and cfg.control.duration_s == raw["control"]["duration_s"]
+    if cfg.robot.type != "sim":
+        assert cfg.robot.driver == raw["robot"]["driver"]  # a user's robot: its dims are known only to its driver
+        return
+    emb = embodiment_for(env_pair(cfg.robot.env)[0], cfg.robot.image_size)
+    names = [d.name for d in emb.actions]
+    for what in ("max_velocity", "max_acceleration"):
+        table = raw["safety"][what]
+        named = sorted(set(table) - {"default"}) if isinstance(table, dict) else []
+        assert set(named) <= set(names), f"{name}: [safety] {what} names {named}; {emb.name} has {names}"
+        limits = per_dim(getattr(cfg.safety, what), emb, what)
+        assert limits.shape == (len(names),) and (limits > 0).all()
+        assert all(limits[names.index(n)] == table[n] for n in named)  # each named dim gets its own limit
 
 
 def test_every_builtin_robot_has_a_sim_launch_file():
