@@ -74,3 +74,14 @@ def test_train_tokenizer_and_bench_commands(tmp_path):
     rep = json.loads(r.output)["toy2d"]["heldout"]
     assert rep["tokens_per_chunk_mean"] > 0 and rep["compression"] > 1 and rep["roundtrip_failures"] == 0
     assert (tmp_path / "tok" / "toy2d" / "fast.json").exists()
+    # A benchmark command, run for real on the checkpoint just trained (the cheapest one: no simulation).
+    r = runner.invoke(app, ["bench", "probe", str(tmp_path / "ck"), "--data", str(tmp_path / "s"), "--windows", "8",
+                            "--json", str(tmp_path / "probe.json")])
+    assert r.exit_code == 0, r.output
+    probe = json.loads(r.output)
+    assert probe == json.loads((tmp_path / "probe.json").read_text())
+    assert probe["windows"] == 8 and set(probe["loss"]) == {"as_recorded", "other_images", "other_instruction"}
+    assert all(v > 0 for v in probe["loss"].values())
+    assert probe["goal"]["per_embodiment"]["toy2d"]["episodes"] == 3
+    r = runner.invoke(app, ["bench", "probe", str(tmp_path / "nope"), "--data", str(tmp_path / "s")])
+    assert r.exit_code == 2 and "not a checkpoint" in r.output
