@@ -1,12 +1,12 @@
 import json
 
+from helpers import FIXTURES
 from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.data import EpisodeStore
 from vla.data.synthetic import write_synthetic
 from vla.spec import load_embodiment
-from helpers import FIXTURES
 
 runner = CliRunner()
 

@@ -5,8 +5,8 @@ import time
 
 import numpy as np
 import pytest
-
 from conftest import EMB, StubPolicy
+
 from vla.data.store import EpisodeStore
 from vla.runtime.chunking import ChunkingConfig
 from vla.runtime.client import RemotePolicy

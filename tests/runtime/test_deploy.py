@@ -5,7 +5,6 @@ import subprocess
 import sys
 
 import pytest
-
 from train.conftest import write_preset
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]

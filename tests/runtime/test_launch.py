@@ -16,8 +16,8 @@ def test_the_launch_files_are_found():  # an empty folder would make the test be
 def test_every_launch_file_parses_and_names_real_dims(name):
     import tomllib
 
-    from vla.sim.registry import embodiment_for
     from vla.runtime.sim_robot import env_pair
+    from vla.sim.registry import embodiment_for
 
     raw = tomllib.loads((launch_dir() / f"{name}.toml").read_text())
     cfg = load_launch(name)

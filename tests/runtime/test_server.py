@@ -5,9 +5,9 @@ import urllib.request
 
 import numpy as np
 import pytest
+from conftest import StubPolicy, arm_a_obs
 from websockets.sync.client import connect
 
-from conftest import StubPolicy, arm_a_obs
 from vla.runtime.client import PolicyUnavailable, RemotePolicy, RemotePolicyError
 from vla.runtime.server import PolicyServer, ServerConfig
 from vla.runtime.wire import packb, unpackb
@@ -153,7 +153,7 @@ def test_a_crash_after_startup_is_logged_and_raised_not_lost(caplog):
     assert isinstance(srv.error, OSError) and "socket lost" in str(srv.error)
     assert any(r.levelname == "ERROR" and "crashed" in r.getMessage() for r in caplog.records)
     with pytest.raises(RuntimeError, match="policy server crashed: OSError: socket lost"):
-        srv.url
+        _ = srv.url
     with pytest.raises(RuntimeError, match="policy server crashed: OSError: socket lost"):
         srv.stop()
 
