@@ -38,7 +38,7 @@ def test_prefix_outputs_do_not_depend_on_suffix():
     outs = []
     for state, x, t in ((batch["state"], torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.9)),
                         (batch["state"] + 5.0, torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.3))):
-        suffix, s_ar = m.embed_suffix(state, x, t, emb)
+        suffix, s_ar, _ = m.embed_suffix(state, x, t, emb)
         valid = torch.cat([p_valid, torch.ones(s_ar.shape, dtype=torch.bool)], 1)
         ar = torch.cat([torch.zeros(p_valid.shape, dtype=torch.long), s_ar], 1)
         with torch.no_grad():

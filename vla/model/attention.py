@@ -20,6 +20,8 @@ from torch.utils.checkpoint import checkpoint
 from transformers import GemmaModel
 from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, repeat_kv
 
+from vla.model.adarms import AdaRMSNorm, apply_norm, gated
+
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v [b, kv_heads, l, head_dim]
 
 
@@ -114,38 +116,42 @@ def tile_rope(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> tuple[torch.T
 
 
 def fuse_for_inference(*stacks: GemmaModel) -> None:
-    """Attach FusedLayer views to every layer (call again after the weights change)."""
+    """Attach FusedLayer views to every layer (call again after the weights change). Layers with
+    adaptive norms (pi0.5's expert) are left as they are: their norm scales depend on the time."""
     for stack in stacks:
         for layer in stack.layers:
-            layer._vla_fused = FusedLayer(layer)
+            if not isinstance(layer.input_layernorm, AdaRMSNorm):
+                layer._vla_fused = FusedLayer(layer)
 
 
 def _fused(layer) -> "FusedLayer | None":
     return None if torch.is_grad_enabled() else getattr(layer, "_vla_fused", None)
 
 
-def _qkv(layer, h, cos, sin):
-    """-> q [b, heads, l, hd], k, v [b, kv_heads, l, hd], RoPE applied."""
+def _qkv(layer, h, cos, sin, cond=None):
+    """-> q [b, heads, l, hd], k, v [b, kv_heads, l, hd] (RoPE applied), and the attention
+    residual's gate (adaptive norms only, else None)."""
     b, n, _ = h.shape
     f = _fused(layer)
     if f is None:
         attn = layer.self_attn
-        x = layer.input_layernorm(h)
+        x, gate = apply_norm(layer.input_layernorm, h, cond)
         q = attn.q_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
         k = attn.k_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
         v = attn.v_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
-        return (*apply_rotary_pos_emb(q, k, cos, sin), v)
+        return (*apply_rotary_pos_emb(q, k, cos, sin), v, gate)
     q, k, v = f.qkv(h, *tile_rope(cos, sin, f.heads + f.kv_heads))
     hd = f.head_dim
     return (q.reshape(b, n, -1, hd).transpose(1, 2), k.reshape(b, n, -1, hd).transpose(1, 2),
-            v.reshape(b, n, -1, hd).transpose(1, 2))
+            v.reshape(b, n, -1, hd).transpose(1, 2), None)
 
 
-def _out_mlp(layer, h, seg):
+def _out_mlp(layer, h, seg, cond=None, attn_gate=None):
     f = _fused(layer)
     if f is None:
-        h = h + layer.self_attn.o_proj(seg)
-        return h + layer.mlp(layer.post_attention_layernorm(h))
+        h = h + gated(layer.self_attn.o_proj(seg), attn_gate)
+        x, gate = apply_norm(layer.post_attention_layernorm, h, cond)
+        return h + gated(layer.mlp(x), gate)
     return f.out_mlp(h, seg)
 
 
@@ -176,12 +182,13 @@ def _mqa_layer(fs: list[FusedLayer], hs, tiled, row_bias, past_kv, keep_kv):
     return new_hs, ((k[:, None], v[:, None]) if keep_kv else None)  # cache layout [b, 1, l, head_dim]
 
 
-def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv):
-    """One layer of joint attention. hs: per active stream [b, l_s, d_s]."""
-    qs, ks, vs = [], [], []
-    for stack, h, (cos, sin) in zip(stacks, hs, cos_sin):
-        q, k, v = _qkv(stack.layers[layer_idx], h, cos, sin)
-        qs.append(q), ks.append(k), vs.append(v)
+def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv, conds):
+    """One layer of joint attention. hs: per active stream [b, l_s, d_s]; conds: per active
+    stream the adaptive-norm condition or None."""
+    qs, ks, vs, gates = [], [], [], []
+    for stack, h, (cos, sin), cond in zip(stacks, hs, cos_sin, conds):
+        q, k, v, gate = _qkv(stack.layers[layer_idx], h, cos, sin, cond)
+        qs.append(q), ks.append(k), vs.append(v), gates.append(gate)
     q, k, v = (torch.cat(x, 2) if len(x) > 1 else x[0] for x in (qs, ks, vs))
     if past_kv is not None:
         k = torch.cat([past_kv[0], k], 2)
@@ -190,16 +197,17 @@ def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv):
     out = F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=bias)
     out = out.transpose(1, 2).flatten(2)  # [b, l, heads * head_dim]
     new_hs, start = [], 0
-    for stack, h in zip(stacks, hs):
+    for stack, h, cond, gate in zip(stacks, hs, conds, gates):
         seg = out[:, start:start + h.shape[1]]
         start += h.shape[1]
-        new_hs.append(_out_mlp(stack.layers[layer_idx], h, seg))
+        new_hs.append(_out_mlp(stack.layers[layer_idx], h, seg, cond, gate))
     return new_hs, ((k, v) if keep_kv else None)
 
 
 def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | None], allowed: torch.Tensor,
                   positions: torch.Tensor | tuple[torch.Tensor, torch.Tensor], *, past: KVCache | None = None,
-                  keep_kv: bool = False, grad_checkpoint: bool = False
+                  keep_kv: bool = False, grad_checkpoint: bool = False,
+                  conds: list[torch.Tensor | None] | None = None
                   ) -> tuple[list[torch.Tensor | None], KVCache | None]:
     """Run the active streams (embeds not None) through every layer with joint attention.
 
@@ -207,12 +215,14 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
         or the additive float bias [b, 1, l_q, l_k] made from it by `attn_bias` (callers that
         repeat a call, like the denoising loop, build it once).
     positions: [b, l_q] RoPE positions of the active tokens, or their (cos, sin) from `rope`.
+    conds: per stream, the condition of its adaptive norms (pi0.5's expert: the flow time), or None.
     Returns the final-normed hidden states per stream (None for inactive ones) and, with
     keep_kv, every layer's k/v (past included) for reuse by later calls.
     """
     active = [i for i, e in enumerate(embeds) if e is not None]
     act_stacks = [stacks[i] for i in active]
     hs = [embeds[i] for i in active]
+    act_conds = [conds[i] if conds is not None else None for i in active]
     depth = len(act_stacks[0].layers)
     cos, sin = positions if isinstance(positions, tuple) else rope(act_stacks[0], hs[0], positions)
     cos_sin, start = [], 0
@@ -232,12 +242,13 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
         if mqa:
             hs, kv = _mqa_layer(fused[li], hs, tiled, row_bias, layer_past, keep_kv)
         elif grad_checkpoint and torch.is_grad_enabled():
-            hs, kv = checkpoint(_layer, act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, use_reentrant=False)
+            hs, kv = checkpoint(_layer, act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, act_conds,
+                                use_reentrant=False)
         else:
-            hs, kv = _layer(act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv)
+            hs, kv = _layer(act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, act_conds)
         if keep_kv:
             cache.append(kv)
     outs: list[torch.Tensor | None] = [None] * len(embeds)
-    for i, stack, h in zip(active, act_stacks, hs):
-        outs[i] = stack.norm(h)
+    for i, stack, h, cond in zip(active, act_stacks, hs, act_conds):
+        outs[i] = apply_norm(stack.norm, h, cond)[0]
     return outs, (cache if keep_kv else None)

@@ -5,7 +5,7 @@
                         sha256 of model.safetensors (corruption check on load)
     model.safetensors   weights for inference (the EMA weights when EMA is on)
     norm_stats.json     per embodiment and key
-    tokenizer.json      text tokenizer
+    tokenizer.json      text tokenizer (may be absent in a converted checkpoint: token ids only)
     <assets>            the model type's data-derived assets (FAST: fast/<embodiment>/)
     train_state.pt      raw weights, optimizer, schedule, EMA, step: for --resume
     metrics.jsonl, loss.png   training log and curve (written by the trainer)
@@ -50,6 +50,7 @@ class CheckpointConfig:
     embodiments: dict[str, Embodiment]
     step: int = 0
     params: int = 0
+    text_vocab: int = 0  # rows of the token embedding (0: the tokenizer's vocab size, as before this field)
     # Provenance, recorded as given: the preset, the trainer's TrainConfig, the stores and mixture weights.
     preset: dict = field(default_factory=dict)
     train: dict = field(default_factory=dict)
@@ -62,7 +63,7 @@ class CheckpointConfig:
             "policy": {"type": self.model_type, "config": self.model.to_dict(), "norm_mode": self.norm_mode},
             "embodiments": {n: e.to_dict() for n, e in self.embodiments.items()},
             "preset": self.preset, "train": self.train, "data": [str(p) for p in self.data], "weights": self.weights,
-            "params": self.params, "step": self.step,
+            "params": self.params, "step": self.step, "text_vocab": self.text_vocab,
         }
 
     @classmethod
@@ -93,6 +94,7 @@ class CheckpointConfig:
         if not embodiments:
             raise CheckpointError(f"{where}: field 'embodiments' is empty")
         return cls(kind, model, norm_mode, embodiments, step=int(d.get("step") or 0), params=int(d.get("params") or 0),
+                   text_vocab=int(d.get("text_vocab") or 0),
                    preset=d.get("preset") or {}, train=d.get("train") or {}, data=list(d.get("data") or []),
                    weights=d.get("weights"))
 
@@ -106,7 +108,7 @@ def _sha256(path: Path) -> str:
 
 
 def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config: CheckpointConfig, stats: NormStats,
-                    text: TextTokenizer, assets: dict | None = None,
+                    text: TextTokenizer | None, assets: dict | None = None,
                     train_state: dict | None = None, extra_files: dict[str, Path] | None = None) -> Path:
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
@@ -115,7 +117,8 @@ def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config
     try:
         save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
         save_stats(stats, tmp / "norm_stats.json")
-        text.save(tmp / "tokenizer.json")
+        if text is not None:
+            text.save(tmp / "tokenizer.json")
         model_type(config.model_type).model.save_assets(assets or {}, tmp)
         if train_state is not None:
             torch.save(train_state, tmp / "train_state.pt")
@@ -151,7 +154,7 @@ class Checkpoint:
         if not isinstance(self.config, dict):
             raise CheckpointError(f"{cfg_path}: expected a JSON object, got {type(self.config).__name__}")
         self.resolved = CheckpointConfig.from_json(self.config, str(cfg_path))
-        for name in ("model.safetensors", "norm_stats.json", "tokenizer.json"):
+        for name in ("model.safetensors", "norm_stats.json"):
             if not (self.path / name).exists():
                 raise CheckpointError(f"{self.path}: incomplete checkpoint, missing {name}")
         if verify:
@@ -171,8 +174,10 @@ class Checkpoint:
     def stats(self) -> NormStats:
         return load_stats(self.path / "norm_stats.json")
 
-    def text(self) -> TextTokenizer:
-        return TextTokenizer.load(self.path / "tokenizer.json")
+    def text(self) -> TextTokenizer | None:
+        """The text tokenizer, or None when the checkpoint has none (the model then takes token ids)."""
+        p = self.path / "tokenizer.json"
+        return TextTokenizer.load(p) if p.exists() else None
 
     def assets(self) -> dict:
         """The model type's data-derived assets (FAST: {"fast": {embodiment: FastTokenizer}})."""
@@ -193,7 +198,11 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
     rc = ckpt.resolved
     mt = model_type(rc.model_type)
     text, stats, assets = ckpt.text(), ckpt.stats(), ckpt.assets()
-    model = mt.build(rc.model, text_vocab=text.vocab_size, assets=assets)
+    vocab = rc.text_vocab or (text.vocab_size if text is not None else 0)
+    if not vocab:
+        raise CheckpointError(f"{ckpt.path}: no tokenizer.json and no text_vocab in config.json: the token "
+                              "embedding's size is unknown")
+    model = mt.build(rc.model, text_vocab=vocab, assets=assets)
     if weights:
         missing, unexpected = model.load_state_dict(ckpt.weights(), strict=False)
         if missing or unexpected:
@@ -201,5 +210,5 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
                                   f"unexpected {unexpected[:5]})")
     model.eval()
     tf = build_transforms(mt.model, rc.model, embodiments=rc.embodiments, stats=stats, norm_mode=rc.norm_mode,
-                          text=text, assets=assets)
+                          text=text, assets=assets, text_vocab=vocab)
     return model, tf, rc.model

@@ -48,8 +48,9 @@ def example_inputs(cfg, batch_size: int, *, vocab_size: int, seed: int = 0) -> d
         raise SpecError(f"{type(cfg).__name__}: example_batch needs at least one embodiment in the config")
     g = torch.Generator().manual_seed(seed)
     names = sorted(cfg.embodiments)
-    s = max(d[0] for d in cfg.embodiments.values())
-    a = max(d[1] for d in cfg.embodiments.values())
+    padded = getattr(cfg, "shared_head_dim", 0)  # openpi's convention: everything padded to one width
+    s = max(padded, *(d[0] for d in cfg.embodiments.values()))
+    a = max(padded, *(d[1] for d in cfg.embodiments.values()))
     size, n_tok = cfg.backbone.image_size, cfg.max_tokens
     tokens = torch.randint(4, vocab_size, (batch_size, n_tok), generator=g)
     token_mask = torch.arange(n_tok)[None] < torch.randint(2, n_tok + 1, (batch_size, 1), generator=g)

@@ -46,6 +46,7 @@ class FastConfig:
     embodiments: dict = field(default_factory=dict)  # name -> (state_dim, action_dim)
     grad_checkpoint: bool = False
     delta_actions: bool = False  # as Pi0Config.delta_actions: joint actions relative to the chunk's start state
+    prompt_format: str = "plain"  # as Pi0Config.prompt_format
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):

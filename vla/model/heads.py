@@ -52,3 +52,38 @@ class EmbodimentLinear(nn.Module):
         for i, n in enumerate(embodiments):
             m[i, : self.dims[n]] = True
         return m
+
+
+class SharedLinear(nn.Module):
+    """One Linear over a fixed padded width shared by every embodiment (openpi's convention:
+    state and actions zero-padded to 32 dims). `dims` names each embodiment's real width, for
+    the loss mask; the padded dims still flow through the model, as in the published weights."""
+
+    def __init__(self, dims: dict[str, int], width: int, *, padded: int, direction: str):
+        super().__init__()
+        assert direction in ("in", "out")
+        too_wide = {n: d for n, d in dims.items() if d > padded}
+        if too_wide:
+            raise ValueError(f"embodiment dims {too_wide} exceed the shared head's {padded} dims")
+        self.direction, self.width, self.padded, self.dims = direction, width, padded, dict(dims)
+        self.linear = nn.Linear(padded, width) if direction == "in" else nn.Linear(width, padded)
+
+    def forward(self, x: torch.Tensor, embodiments: list[str]) -> torch.Tensor:
+        """in: x [b, ..., d <= padded] -> [b, ..., width];  out: x [b, ..., width] -> [b, ..., padded]."""
+        if self.direction == "in" and x.shape[-1] != self.padded:
+            x = nn.functional.pad(x[..., : self.padded], (0, self.padded - min(x.shape[-1], self.padded)))
+        return self.linear(x)
+
+    def dim_mask(self, embodiments: list[str], device=None) -> torch.Tensor:
+        """[b, padded] True where a dim is real for that row's embodiment (unknown: every dim)."""
+        m = torch.zeros(len(embodiments), self.padded, dtype=torch.bool, device=device)
+        for i, n in enumerate(embodiments):
+            m[i, : self.dims.get(n, self.padded)] = True
+        return m
+
+
+def make_head(dims: dict[str, int], width: int, *, direction: str, shared: int = 0) -> nn.Module:
+    """Per-embodiment heads (shared = 0) or one head over `shared` padded dims."""
+    if shared:
+        return SharedLinear(dims, width, padded=shared, direction=direction)
+    return EmbodimentLinear(dims, width, direction=direction)

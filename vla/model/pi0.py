@@ -30,7 +30,7 @@ from transformers import GemmaModel
 from vla.model.attention import attn_bias, joint_forward, make_attn_mask, positions_from_valid, rope
 from vla.model.backbone import Backbone, BackboneConfig, GemmaSize
 from vla.model.contract import ActionModel, ActionSample, example_inputs
-from vla.model.heads import EmbodimentLinear
+from vla.model.heads import make_head
 from vla.spec import SpecError
 
 
@@ -57,6 +57,13 @@ class Pi0Config:
     # t = 1 the noisy actions carry nothing, so the expert can only lower its loss by reading the
     # observation; 0 is pi0 as published.
     time_at_one: float = 0.0
+    # openpi's convention (0: per-embodiment heads, GR00T style, the default for training from
+    # scratch): N > 0 gives one state head and one action head over N zero-padded dims shared by
+    # every embodiment, as the published pi0 / pi0.5 weights have (N = 32).
+    shared_head_dim: int = 0
+    # How the instruction becomes text (vla.model.transforms.PROMPT_FORMATS): "plain", or
+    # "paligemma" (openpi's pi0: the cleaned text + "\n" after BOS).
+    prompt_format: str = "plain"
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -73,7 +80,12 @@ class Pi0Config:
         if self.horizon < 1 or self.num_steps < 1 or self.cameras < 1 or self.max_tokens < 1:
             raise SpecError(f"pi0: horizon, num_steps, cameras and max_tokens must be >= 1 (got {self.horizon}, "
                             f"{self.num_steps}, {self.cameras}, {self.max_tokens})")
+        if self.shared_head_dim < 0:
+            raise SpecError(f"pi0: shared_head_dim must be >= 0, got {self.shared_head_dim}")
         object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
+        wide = {k: v for k, v in self.embodiments.items() if self.shared_head_dim and max(v) > self.shared_head_dim}
+        if wide:
+            raise SpecError(f"pi0: embodiment dims {wide} exceed shared_head_dim {self.shared_head_dim}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,12 +113,27 @@ class Pi0Model(ActionModel):
         self.cfg, self.text_vocab = cfg, vocab_size
         self.backbone = Backbone(cfg.backbone, vocab_size)
         self.expert = GemmaModel(cfg.expert.gemma_config(vocab_size=8))  # its token embedding is unused
-        w = cfg.expert.width
-        self.state_in = EmbodimentLinear({k: v[0] for k, v in cfg.embodiments.items()}, w, direction="in")
-        self.action_in = EmbodimentLinear({k: v[1] for k, v in cfg.embodiments.items()}, w, direction="in")
-        self.action_out = EmbodimentLinear({k: v[1] for k, v in cfg.embodiments.items()}, w, direction="out")
-        self.time_mlp_in = nn.Linear(2 * w, w)
+        w, shared = cfg.expert.width, cfg.shared_head_dim
+        states = {k: v[0] for k, v in cfg.embodiments.items()}
+        acts = {k: v[1] for k, v in cfg.embodiments.items()}
+        if self.uses_state_token:
+            self.state_in = make_head(states, w, direction="in", shared=shared)
+        self.action_in = make_head(acts, w, direction="in", shared=shared)
+        self.action_out = make_head(acts, w, direction="out", shared=shared)
+        self.time_mlp_in = nn.Linear(w if self.adaptive_time else 2 * w, w)
         self.time_mlp_out = nn.Linear(w, w)
+
+    uses_state_token = True  # pi0: the state is a suffix token; pi0.5 writes it into the prompt
+    adaptive_time = False  # pi0: time joins each action token; pi0.5: it conditions adaptive RMSNorms
+
+    def action_width(self, embodiments: list[str]) -> int:
+        """Width of the model's action chunks for a batch: the shared head's, or the widest row's."""
+        return self.cfg.shared_head_dim or max(self.cfg.embodiments[n][1] for n in embodiments)
+
+    def _check_embodiments(self, embodiments: list[str]) -> None:
+        unknown = sorted(set(embodiments) - set(self.cfg.embodiments))
+        if unknown and not self.cfg.shared_head_dim:
+            raise KeyError(f"no head for embodiment(s) {unknown}; this model knows {sorted(self.cfg.embodiments)}")
 
     # ---- embeddings ----
     def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -118,33 +145,41 @@ class Pi0Model(ActionModel):
         return torch.cat([img, txt.to(img.dtype)], 1), torch.cat([img_valid, batch["token_mask"]], 1)
 
     def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]):
-        """-> tokens [b, 1 + h, w], ar [b, 1 + h]."""
-        h = x_t.shape[1]
-        ar = torch.zeros(x_t.shape[0], 1 + h, dtype=torch.long, device=x_t.device)
-        ar[:, :2] = 1
-        return torch.cat([self.state_in(state, emb)[:, None], self._action_tokens(x_t, t, emb)], 1), ar
+        """-> tokens [b, n_state + h, w], ar [b, n_state + h], adaptive-norm condition [b, w] or None."""
+        tokens, cond = self._suffix_at(self._state_token(state, emb, x_t.dtype), x_t, emb, self._time_terms(t))
+        return tokens, self._suffix_ar(x_t.shape[0], x_t.shape[1], x_t.device), cond
 
-    def _time_term(self, t: torch.Tensor) -> torch.Tensor:
-        """The flow time's half of the action MLP's first layer: [b] -> [b, 1, w]."""
+    def _suffix_ar(self, b: int, h: int, device) -> torch.Tensor:
+        """[state] opens a block (it sees the prefix and itself), the actions open the next."""
+        n = int(self.uses_state_token)
+        ar = torch.zeros(b, n + h, dtype=torch.long, device=device)
+        ar[:, : n + 1] = 1
+        return ar
+
+    def _state_token(self, state: torch.Tensor, emb: list[str], dtype) -> torch.Tensor | None:
+        return self.state_in(state.to(dtype), emb)[:, None]
+
+    def _time_terms(self, t: torch.Tensor) -> torch.Tensor:
+        """Per flow time what the suffix needs of it: here the time half of the action MLP's
+        first layer, [n] -> [n, 1, w] (computed for all denoising steps at once)."""
         w = self.cfg.expert.width
         w_in = self.time_mlp_in.weight
         return (sincos_time(t, w).to(w_in.dtype) @ w_in[:, w:].T + self.time_mlp_in.bias)[:, None]
 
-    def _action_tokens(self, x_t: torch.Tensor, t: torch.Tensor, emb: list[str],
-                       time_term: torch.Tensor | None = None) -> torch.Tensor:
-        """Noisy actions + flow time -> [b, h, w]: MLP(concat(action_emb, sincos(t))), as pi0.
+    def _suffix_at(self, state_tok, x_t: torch.Tensor, emb: list[str], term: torch.Tensor):
+        """-> suffix tokens for noisy actions x_t at the time whose term is given, and the
+        condition of the expert's adaptive norms (None: pi0 has none)."""
+        return torch.cat([state_tok, self._action_tokens(x_t, emb, term)], 1), None
 
-        The concat-then-Linear is computed as two halves; the time half (one row per sample)
-        may be passed in precomputed, as the denoising loop does for all its steps at once.
-        """
+    def _action_tokens(self, x_t: torch.Tensor, emb: list[str], time_term: torch.Tensor) -> torch.Tensor:
+        """Noisy actions + flow time -> [b, h, w]: MLP(concat(action_emb, sincos(t))), as pi0.
+        The concat-then-Linear is computed as two halves; the time half comes precomputed."""
         a = self.action_in(x_t, emb)
-        if time_term is None:
-            time_term = self._time_term(t)
         hid = a @ self.time_mlp_in.weight[:, : a.shape[-1]].T + time_term.to(a.dtype)
         return self.time_mlp_out(nn.functional.silu(hid))
 
     def _suffix_out(self, hidden: torch.Tensor, emb: list[str]) -> torch.Tensor:
-        return self.action_out(hidden[:, 1:], emb)  # drop the state token
+        return self.action_out(hidden[:, int(self.uses_state_token):], emb)  # drop the state token
 
     # ---- training ----
     def sample_time(self, b: int, generator=None, device=None) -> torch.Tensor:
@@ -166,12 +201,12 @@ class Pi0Model(ActionModel):
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         target = noise - actions
         prefix, p_valid = self.embed_prefix(batch)
-        suffix, s_ar = self.embed_suffix(batch["state"], x_t, t, emb)
+        suffix, s_ar, cond = self.embed_suffix(batch["state"], x_t, t, emb)
         valid = torch.cat([p_valid, torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)], 1)
         ar = torch.cat([torch.zeros(p_valid.shape, dtype=torch.long, device=s_ar.device), s_ar], 1)
         (_, out), _ = joint_forward([self.backbone.language_model, self.expert], [prefix, suffix.to(prefix.dtype)],
                                     make_attn_mask(valid, ar), positions_from_valid(valid),
-                                    grad_checkpoint=self.cfg.grad_checkpoint and self.training)
+                                    grad_checkpoint=self.cfg.grad_checkpoint and self.training, conds=[None, cond])
         v = self._suffix_out(out, emb).float()
         dim_mask = self.action_out.dim_mask(emb, device=v.device)[:, None, : v.shape[-1]]
         mask = dim_mask.expand(-1, v.shape[1], -1)
@@ -188,8 +223,8 @@ class Pi0Model(ActionModel):
 
     # ---- inference ----
     def initial_noise(self, embodiments: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
-        a_dim = max(self.cfg.embodiments[n][1] for n in embodiments)
-        return torch.randn(len(embodiments), self.cfg.horizon, a_dim, generator=generator)
+        self._check_embodiments(embodiments)
+        return torch.randn(len(embodiments), self.cfg.horizon, self.action_width(embodiments), generator=generator)
 
     def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights, use_cache: bool = True) -> ActionSample:
         x = self._denoise_fn(batch, num_steps=num_steps, noise=noise, use_cache=use_cache, guide=guide,
@@ -222,10 +257,8 @@ class Pi0Model(ActionModel):
         emb = batch["embodiment"]
         steps = num_steps or self.cfg.num_steps
         b = len(emb)
-        unknown = sorted(set(emb) - set(self.cfg.embodiments))
-        if unknown:
-            raise KeyError(f"no head for embodiment(s) {unknown}; this model knows {sorted(self.cfg.embodiments)}")
-        a_dim = max(self.cfg.embodiments[n][1] for n in emb)
+        self._check_embodiments(emb)
+        a_dim = self.action_width(emb)
         prefix, p_valid = self.embed_prefix(batch)
         x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)
         x = x.to(prefix.device, prefix.dtype)
@@ -243,8 +276,7 @@ class Pi0Model(ActionModel):
             n_prefix = p_valid.sum(1)
         dt = -1.0 / steps
         # Masks and RoPE tables are the same at every step: build them once.
-        s_ar = torch.zeros(b, 1 + self.cfg.horizon, dtype=torch.long, device=x.device)
-        s_ar[:, :2] = 1
+        s_ar = self._suffix_ar(b, self.cfg.horizon, x.device)
         s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=x.device)
         if use_cache:
             # Suffix queries see every real prefix token plus the suffix's own blocks.
@@ -255,15 +287,15 @@ class Pi0Model(ActionModel):
             allowed = make_attn_mask(valid, torch.cat([torch.zeros_like(p_valid, dtype=torch.long), s_ar], 1))
             stacks, pos = [lm, ex], positions_from_valid(valid)
         bias, cos_sin = attn_bias(allowed, x.dtype), rope(ex, x, pos)
-        state_tok = self.state_in(batch["state"].to(x.dtype), emb)[:, None]  # the same at every step
+        state_tok = self._state_token(batch["state"], emb, x.dtype)  # the same at every step
         times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=x.dtype, device=x.device)
-        time_terms = self._time_term(times)  # [steps, 1, w]: every step's time half at once
+        terms = self._time_terms(times)  # every step's time features at once
         for k in range(steps):
-            suffix = torch.cat([state_tok, self._action_tokens(x, None, emb, time_terms[k:k + 1])], 1)
+            suffix, cond = self._suffix_at(state_tok, x, emb, terms[k:k + 1])
             if use_cache:
-                (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache)
+                (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache, conds=[None, cond])
             else:
-                (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin)
+                (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin, conds=[None, cond])
             v = self._suffix_out(out, emb)
             x = x + dt * v[..., : x.shape[-1]]
             if guide is not None:

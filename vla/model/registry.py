@@ -8,6 +8,7 @@ from dataclasses import dataclass, replace
 from vla.model.contract import ActionModel
 from vla.model.fast_policy import FastConfig, FastModel
 from vla.model.pi0 import Pi0Config, Pi0Model
+from vla.model.pi05 import Pi05Config, Pi05Model
 from vla.spec import SpecError
 
 
@@ -32,6 +33,7 @@ class ModelType:
 MODEL_TYPES: dict[str, ModelType] = {
     t.name: t for t in (
         ModelType("pi0", Pi0Config, Pi0Model),
+        ModelType("pi05", Pi05Config, Pi05Model),
         ModelType("fast", FastConfig, FastModel),
     )
 }

@@ -56,7 +56,7 @@ class TextTokenizer:
         """-> ids [b, max_len] int64, mask [b, max_len] bool (BOS first; truncated at max_len)."""
         ids = np.full((len(texts), max_len), self.pad_id, np.int64)
         mask = np.zeros((len(texts), max_len), bool)
-        for i, enc in enumerate(self.tok.encode_batch(list(texts))):
+        for i, enc in enumerate(self.tok.encode_batch(list(texts), add_special_tokens=False)):  # BOS is ours
             seq = ([self.bos_id] if self.bos_id is not None else []) + enc.ids
             seq = seq[:max_len]
             ids[i, : len(seq)] = seq

@@ -57,18 +57,46 @@ def resize_with_pad(images: torch.Tensor, size: int) -> torch.Tensor:
     return F.pad(x, (left, size - nw - left, top, size - nh - top), value=-1.0)
 
 
+PROMPT_FORMATS = ("plain", "paligemma", "pi05")
+STATE_BINS = 256  # pi0.5 writes each normalized state dim as one of 256 bins over [-1, 1]
+
+
+def clean_instruction(task: str) -> str:
+    return task.strip().replace("_", " ").replace("\n", " ")
+
+
+def format_prompt(task: str, fmt: str, state: np.ndarray | None = None) -> str:
+    """The text the tokenizer sees (BOS is added by the tokenizer):
+    plain      the instruction as given (models trained by vla from scratch)
+    paligemma  openpi's pi0: the cleaned instruction + "\n"
+    pi05       openpi's pi0.5: "Task: <cleaned>, State: <bins>;\nAction: " with the
+               normalized state (clipped to [-1, 1]) discretized into 256 bins."""
+    if fmt == "plain":
+        return task
+    if fmt == "paligemma":
+        return clean_instruction(task) + "\n"
+    if fmt == "pi05":
+        bins = np.digitize(np.clip(state, -1.0, 1.0), np.linspace(-1.0, 1.0, STATE_BINS + 1)[:-1]) - 1
+        return f"Task: {clean_instruction(task)}, State: {' '.join(str(int(b)) for b in bins)};\nAction: "
+    raise SpecError(f"prompt_format must be one of {PROMPT_FORMATS}, got {fmt!r}")
+
+
 class Transforms:
     def __init__(self, embodiments: dict[str, Embodiment], stats: dict[str, dict[str, KeyStats]], norm_mode: str,
-                 text: TextTokenizer, *, image_size: int, cameras: int, max_tokens: int, horizon: int,
-                 delta_actions: bool = False, targets=None):
-        missing = [n for n in embodiments if n not in stats or STATE not in stats[n] or ACTION not in stats[n]]
-        if missing:
-            raise SpecError(f"no norm stats for embodiment(s) {missing}")
+                 text: TextTokenizer | None, *, image_size: int, cameras: int, max_tokens: int, horizon: int,
+                 delta_actions: bool = False, targets=None, prompt_format: str = "plain", padded_dim: int = 0):
+        """text None: the model runs on token ids only (a converted checkpoint without its
+        tokenizer); turning instructions into tokens is then refused. padded_dim > 0: state and
+        actions are zero-padded to that width (a shared head, openpi's convention)."""
+        self.missing_stats = sorted(n for n in embodiments
+                                    if n not in stats or STATE not in stats[n] or ACTION not in stats[n])
+        if prompt_format not in PROMPT_FORMATS:
+            raise SpecError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         self.embodiments, self.stats, self.mode = embodiments, stats, norm_mode
         self.text, self.image_size, self.cameras = text, image_size, cameras
-        self.max_tokens, self.horizon = max_tokens, horizon
-        self.s_max = max(e.state_dim for e in embodiments.values())
-        self.a_max = max(e.action_dim for e in embodiments.values())
+        self.max_tokens, self.horizon, self.prompt_format = max_tokens, horizon, prompt_format
+        self.s_max = max(padded_dim, *(e.state_dim for e in embodiments.values()))
+        self.a_max = max(padded_dim, *(e.action_dim for e in embodiments.values()))
         self.targets = targets  # vla.model.contract.ActionTargets or None
         self.delta = {n: delta_dims(e) for n, e in embodiments.items()} if delta_actions else {}
         for e in embodiments.values():
@@ -82,6 +110,7 @@ class Transforms:
         return self.embodiments[name]
 
     def _norm(self, name: str, key: str, x: np.ndarray) -> np.ndarray:
+        self._need_stats(name)
         y = self.stats[name][key].normalize(x, self.mode)
         return np.clip(y, -1.0, 1.0) if self.mode == "quantile" else y
 
@@ -93,7 +122,14 @@ class Transforms:
             y[:, ai] = (act[:, ai] - state[si]) / self.stats[name][ACTION].scale(self.mode)[ai]
         return y
 
+    def _need_stats(self, name: str) -> None:
+        if name in self.missing_stats:
+            raise SpecError(f"no norm stats for embodiment {name!r} in this checkpoint (converted without them?): "
+                            "fine-tune it on your data (vla train --init CKPT), which computes them, or convert "
+                            "from a source that has them")
+
     def _unnorm_chunk(self, name: str, y: np.ndarray, state: np.ndarray | None) -> np.ndarray:
+        self._need_stats(name)
         a = self.stats[name][ACTION].unnormalize(y, self.mode)
         ai, si = self._delta_for(name, state)
         if len(ai):
@@ -113,7 +149,11 @@ class Transforms:
         state = np.zeros((b, self.s_max), np.float32)
         for i, (n, s) in enumerate(zip(names, states)):
             state[i, : len(s)] = self._norm(n, STATE, s)
-        ids, mask = self.text.encode(tasks, self.max_tokens)
+        if self.text is None:
+            raise SpecError("this checkpoint has no text tokenizer (converted without one): convert again with "
+                            "--tokenizer PATH (a tokenizer.json, e.g. PaliGemma's), or send token ids to the model")
+        prompts = [format_prompt(t, self.prompt_format, state[i, : len(s)]) for i, (t, s) in enumerate(zip(tasks, states))]
+        ids, mask = self.text.encode(prompts, self.max_tokens)
         images = torch.full((b, self.cameras, 3, self.image_size, self.image_size), -1.0)
         image_mask = torch.zeros(b, self.cameras, dtype=torch.bool)
         for i, row in enumerate(cams):
@@ -213,8 +253,10 @@ class Transforms:
 
 
 def build_transforms(model_cls, cfg, *, embodiments: dict[str, Embodiment], stats, norm_mode: str,
-                     text: TextTokenizer, assets: dict) -> Transforms:
+                     text: TextTokenizer | None, assets: dict, text_vocab: int | None = None) -> Transforms:
     """The Transforms of a model config (`model_cls`: its vla.model.contract.ActionModel class)."""
+    vocab = text_vocab or (text.vocab_size if text is not None else 0)
     return Transforms(embodiments, stats, norm_mode, text, image_size=cfg.backbone.image_size, cameras=cfg.cameras,
                       max_tokens=cfg.max_tokens, horizon=cfg.horizon, delta_actions=cfg.delta_actions,
-                      targets=model_cls.action_targets(cfg, assets, text.vocab_size))
+                      targets=model_cls.action_targets(cfg, assets, vocab),
+                      prompt_format=cfg.prompt_format, padded_dim=getattr(cfg, "shared_head_dim", 0))

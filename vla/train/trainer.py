@@ -178,7 +178,7 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
 
     config = CheckpointConfig(preset.type, model_cfg, preset.norm_mode, embodiments, preset=preset.to_dict(),
                               train=asdict(tcfg), data=[str(p) for p in data], weights=weights,
-                              params=sum(p.numel() for p in model.parameters()))
+                              params=sum(p.numel() for p in model.parameters()), text_vocab=text.vocab_size)
     metrics_path = out.with_name(f".{out.name}.metrics.jsonl")
     if resume and (out / "metrics.jsonl").exists() and rank == 0:
         metrics_path.write_text((out / "metrics.jsonl").read_text())
