@@ -31,6 +31,7 @@ from vla.data.stats import NormStats, load_stats, save_stats
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import build_transforms
+from vla.model.weight_layout import canonical_keys, match_module_keys
 from vla.spec import Embodiment, SpecError
 
 FORMAT, VERSION = "vla-checkpoint", 1
@@ -56,6 +57,7 @@ class CheckpointConfig:
     train: dict = field(default_factory=dict)
     data: list = field(default_factory=list)
     weights: list | None = None
+    source: dict = field(default_factory=dict)  # a converted checkpoint: where its weights came from
 
     def to_json(self) -> dict:
         return {
@@ -63,7 +65,7 @@ class CheckpointConfig:
             "policy": {"type": self.model_type, "config": self.model.to_dict(), "norm_mode": self.norm_mode},
             "embodiments": {n: e.to_dict() for n, e in self.embodiments.items()},
             "preset": self.preset, "train": self.train, "data": [str(p) for p in self.data], "weights": self.weights,
-            "params": self.params, "step": self.step, "text_vocab": self.text_vocab,
+            "params": self.params, "step": self.step, "text_vocab": self.text_vocab, "source": self.source,
         }
 
     @classmethod
@@ -96,7 +98,7 @@ class CheckpointConfig:
         return cls(kind, model, norm_mode, embodiments, step=int(d.get("step") or 0), params=int(d.get("params") or 0),
                    text_vocab=int(d.get("text_vocab") or 0),
                    preset=d.get("preset") or {}, train=d.get("train") or {}, data=list(d.get("data") or []),
-                   weights=d.get("weights"))
+                   weights=d.get("weights"), source=d.get("source") or {})
 
 
 def _sha256(path: Path) -> str:
@@ -115,7 +117,8 @@ def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in weights.items()}, str(tmp / "model.safetensors"))
+        save_file({k: v.detach().contiguous().cpu() for k, v in canonical_keys(weights).items()},
+                  str(tmp / "model.safetensors"))
         save_stats(stats, tmp / "norm_stats.json")
         if text is not None:
             text.save(tmp / "tokenizer.json")
@@ -204,7 +207,8 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
                               "embedding's size is unknown")
     model = mt.build(rc.model, text_vocab=vocab, assets=assets)
     if weights:
-        missing, unexpected = model.load_state_dict(ckpt.weights(), strict=False)
+        missing, unexpected = model.load_state_dict(match_module_keys(ckpt.weights(), set(model.state_dict())),
+                                                    strict=False)
         if missing or unexpected:
             raise CheckpointError(f"{ckpt.path}: weights do not match the config (missing {missing[:5]}, "
                                   f"unexpected {unexpected[:5]})")

@@ -1,0 +1,320 @@
+"""`vla convert` / `vla export-weights`: parity with transformers' PI0 (the pi0 oracle) on tiny
+random weights written in LeRobot's layout by this test, and the bad-input cases."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+from transformers import PI0Config, PI0ForConditionalGeneration
+
+from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+from vla.model.convert import convert
+from vla.spec import SpecError
+
+IMAGE, PATCH, VOCAB, H = 28, 14, 300, 5
+TPI = (IMAGE // PATCH) ** 2  # tokens per image
+IMAGE_TOKEN = VOCAB  # as PI0's default: the id after the text vocabulary
+
+PRESET = f"""
+type = "pi0"
+norm_mode = "zscore"
+[model]
+horizon = {H}
+num_steps = 10
+cameras = 2
+max_tokens = 8
+shared_head_dim = 32
+prompt_format = "paligemma"
+[model.backbone]
+image_size = {IMAGE}
+patch_size = {PATCH}
+vision_width = 32
+vision_depth = 1
+vision_heads = 2
+vision_mlp = 64
+vocab_size = {VOCAB}
+text = {{ width = 64, depth = 2, mlp = 96, heads = 2, kv_heads = 1, head_dim = 16 }}
+[model.expert]
+width = 32
+depth = 2
+mlp = 48
+heads = 2
+kv_heads = 1
+head_dim = 16
+"""
+
+
+def tiny_pi0_reference(seed: int = 0) -> PI0ForConditionalGeneration:
+    cfg = PI0Config(
+        vlm_config={"text_config": {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 96,
+                                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
+                                    "vocab_size": VOCAB},
+                    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
+                                      "num_attention_heads": 2, "patch_size": PATCH, "image_size": IMAGE,
+                                      "vision_use_head": False},
+                    "projection_dim": 64, "image_token_id": IMAGE_TOKEN},
+        dit_config={"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 48, "num_attention_heads": 2,
+                    "num_key_value_heads": 1, "head_dim": 16},
+        chunk_size=H)
+    torch.manual_seed(seed)
+    m = PI0ForConditionalGeneration(cfg).eval()
+    with torch.no_grad():  # weights large enough that every path matters numerically
+        for name, p in m.named_parameters():
+            p.normal_(0.0, 0.3 if "norm" in name else 0.08)
+    return m
+
+
+def lerobot_layout(m: PI0ForConditionalGeneration, prefix: str = "") -> dict:
+    """PI0's weights as LeRobot / openpi store them: paligemma_with_expert.*, lm_head-only embedding."""
+    out = {}
+    for k, v in m.state_dict().items():
+        if k.startswith("model.vlm.vision_tower."):
+            k = "paligemma_with_expert.paligemma.model.vision_tower.vision_model." + k[len("model.vlm.vision_tower."):]
+        elif k == "model.vlm.language_model.embed_tokens.weight":
+            k = "paligemma_with_expert.paligemma.lm_head.weight"
+        elif k.startswith("model.vlm."):
+            k = "paligemma_with_expert.paligemma.model." + k[len("model.vlm."):]
+        elif k == "model.dit.embed_tokens.weight":
+            k = "paligemma_with_expert.gemma_expert.lm_head.weight"
+        elif k.startswith("model.dit."):
+            k = "paligemma_with_expert.gemma_expert.model." + k[len("model.dit."):]
+        elif k.startswith("embed_action_time."):
+            k = k[len("embed_action_time."):]
+        out[prefix + k] = v.detach().clone().contiguous()
+    return out
+
+
+def batches(seed: int = 1):
+    """The same observation for vla (model side) and for transformers' PI0: row 0 has both
+    cameras and 6 text tokens, row 1 only the first camera and 3 text tokens."""
+    g = torch.Generator().manual_seed(seed)
+    b, lt = 2, 8
+    images = torch.rand(b, 2, 3, IMAGE, IMAGE, generator=g) * 2 - 1
+    image_mask = torch.tensor([[True, True], [True, False]])
+    n_text = [6, 3]
+    tokens = torch.randint(4, VOCAB - 1, (b, lt), generator=g)
+    token_mask = torch.arange(lt)[None] < torch.tensor(n_text)[:, None]
+    state = torch.randn(b, 32, generator=g)
+    vla = {"images": images, "image_mask": image_mask, "tokens": tokens * token_mask, "token_mask": token_mask,
+           "state": state, "embodiment": ["openpi"] * b}
+    rows = [[IMAGE_TOKEN] * (TPI * int(image_mask[i].sum())) + tokens[i, : n_text[i]].tolist() for i in range(b)]
+    width = max(len(r) for r in rows)
+    ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
+    attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
+    hf = {"state": state, "input_ids": ids, "pixel_values": images, "attention_mask": attn,
+          "pixel_attention_mask": image_mask}
+    return vla, hf, torch.randn(b, H, 32, generator=g)
+
+
+@pytest.fixture(scope="module")
+def converted(tmp_path_factory):
+    root = tmp_path_factory.mktemp("convert")
+    ref = tiny_pi0_reference()
+    (root / "tiny.toml").write_text(PRESET)
+    outs = {}
+    for name, prefix in (("hub", ""), ("lerobot_saved", "model.")):
+        src = root / f"src_{name}"
+        src.mkdir()
+        save_file(lerobot_layout(ref, prefix), str(src / "model.safetensors"))
+        (src / "config.json").write_text(json.dumps({"type": "pi0"}))
+        outs[name] = convert(src, root / f"out_{name}", preset=root / "tiny.toml")
+    return ref, outs, root
+
+
+@pytest.mark.parametrize("source", ["hub", "lerobot_saved"])
+@pytest.mark.parametrize("path", ["cached", "uncached", "fused"])
+def test_converted_pi0_reproduces_transformers_pi0(converted, source, path):
+    ref, outs, _ = converted
+    model, _, cfg = build_from_checkpoint(Checkpoint(outs[source]))
+    assert cfg.shared_head_dim == 32
+    vla, hf, noise = batches()
+    with torch.no_grad():
+        want = ref.sample_actions(noise=noise.clone(), num_steps=10, **hf)
+    if path == "fused":
+        model.prepare_for_inference()
+    got = model.sample_actions(vla, num_steps=10, noise=noise.clone(), use_cache=path != "uncached")
+    assert got.shape == (2, H, 32)
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_converted_pi0_compiled_path(converted):
+    ref, outs, _ = converted
+    model, _, _ = build_from_checkpoint(Checkpoint(outs["hub"]))
+    model.prepare_for_inference()
+    assert model.enable_compile()
+    vla, hf, noise = batches(seed=3)
+    with torch.no_grad():
+        want = ref.sample_actions(noise=noise.clone(), num_steps=10, **hf)
+    got = model.sample_actions(vla, num_steps=10, noise=noise.clone())
+    assert (got - want).abs().max() <= 1e-4
+
+
+def test_converted_checkpoint_without_stats_or_tokenizer_refuses_to_serve_clearly(converted):
+    from vla.runtime.policy import load_policy
+
+    _, outs, _ = converted
+    ck = Checkpoint(outs["hub"])
+    assert ck.text() is None and ck.stats() == {} and ck.resolved.source["type"] == "pi0"
+    pol = load_policy(outs["hub"])
+    obs = {"observation/state": torch.zeros(32).numpy(), "task": "pick up the cup",
+           "observation/images/base_0_rgb": torch.zeros(IMAGE, IMAGE, 3, dtype=torch.uint8).numpy(),
+           "observation/images/left_wrist_0_rgb": torch.zeros(IMAGE, IMAGE, 3, dtype=torch.uint8).numpy()}
+    with pytest.raises(SpecError, match="no norm stats"):
+        pol.infer(obs)
+
+
+# ---- bad input ----
+
+def _src(root, name, weights, config=None):
+    src = root / name
+    src.mkdir()
+    save_file(weights, str(src / "model.safetensors"))
+    if config is not None:
+        (src / "config.json").write_text(json.dumps(config))
+    return src
+
+
+def test_unknown_layout_lists_key_groups(tmp_path, converted):
+    src = _src(tmp_path, "odd", {"encoder.layers.0.weight": torch.zeros(2), "decoder.head.bias": torch.zeros(2)})
+    with pytest.raises(SpecError, match=r"unknown weight layout.*encoder\.layers\.N"):
+        convert(src, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
+
+
+def test_unmatched_keys_are_named_by_group(tmp_path, converted):
+    ref, _, root = converted
+    w = lerobot_layout(ref)
+    w["lora_adapters.0.A.weight"] = torch.zeros(3)
+    with pytest.raises(SpecError, match=r"match no rule .* groups \['lora_adapters.N.A \(1\)'\]"):
+        convert(_src(tmp_path, "extra", w), tmp_path / "out", preset=root / "tiny.toml")
+    del w["lora_adapters.0.A.weight"]
+    w["paligemma_with_expert.gemma_expert.model.layers.0.extra_adapter.weight"] = torch.zeros(3)
+    with pytest.raises(SpecError, match=r"not weights of preset 'tiny'.*expert.layers.N"):
+        convert(_src(tmp_path, "extra2", w), tmp_path / "out", preset=root / "tiny.toml")
+    assert not (tmp_path / "out").exists()
+
+
+def test_pi05_weights_under_a_pi0_preset_are_refused(tmp_path, converted):
+    ref, _, root = converted
+    w = {k: v for k, v in lerobot_layout(ref).items() if not k.startswith(("state_proj", "action_time_mlp"))}
+    w["time_mlp_in.weight"] = torch.zeros(32, 32)
+    with pytest.raises(SpecError, match="is a pi05 checkpoint, but preset"):
+        convert(_src(tmp_path, "p05", w), tmp_path / "out", preset=root / "tiny.toml")
+    with pytest.raises(SpecError, match="config.json says pi0 but the weights are pi05"):
+        convert(_src(tmp_path, "p05b", w, {"type": "pi0"}), tmp_path / "out2")
+
+
+def test_shape_contradicting_the_preset_names_key_and_shapes(tmp_path, converted):
+    ref, _, root = converted
+    w = lerobot_layout(ref)
+    w["action_out_proj.weight"] = torch.zeros(24, 32)
+    with pytest.raises(SpecError, match=r"action_out.linear.weight: shape \[24, 32\] contradicts .* expects \[32, 32\]"):
+        convert(_src(tmp_path, "shape", w), tmp_path / "out", preset=root / "tiny.toml")
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_files_are_named(tmp_path, converted):
+    _, _, root = converted
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(SpecError, match="no model.safetensors"):
+        convert(tmp_path / "empty", tmp_path / "out", preset=root / "tiny.toml")
+    idx = tmp_path / "sharded"
+    idx.mkdir()
+    (idx / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"a": "model-00001.safetensors"}}))
+    with pytest.raises(SpecError, match="model-00001.safetensors"):
+        convert(idx, tmp_path / "out", preset=root / "tiny.toml")
+
+
+def test_missing_weight_is_named(tmp_path, converted):
+    ref, _, root = converted
+    w = {k: v for k, v in lerobot_layout(ref).items() if k != "state_proj.bias"}
+    with pytest.raises(SpecError, match="state_in.linear.bias"):
+        convert(_src(tmp_path, "missing", w), tmp_path / "out", preset=root / "tiny.toml")
+
+
+def test_sharded_source_converts(tmp_path, converted):
+    ref, outs, root = converted
+    w = lerobot_layout(ref)
+    keys = sorted(w)
+    src = tmp_path / "sharded"
+    src.mkdir()
+    half = len(keys) // 2
+    save_file({k: w[k] for k in keys[:half]}, str(src / "model-00001-of-00002.safetensors"))
+    save_file({k: w[k] for k in keys[half:]}, str(src / "model-00002-of-00002.safetensors"))
+    index = {"weight_map": {k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
+                            for i, k in enumerate(keys)}}
+    (src / "model.safetensors.index.json").write_text(json.dumps(index))
+    out = convert(src, tmp_path / "out", preset=root / "tiny.toml")
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(outs["hub"] / "model.safetensors"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+# ---- pi0.5: against the independent reference of the published math (model/pi_reference.py) ----
+
+def _pi05_preset(geom) -> str:
+    v, t, e = geom.vision, geom.text, geom.expert
+    return f"""
+type = "pi05"
+norm_mode = "quantile"
+[model]
+horizon = {geom.chunk}
+num_steps = 10
+cameras = 2
+max_tokens = 8
+shared_head_dim = {geom.max_dim}
+[model.backbone]
+image_size = {v.image_size}
+patch_size = {v.patch_size}
+vision_width = {v.width}
+vision_depth = {v.depth}
+vision_heads = {v.heads}
+vision_mlp = {v.mlp}
+vocab_size = {t.vocab_size}
+text = {{ width = {t.width}, depth = {t.depth}, mlp = {t.mlp}, heads = {t.heads}, kv_heads = {t.kv_heads}, head_dim = {t.head_dim} }}
+[model.expert]
+width = {e.width}
+depth = {e.depth}
+mlp = {e.mlp}
+heads = {t.heads}
+kv_heads = {t.kv_heads}
+head_dim = {t.head_dim}
+"""
+
+
+@pytest.fixture(scope="module")
+def converted_pi05(tmp_path_factory):
+    from model import pi_reference as ref
+
+    root = tmp_path_factory.mktemp("pi05")
+    geom = ref.tiny_geometry(pi05=True, chunk=5)
+    weights = ref.random_lerobot_weights(geom, seed=4)
+    (root / "pi05.toml").write_text(_pi05_preset(geom))
+    src = root / "src"
+    src.mkdir()
+    save_file({"model." + k: v for k, v in weights.items()}, str(src / "model.safetensors"))
+    (src / "config.json").write_text(json.dumps({"type": "pi05"}))
+    return geom, weights, convert(src, root / "out", preset=root / "pi05.toml")
+
+
+@pytest.mark.parametrize("path", ["cached", "uncached", "fused"])
+def test_converted_pi05_reproduces_the_reference(converted_pi05, path):
+    from model import pi_reference as ref
+
+    geom, weights, out = converted_pi05
+    model, _, cfg = build_from_checkpoint(Checkpoint(out))
+    assert type(model).__name__ == "Pi05Model" and cfg.prompt_format == "pi05"
+    g = torch.Generator().manual_seed(5)
+    s, lt = geom.vision.image_size, 8
+    batch = {"images": torch.rand(2, 2, 3, s, s, generator=g) * 2 - 1,
+             "image_mask": torch.tensor([[True, True], [False, True]]),
+             "tokens": torch.randint(4, geom.text.vocab_size, (2, lt), generator=g),
+             "token_mask": torch.arange(lt)[None] < torch.tensor([[7], [4]]),
+             "state": torch.randn(2, 32, generator=g), "embodiment": ["openpi", "openpi"]}
+    noise = torch.randn(2, geom.chunk, 32, generator=g)
+    want = ref.reference_sample(weights, geom, {k: v for k, v in batch.items() if k != "embodiment"}, noise,
+                                num_steps=10).float()
+    if path == "fused":
+        model.prepare_for_inference()
+    got = model.sample_actions(batch, num_steps=10, noise=noise, use_cache=path != "uncached")
+    assert (got - want).abs().max() <= 1e-4
