@@ -318,3 +318,81 @@ def test_converted_pi05_reproduces_the_reference(converted_pi05, path):
         model.prepare_for_inference()
     got = model.sample_actions(batch, num_steps=10, noise=noise, use_cache=path != "uncached")
     assert (got - want).abs().max() <= 1e-4
+
+
+# ---- export: vla -> transformers PI0 / LeRobot layout ----
+
+def _hf_batch(vla: dict, tpi: int, image_token: int):
+    rows = [[image_token] * (tpi * int(vla["image_mask"][i].sum())) + vla["tokens"][i, vla["token_mask"][i]].tolist()
+            for i in range(len(vla["embodiment"]))]
+    width = max(len(r) for r in rows)
+    state = torch.nn.functional.pad(vla["state"], (0, 32 - vla["state"].shape[1]))
+    return {"state": state, "input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+            "pixel_values": vla["images"], "pixel_attention_mask": vla["image_mask"]}
+
+
+def test_export_loads_in_transformers_with_the_same_actions(converted, tmp_path):
+    from vla.model.export import export_weights
+
+    _, outs, _ = converted
+    exported = export_weights(outs["hub"], tmp_path / "hf")
+    hf, info = PI0ForConditionalGeneration.from_pretrained(exported, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    model, _, _ = build_from_checkpoint(Checkpoint(outs["hub"]))
+    vla, hf_batch, noise = batches(seed=7)
+    with torch.no_grad():
+        want = hf.eval().sample_actions(noise=noise.clone(), num_steps=10, **hf_batch)
+    assert (model.sample_actions(vla, num_steps=10, noise=noise) - want).abs().max() <= 1e-4
+    with pytest.raises(SpecError, match="exists"):
+        export_weights(outs["hub"], exported)
+
+
+def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
+    """A vla-trained pi0 (per-embodiment heads, two robots) exports one robot's heads zero-padded
+    to 32: transformers' PI0 then gives that robot's actions in its first dims."""
+    from train.conftest import write_preset
+    from vla.config import load_preset
+    from vla.data import EpisodeStore
+    from vla.data.synthetic import write_synthetic
+    from vla.model.export import export_weights
+    from vla.train.trainer import train
+
+    from helpers import tiny_embodiment
+
+    stores = []
+    for name, (s, a, cams) in {"armA": (4, 3, (("front", 16, 16), ("wrist", 16, 16))),
+                              "armB": (6, 5, (("front", 20, 16),))}.items():
+        emb = tiny_embodiment(name, s=s, a=a, cams=cams)
+        store = EpisodeStore.create(tmp_path / name, [emb])
+        write_synthetic(store, emb, episodes=2, length=8, seed=len(stores))
+        stores.append(str(tmp_path / name))
+    ck = train(load_preset(write_preset(tmp_path / "p.toml")), stores, tmp_path / "ck", steps=2, progress=False)
+    with pytest.raises(SpecError, match="choose one with --embodiment"):
+        export_weights(ck, tmp_path / "x")
+    exported = export_weights(ck, tmp_path / "hf", embodiment="armA")
+    hf, info = PI0ForConditionalGeneration.from_pretrained(exported, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    model, _, cfg = build_from_checkpoint(Checkpoint(ck))
+    batch = cfg.example_batch(2, vocab_size=Checkpoint(ck).resolved.text_vocab, seed=3)
+    batch["embodiment"] = ["armA", "armA"]
+    batch["state"] = batch["state"][:, :4]
+    noise = torch.randn(2, cfg.horizon, 3)
+    got = model.sample_actions(batch, noise=noise)
+    tpi = (cfg.backbone.image_size // cfg.backbone.patch_size) ** 2
+    with torch.no_grad():
+        want = hf.eval().sample_actions(noise=torch.nn.functional.pad(noise, (0, 29)), num_steps=cfg.num_steps,
+                                        **_hf_batch(batch, tpi, hf.config.vlm_config.image_token_id))
+    assert (got - want[..., :3]).abs().max() <= 1e-4
+
+
+def test_pi05_export_is_lerobots_layout_and_reproduces_the_reference(converted_pi05, tmp_path):
+    from model import pi_reference as ref
+    from vla.model.export import export_weights
+
+    geom, weights, out = converted_pi05
+    exported = export_weights(out, tmp_path / "lr")
+    back = load_file(str(exported / "model.safetensors"))
+    assert json.loads((exported / "config.json").read_text())["type"] == "pi05"
+    assert set(weights) <= set(back)  # every key of the source layout (plus the expert's zero lm_head)
+    assert all(torch.equal(back[k], weights[k]) for k in weights if k != ref.EXPERT_LM_HEAD)
