@@ -1,7 +1,7 @@
 """The `vla` command. Thin: each submodule parses arguments and calls library functions.
 
 One module per area registers its commands here: data (stores, LeRobot), sim (collect, eval),
-train, runtime (serve, run). Nothing in the package imports `vla.cli`.
+train, weights (convert, export-weights), runtime (serve, run). Nothing in the package imports `vla.cli`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from pathlib import Path
 
 import typer
 
-from vla.cli import data, runtime, sim, train
+from vla.cli import data, runtime, sim, train, weights
 from vla.cli.common import bench_app, fail, show_on_stdout, user_errors
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
@@ -23,6 +23,8 @@ app.command("collect")(sim.collect_command)
 app.command("eval")(sim.eval_command)
 app.command("train")(train.train_command)
 app.add_typer(train.tokenizer_app, name="tokenizer")
+app.command("convert")(weights.convert_command)
+app.command("export-weights")(weights.export_weights_command)
 app.command("serve")(runtime.serve_command)
 app.command("sim-robot")(runtime.sim_robot_command)
 app.command("run")(runtime.run_command)

@@ -18,8 +18,8 @@ def _split(s: str | None) -> list[str]:
 
 
 def train_command(
-    preset: str = typer.Argument(..., help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-small, fast-tiny, "
-                                 "pi0-paligemma, fast-paligemma) or a .toml path."),
+    preset: str = typer.Argument(..., help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-small, pi05-tiny, "
+                                 "fast-tiny, pi0-paligemma, pi05-paligemma, fast-paligemma) or a .toml path."),
     data: str = typer.Option(..., help="Episode store(s), comma-separated."),
     out: Path = typer.Option(..., help="Checkpoint directory to write (atomically)."),
     steps: Optional[int] = typer.Option(None, help="Training steps [default: the preset's]."),
@@ -31,6 +31,8 @@ def train_command(
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: the preset's]."),
     save_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps."),
     resume: bool = typer.Option(False, help="Continue from OUT's train_state.pt up to --steps."),
+    init: Optional[Path] = typer.Option(None, help="Start from this checkpoint (e.g. from vla convert): its weights, "
+                                        "geometry, head convention, tokenizer and the stats it has for your robot."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
     eval_suite: Optional[str] = typer.Option(None, help="Evaluate in simulation at every checkpoint on this suite."),
@@ -53,7 +55,7 @@ def train_command(
         w = [float(x) for x in _split(weights)] or None
         on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
         ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device, on_save=on_save,
-                     max_seconds=minutes * 60 if minutes else None)
+                     max_seconds=minutes * 60 if minutes else None, init=init)
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")

@@ -36,6 +36,7 @@ from vla.model.contract import COUNT_PREFIX
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import Transforms, build_transforms
+from vla.train.init import check_same_type, init_inputs, load_init_weights
 from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -116,8 +117,10 @@ def _dist_info() -> tuple[int, int]:
 
 def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None = None, weights: list[float] | None = None,
           resume: bool = False, device: str | None = None, progress: bool = True, on_save=None,
-          max_seconds: float | None = None) -> Path:
+          max_seconds: float | None = None, init: str | Path | None = None) -> Path:
     """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
+
+    init: start from that checkpoint's weights, geometry, tokenizer and stats (vla.train.init).
 
     max_seconds: a wall-clock budget; training stops (and checkpoints) at the first step past it.
     """
@@ -128,32 +131,47 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     if tcfg.batch_size % world:
         raise SpecError(f"batch_size {tcfg.batch_size} must be divisible by the {world} processes")
     mt = model_type(preset.type)
-    model_cfg = mt.make_config(preset.model, grad_checkpoint=tcfg.grad_checkpoint)  # sizes checked before any data
+    out = Path(out)
+    # Where the model's geometry comes from: the run being resumed, the --init checkpoint, or the preset.
+    source = Checkpoint(out) if resume else Checkpoint(init) if init else None
+    if source is not None:
+        check_same_type(source, preset)
+    base_cfg = source.resolved.model if source else mt.make_config(preset.model)  # sizes checked before any data
+    norm_mode = source.resolved.norm_mode if source else preset.norm_mode
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-    out = Path(out)
     stores = [EpisodeStore.open(p) for p in data]
-    ds = WindowDataset(stores, model_cfg.horizon, weights=weights)
+    ds = WindowDataset(stores, base_cfg.horizon, weights=weights)
     embodiments = ds.embodiments
-    model_cfg = mt.make_config(preset.model, grad_checkpoint=tcfg.grad_checkpoint,
-                               embodiments={n: (e.state_dim, e.action_dim) for n, e in embodiments.items()})
+    model_cfg = replace(base_cfg, grad_checkpoint=tcfg.grad_checkpoint,
+                        embodiments={n: (e.state_dim, e.action_dim) for n, e in embodiments.items()})
 
+    state = None
     if resume:
-        ck = Checkpoint(out)
-        stats, text, assets = ck.stats(), ck.text(), ck.assets()
-        state = ck.train_state()
+        stats, text, assets = source.stats(), source.text(), source.assets()
+        state = source.train_state()
+    elif init:
+        text, assets, stats = init_inputs(source, preset, embodiments)
+        new = sorted(set(embodiments) - set(stats))
+        if new:
+            log.info("--init: norm stats for %s from the data", new)
+            computed = compute_norm_stats(stores, progress=progress and rank == 0)
+            stats = {**stats, **{n: computed[n] for n in new}}
     else:
         stats = compute_norm_stats(stores, progress=progress and rank == 0)
         text = TextTokenizer.load(preset.text.pretrained) if preset.text.pretrained else \
             TextTokenizer.train([i.task for s in stores for i in s.infos()], preset.text.vocab_size)
-        assets = mt.model.fit_assets(model_cfg, ds, stats, preset.norm_mode, seed=tcfg.seed, chunks=tcfg.fast_fit_chunks)
-        state = None
-    tf = build_transforms(mt.model, model_cfg, embodiments=embodiments, stats=stats, norm_mode=preset.norm_mode,
-                          text=text, assets=assets)
+        assets = mt.model.fit_assets(model_cfg, ds, stats, norm_mode, seed=tcfg.seed, chunks=tcfg.fast_fit_chunks)
+    text_vocab = source.resolved.text_vocab if source and source.resolved.text_vocab else text.vocab_size
+    tf = build_transforms(mt.model, model_cfg, embodiments=embodiments, stats=stats, norm_mode=norm_mode,
+                          text=text, assets=assets, text_vocab=text_vocab)
 
     torch.manual_seed(tcfg.seed)
-    model = mt.build(model_cfg, text_vocab=text.vocab_size, assets=assets).to(dev)
+    model = mt.build(model_cfg, text_vocab=text_vocab, assets=assets)
+    if init and not resume:
+        load_init_weights(model, source)
+    model = model.to(dev)
     decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
     no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
@@ -176,9 +194,10 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     loader = DataLoader(ds, batch_sampler=sampler, num_workers=tcfg.workers, collate_fn=_Collate(tf),
                         persistent_workers=False, pin_memory=dev.type == "cuda")
 
-    config = CheckpointConfig(preset.type, model_cfg, preset.norm_mode, embodiments, preset=preset.to_dict(),
+    config = CheckpointConfig(preset.type, model_cfg, norm_mode, embodiments, preset=preset.to_dict(),
                               train=asdict(tcfg), data=[str(p) for p in data], weights=weights,
-                              params=sum(p.numel() for p in model.parameters()), text_vocab=text.vocab_size)
+                              params=sum(p.numel() for p in model.parameters()), text_vocab=text_vocab,
+                              source={"init": str(init)} if init else {})
     metrics_path = out.with_name(f".{out.name}.metrics.jsonl")
     if resume and (out / "metrics.jsonl").exists() and rank == 0:
         metrics_path.write_text((out / "metrics.jsonl").read_text())
