@@ -396,3 +396,18 @@ def test_pi05_export_is_lerobots_layout_and_reproduces_the_reference(converted_p
     assert json.loads((exported / "config.json").read_text())["type"] == "pi05"
     assert set(weights) <= set(back)  # every key of the source layout (plus the expert's zero lm_head)
     assert all(torch.equal(back[k], weights[k]) for k in weights if k != ref.EXPERT_LM_HEAD)
+
+
+def test_openpi_norm_stats_come_along(tmp_path, converted):
+    ref, _, root = converted
+    src = _src(tmp_path, "openpi", lerobot_layout(ref))
+    (src / "assets" / "trossen").mkdir(parents=True)
+    stats = {"norm_stats": {k: {"mean": [0.1] * 14, "std": [0.5] * 14, "q01": [-1.0] * 14, "q99": [1.2] * 14}
+                            for k in ("state", "actions")}}
+    (src / "assets" / "trossen" / "norm_stats.json").write_text(json.dumps(stats))
+    ck = Checkpoint(convert(src, tmp_path / "out", preset=root / "tiny.toml"))
+    (name,) = ck.embodiments
+    assert ck.embodiments[name].state_dim == 14 and ck.embodiments[name].action_dim == 14  # sized by the stats
+    st = ck.stats()[name]
+    assert st["action"].q99.tolist() == pytest.approx([1.2] * 14) and st["observation/state"].std[0] == pytest.approx(0.5)
+    assert "norm_stats.json" in ck.resolved.source["stats"]
