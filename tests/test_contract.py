@@ -10,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from train.conftest import two_stores  # noqa: F401  (session fixture: two tiny stores, armA and armB)
 from vla.config import load_preset
 from vla.model.checkpoint import Checkpoint, CheckpointError, build_from_checkpoint
 from vla.model.contract import ActionModel, ActionSample
 from vla.model.registry import MODEL_TYPES, model_type
 from vla.spec import SpecError
+
+from train.conftest import two_stores  # noqa: F401  (session fixture: two tiny stores, armA and armB)
 
 PRESETS = sorted(p.stem for p in (Path(__file__).resolve().parents[1] / "policies").glob("*.toml"))
 TRAIN = {"steps": 2, "batch_size": 2, "workers": 0, "warmup": 1, "log_every": 1, "fast_fit_chunks": 50}

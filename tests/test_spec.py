@@ -3,6 +3,7 @@ import math
 import pytest
 
 from vla.spec import ACTION, STATE, Embodiment, SpecError, image_key, load_embodiment
+
 from helpers import tiny_embodiment
 
 

@@ -271,7 +271,13 @@ vision_depth = {v.depth}
 vision_heads = {v.heads}
 vision_mlp = {v.mlp}
 vocab_size = {t.vocab_size}
-text = {{ width = {t.width}, depth = {t.depth}, mlp = {t.mlp}, heads = {t.heads}, kv_heads = {t.kv_heads}, head_dim = {t.head_dim} }}
+[model.backbone.text]
+width = {t.width}
+depth = {t.depth}
+mlp = {t.mlp}
+heads = {t.heads}
+kv_heads = {t.kv_heads}
+head_dim = {t.head_dim}
 [model.expert]
 width = {e.width}
 depth = {e.depth}
@@ -351,7 +357,6 @@ def test_export_loads_in_transformers_with_the_same_actions(converted, tmp_path)
 def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
     """A vla-trained pi0 (per-embodiment heads, two robots) exports one robot's heads zero-padded
     to 32: transformers' PI0 then gives that robot's actions in its first dims."""
-    from train.conftest import write_preset
     from vla.config import load_preset
     from vla.data import EpisodeStore
     from vla.data.synthetic import write_synthetic
@@ -359,6 +364,7 @@ def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
     from vla.train.trainer import train
 
     from helpers import tiny_embodiment
+    from train.conftest import write_preset
 
     stores = []
     for name, (s, a, cams) in {"armA": (4, 3, (("front", 16, 16), ("wrist", 16, 16))),
@@ -387,8 +393,9 @@ def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
 
 
 def test_pi05_export_is_lerobots_layout_and_reproduces_the_reference(converted_pi05, tmp_path):
-    from model import pi_reference as ref
     from vla.model.export import export_weights
+
+    from model import pi_reference as ref
 
     geom, weights, out = converted_pi05
     exported = export_weights(out, tmp_path / "lr")

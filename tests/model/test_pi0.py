@@ -5,8 +5,9 @@ import torch
 
 from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
 from vla.model.backbone import GemmaSize
-from vla.model.pi0 import Pi0Config, Pi0Policy
+from vla.model.pi0 import Pi0Policy
 from vla.spec import SpecError
+
 from model.tiny_configs import tiny_pi0
 
 
@@ -83,7 +84,10 @@ def test_loss_decreases_on_a_tiny_batch_and_padded_dims_are_masked():
     m = Pi0Policy(cfg, 64)
     batch = cfg.example_batch(4, vocab_size=64)
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
-    g = lambda: torch.Generator().manual_seed(0)  # same noise/time each step: a fixed objective
+
+    def g():  # same noise/time each step: a fixed objective
+        return torch.Generator().manual_seed(0)
+
     first = m.compute_loss(batch, g()).mean().item()
     for _ in range(60):
         loss = m.compute_loss(batch, g()).mean()
@@ -131,6 +135,7 @@ def test_inconsistent_sizes_fail_at_construction():
 
 def test_vision_positions_start_as_2d_sincos_of_row_and_column():
     from vla.model.backbone import Backbone, sincos_2d
+
     from model.tiny_configs import tiny_backbone
 
     grid, width = 4, 32

@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+
 from model import pi_reference as ref
 
 B, CAMS, TEXT = 2, 2, 6

@@ -1,4 +1,3 @@
-import pytest
 
 from vla.model.backbone import BackboneConfig, GemmaSize
 from vla.model.pi0 import Pi0Config

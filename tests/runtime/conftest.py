@@ -6,10 +6,11 @@ import time
 import numpy as np
 import pytest
 
-from helpers import tiny_embodiment
-from train.conftest import two_stores, write_preset  # noqa: F401  (two_stores is a fixture used here)
 from vla.runtime.robot import DONE, SUCCESS, Robot
 from vla.spec import STATE, TASK, image_key
+
+from helpers import tiny_embodiment
+from train.conftest import two_stores, write_preset  # noqa: F401  (two_stores is a fixture used here)
 
 EMB = tiny_embodiment("fake", s=3, a=3, cams=(("front", 8, 10),), hz=20.0)
 

@@ -5,7 +5,6 @@ import time
 
 import numpy as np
 import pytest
-from conftest import EMB, StubPolicy
 
 from vla.data.store import EpisodeStore
 from vla.runtime.chunking import ChunkingConfig
@@ -15,6 +14,8 @@ from vla.runtime.recorder import EpisodeRecorder
 from vla.runtime.robot import DONE, SUCCESS
 from vla.runtime.safety import SafetyConfig
 from vla.runtime.server import PolicyServer, ServerConfig
+
+from runtime.conftest import EMB, StubPolicy
 
 
 def _loop(robot, policy, mode="rtc", seconds=1.0, recorder=None, watchdog_s=0.5, **control):

@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+
 from train.conftest import write_preset
 
 pytestmark = [pytest.mark.sim, pytest.mark.slow]

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from runtime.conftest import arm_a_obs
 from vla.runtime.policy import load_policy
+
+from runtime.conftest import arm_a_obs
 
 pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
                                 reason="torch.compile on CPU needs a C compiler")

@@ -3,9 +3,10 @@ import math
 import numpy as np
 import pytest
 
-from helpers import tiny_embodiment
 from vla.runtime.safety import SafetyConfig, SafetyFilter
 from vla.spec import SpecError
+
+from helpers import tiny_embodiment
 
 EMB = tiny_embodiment("s", s=3, a=3)  # limits [-5, 5]
 

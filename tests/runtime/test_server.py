@@ -5,12 +5,13 @@ import urllib.request
 
 import numpy as np
 import pytest
-from conftest import StubPolicy, arm_a_obs
 from websockets.sync.client import connect
 
 from vla.runtime.client import PolicyUnavailable, RemotePolicy, RemotePolicyError
 from vla.runtime.server import PolicyServer, ServerConfig
 from vla.runtime.wire import packb, unpackb
+
+from runtime.conftest import StubPolicy, arm_a_obs
 
 
 @pytest.fixture

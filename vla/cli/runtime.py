@@ -103,14 +103,17 @@ def run_command(
     typer.echo(f"  tick period p50/p99/max {t['period_ms']['p50']}/{t['period_ms']['p99']}/{t['period_ms']['max']} ms, "
                f"jitter p99 {t['jitter_ms']['p99']} ms, deadline misses {t['deadline_misses']}")
     inf = t["inference"]
+    jump = t["boundary_jump"]
     typer.echo(f"  inference p50/p99 {inf['latency_ms']['p50']}/{inf['latency_ms']['p99']} ms over {inf['requests']} "
-               f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {t['boundary_jump']['p50']}/{t['boundary_jump']['max']}")
+               f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {jump['p50']}/{jump['max']}")
     typer.echo(f"  safety interventions {r['interventions']} {json.dumps({k: v for k, v in r['safety'].items() if v})}")
     typer.echo(f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
                f"{len(r['recorded'])} into {r['store']}")
     typer.echo(f"  timing log {r['files']['timing_json']}, histogram {r['files']['histogram_png']}")
     if json_out:
         emit(r, json_out)
+    if r.get("recorder_error"):
+        fail(f"the episode recorder failed ({r['recorder_error']}): the run's episodes were not all recorded")
 
 
 @bench_app.command("control")

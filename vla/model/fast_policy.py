@@ -52,7 +52,8 @@ class FastConfig:
         if isinstance(self.backbone, dict):
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
         if self.horizon < 1 or self.max_action_tokens < 3:
-            raise SpecError(f"fast: horizon must be >= 1 and max_action_tokens >= 3, got {self.horizon}, {self.max_action_tokens}")
+            raise SpecError(f"fast: horizon must be >= 1 and max_action_tokens >= 3, got {self.horizon}, "
+                            f"{self.max_action_tokens}")
         object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
 
     def to_dict(self) -> dict:

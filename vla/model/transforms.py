@@ -221,7 +221,8 @@ class Transforms:
                 row.append(img)
             task = obs.get(TASK, obs.get("prompt"))
             if not isinstance(task, str):
-                raise SpecError(f"observation needs the instruction as a string under {TASK!r} (or 'prompt'), got {type(task).__name__}")
+                raise SpecError(f"observation needs the instruction as a string under {TASK!r} (or 'prompt'), "
+                                f"got {type(task).__name__}")
             names.append(name)
             states.append(s.astype(np.float32))
             tasks.append(task)

@@ -55,7 +55,8 @@ class TimingLog:
         changes = [t[6] for t in self.ticks if math.isfinite(t[6])]
         return {
             "ticks": len(self.ticks), "nominal_period_ms": round(nominal, 3),
-            "period_ms": {"p50": _q(per, 0.5), "p99": _q(per, 0.99), "max": _max(per), "min": None if len(per) == 0 else round(float(per.min()), 3)},
+            "period_ms": {"p50": _q(per, 0.5), "p99": _q(per, 0.99), "max": _max(per),
+                          "min": None if len(per) == 0 else round(float(per.min()), 3)},
             "jitter_ms": {"p50": _q(np.abs(per - nominal), 0.5), "p99": _q(np.abs(per - nominal), 0.99),
                           "max": _max(np.abs(per - nominal))},
             "lateness_ms": {"p50": _q(late, 0.5), "p99": _q(late, 0.99), "max": _max(late)},
