@@ -150,3 +150,15 @@ def test_policy_noise_is_seeded_per_episode():
     assert np.array_equal(acts[0], acts[1])  # same seed, same rollout
     assert not np.array_equal(acts[0][:4], acts[2][:4])  # another seed, other noise
     assert torch.equal(torch.get_rng_state(), before)  # the caller's generator is left as it was
+
+
+def test_seed_picks_another_block_of_held_out_scenes():
+    class Wrong(Counting):
+        def infer(self, obs):
+            return {"actions": np.zeros((4, 3), np.float32)}
+
+    r = evaluate(Wrong(), _suite(episodes=2), progress=False, seed=5_000_000)
+    assert r["seed"] == 5_000_000
+    assert [e["seed"] for e in r["tasks"][0]["errors"]] == [5_000_000, 5_000_001]
+    with pytest.raises(SpecError, match="seed must be >= 0"):
+        evaluate(Wrong(), _suite(episodes=1), progress=False, seed=-1)

@@ -99,6 +99,8 @@ def eval_command(
     videos: Optional[Path] = typer.Option(None, help="Folder for mp4 videos of the first rollouts of each task."),
     num_videos: int = typer.Option(2, help="Videos per task: the first success and the first failure, then more "
                                    "of either up to this many."),
+    seed: Optional[int] = typer.Option(None, help="First episode seed: another block of held-out scenes (default: "
+                                       "the suite's, 1000000; collection recipes use seeds from 0)."),
 ):
     """Success rate per task (95% CI), mean episode length, a bar chart and videos."""
     from vla.sim.eval import evaluate, format_results
@@ -106,7 +108,7 @@ def eval_command(
     pol = resolve_policy(policy, workers)
     try:
         r = evaluate(pol, suite, episodes=episodes, workers=workers, replan_every=replan_every, json_out=json_out,
-                     videos=videos, num_videos=num_videos)
+                     videos=videos, num_videos=num_videos, seed=seed)
     except _sim_errors() as e:
         fail(str(e))
     typer.echo(format_results(r))
