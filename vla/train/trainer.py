@@ -41,6 +41,8 @@ from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
 
+UNCAPPED_STEPS = 10**9  # the step count of a run limited by time alone
+
 
 @dataclass(frozen=True)
 class TrainConfig:
@@ -123,10 +125,14 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     init: start from that checkpoint's weights, geometry, tokenizer and stats (vla.train.init).
 
     max_seconds: a wall-clock budget; training stops (and checkpoints) at the first step past it.
+        Without `steps` the preset's step count does not cap it: the run takes the whole budget
+        (the progress bar then counts time).
     """
     from tqdm import tqdm
 
     rank, world = _dist_info()
+    if max_seconds and not steps:
+        steps = UNCAPPED_STEPS  # the clock ends the run
     tcfg = TrainConfig(**{**preset.train, **({"steps": steps} if steps else {})})
     if tcfg.batch_size % world:
         raise SpecError(f"batch_size {tcfg.batch_size} must be divisible by the {world} processes")
@@ -218,7 +224,12 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
 
     autocast = dev.type == "cuda" and tcfg.bf16
     model.train()
-    bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {preset.name}", unit="step", disable=not progress or rank != 0)
+    if max_seconds:  # the bar counts seconds of the budget: elapsed and "left" are the run's time
+        bar = tqdm(total=round(max_seconds), desc=f"train {preset.name}", unit="s", disable=not progress or rank != 0,
+                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining} left{postfix}]")
+    else:
+        bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {preset.name}", unit="step",
+                   disable=not progress or rank != 0)
     t_last, n_last = time.perf_counter(), 0
     step = start
     t_start = time.perf_counter()
@@ -260,9 +271,12 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
             rec.update({k: v for k, v in counts.items() if v})
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(loss=f"{rec['loss']:.4f}", wps=f"{rec['windows_per_s']:.0f}")
+            bar.set_postfix(step=step, loss=f"{rec['loss']:.4f}", wps=f"{rec['windows_per_s']:.0f}")
             t_last, n_last = now, 0
-        bar.update(1)
+        if max_seconds:
+            bar.update(min(round(elapsed), bar.total) - bar.n)
+        else:
+            bar.update(1)
         if tcfg.save_every and step % tcfg.save_every == 0 and step < tcfg.steps:
             save(step)
     bar.close()
