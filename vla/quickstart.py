@@ -73,6 +73,7 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
     from vla.data.stats import compute_norm_stats, save_stats
     from vla.data.store import EpisodeStore
     from vla.data.viz import contact_sheet
+    from vla.model.checkpoint import Checkpoint
     from vla.runtime.policy import load_policy
     from vla.sim import collect, evaluate
     from vla.sim.eval import format_results
@@ -105,9 +106,9 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
             ckpt / "config.json"):
         preset = load_preset("pi0-tiny", {"train": {"workers": 1}})
         train(preset, [str(demos)], ckpt, steps=steps, max_seconds=train_minutes * 60)
-    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg = Checkpoint(ckpt, verify=False).resolved
     metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    training = {"preset": "pi0-tiny", "steps": cfg["step"], "parameters": f"{cfg['params'] / 1e6:.2f}M",
+    training = {"preset": "pi0-tiny", "steps": cfg.step, "parameters": f"{cfg.params / 1e6:.2f}M",
                 "final loss": f"{metrics[-1]['loss']:.4f}" if metrics else "-",
                 "windows/s": f"{sum(m['windows_per_s'] for m in metrics[-10:]) / max(1, len(metrics[-10:])):.0f}"}
 

@@ -198,6 +198,7 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         recipe: str = "datasets/learn.toml", reach_suite: str = "reach-goal", pick_suite: str = "pick-place",
         episodes: int = 30, workers: int = 2, steps: int | None = None) -> dict:
     from vla.config import load_preset
+    from vla.model.checkpoint import Checkpoint
     from vla.runtime.policy import load_policy
     from vla.sim import collect, evaluate
     from vla.train.trainer import train
@@ -218,7 +219,7 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         t1 = time.perf_counter()
         train(preset, [str(data)], ck, steps=steps, max_seconds=minutes * 60, progress=True)
         train_s = time.perf_counter() - t1
-        cfg = json.loads((ck / "config.json").read_text())
+        cfg = Checkpoint(ck, verify=False).resolved
         factory = functools.partial(load_policy, str(ck))
         factory.name = name
         reach = evaluate(factory, reach_suite, episodes=episodes, workers=workers, progress=False,
@@ -228,7 +229,7 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         lang = language_check(ck, reach_suite, pool, episodes=episodes, workers=workers, normal=reach)
         probe = reliance_probe(ck, data) | {"goal": goal_error(ck, data)}
         results["policies"][name] = {
-            "train_seconds": round(train_s, 1), "steps": cfg["step"], "params": cfg["params"],
+            "train_seconds": round(train_s, 1), "steps": cfg.step, "params": cfg.params,
             "reach": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3) for r in reach["tasks"]},
             "reach_overall": reach["overall"], "pick_place": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3)
                                                              for r in pick["tasks"]},
