@@ -418,3 +418,32 @@ def test_openpi_norm_stats_come_along(tmp_path, converted):
     st = ck.stats()[name]
     assert st["action"].q99.tolist() == pytest.approx([1.2] * 14) and st["observation/state"].std[0] == pytest.approx(0.5)
     assert "norm_stats.json" in ck.resolved.source["stats"]
+
+
+def test_transformers_pi0_dir_converts_with_its_own_geometry(tmp_path):
+    """A transformers PI0 dir (save_pretrained: native keys + PI0Config) converts with no --preset:
+    the geometry comes from its config.json, and the actions are PI0's."""
+    ref = tiny_pi0_reference(seed=9)
+    ref.save_pretrained(tmp_path / "hf")
+    model, _, cfg = build_from_checkpoint(Checkpoint(convert(tmp_path / "hf", tmp_path / "out")))
+    assert (cfg.horizon, cfg.backbone.image_size, cfg.expert.width) == (H, IMAGE, 32)
+    vla, hf, noise = batches(seed=11)
+    with torch.no_grad():
+        want = ref.sample_actions(noise=noise.clone(), num_steps=10, **hf)
+    assert (model.sample_actions(vla, num_steps=10, noise=noise) - want).abs().max() <= 1e-4
+
+
+def test_lerobot_config_geometry_is_read():
+    import tempfile
+    from pathlib import Path
+
+    from vla.model.convert import source_geometry
+
+    d = Path(tempfile.mkdtemp())
+    (d / "config.json").write_text(json.dumps({"type": "pi05", "chunk_size": 10, "num_inference_steps": 5,
+                                               "tokenizer_max_length": 200, "max_action_dim": 32,
+                                               "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m",
+                                               "image_resolution": [224, 224]}))
+    g = source_geometry(d)
+    assert g["horizon"] == 10 and g["num_steps"] == 5 and g["max_tokens"] == 200 and g["shared_head_dim"] == 32
+    assert g["backbone"]["text"]["width"] == 2048 and g["expert"]["width"] == 1024 and g["backbone"]["image_size"] == 224

@@ -64,6 +64,65 @@ def read_weights(src: Path) -> dict[str, torch.Tensor]:
     return out
 
 
+# openpi's / LeRobot's Gemma variants (paligemma_variant, action_expert_variant in their configs).
+GEMMA_VARIANTS = {
+    "gemma_2b": {"width": 2048, "depth": 18, "mlp": 16384, "heads": 8, "kv_heads": 1, "head_dim": 256},
+    "gemma_300m": {"width": 1024, "depth": 18, "mlp": 4096, "heads": 8, "kv_heads": 1, "head_dim": 256},
+    "dummy": {"width": 64, "depth": 4, "mlp": 128, "heads": 8, "kv_heads": 1, "head_dim": 16},
+}
+
+
+def source_geometry(src: Path) -> dict:
+    """What the source's config.json says of the geometry, as a preset [model] table fragment
+    (used when no --preset is given): transformers' PI0Config names everything; LeRobot's
+    pi0 / pi05 config names the horizon, steps, token budget, padded width, image size and
+    Gemma variants."""
+    p = src / "config.json"
+    d = json.loads(p.read_text()) if p.exists() else {}
+    if not isinstance(d, dict):
+        return {}
+    out: dict = {}
+    if isinstance(d.get("vlm_config"), dict) and isinstance(d.get("dit_config"), dict):  # transformers PI0
+        t, v, e = d["vlm_config"].get("text_config", {}), d["vlm_config"].get("vision_config", {}), d["dit_config"]
+        try:
+            gemma = {"width": t["hidden_size"], "depth": t["num_hidden_layers"], "mlp": t["intermediate_size"],
+                     "heads": t["num_attention_heads"], "kv_heads": t["num_key_value_heads"], "head_dim": t["head_dim"]}
+            out["backbone"] = {"image_size": v["image_size"], "patch_size": v["patch_size"],
+                               "vision_width": v["hidden_size"], "vision_depth": v["num_hidden_layers"],
+                               "vision_heads": v["num_attention_heads"], "vision_mlp": v["intermediate_size"],
+                               "vocab_size": t["vocab_size"], "text": gemma}
+            out["expert"] = {"width": e["hidden_size"], "depth": e["num_hidden_layers"], "mlp": e["intermediate_size"],
+                             "heads": e["num_attention_heads"], "kv_heads": e["num_key_value_heads"],
+                             "head_dim": e["head_dim"]}
+        except KeyError as k:
+            raise SpecError(f"{p}: PI0 config lacks {k}") from None
+        out.update(horizon=d.get("chunk_size", 50), shared_head_dim=d.get("max_action_dim", 32),
+                   num_steps=d.get("num_inference_steps", 10))
+        return out
+    for key, field in (("chunk_size", "horizon"), ("num_inference_steps", "num_steps"),
+                       ("tokenizer_max_length", "max_tokens"), ("max_action_dim", "shared_head_dim")):
+        if isinstance(d.get(key), int):
+            out[field] = d[key]
+    res = d.get("image_resolution") or d.get("resize_imgs_with_padding")
+    backbone = {}
+    if isinstance(res, (list, tuple)) and len(res) == 2 and res[0] == res[1]:
+        backbone["image_size"] = int(res[0])
+    if d.get("paligemma_variant") in GEMMA_VARIANTS:
+        backbone["text"] = dict(GEMMA_VARIANTS[d["paligemma_variant"]])
+    if d.get("action_expert_variant") in GEMMA_VARIANTS:
+        out["expert"] = dict(GEMMA_VARIANTS[d["action_expert_variant"]])
+    if backbone:
+        out["backbone"] = backbone
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(base.get(k, {}), v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+    return out
+
+
 def source_type(src: Path) -> str | None:
     """The model type a source's config.json names (LeRobot: "type", transformers: "model_type")."""
     p = src / "config.json"
@@ -101,7 +160,11 @@ def convert(src: str | Path, out: str | Path, *, preset: str | Path | Preset | N
     named = source_type(src)
     if named and named != kind:
         raise SpecError(f"{src}: config.json says {named} but the weights are {kind}")
-    p = preset if isinstance(preset, Preset) else load_preset(preset or DEFAULT_PRESETS[kind])
+    if preset is None:  # the default preset, with what the source's own config says of the geometry
+        base = load_preset(DEFAULT_PRESETS[kind])
+        p = load_preset(DEFAULT_PRESETS[kind], {"model": _merge(base.model, source_geometry(src))})
+    else:
+        p = preset if isinstance(preset, Preset) else load_preset(preset)
     if p.type != kind:
         raise SpecError(f"{src} is a {kind} checkpoint, but preset {p.name!r} is {p.type}: use --preset "
                         f"{DEFAULT_PRESETS[kind]} (or another {kind} preset)")
