@@ -447,3 +447,12 @@ def test_lerobot_config_geometry_is_read():
     g = source_geometry(d)
     assert g["horizon"] == 10 and g["num_steps"] == 5 and g["max_tokens"] == 200 and g["shared_head_dim"] == 32
     assert g["backbone"]["text"]["width"] == 2048 and g["expert"]["width"] == 1024 and g["backbone"]["image_size"] == 224
+
+
+def test_old_lerobot_normalization_buffers_are_not_weights(tmp_path, converted):
+    ref, outs, root = converted
+    w = lerobot_layout(ref, "model.")
+    w["normalize_inputs.buffer_observation_state.mean"] = torch.zeros(32)
+    out = convert(_src(tmp_path, "old", w), tmp_path / "out", preset=root / "tiny.toml")
+    a, b = load_file(str(out / "model.safetensors")), load_file(str(outs["hub"] / "model.safetensors"))
+    assert a.keys() == b.keys()

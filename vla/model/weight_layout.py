@@ -32,6 +32,9 @@ from vla.spec import SpecError
 
 LEROBOT = "lerobot"
 TRANSFORMERS = "transformers"
+# Not weights: LeRobot < 0.4 kept its normalization buffers in the policy's state dict (its stats
+# are read from policy_preprocessor.json or the dataset instead).
+IGNORED = re.compile(r"^(normalize_inputs|normalize_targets|unnormalize_outputs)\.")
 
 # (pattern in the source layout, replacement in vla's layout), tried in order; a key matching
 # no rule is reported. None drops the key (weights the model does not use).
@@ -91,9 +94,8 @@ TO_LEROBOT = {
 
 def detect(keys) -> tuple[str, str, str]:
     """Source keys -> (layout, model type "pi0" | "pi05", prefix to strip). Unknown -> SpecError."""
-    keys = list(keys)
-    prefix = "model." if keys and all(k.startswith("model.paligemma_with_expert.") or
-                                      re.match(r"model\.(state_proj|action_|time_mlp)", k) for k in keys) else ""
+    keys = [k for k in keys if not IGNORED.match(k)]
+    prefix = "model." if any(k.startswith("model.paligemma_with_expert.") for k in keys) else ""
     bare = [k[len(prefix):] for k in keys]
     if any(k.startswith("paligemma_with_expert.") for k in bare):
         adaptive = any(re.search(r"gemma_expert\.model\.(layers\.\d+\.\w+_layernorm|norm)\.dense\.", k) for k in bare)
@@ -124,6 +126,8 @@ def rename(weights: dict[str, torch.Tensor], rules, *, strip: str = "") -> tuple
     out, unmatched = {}, []
     compiled = [(re.compile(p), r) for p, r in rules]
     for key, value in weights.items():
+        if IGNORED.match(key):
+            continue
         k = key[len(strip):] if strip and key.startswith(strip) else key
         for pat, rep in compiled:
             if pat.search(k):
