@@ -156,12 +156,8 @@ def test_converted_checkpoint_without_stats_or_tokenizer_refuses_to_serve_clearl
     _, outs, _ = converted
     ck = Checkpoint(outs["hub"])
     assert ck.text() is None and ck.stats() == {} and ck.resolved.source["type"] == "pi0"
-    pol = load_policy(outs["hub"])
-    obs = {"observation/state": torch.zeros(32).numpy(), "task": "pick up the cup",
-           "observation/images/base_0_rgb": torch.zeros(IMAGE, IMAGE, 3, dtype=torch.uint8).numpy(),
-           "observation/images/left_wrist_0_rgb": torch.zeros(IMAGE, IMAGE, 3, dtype=torch.uint8).numpy()}
-    with pytest.raises(SpecError, match="no norm stats"):
-        pol.infer(obs)
+    with pytest.raises(SpecError, match="no norm stats for \\['openpi'\\].*vla train PRESET --init"):
+        load_policy(outs["hub"])  # so `vla serve` refuses it at start, saying why
 
 
 # ---- bad input ----
@@ -418,6 +414,14 @@ def test_openpi_norm_stats_come_along(tmp_path, converted):
     st = ck.stats()[name]
     assert st["action"].q99.tolist() == pytest.approx([1.2] * 14) and st["observation/state"].std[0] == pytest.approx(0.5)
     assert "norm_stats.json" in ck.resolved.source["stats"]
+    from vla.runtime.policy import load_policy
+
+    pol = load_policy(ck.path)  # stats: it loads; but no tokenizer, so instructions are refused
+    obs = {"observation/state": torch.zeros(14).numpy(), "task": "fold the towel",
+           **{f"observation/images/{c.name}": torch.zeros(c.shape, dtype=torch.uint8).numpy()
+              for c in ck.embodiments[name].cameras}}
+    with pytest.raises(SpecError, match="no text tokenizer.*--tokenizer"):
+        pol.infer(obs)
 
 
 def test_transformers_pi0_dir_converts_with_its_own_geometry(tmp_path):

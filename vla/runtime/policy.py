@@ -26,7 +26,7 @@ import numpy as np
 import torch
 
 from vla.model.checkpoint import Checkpoint, build_from_checkpoint
-from vla.spec import EMBODIMENT, STATE, TASK, image_key
+from vla.spec import EMBODIMENT, STATE, TASK, SpecError, image_key
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,10 @@ class Policy:
                  compile: bool = False):
         self.ckpt = Checkpoint(path)
         self.model, self.tf, self.cfg = build_from_checkpoint(self.ckpt)
+        if self.tf.missing_stats:  # e.g. converted without stats: actions in robot units are undefined
+            raise SpecError(f"{self.ckpt.path} has no norm stats for {self.tf.missing_stats}, so it cannot run a "
+                            "robot: fine-tune it on your data first (vla train PRESET --init CKPT --data STORE), "
+                            "which computes them")
         self.kind = self.ckpt.resolved.model_type
         self.device = torch.device(device or "cpu")
         self.model.to(self.device)
