@@ -12,6 +12,7 @@ import pytest
 import zarr
 
 from vla.data import EpisodeStore, FrameError, StoreError
+from vla.data.frame_files import CorruptFrameError
 from vla.spec import ACTION, STATE, TIMESTAMP, image_key
 from helpers import fill, make_frame, tiny_embodiment
 
@@ -157,15 +158,23 @@ def test_open_errors(tmp_path, emb):
         EpisodeStore.open(tmp_path / "s2")
 
 
-def test_corrupt_or_missing_image_chunk_is_reported(tmp_path, emb):
-    store = EpisodeStore.create(tmp_path / "s", [emb])
+@pytest.mark.parametrize("codec", ["lossless", "jpeg:80"])
+def test_corrupt_or_missing_frame_is_reported(tmp_path, codec):
+    emb = tiny_embodiment(cams=(("front", 16, 24),))
+    store = EpisodeStore.create(tmp_path / "s", [emb], codecs=codec)
     fill(store, emb, 1, 3)
-    chunk = tmp_path / "s" / emb.name / "observation" / "images" / "front" / "c.1.0.0.0"
-    chunk.write_bytes(b"garbage")
-    with pytest.raises(StoreError, match="frame 1: corrupt image chunk"):
+    shard = tmp_path / "s" / emb.name / "observation" / "images" / "front" / "c.0.0.0.0"
+    raw = bytearray(shard.read_bytes())
+    off, n = (int(x) for x in np.frombuffer(bytes(raw[16:32]), "<u8"))  # frame 1's index entry
+    raw[off:off + n] = b"\x07" * n
+    shard.write_bytes(bytes(raw))
+    with pytest.raises(CorruptFrameError, match="camera 'front' frame 1: corrupt"):
         EpisodeStore.open(tmp_path / "s").episode(0)
-    chunk.unlink()
-    with pytest.raises(StoreError, match="image chunk of frame 1 is missing"):
+    shard.write_bytes(bytes(raw[:off + 2]))
+    with pytest.raises(CorruptFrameError, match="camera 'front' frame 1: truncated"):
+        EpisodeStore.open(tmp_path / "s").episode(0)
+    shard.unlink()
+    with pytest.raises(StoreError, match="shard of camera 'front' frame 0 is missing"):
         EpisodeStore.open(tmp_path / "s").episode(0)
 
 

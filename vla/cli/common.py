@@ -46,7 +46,7 @@ def show_on_stdout(logger: str) -> None:
 
 def user_errors() -> tuple[type[BaseException], ...]:
     """Exceptions that mean bad user input: reported as one line, no traceback."""
-    from vla.data.chunks import StoreError
+    from vla.data.frame_files import StoreError
     from vla.spec import SpecError
 
     return (StoreError, SpecError, FileNotFoundError)

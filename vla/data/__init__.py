@@ -1,6 +1,6 @@
 """Episode store, window sampling, norm stats, LeRobot interchange."""
 
-from vla.data.chunks import StoreError
+from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeInfo, EpisodeStore
 from vla.data.writer import EpisodeWriter, FrameError
 

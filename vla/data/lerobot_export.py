@@ -19,7 +19,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from vla.data.chunks import StoreError
+from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoWriter, encode_png, video_codec_for
 from vla.spec import ACTION, STATE, TIMESTAMP, image_key

@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
-from vla.data.chunks import StoreError
+from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoCursor, decode_png
 from vla.spec import ACTION, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key, load_embodiment

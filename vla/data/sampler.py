@@ -5,8 +5,13 @@ repeated from the episode's first frame where they fall before it) and the next 
 actions a[t:t+h]; past the episode's end the last action repeats and `action_is_pad` is True.
 
 Low-dim arrays (state, action) of the chosen episodes are loaded into memory once (they are
-small); images are read per batch straight from their per-frame chunks, which is what makes
-this loader fast (see `vla bench data`).
+small); images are read per batch straight from the cameras' shard files (one pread per frame),
+which is what makes this loader fast (see `vla bench data`).
+
+image_size=(h, w): frames arrive at the model's input size, resized in the DataLoader workers
+by the rule of vla.data.resize (aspect kept, padded with black, as openpi's resize_with_pad and
+vla.model.transforms); JPEG cameras are decoded at the smallest k/8 scale that is still at least
+that size, which is most of the speed on camera data.
 
 Sample keys (history = 0):
     observation/images/<cam>  uint8 [H, W, 3]      observation/state  float32 [s]
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from vla.data.resize import parse_size
 from vla.data.store import EpisodeStore
 from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, IMAGE_PREFIX, STATE, TASK, SpecError, image_key
 
@@ -30,7 +36,7 @@ from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, IMAGE_PREFIX, STATE, TAS
 class WindowDataset(Dataset):
     def __init__(self, stores: Sequence[str | EpisodeStore] | str | EpisodeStore, horizon: int, *, history: int = 0,
                  weights: Sequence[float] | None = None, embodiments: Sequence[str] | None = None,
-                 images: bool = True):
+                 images: bool = True, image_size: int | tuple[int, int] | None = None):
         if horizon < 1:
             raise SpecError(f"horizon must be >= 1, got {horizon}")
         if history < 0:
@@ -45,6 +51,7 @@ class WindowDataset(Dataset):
         if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
             raise SpecError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
         self.horizon, self.history, self.images = horizon, history, images
+        self.image_size = parse_size(image_size)
         self.weights = list(weights) if weights is not None else None
         self._stores = [s if isinstance(s, EpisodeStore) else EpisodeStore.open(s) for s in stores]
 
@@ -153,7 +160,7 @@ class WindowDataset(Dataset):
             frames = [f for _, i in members for f in self._obs_frames(i)]
             per = self.history + 1
             for cam in self.embodiments[emb_name].camera_names:
-                imgs = store.frame_chunks(emb_name, cam).read(frames)
+                imgs = store.frames(emb_name, cam).read(frames, self.image_size)
                 for j, (k, _) in enumerate(members):
                     samples[k][image_key(cam)] = imgs[j * per:(j + 1) * per] if self.history else imgs[j]
         return samples

@@ -11,7 +11,13 @@ Layout (diffusion-policy replay buffer, extended to several embodiments):
     <embodiment>/observation/state  float32 [t, s]   indexed by global frame index; only the frames
     <embodiment>/action             float32 [t, a]   of this embodiment's episodes are written
     <embodiment>/timestamp          float32 [t]
-    <embodiment>/observation/images/<cam>  uint8 [t, H, W, 3], one compressed chunk per frame
+    <embodiment>/observation/images/<cam>  uint8 [t, H, W, 3] in shard files of 1,024 frames, each
+                                    frame encoded by the camera's codec (vla.data.frame_files)
+
+Each camera has a codec, recorded in its array's attributes and chosen when the embodiment is
+added (`codecs=`): lossless (default, for sim renders) or jpeg with a quality (camera data);
+see vla.data.codecs. Version-1 stores (one lossless file per frame) open read-only; `vla data
+migrate` rewrites them as version 2.
 
 Commit protocol (crash safety): a writer first writes an episode's frames, then its meta
 entries, and last rewrites the root attrs with the new `num_episodes`/`num_frames` (one atomic
@@ -31,13 +37,15 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
-from vla.data.chunks import FrameChunks, StoreError, image_array_kwargs
+from vla.data.codecs import ImageCodec
+from vla.data.frame_files import FrameFiles, LegacyFrames, StoreError, image_array_kwargs
 from vla.spec import ACTION, STATE, TIMESTAMP, Embodiment, SpecError, image_key
 
 log = logging.getLogger(__name__)
 
 FORMAT = "vla-episode-store"
-VERSION = 1
+VERSION = 2
+LEGACY_VERSIONS = (1,)  # readable, not appendable: migrate them
 META_KEYS = ("episode_ends", "episode_embodiment", "episode_task", "episode_success", "episode_source")
 LOWDIM_CHUNK = 4096
 
@@ -74,20 +82,24 @@ class EpisodeStore:
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{path}: not a vla episode store (root attrs have format={attrs.get('format')!r})")
-        if attrs.get("version") != VERSION:
-            raise StoreError(f"{path}: store version {attrs.get('version')} not supported (expected {VERSION})")
+        self.version = attrs.get("version")
+        if self.version not in (VERSION, *LEGACY_VERSIONS):
+            raise StoreError(f"{path}: store version {self.version} not supported (expected {VERSION})")
+        if self.version != VERSION and not group.read_only:
+            raise StoreError(f"{path}: store version {self.version} was written by an older vla (one file per frame); "
+                             f"it opens read-only: migrate it with `vla data migrate {path} NEW_PATH`")
         self._attrs = attrs
         self.embodiments: dict[str, Embodiment] = {
             name: Embodiment.from_dict(d) for name, d in attrs.get("embodiments", {}).items()
         }
         self._load_meta()
-        self._chunks: dict[tuple[str, str], FrameChunks] = {}
+        self._frames: dict[tuple[str, str], FrameFiles | LegacyFrames] = {}
         self._lowdim: dict[tuple[str, str], np.ndarray] = {}  # committed prefix of each low-dim array
 
     # ---- construction ----
     @classmethod
-    def create(cls, path, embodiments=(), *, exist_ok: bool = False) -> "EpisodeStore":
-        """Create an empty store at a local path or fsspec URL."""
+    def create(cls, path, embodiments=(), *, exist_ok: bool = False, codecs=None) -> "EpisodeStore":
+        """Create an empty store at a local path or fsspec URL. codecs: see add_embodiment."""
         path = str(path)
         if not _is_url(path):
             p = Path(path)
@@ -104,7 +116,7 @@ class EpisodeStore:
             meta.create_array(key, shape=(0,), chunks=(LOWDIM_CHUNK,), dtype=str)
         store = cls(g, path)
         for emb in embodiments:
-            store.add_embodiment(emb)
+            store.add_embodiment(emb, codecs=codecs)
         return store
 
     @classmethod
@@ -120,8 +132,10 @@ class EpisodeStore:
             raise StoreError(f"{path}: cannot open as a zarr v3 group: {e}") from None
         return cls(g, path)
 
-    def add_embodiment(self, emb: Embodiment) -> None:
-        """Register an embodiment (idempotent for an identical spec)."""
+    def add_embodiment(self, emb: Embodiment, codecs=None) -> None:
+        """Register an embodiment (idempotent for an identical spec). codecs: the image codec of its
+        cameras: None (lossless), one codec for all ("jpeg:80", ImageCodec) or {camera: codec}."""
+        per_cam = _codecs_for(emb, codecs)
         if emb.name in self.embodiments:
             if self.embodiments[emb.name] != emb:
                 raise StoreError(f"{self.path}: embodiment {emb.name!r} already registered with a different spec")
@@ -134,7 +148,7 @@ class EpisodeStore:
         eg.create_array(ACTION, shape=(0, emb.action_dim), chunks=(LOWDIM_CHUNK, emb.action_dim), **lowdim)
         eg.create_array(TIMESTAMP, shape=(0,), chunks=(LOWDIM_CHUNK,), **lowdim)
         for cam in emb.cameras:
-            eg.create_array(image_key(cam.name), **image_array_kwargs(cam.height, cam.width))
+            eg.create_array(image_key(cam.name), **image_array_kwargs(cam.height, cam.width, per_cam[cam.name]))
         embs = dict(self._attrs["embodiments"])
         embs[emb.name] = emb.to_dict()
         self._set_attrs(embodiments=embs)
@@ -201,7 +215,7 @@ class EpisodeStore:
         old handle saw no other writer's commits (and a writer on a stale handle would have
         written over them)."""
         self._g = _open_group(self.path, mode="r" if self._g.read_only else "r+")
-        self._chunks.clear()
+        self._frames.clear()
         self._attrs = dict(self._g.attrs)
         self.embodiments = {name: Embodiment.from_dict(d) for name, d in self._attrs.get("embodiments", {}).items()}
         self._load_meta()
@@ -240,11 +254,16 @@ class EpisodeStore:
         except KeyError:
             raise StoreError(f"{self.path}: no array {embodiment}/{key}") from None
 
-    def frame_chunks(self, embodiment: str, camera: str) -> FrameChunks:
+    def frames(self, embodiment: str, camera: str) -> FrameFiles | LegacyFrames:
+        """Frame-level access to one camera: read(frames, size=None), blobs(frames), codec."""
         k = (embodiment, camera)
-        if k not in self._chunks:
-            self._chunks[k] = FrameChunks(self.array(embodiment, image_key(camera)))
-        return self._chunks[k]
+        if k not in self._frames:
+            arr = self.array(embodiment, image_key(camera))
+            self._frames[k] = (FrameFiles if self.version == VERSION else LegacyFrames)(arr, camera)
+        return self._frames[k]
+
+    def codec(self, embodiment: str, camera: str) -> ImageCodec:
+        return self.frames(embodiment, camera).codec
 
     def lowdim(self, embodiment: str, key: str, start: int, end: int) -> np.ndarray:
         """Frames [start, end) of a low-dim array (a copy). The committed part of each array is read
@@ -255,20 +274,21 @@ class EpisodeStore:
             arr = self.array(embodiment, key)
             if arr.shape[0] < end:
                 raise StoreError(f"{self.path}: {embodiment}/{key} has {arr.shape[0]} frames, need {end} (store corrupt?)")
-            committed = max((int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment), default=0)
+            committed = self.committed_end(embodiment)
             if end > committed:  # not (yet) committed: read it, keep nothing
                 return arr[start:end]
             cached = self._lowdim[(embodiment, key)] = arr[:committed]
         return cached[start:end].copy()
 
-    def episode(self, i: int, *, images: bool = True) -> dict:
-        """Episode i as {frame key: array [t, ...]} plus task, embodiment, success, source."""
+    def episode(self, i: int, *, images: bool = True, image_size: tuple[int, int] | None = None) -> dict:
+        """Episode i as {frame key: array [t, ...]} plus task, embodiment, success, source.
+        image_size=(h, w): frames resized as the loader does (vla.data.resize)."""
         info = self.info(i)
         emb = self.embodiments[info.embodiment]
         out = {key: self.lowdim(info.embodiment, key, info.start, info.end) for key in (STATE, ACTION, TIMESTAMP)}
         if images:
             for cam in emb.camera_names:
-                out[image_key(cam)] = self.frame_chunks(info.embodiment, cam).read(range(info.start, info.end))
+                out[image_key(cam)] = self.frames(info.embodiment, cam).read(range(info.start, info.end), image_size)
         out.update(task=info.task, embodiment=info.embodiment, success=info.success, source=info.source)
         return out
 
@@ -290,6 +310,7 @@ class EpisodeStore:
                 "control_hz": emb.control_hz,
                 "action_mode": emb.action_mode,
                 "keys": {k: {"shape": list(s), "dtype": d} for k, (s, d) in emb.frame_shapes().items()},
+                "codecs": {cam: str(self.codec(name, cam)) for cam in emb.camera_names},
             }
         tasks = {}
         for t in self._task:
@@ -303,6 +324,7 @@ class EpisodeStore:
             "tasks": tasks,
             "success": {"yes": int((succ == 1).sum()), "no": int((succ == 0).sum()), "unknown": int((succ < 0).sum())},
             "sources": sorted(set(self._source)),
+            "format_version": self.version,
         }
 
     def writer(self, embodiment: str | None = None, *, source: str = "") -> "EpisodeWriter":
@@ -310,6 +332,8 @@ class EpisodeStore:
 
         if self._g.read_only:
             raise StoreError(f"{self.path}: opened read-only; use EpisodeStore.open(path, mode='a') to append")
+        if self.version != VERSION:
+            raise StoreError(f"{self.path}: version-{self.version} store; migrate it with `vla data migrate`")
         if embodiment is None:
             if len(self.embodiments) != 1:
                 raise StoreError(f"{self.path}: name the embodiment to write, one of {sorted(self.embodiments)}")
@@ -318,6 +342,23 @@ class EpisodeStore:
             raise StoreError(f"{self.path}: unknown embodiment {embodiment!r}; store has {sorted(self.embodiments)}")
         return EpisodeWriter(self, self.embodiments[embodiment], source=source)
 
+    def committed_end(self, embodiment: str) -> int:
+        """End (exclusive global frame index) of the last committed episode of one embodiment."""
+        return max((int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment), default=0)
+
     def __repr__(self) -> str:
         return f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, embodiments={sorted(self.embodiments)})"
 
+
+
+def _codecs_for(emb: Embodiment, codecs) -> dict[str, ImageCodec]:
+    if codecs is None or isinstance(codecs, (str, ImageCodec)):
+        one = ImageCodec.parse(codecs or "lossless")
+        return {c: one for c in emb.camera_names}
+    if not isinstance(codecs, dict):
+        raise StoreError(f"codecs must be a codec name or {{camera: codec}}, got {codecs!r}")
+    unknown = sorted(set(codecs) - set(emb.camera_names))
+    if unknown:
+        raise StoreError(f"codecs name cameras {unknown} that embodiment {emb.name!r} does not have "
+                         f"(cameras: {list(emb.camera_names)})")
+    return {c: ImageCodec.parse(codecs.get(c, "lossless")) for c in emb.camera_names}

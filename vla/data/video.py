@@ -12,7 +12,7 @@ from av.video.reformatter import VideoReformatter
 import numpy as np
 from PIL import Image
 
-from vla.data.chunks import StoreError
+from vla.data.frame_files import StoreError
 
 os.environ.setdefault("SVT_LOG", "1")  # SVT-AV1 prints a banner per file otherwise; keep errors only
 

@@ -31,7 +31,7 @@ def contact_sheet(store: EpisodeStore, out: str | Path, *, max_episodes: int = 4
         emb = store.embodiments[info.embodiment]
         ts = sorted({int(x) for x in np.linspace(info.start, info.end - 1, frames_per_episode)})
         for c, cam in enumerate(emb.camera_names):
-            imgs = store.frame_chunks(info.embodiment, cam).read(ts)
+            imgs = store.frames(info.embodiment, cam).read(ts)
             for k, (t, img) in enumerate(zip(ts, imgs)):
                 ax = axes[r, c * frames_per_episode + k]
                 ax.imshow(img)

@@ -5,8 +5,12 @@
             w.add_frame({"observation/state": s, "action": a, "observation/images/front": img})
         w.end_episode(success=True, task="pick up the red cube")
 
-Images are flushed to disk every `flush_every` frames so long episodes do not pile up in
-memory; low-dim keys are buffered and written at `end_episode`, right before the commit.
+Images are encoded by their camera's codec (in a small thread pool: JPEG and blosc release the
+GIL) and appended to the camera's shard file every `flush_every` frames, so long episodes do
+not pile up in memory; on object stores (fsspec URLs) the encoded frames are kept until
+`end_episode` and written once per shard. Low-dim keys are buffered and written at
+`end_episode`, right before the commit. On entering, the writer clears whatever a killed
+writer left past the last committed episode (vla.data.frame_files.FrameFiles.recover).
 """
 
 from __future__ import annotations
@@ -14,11 +18,12 @@ from __future__ import annotations
 import logging
 import math
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 
-from vla.data.chunks import StoreError
+from vla.data.frame_files import StoreError
 from vla.spec import ACTION, IMAGE_PREFIX, STATE, TASK, TIMESTAMP, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
@@ -41,7 +46,8 @@ def _pid_alive(pid: int) -> bool:
 
 
 class _Lock:
-    """One writer per local store: an O_EXCL lock file holding the writer's pid."""
+    """One writer per local store: an O_EXCL lock file holding the writer's pid. Edits of a store
+    (vla.data.edit) take the same lock, so a store being written is never edited."""
 
     def __init__(self, root: str):
         self.path = Path(root) / ".writer.lock"
@@ -57,7 +63,8 @@ class _Lock:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and _pid_alive(pid) and pid != os.getpid():
-                    raise StoreError(f"{self.path.parent}: another writer (pid {pid}) holds {self.path}") from None
+                    raise StoreError(f"{self.path.parent}: another writer (pid {pid}) holds {self.path}; "
+                                     "wait for it to finish") from None
                 log.warning("removing stale writer lock %s (pid %s is gone)", self.path, pid)
                 self.path.unlink(missing_ok=True)
                 continue
@@ -74,21 +81,32 @@ class _Lock:
 
 
 class EpisodeWriter:
-    def __init__(self, store, emb: Embodiment, *, source: str = "", flush_every: int = 32):
+    def __init__(self, store, emb: Embodiment, *, source: str = "", flush_every: int = 32, threads: int = 2):
         self.store = store
         self.emb = emb
         self.source = source
         self.flush_every = flush_every
+        self.threads = threads
         self._shapes = emb.frame_shapes()
-        self._lock = None if "://" in store.path else _Lock(store.path)
+        self._remote = "://" in store.path
+        self._lock = None if self._remote else _Lock(store.path)
         self._open = False
+        self._pool: ThreadPoolExecutor | None = None
         self._reset_episode()
 
     # ---- context ----
     def __enter__(self) -> "EpisodeWriter":
         if self._lock is not None:
             self._lock.acquire()
-        self.store.refresh()
+        try:
+            self.store.refresh()
+            keep = self.store.committed_end(self.emb.name)
+            for cam in self.emb.camera_names:
+                self.store.frames(self.emb.name, cam).recover(keep)
+        except BaseException:
+            if self._lock is not None:
+                self._lock.release()
+            raise
         self._open = True
         self._reset_episode()
         return self
@@ -97,9 +115,13 @@ class EpisodeWriter:
         try:
             if self.frames_pending:
                 log.warning("writer closed with %d uncommitted frames; that episode is discarded", self.frames_pending)
+                self._drop_written()
             self._reset_episode()
         finally:
             self._open = False
+            if self._pool is not None:
+                self._pool.shutdown()
+                self._pool = None
             if self._lock is not None:
                 self._lock.release()
 
@@ -107,7 +129,9 @@ class EpisodeWriter:
         self._start = self.store.num_frames
         self._lowdim: dict[str, list[np.ndarray]] = {STATE: [], ACTION: [], TIMESTAMP: []}
         self._images: dict[str, list[np.ndarray]] = {c: [] for c in self.emb.camera_names}
-        self._flushed = 0  # image frames of this episode already on disk
+        self._blobs: dict[str, list[bytes]] = {c: [] for c in self.emb.camera_names}  # encoded, not yet written
+        self._encoded = 0  # image frames of this episode already encoded
+        self._flushed = 0  # ... and already on disk
         self._n = 0
 
     @property
@@ -154,27 +178,51 @@ class EpisodeWriter:
         for cam in self.emb.camera_names:
             self._images[cam].append(checked[IMAGE_PREFIX + cam])
         self._n += 1
-        if self._n - self._flushed >= self.flush_every:
-            self._flush_images()
+        if self._n - self._encoded >= self.flush_every:
+            self._encode()
+            if not self._remote:
+                self._write_images()
 
-    def _flush_images(self) -> None:
-        n_new = self._n - self._flushed
+    def _encode(self) -> None:
+        """Encode the buffered raw frames of every camera (in parallel)."""
+        if self._n == self._encoded:
+            return
+        if self._pool is None and self.threads > 1:
+            self._pool = ThreadPoolExecutor(self.threads, thread_name_prefix="encode")
+        for cam in self.emb.camera_names:
+            codec = self.store.codec(self.emb.name, cam)
+            imgs = self._images[cam]
+            blobs = list(self._pool.map(codec.encode, imgs)) if self._pool is not None else [codec.encode(i) for i in imgs]
+            self._blobs[cam].extend(blobs)
+            imgs.clear()
+        self._encoded = self._n
+
+    def _write_images(self) -> None:
+        """Append the encoded frames not yet on disk to the cameras' shard files."""
+        n_new = self._encoded - self._flushed
         if n_new == 0:
             return
         start = self._start + self._flushed
         end = start + n_new
         for cam in self.emb.camera_names:
-            chunks = self.store.frame_chunks(self.emb.name, cam)
-            arr = chunks.arr
-            if arr.shape[0] < end:
+            frames = self.store.frames(self.emb.name, cam)
+            arr = frames.arr
+            if arr.shape[0] < end:  # the array's shape (zarr.json) says how far a plain zarr reader looks
                 arr.resize((end + GROW - end % GROW, *arr.shape[1:]))
-            chunks.write(start, np.stack(self._images[cam]))
-            self._images[cam].clear()
-        self._flushed = self._n
+            frames.append(start, self._blobs[cam])
+            self._blobs[cam].clear()
+        self._flushed = self._encoded
 
     def discard_episode(self) -> None:
         """Drop the frames of the episode in progress (nothing committed changes)."""
+        self._drop_written()
         self._reset_episode()
+
+    def _drop_written(self) -> None:
+        if self._flushed:  # frames already in the shard files: cut them off again
+            keep = self.store.committed_end(self.emb.name)
+            for cam in self.emb.camera_names:
+                self.store.frames(self.emb.name, cam).recover(keep)
 
     def end_episode(self, *, task: str, success: bool | None = True) -> int:
         """Commit the episode in progress; returns its index. Frames become visible only now."""
@@ -184,15 +232,44 @@ class EpisodeWriter:
             raise StoreError("end_episode() called with no frames added")
         if not isinstance(task, str):
             raise SpecError(f"task must be a string instruction, got {type(task).__name__}")
-        self._flush_images()
+        self._encode()
+        self._write_images()
+        rows = {key: np.stack(v) for key, v in self._lowdim.items()}
+        return self._commit(rows, task, success, self.source)
+
+    def _commit(self, rows: dict[str, np.ndarray], task: str, success: bool | None, source: str) -> int:
         store, emb = self.store, self.emb
         start, end = self._start, self._start + self._n
-        for key, rows in self._lowdim.items():
+        for key, v in rows.items():
             arr = store.array(emb.name, key)
             if arr.shape[0] < end:
                 arr.resize((end + GROW, *arr.shape[1:]))
-            arr[start:end] = np.stack(rows)
+            arr[start:end] = v
         success = -1 if success is None else int(bool(success))
-        i = store.commit_episode(emb.name, task, success, self.source, end)  # the commit point
+        i = store.commit_episode(emb.name, task, success, source, end)  # the commit point
         self._reset_episode()
         return i
+
+    def add_encoded_episode(self, rows: dict[str, np.ndarray], blobs: dict[str, list[bytes]], *, task: str,
+                            success: bool | None, source: str | None = None) -> int:
+        """Append and commit a whole episode whose frames are already encoded with this store's codecs
+        (copying between stores without re-encoding). rows: state [n, s], action [n, a], timestamp [n]."""
+        if not self._open:
+            raise StoreError("use the writer as a context manager: `with store.writer() as w:`")
+        if self._n:
+            raise StoreError("add_encoded_episode() with a frame-by-frame episode in progress")
+        n = len(rows[TIMESTAMP])
+        for key, shape in ((STATE, (n, self.emb.state_dim)), (ACTION, (n, self.emb.action_dim)), (TIMESTAMP, (n,))):
+            if np.shape(rows[key]) != shape:
+                raise FrameError(f"embodiment {self.emb.name!r}: {key} has shape {np.shape(rows[key])}, expected {shape}")
+        if set(blobs) != set(self.emb.camera_names) or any(len(b) != n for b in blobs.values()):
+            raise FrameError(f"embodiment {self.emb.name!r}: need {n} encoded frames for each of "
+                             f"{list(self.emb.camera_names)}, got {({c: len(b) for c, b in blobs.items()})}")
+        if n == 0:
+            raise StoreError("add_encoded_episode() with no frames")
+        self._n = self._encoded = n
+        for cam in self.emb.camera_names:
+            self._blobs[cam] = list(blobs[cam])
+        self._write_images()
+        rows = {k: np.asarray(rows[k], np.float32) for k in (STATE, ACTION, TIMESTAMP)}
+        return self._commit(rows, task, success, self.source if source is None else source)

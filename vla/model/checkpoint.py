@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from vla.data.chunks import StoreError
+from vla.data.frame_files import StoreError
 from vla.data.stats import NormStats, load_stats, save_stats
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
