@@ -1,10 +1,16 @@
-"""Joint attention over several Gemma stacks, and the block-causal masks of pi0.
+"""Joint attention over several decoder stacks, and the block-causal masks of pi0.
 
 pi0 runs two token streams through the same number of layers: the prefix (images + language)
-through the backbone's Gemma weights and the suffix (state + actions) through the action
+through the backbone's decoder weights and the suffix (state + actions) through the action
 expert's. In every layer each stream makes its own q/k/v with its own weights, attention runs
 once over the concatenated tokens, and each stream continues with its own output projection
 and MLP. Both stacks must share head count, kv-head count and head dim.
+
+Decoder layers of every backbone family (vla.model.backbones) run here through their modules:
+Gemma / Llama / Qwen norms, q/k/v projections with or without biases, per-head q/k norms
+(Qwen3, before RoPE), and `layer.mlp(x)` (dense or mixture-of-experts). `FusedLayer` (inference)
+takes only the layers it understands: (1 + w) Gemma norms with a tanh-GELU MLP, or Llama-style
+w norms with a SiLU MLP, no q/k norms; others run on their modules.
 
 Mask rule (big_vision / openpi `make_attn_mask`): each token has an autoregressive flag ar;
 token i may attend to token j iff cumsum(ar)[j] <= cumsum(ar)[i] and j is a real token.
@@ -16,9 +22,11 @@ from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torch.utils.checkpoint import checkpoint
 from transformers import GemmaModel
-from transformers.models.gemma.modeling_gemma import apply_rotary_pos_emb, repeat_kv
+from transformers.activations import GELUTanh, SiLUActivation
+from transformers.models.gemma.modeling_gemma import GemmaRMSNorm, apply_rotary_pos_emb, repeat_kv
 
 from vla.model.adarms import AdaRMSNorm, apply_norm, gated
 
@@ -61,30 +69,37 @@ class FusedLayer:
     latency on a CPU. Built by `fuse_for_inference`; never used with grad enabled.
     """
 
-    def __init__(self, layer):
+    def __init__(self, layer, norm_offset: float = 1.0, act: str = "gelu_tanh"):
         attn, mlp = layer.self_attn, layer.mlp
         hd = attn.head_dim
         self.head_dim, self.heads = hd, attn.q_proj.out_features // hd
         self.kv_heads = attn.k_proj.out_features // hd
 
         def rot(w):  # rows of rotate_half(W x), per head: [-second half; first half]
-            w = w.reshape(-1, hd, w.shape[-1])
-            return torch.cat([-w[:, hd // 2:], w[:, : hd // 2]], 1).reshape(-1, w.shape[-1])
+            w = w.reshape(-1, hd, *w.shape[1:])
+            return torch.cat([-w[:, hd // 2:], w[:, : hd // 2]], 1).reshape(-1, *w.shape[2:])
 
         wq, wk, wv = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
-        ln1 = 1.0 + layer.input_layernorm.weight.float()
-        ln2 = 1.0 + layer.post_attention_layernorm.weight.float()
+        ln1 = norm_offset + layer.input_layernorm.weight.float()  # Gemma (1 + w), Llama-style w
+        ln2 = norm_offset + layer.post_attention_layernorm.weight.float()
         w_in = torch.cat([wq, wk, rot(wq), rot(wk), wv])
         self.w_in = (w_in * ln1.to(w_in.dtype)[None]).detach()
+        self.b_in = None  # q/k/v biases (Qwen2), rotated as their rows
+        if attn.q_proj.bias is not None:
+            bq, bk, bv = attn.q_proj.bias, attn.k_proj.bias, attn.v_proj.bias
+            self.b_in = torch.cat([bq, bk, rot(bq), rot(bk), bv]).detach()
         self.qk = wq.shape[0] + wk.shape[0]
         self.q_width = wq.shape[0]
         self.o = attn.o_proj.weight.detach()
         gate_up = torch.cat([mlp.gate_proj.weight, mlp.up_proj.weight])
         self.gate_up = (gate_up * ln2.to(gate_up.dtype)[None]).detach()
         self.down = mlp.down_proj.weight.detach()
-        self.eps = torch.tensor(layer.input_layernorm.eps, device=self.o.device)  # 0-d: added in place by unit_rms
+        norm = layer.input_layernorm
+        eps = norm.eps if hasattr(norm, "eps") else norm.variance_epsilon
+        self.eps = torch.tensor(eps, device=self.o.device)  # 0-d: added in place by unit_rms
         self.mlp_width = self.down.shape[1]
         self.scale = attn.scaling
+        self.act = act
 
     def qkv(self, h: torch.Tensor, cos_qk: torch.Tensor, sin_qk: torch.Tensor):
         """h [b, n, d] -> q [b, n, heads * hd], k [b, n, kv_heads * hd], v, RoPE applied.
@@ -92,13 +107,40 @@ class FusedLayer:
         cos_qk / sin_qk: [b, n, (heads + kv_heads) * hd], the tables tiled over the heads.
         """
         y = unit_rms(h, self.eps) @ self.w_in.T
+        if self.b_in is not None:
+            y = y + self.b_in
         qk = torch.addcmul(y[..., : self.qk] * cos_qk, y[..., self.qk: 2 * self.qk], sin_qk)
         return qk[..., : self.q_width], qk[..., self.q_width:], y[..., 2 * self.qk:]
 
     def out_mlp(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         h = h + attn_out @ self.o.T
         g, u = (unit_rms(h, self.eps) @ self.gate_up.T).split(self.mlp_width, -1)
-        return h + (F.gelu(g, approximate="tanh") * u) @ self.down.T
+        g = F.gelu(g, approximate="tanh") if self.act == "gelu_tanh" else F.silu(g)
+        return h + (g * u) @ self.down.T
+
+
+LLAMA_STYLE_NORMS = ("LlamaRMSNorm", "Qwen2RMSNorm", "Qwen2_5_VLRMSNorm")  # w * x / rms(x), weight init 1
+
+
+def fusable(layer) -> tuple[float, str] | None:
+    """(norm offset, activation) of a decoder layer FusedLayer can take, or None."""
+    attn, mlp, norms = layer.self_attn, layer.mlp, (layer.input_layernorm, layer.post_attention_layernorm)
+    if getattr(attn, "q_norm", None) is not None or attn.o_proj.bias is not None:
+        return None
+    if attn.k_proj.in_features != attn.q_proj.in_features:  # a cross-attention layer (vla.model.cross_attention)
+        return None
+    if not all(hasattr(mlp, k) for k in ("gate_proj", "up_proj", "down_proj")) or \
+            any(getattr(mlp, k).bias is not None for k in ("gate_proj", "up_proj", "down_proj")):
+        return None
+    act = getattr(mlp, "act_fn", None)
+    act = "gelu_tanh" if isinstance(act, GELUTanh) else "silu" if isinstance(act, (SiLUActivation, nn.SiLU)) else None
+    if act is None:
+        return None
+    if all(isinstance(n, GemmaRMSNorm) for n in norms):
+        return 1.0, act
+    if all(type(n).__name__ in LLAMA_STYLE_NORMS for n in norms):
+        return 0.0, act
+    return None
 
 
 def unit_rms(h: torch.Tensor, eps: torch.Tensor) -> torch.Tensor:
@@ -116,12 +158,16 @@ def tile_rope(cos: torch.Tensor, sin: torch.Tensor, heads: int) -> tuple[torch.T
 
 
 def fuse_for_inference(*stacks: GemmaModel) -> None:
-    """Attach FusedLayer views to every layer (call again after the weights change). Layers with
-    adaptive norms (pi0.5's expert) are left as they are: their norm scales depend on the time."""
+    """Attach FusedLayer views to every layer it understands (call again after the weights
+    change). Layers with adaptive norms (pi0.5's expert) are left as they are: their norm scales
+    depend on the time; so are layers of other styles (q/k norms, MoE MLPs: see `fusable`)."""
     for stack in stacks:
         for layer in stack.layers:
-            if not isinstance(layer.input_layernorm, AdaRMSNorm):
-                layer._vla_fused = FusedLayer(layer)
+            kind = None if isinstance(layer.input_layernorm, AdaRMSNorm) else fusable(layer)
+            if kind is not None:
+                layer._vla_fused = FusedLayer(layer, *kind)
+            elif hasattr(layer, "_vla_fused"):
+                del layer._vla_fused
 
 
 def _fused(layer) -> "FusedLayer | None":
@@ -136,8 +182,11 @@ def _qkv(layer, h, cos, sin, cond=None):
     if f is None:
         attn = layer.self_attn
         x, gate = apply_norm(layer.input_layernorm, h, cond)
-        q = attn.q_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
-        k = attn.k_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
+        q = attn.q_proj(x).view(b, n, -1, attn.head_dim)
+        k = attn.k_proj(x).view(b, n, -1, attn.head_dim)
+        if getattr(attn, "q_norm", None) is not None:  # Qwen3: RMS norm per head, before RoPE
+            q, k = attn.q_norm(q), attn.k_norm(k)
+        q, k = q.transpose(1, 2), k.transpose(1, 2)
         v = attn.v_proj(x).view(b, n, -1, attn.head_dim).transpose(1, 2)
         return (*apply_rotary_pos_emb(q, k, cos, sin), v, gate)
     q, k, v = f.qkv(h, *tile_rope(cos, sin, f.heads + f.kv_heads))
@@ -207,15 +256,18 @@ def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv, conds):
 def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | None], allowed: torch.Tensor,
                   positions: torch.Tensor | tuple[torch.Tensor, torch.Tensor], *, past: KVCache | None = None,
                   keep_kv: bool = False, grad_checkpoint: bool = False,
-                  conds: list[torch.Tensor | None] | None = None
+                  conds: list[torch.Tensor | None] | None = None, layer_adds: list[torch.Tensor] | None = None
                   ) -> tuple[list[torch.Tensor | None], KVCache | None]:
     """Run the active streams (embeds not None) through every layer with joint attention.
 
     allowed: [b, l_q, l_past + l_q] bool over all active tokens in stream order (after `past`),
         or the additive float bias [b, 1, l_q, l_k] made from it by `attn_bias` (callers that
         repeat a call, like the denoising loop, build it once).
-    positions: [b, l_q] RoPE positions of the active tokens, or their (cos, sin) from `rope`.
+    positions: RoPE positions of the active tokens, [b, l_q] (or [3, b, l_q] for multimodal RoPE:
+        vla.model.backbones), or their (cos, sin) from `rope`.
     conds: per stream, the condition of its adaptive norms (pi0.5's expert: the flow time), or None.
+    layer_adds: added to the first stream's hidden states after layers 0, 1, ... (Qwen3-VL's
+        DeepStack image features, zero elsewhere); ignored when that stream is inactive.
     Returns the final-normed hidden states per stream (None for inactive ones) and, with
     keep_kv, every layer's k/v (past included) for reuse by later calls.
     """
@@ -248,6 +300,8 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
             hs, kv = _layer(act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, act_conds)
         if keep_kv:
             cache.append(kv)
+        if layer_adds is not None and active[0] == 0 and li < len(layer_adds):
+            hs[0] = hs[0] + layer_adds[li].to(hs[0].dtype)
     outs: list[torch.Tensor | None] = [None] * len(embeds)
     for i, stack, h, cond in zip(active, act_stacks, hs, act_conds):
         outs[i] = apply_norm(stack.norm, h, cond)[0]

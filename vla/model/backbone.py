@@ -1,28 +1,38 @@
-"""PaliGemma-layout VLM backbone from Hugging Face transformers modules.
+"""The VLM backbone's config, and `Backbone(cfg)`: the adapter of the config's family.
 
-    images -> SigLIP vision tower -> linear projector -> image tokens   [b, c * p, d]
-    token ids -> Gemma embedding (scaled by sqrt(d))  -> text tokens    [b, l, d]
-    both -> the Gemma decoder layers (run by vla.model.attention, jointly with an expert)
+    images -> vision tower (-> projector) -> image tokens   [b, c * p, d]
+    token ids -> the decoder's token embedding          -> text tokens    [b, l, d]
+    both -> the decoder layers (run by vla.model.attention, jointly with an action expert)
 
-Built from a config (random init, tiny sizes for CPU) or loaded from a local PaliGemma
-checkpoint directory (`BackboneConfig(pretrained="path/to/paligemma")`); never downloads.
+Families (vla.model.backbones, one file each, one small interface in backbones/base.py):
+    paligemma     SigLIP -> linear projector -> Gemma (pi0 / pi0.5 as published)
+    smolvlm       SigLIP-style tower -> pixel shuffle + linear -> Llama (SmolVLM2; SmolVLA's backbone)
+    qwen2_5_vl    windowed ViT with a 2x2 patch merger -> Qwen2 decoder with multimodal RoPE
+    qwen3_vl      ViT + merger + DeepStack features -> Qwen3 decoder (q/k norms), multimodal RoPE
+    qwen3_vl_moe  qwen3_vl with a mixture-of-experts decoder (top-k routed MLPs)
+
+Built from a config (random init, tiny sizes for CPU) or loaded from a local checkpoint directory
+in the family's Hugging Face layout (`BackboneConfig(family=..., pretrained="path")`); never
+downloads. State-dict keys are `backbone.vision_tower.*`, `backbone.projector.*` (families with a
+separate projector) and `backbone.language_model.*` (the decoder stack) for every family.
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from pathlib import Path
 
 import torch
-from torch import nn
-from transformers import GemmaConfig, GemmaModel, SiglipVisionConfig, SiglipVisionModel
+from transformers import GemmaConfig
 
 from vla.spec import SpecError
+
+FAMILIES = ("paligemma", "smolvlm", "qwen2_5_vl", "qwen3_vl", "qwen3_vl_moe")
 
 
 @dataclass(frozen=True)
 class GemmaSize:
-    """Width/depth/heads of one Gemma stack (the backbone's language model or the action expert)."""
+    """Width/depth/heads of one decoder stack (the backbone's language model or the action expert).
+    Named for Gemma, pi0's decoder; every family's decoder is sized with it."""
 
     width: int
     depth: int
@@ -53,6 +63,12 @@ class GemmaSize:
                            hidden_activation="gelu_pytorch_tanh", attn_implementation="sdpa",
                            **({"initializer_range": self.init_std} if self.init_std else {}))
 
+    def init_kwargs(self) -> dict:
+        return {"initializer_range": self.init_std} if self.init_std else {}
+
+
+DecoderSize = GemmaSize  # the family-neutral name
+
 
 @dataclass(frozen=True)
 class BackboneConfig:
@@ -62,28 +78,75 @@ class BackboneConfig:
     vision_depth: int = 27
     vision_heads: int = 16
     vision_mlp: int = 4304
+    # The decoder layers *used*: a pretrained checkpoint with more keeps its first `text.depth`
+    # (SmolVLA runs the first 16 of SmolVLM2's 32); its width and heads must match.
     text: GemmaSize = GemmaSize(width=2048, depth=18, mlp=16384)
     vocab_size: int = 257152
-    # A local PaliGemma checkpoint dir (HF layout); sizes above must then match it.
+    # A local checkpoint dir in the family's Hugging Face layout; sizes above must then match it.
     pretrained: str | None = None
     # How a randomly initialized vision tower starts its (learned) patch position embeddings:
     # "sincos" = 2D sine-cosine of each patch's row and column (geometry given from step 0),
     # "random" = the transformers default (normal noise; the layout must be learned from data).
+    # (Qwen2.5-VL's tower has no learned table: rotary positions only.)
     vision_pos_init: str = "sincos"
+    family: str = "paligemma"  # one of FAMILIES
+    # Patches merged into one image token, per side: SmolVLM's pixel shuffle (4 in SmolVLM2:
+    # 1024 patches -> 64 tokens), the Qwen-VL patch merger (2). PaliGemma: 1.
+    token_merge: int = 1
+    # RoPE base of a randomly initialized decoder (a pretrained one keeps its own). The action
+    # expert shares it, as joint attention needs. PaliGemma keeps Gemma's 10000 regardless.
+    rope_theta: float = 10000.0
+    # Mixture-of-experts decoder (qwen3_vl_moe): routed experts, experts per token, their MLP width.
+    moe_experts: int = 0
+    moe_top_k: int = 0
+    moe_mlp: int = 0
+    # Qwen3-VL DeepStack: vision layers whose merged features are added to the image tokens'
+    # hidden states after decoder layers 0, 1, ... (one each).
+    deepstack: tuple = ()
 
     def __post_init__(self):
         if isinstance(self.text, dict):
             object.__setattr__(self, "text", GemmaSize(**self.text))
+        object.__setattr__(self, "deepstack", tuple(int(i) for i in self.deepstack))
+        if self.family not in FAMILIES:
+            raise SpecError(f"BackboneConfig: unknown family {self.family!r}; supported: {list(FAMILIES)}")
+        if self.token_merge < 1:
+            raise SpecError(f"BackboneConfig: token_merge must be >= 1, got {self.token_merge}")
+        if self.family == "paligemma" and self.token_merge != 1:
+            raise SpecError(f"BackboneConfig: paligemma has no token merge: expected token_merge 1, got {self.token_merge}")
         if self.image_size % self.patch_size:
             raise SpecError(f"BackboneConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if (self.image_size // self.patch_size) % self.token_merge:
+            raise SpecError(f"BackboneConfig: the patch grid ({self.image_size // self.patch_size} per side) is not a "
+                            f"multiple of token_merge {self.token_merge}")
         if self.vision_width % self.vision_heads:
             raise SpecError(f"BackboneConfig: vision_width {self.vision_width} not divisible by vision_heads {self.vision_heads}")
         if self.vision_pos_init not in ("sincos", "random"):
             raise SpecError(f"BackboneConfig: vision_pos_init must be 'sincos' or 'random', got {self.vision_pos_init!r}")
+        moe = (self.moe_experts, self.moe_top_k, self.moe_mlp)
+        if self.family == "qwen3_vl_moe":
+            if min(moe) < 1 or self.moe_top_k > self.moe_experts:
+                raise SpecError(f"BackboneConfig: qwen3_vl_moe needs moe_experts >= moe_top_k >= 1 and moe_mlp >= 1, "
+                                f"got {moe}")
+        elif any(moe):
+            raise SpecError(f"BackboneConfig: moe_experts/moe_top_k/moe_mlp are for family 'qwen3_vl_moe', "
+                            f"not {self.family!r} (got {moe})")
+        if self.deepstack and not self.family.startswith("qwen3_vl"):
+            raise SpecError(f"BackboneConfig: deepstack is Qwen3-VL's; family {self.family!r} has none")
+        bad = [i for i in self.deepstack if not 0 <= i < self.vision_depth]
+        if bad or len(self.deepstack) > self.text.depth:
+            raise SpecError(f"BackboneConfig: deepstack layers {list(self.deepstack)} must be vision layers "
+                            f"(0..{self.vision_depth - 1}), at most one per decoder layer ({self.text.depth})")
+        if self.family == "qwen2_5_vl" and self.text.width != self.text.heads * self.text.head_dim:
+            raise SpecError(f"BackboneConfig: Qwen2.5-VL's decoder has width = heads * head_dim: expected "
+                            f"{self.text.heads * self.text.head_dim}, got width {self.text.width}")
+        if self.family.startswith("qwen") and self.text.head_dim % 8:
+            raise SpecError(f"BackboneConfig: multimodal RoPE splits head_dim in sections: head_dim must be a "
+                            f"multiple of 8, got {self.text.head_dim}")
 
     @property
     def tokens_per_image(self) -> int:
-        return (self.image_size // self.patch_size) ** 2
+        return (self.image_size // self.patch_size) ** 2 // self.token_merge ** 2
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -104,54 +167,12 @@ def sincos_2d(grid: int, width: int) -> torch.Tensor:
     return torch.cat([rows, cols], dim=-1).reshape(grid * grid, width).float()
 
 
-class Backbone(nn.Module):
-    def __init__(self, cfg: BackboneConfig, vocab_size: int | None = None):
-        super().__init__()
-        self.cfg = cfg
-        if cfg.pretrained:
-            self._load_pretrained(cfg, vocab_size)
-            return
-        vis = SiglipVisionConfig(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                                 num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
-                                 image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False,
-                                 attn_implementation="sdpa")
-        self.vision_tower = SiglipVisionModel(vis)
-        if cfg.vision_pos_init == "sincos":
-            with torch.no_grad():
-                grid = cfg.image_size // cfg.patch_size
-                self.vision_tower.embeddings.position_embedding.weight.copy_(sincos_2d(grid, cfg.vision_width))
-        self.projector = nn.Linear(cfg.vision_width, cfg.text.width)
-        self.language_model = GemmaModel(cfg.text.gemma_config(vocab_size or cfg.vocab_size))
+def Backbone(cfg: BackboneConfig, vocab_size: int | None = None, *, lm_head: bool = False):  # noqa: N802 (the old class name)
+    """The backbone adapter for `cfg.family` (vla.model.backbones.base.VLMBackbone).
 
-    def _load_pretrained(self, cfg: BackboneConfig, vocab_size: int | None) -> None:
-        from transformers import PaliGemmaForConditionalGeneration
+    vocab_size: rows of the token embedding (the text tokenizer's vocabulary, plus FAST's action
+    ids); a pretrained embedding with fewer rows grows. lm_head: keep the family's LM head for
+    decoding (FAST); a tied head reads the token embedding."""
+    from vla.model.backbones import backbone_class
 
-        path = Path(cfg.pretrained)
-        if not (path / "config.json").exists():
-            raise SpecError(f"pretrained backbone dir {path} has no config.json (expected a PaliGemma checkpoint)")
-        pg = PaliGemmaForConditionalGeneration.from_pretrained(path, local_files_only=True)
-        core = pg.model
-        self.vision_tower = core.vision_tower
-        self.projector = core.multi_modal_projector.linear
-        self.language_model = core.language_model
-        got = (self.language_model.config.hidden_size, self.language_model.config.num_hidden_layers)
-        if got != (cfg.text.width, cfg.text.depth):
-            raise SpecError(f"pretrained backbone {path}: width/depth {got} != preset {(cfg.text.width, cfg.text.depth)}")
-        if vocab_size and vocab_size > self.language_model.config.vocab_size:
-            # FAST appends its action ids after the text vocabulary: new rows, randomly initialized.
-            self.language_model.resize_token_embeddings(vocab_size)
-
-    @property
-    def width(self) -> int:
-        return self.language_model.config.hidden_size
-
-    def embed_images(self, pixels: torch.Tensor) -> torch.Tensor:
-        """pixels [b, c, 3, S, S] in [-1, 1] -> image tokens [b, c * p, d]."""
-        b, c = pixels.shape[:2]
-        feats = self.vision_tower(pixel_values=pixels.flatten(0, 1)).last_hidden_state  # [b*c, p, dv]
-        tokens = self.projector(feats)
-        return tokens.reshape(b, c * tokens.shape[1], tokens.shape[2])
-
-    def embed_tokens(self, ids: torch.Tensor) -> torch.Tensor:
-        """ids [b, l] -> [b, l, d] (Gemma's embedding, scaled by sqrt(d))."""
-        return self.language_model.embed_tokens(ids)
+    return backbone_class(cfg.family)(cfg, vocab_size, lm_head=lm_head)

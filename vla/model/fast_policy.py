@@ -12,6 +12,10 @@ normalized chunks, saved as `fast/<embodiment>/` in the checkpoint, applied in t
 workers (`FastTargets`) and inverted inside `sample`, which reports a decode that does not
 yield exactly h x a values as *malformed* (with a best-effort low-pass decode: the
 coefficients that did decode, the rest zero), never a silent all-zero chunk.
+
+Any backbone family (vla.model.backbones) decodes: the logits are its LM head (a pretrained
+untied head is kept and grown with the action ids) or its tied token embedding; the state token,
+[ACT] and the decoded ids take text-like positions after the prefix.
 """
 
 from __future__ import annotations
@@ -24,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla.model.attention import joint_forward, make_attn_mask, positions_from_valid
+from vla.model.attention import joint_forward, make_attn_mask
 from vla.model.backbone import Backbone, BackboneConfig
 from vla.model.contract import COUNT_PREFIX, ActionModel, ActionSample, example_inputs
 from vla.model.fast import FastTokenizer, relaxed_coefficients
@@ -98,7 +102,7 @@ class FastModel(ActionModel):
             raise SpecError("fast: the config names no embodiments (they come from the training data)")
         self.cfg, self.vocab, self.tokenizers = cfg, vocab, dict(tokenizers or {})
         self.text_vocab = min(vocab.offsets.values(), default=vocab.act_id)
-        self.backbone = Backbone(cfg.backbone, vocab.total)
+        self.backbone = Backbone(cfg.backbone, vocab.total, lm_head=True)
         self.state_in = EmbodimentLinear({k: v[0] for k, v in cfg.embodiments.items()}, self.backbone.width, direction="in")
 
     # ---- assets: one FAST tokenizer per embodiment ----
@@ -148,27 +152,28 @@ class FastModel(ActionModel):
         return self.backbone.language_model
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        return hidden @ self._lm().embed_tokens.weight.T  # tied LM head, as Gemma
+        return self.backbone.logits(hidden)  # Gemma: tied to the token embedding
+
+    def prefix(self, batch: dict):
+        """[image tokens][language tokens][state token] (vla.model.backbones.base.Prefix)."""
+        p = self.backbone.embed_prefix(batch["images"], batch["image_mask"], batch["tokens"], batch["token_mask"])
+        st = self.state_in(batch["state"].to(p.embeds.dtype), batch["embodiment"])[:, None]
+        return p.extend(st, torch.ones(st.shape[:2], dtype=torch.bool, device=st.device))
 
     def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-        img = self.backbone.embed_images(batch["images"])
-        per = img.shape[1] // batch["images"].shape[1]
-        txt = self.backbone.embed_tokens(batch["tokens"]).to(img.dtype)
-        st = self.state_in(batch["state"].to(img.dtype), batch["embodiment"])[:, None]
-        valid = torch.cat([batch["image_mask"].repeat_interleave(per, dim=1), batch["token_mask"],
-                           torch.ones(st.shape[:2], dtype=torch.bool, device=st.device)], 1)
-        return torch.cat([img, txt, st], 1), valid
+        p = self.prefix(batch)
+        return p.embeds, p.valid
 
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
         """Per-sample mean cross-entropy over the postfix tokens [b]."""
-        prefix, p_valid = self.embed_prefix(batch)
+        p = self.prefix(batch)
+        n_prefix = p.embeds.shape[1]
         ids, id_mask = batch["action_tokens"], batch["action_token_mask"]  # [b, T]: ACT, fast ids..., EOS, pad
-        post = self.backbone.embed_tokens(ids).to(prefix.dtype)
-        valid = torch.cat([p_valid, id_mask], 1)
-        ar = torch.cat([torch.zeros_like(p_valid, dtype=torch.long), torch.ones_like(ids)], 1)
-        (out,), _ = joint_forward([self._lm()], [torch.cat([prefix, post], 1)], make_attn_mask(valid, ar),
-                                  positions_from_valid(valid), grad_checkpoint=self.cfg.grad_checkpoint and self.training)
-        h = out[:, prefix.shape[1]:-1]  # positions of ACT .. last-but-one predict the next token
+        full = p.extend(self.backbone.embed_tokens(ids), id_mask)
+        ar = torch.cat([torch.zeros_like(p.valid, dtype=torch.long), torch.ones_like(ids)], 1)
+        (out,), _ = joint_forward([self._lm()], [full.embeds], make_attn_mask(full.valid, ar), full.positions,
+                                  grad_checkpoint=self.cfg.grad_checkpoint and self.training, layer_adds=full.layer_adds)
+        h = out[:, n_prefix:-1]  # positions of ACT .. last-but-one predict the next token
         logits = self.logits(h).float()
         target, tmask = ids[:, 1:], id_mask[:, 1:].float()
         ce = nn.functional.cross_entropy(logits.transpose(1, 2), target, reduction="none")
@@ -207,15 +212,16 @@ class FastModel(ActionModel):
         emb = batch["embodiment"]
         b = len(emb)
         max_new = max_new or self.cfg.max_action_tokens - 1
-        prefix, p_valid = self.embed_prefix(batch)
-        act = self.backbone.embed_tokens(torch.full((b, 1), self.vocab.act_id, device=prefix.device)).to(prefix.dtype)
-        x = torch.cat([prefix, act], 1)
-        valid = torch.cat([p_valid, torch.ones(b, 1, dtype=torch.bool, device=x.device)], 1)
+        p = self.prefix(batch)
+        act = self.backbone.embed_tokens(torch.full((b, 1), self.vocab.act_id, device=p.embeds.device))
+        p = p.extend(act, torch.ones(b, 1, dtype=torch.bool, device=act.device))
+        x, valid = p.embeds, p.valid
         ar = torch.zeros(valid.shape, dtype=torch.long, device=x.device)
         ar[:, -1] = 1
-        (out,), cache = joint_forward([self._lm()], [x], make_attn_mask(valid, ar), positions_from_valid(valid), keep_kv=True)
+        (out,), cache = joint_forward([self._lm()], [x], make_attn_mask(valid, ar), p.positions, keep_kv=True,
+                                      layer_adds=p.layer_adds)
         allowed = torch.stack([self.vocab.allowed(n, x.device) for n in emb])
-        pos = valid.sum(1)
+        pos = p.next_pos
         seqs: list[list[int]] = [[] for _ in range(b)]
         done = torch.zeros(b, dtype=torch.bool, device=x.device)
         h = out[:, -1]

@@ -1,5 +1,13 @@
 """pi0: a VLM backbone plus a flow-matching action expert that attends jointly with it.
 
+The backbone is any family of vla.model.backbones (PaliGemma as published, SmolVLM2, Qwen-VL,
+a mixture-of-experts Qwen3-VL). The expert attaches by `attach`:
+    "joint"  pi0: every layer attends jointly over prefix + suffix (vla.model.attention); the
+             expert needs the backbone's depth, head count, kv-head count and head dim
+    "cross"  SmolVLA: the expert reads the VLM's per-layer keys/values, by cross-attention in most
+             layers and joint-style self-attention in every `self_attn_every`-th
+             (vla.model.cross_attention); its width and depth are free (depth divides the VLM's)
+
 Token layout (see vla.model.attention for the mask rule):
     prefix = [image tokens of every camera slot][language tokens]   ar = 0 (bidirectional)
     suffix = [state token][h action tokens]                          ar = 1, 1, 0, 0, ...
@@ -25,11 +33,12 @@ from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
-from transformers import GemmaModel
 
-from vla.model.attention import attn_bias, joint_forward, make_attn_mask, positions_from_valid, rope
+from vla.model.attention import attn_bias, joint_forward, make_attn_mask, rope
 from vla.model.backbone import Backbone, BackboneConfig, GemmaSize
+from vla.model.backbones import Prefix
 from vla.model.contract import ActionModel, ActionSample, example_inputs
+from vla.model.cross_attention import CrossPlan, adapt_expert, expert_context, expert_forward
 from vla.model.heads import make_head
 from vla.spec import SpecError
 
@@ -64,17 +73,18 @@ class Pi0Config:
     # How the instruction becomes text (vla.model.transforms.PROMPT_FORMATS): "plain", or
     # "paligemma" (openpi's pi0: the cleaned text + "\n" after BOS).
     prompt_format: str = "plain"
+    # How the expert attaches to the VLM (module docstring): "joint" (pi0) or "cross" (SmolVLA).
+    attach: str = "joint"
+    # attach = "cross": expert layers 0, n, 2n, ... self-attend jointly, the others cross-attend
+    # (SmolVLA: 2); 0: every layer cross-attends.
+    self_attn_every: int = 2
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
         if isinstance(self.expert, dict):
             object.__setattr__(self, "expert", GemmaSize(**self.expert))
-        t, e = self.backbone.text, self.expert
-        for k in ("depth", "heads", "kv_heads", "head_dim"):
-            if getattr(t, k) != getattr(e, k):
-                raise SpecError(f"pi0: expert.{k} must equal the backbone's for joint attention: "
-                                f"expected {getattr(t, k)}, got {getattr(e, k)}")
+        self._check_attachment()
         if not 0.0 <= self.time_at_one < 1.0:
             raise SpecError(f"pi0: time_at_one must be in [0, 1), got {self.time_at_one}")
         if self.horizon < 1 or self.num_steps < 1 or self.cameras < 1 or self.max_tokens < 1:
@@ -86,6 +96,29 @@ class Pi0Config:
         wide = {k: v for k, v in self.embodiments.items() if self.shared_head_dim and max(v) > self.shared_head_dim}
         if wide:
             raise SpecError(f"pi0: embodiment dims {wide} exceed shared_head_dim {self.shared_head_dim}")
+
+    def _check_attachment(self) -> None:
+        t, e = self.backbone.text, self.expert
+        heads = ("heads", "kv_heads", "head_dim")
+        if self.attach == "joint":
+            for k in ("depth", *heads):
+                if getattr(t, k) != getattr(e, k):
+                    raise SpecError(f"pi0: expert.{k} must equal the backbone's for joint attention: expected "
+                                    f"{getattr(t, k)}, got {getattr(e, k)}; or attach the expert by cross-attention "
+                                    f"(attach = \"cross\", as SmolVLA: expert width, depth and heads free)")
+        elif self.attach == "cross":
+            if t.depth % e.depth:
+                raise SpecError(f"pi0: attach = \"cross\" pairs expert layer j with VLM layer j * (depth ratio): "
+                                f"expert.depth must divide the backbone's {t.depth}, got {e.depth}")
+            if self.self_attn_every < 0:
+                raise SpecError(f"pi0: self_attn_every must be >= 0, got {self.self_attn_every}")
+            for k in heads if self.self_attn_every else ():
+                if getattr(t, k) != getattr(e, k):
+                    raise SpecError(f"pi0: expert.{k} must equal the backbone's for the self-attention layers of "
+                                    f"attach = \"cross\" (every {self.self_attn_every}): expected {getattr(t, k)}, "
+                                    f"got {getattr(e, k)}; or set self_attn_every = 0 (cross-attention only)")
+        else:
+            raise SpecError(f"pi0: attach must be \"joint\" or \"cross\", got {self.attach!r}")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -112,7 +145,7 @@ class Pi0Model(ActionModel):
             raise SpecError("pi0: the config names no embodiments (they come from the training data)")
         self.cfg, self.text_vocab = cfg, vocab_size
         self.backbone = Backbone(cfg.backbone, vocab_size)
-        self.expert = GemmaModel(cfg.expert.gemma_config(vocab_size=8))  # its token embedding is unused
+        self.expert = self.backbone.make_expert(cfg.expert)  # its token embedding is unused
         w, shared = cfg.expert.width, cfg.shared_head_dim
         states = {k: v[0] for k, v in cfg.embodiments.items()}
         acts = {k: v[1] for k, v in cfg.embodiments.items()}
@@ -122,6 +155,12 @@ class Pi0Model(ActionModel):
         self.action_out = make_head(acts, w, direction="out", shared=shared)
         self.time_mlp_in = nn.Linear(w if self.adaptive_time else 2 * w, w)
         self.time_mlp_out = nn.Linear(w, w)
+        self.cross_plan = None
+        if cfg.attach == "cross":
+            lm = self.backbone.language_model.config
+            kv_width = lm.num_key_value_heads * (getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads)
+            self.cross_plan = CrossPlan.make(cfg.backbone.text.depth, cfg.expert.depth, cfg.self_attn_every)
+            adapt_expert(self.expert, self.cross_plan, kv_width)
 
     uses_state_token = True  # pi0: the state is a suffix token; pi0.5 writes it into the prompt
     adaptive_time = False  # pi0: time joins each action token; pi0.5: it conditions adaptive RMSNorms
@@ -136,13 +175,22 @@ class Pi0Model(ActionModel):
             raise KeyError(f"no head for embodiment(s) {unknown}; this model knows {sorted(self.cfg.embodiments)}")
 
     # ---- embeddings ----
+    def prefix(self, batch: dict) -> Prefix:
+        """The observation's tokens, validity and positions (vla.model.backbones.base.Prefix)."""
+        return self.backbone.embed_prefix(batch["images"], batch["image_mask"], batch["tokens"], batch["token_mask"])
+
     def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens [b, lp, d], valid [b, lp]."""
-        img = self.backbone.embed_images(batch["images"])
-        per = img.shape[1] // batch["images"].shape[1]
-        img_valid = batch["image_mask"].repeat_interleave(per, dim=1)
-        txt = self.backbone.embed_tokens(batch["tokens"])
-        return torch.cat([img, txt.to(img.dtype)], 1), torch.cat([img_valid, batch["token_mask"]], 1)
+        p = self.prefix(batch)
+        return p.embeds, p.valid
+
+    def prefix_cache(self, prefix: Prefix):
+        """The VLM over the prefix alone (bidirectional) -> every layer's keys/values."""
+        ar = torch.zeros(prefix.valid.shape, dtype=torch.long, device=prefix.valid.device)
+        _, cache = joint_forward([self.backbone.language_model, None], [prefix.embeds, None],
+                                 make_attn_mask(prefix.valid, ar), prefix.positions, keep_kv=True,
+                                 grad_checkpoint=self.cfg.grad_checkpoint and self.training, layer_adds=prefix.layer_adds)
+        return cache
 
     def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]):
         """-> tokens [b, n_state + h, w], ar [b, n_state + h], adaptive-norm condition [b, w] or None."""
@@ -200,13 +248,21 @@ class Pi0Model(ActionModel):
         t = t.to(actions.dtype)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         target = noise - actions
-        prefix, p_valid = self.embed_prefix(batch)
+        p = self.prefix(batch)
         suffix, s_ar, cond = self.embed_suffix(batch["state"], x_t, t, emb)
-        valid = torch.cat([p_valid, torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)], 1)
-        ar = torch.cat([torch.zeros(p_valid.shape, dtype=torch.long, device=s_ar.device), s_ar], 1)
-        (_, out), _ = joint_forward([self.backbone.language_model, self.expert], [prefix, suffix.to(prefix.dtype)],
-                                    make_attn_mask(valid, ar), positions_from_valid(valid),
-                                    grad_checkpoint=self.cfg.grad_checkpoint and self.training, conds=[None, cond])
+        suffix = suffix.to(p.embeds.dtype)
+        if self.cross_plan is not None:  # the prefix first, then the expert on its keys/values
+            ctx = expert_context(self.expert, self.cross_plan, self.prefix_cache(p))
+            out = expert_forward(self.expert, self.cross_plan, suffix, ctx, cond=cond,
+                                 **self._cross_masks(p, s_ar, suffix))
+        else:
+            s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)
+            valid = torch.cat([p.valid, s_valid], 1)
+            ar = torch.cat([torch.zeros(p.valid.shape, dtype=torch.long, device=s_ar.device), s_ar], 1)
+            (_, out), _ = joint_forward([self.backbone.language_model, self.expert], [p.embeds, suffix],
+                                        make_attn_mask(valid, ar), _then(p, s_valid),
+                                        grad_checkpoint=self.cfg.grad_checkpoint and self.training, conds=[None, cond],
+                                        layer_adds=p.layer_adds)
         v = self._suffix_out(out, emb).float()
         dim_mask = self.action_out.dim_mask(emb, device=v.device)[:, None, : v.shape[-1]]
         mask = dim_mask.expand(-1, v.shape[1], -1)
@@ -215,6 +271,16 @@ class Pi0Model(ActionModel):
         mask = mask.float()
         err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
         return err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+
+    def _cross_masks(self, p: Prefix, s_ar: torch.Tensor, like: torch.Tensor) -> dict:
+        """Masks and RoPE tables of attach = "cross" (vla.model.cross_attention.expert_forward)."""
+        ls = s_ar.shape[1]
+        s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)
+        seen = p.valid[:, None, :].expand(-1, ls, -1)  # every real prefix token
+        self_allowed = torch.cat([seen, make_attn_mask(s_valid, s_ar)], 2)
+        return {"self_bias": attn_bias(self_allowed, like.dtype), "cross_bias": attn_bias(seen, like.dtype),
+                "self_rope": rope(self.expert, like, p.after(s_valid)),
+                "cross_rope": rope(self.expert, like, torch.cumsum(s_valid.long(), 1) - 1)}
 
     def training_draws(self, batch_size: int, batch: dict, generator: torch.Generator) -> dict:
         """Noise and flow times of the whole global batch (each DDP rank takes its rows)."""
@@ -259,7 +325,8 @@ class Pi0Model(ActionModel):
         b = len(emb)
         self._check_embodiments(emb)
         a_dim = self.action_width(emb)
-        prefix, p_valid = self.embed_prefix(batch)
+        p = self.prefix(batch)
+        prefix, p_valid = p.embeds, p.valid
         x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)
         x = x.to(prefix.device, prefix.dtype)
         x0 = x.clone()
@@ -270,38 +337,49 @@ class Pi0Model(ActionModel):
             gw = guide_weights.to(x)[..., None]
         lm, ex = self.backbone.language_model, self.expert
         if use_cache:
-            p_ar = torch.zeros(p_valid.shape, dtype=torch.long, device=x.device)
-            _, cache = joint_forward([lm, None], [prefix, None], make_attn_mask(p_valid, p_ar),
-                                     positions_from_valid(p_valid), keep_kv=True)
-            n_prefix = p_valid.sum(1)
+            cache = self.prefix_cache(p)
         dt = -1.0 / steps
         # Masks and RoPE tables are the same at every step: build them once.
         s_ar = self._suffix_ar(b, self.cfg.horizon, x.device)
         s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=x.device)
-        if use_cache:
+        if self.cross_plan is not None:
+            cross = self._cross_masks(p, s_ar, x)
+            ctx = expert_context(ex, self.cross_plan, cache) if use_cache else None
+        elif use_cache:
             # Suffix queries see every real prefix token plus the suffix's own blocks.
             allowed = torch.cat([p_valid[:, None, :].expand(-1, s_ar.shape[1], -1), make_attn_mask(s_valid, s_ar)], 2)
-            stacks, pos = [None, ex], positions_from_valid(s_valid, n_prefix)
+            stacks, cos_sin = [None, ex], rope(ex, x, p.after(s_valid))
         else:
             valid = torch.cat([p_valid, s_valid], 1)
             allowed = make_attn_mask(valid, torch.cat([torch.zeros_like(p_valid, dtype=torch.long), s_ar], 1))
-            stacks, pos = [lm, ex], positions_from_valid(valid)
-        bias, cos_sin = attn_bias(allowed, x.dtype), rope(ex, x, pos)
+            stacks, cos_sin = [lm, ex], self.backbone.rope(x, _then(p, s_valid))
+        if self.cross_plan is None:
+            bias = attn_bias(allowed, x.dtype)
         state_tok = self._state_token(batch["state"], emb, x.dtype)  # the same at every step
         times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=x.dtype, device=x.device)
         terms = self._time_terms(times)  # every step's time features at once
         for k in range(steps):
             suffix, cond = self._suffix_at(state_tok, x, emb, terms[k:k + 1])
-            if use_cache:
+            if self.cross_plan is not None:  # uncached: the prefix's keys/values recomputed every step
+                c = ctx if use_cache else expert_context(ex, self.cross_plan, self.prefix_cache(p))
+                out = expert_forward(ex, self.cross_plan, suffix, c, cond=cond, **cross)
+            elif use_cache:
                 (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache, conds=[None, cond])
             else:
-                (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin, conds=[None, cond])
+                (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin, conds=[None, cond],
+                                            layer_adds=p.layer_adds)
             v = self._suffix_out(out, emb)
             x = x + dt * v[..., : x.shape[-1]]
             if guide is not None:
                 t_next = 1.0 + (k + 1) * dt
                 x = gw * (t_next * x0 + (1 - t_next) * guide) + (1 - gw) * x
         return x
+
+
+def _then(p: Prefix, valid: torch.Tensor) -> torch.Tensor:
+    """Positions of the prefix followed by tokens of `valid` [b, n] (text-like), in the prefix's format."""
+    after = p.after(valid)
+    return torch.cat([p.positions, after[None].expand(3, -1, -1) if p.positions.dim() == 3 else after], -1)
 
 
 Pi0Policy = Pi0Model  # the name before model types got one contract (vla.model.contract)
