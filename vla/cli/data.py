@@ -10,7 +10,8 @@ import typer
 
 from vla.cli.common import bench_app, emit, fail, user_errors
 
-app = typer.Typer(no_args_is_help=True, help="Episode stores: inspect, compute stats, LeRobot import/export.")
+app = typer.Typer(no_args_is_help=True, help="Episode stores: inspect, compute stats, edit, migrate, LeRobot "
+                  "import/export.")
 
 
 def _fmt(v) -> str:
@@ -47,9 +48,12 @@ def data_info(
                f"success yes/no/unknown {summary['success']['yes']}/{summary['success']['no']}/{summary['success']['unknown']}")
     typer.echo(f"sources    {', '.join(summary['sources']) or '-'}")
     for name, e in summary["embodiments"].items():
-        typer.echo(f"embodiment {name}: {e['episodes']} episodes, {e['frames']} frames, {e['control_hz']} Hz, {e['action_mode']}")
+        typer.echo(f"embodiment {name}: {e['episodes']} episodes, {e['frames']} frames, {e['control_hz']} Hz, "
+                   f"{e['action_mode']}")
         for key, spec in e["keys"].items():
-            typer.echo(f"    {key:<32} {str(tuple(spec['shape'])):<16} {spec['dtype']}")
+            cam = key.rsplit("/", 1)[-1] if key.startswith("observation/images/") else None
+            codec = f"  codec {e['codecs'][cam]}" if cam in e.get("codecs", {}) else ""
+            typer.echo(f"    {key:<32} {str(tuple(spec['shape'])):<16} {spec['dtype']}{codec}")
     typer.echo("tasks")
     for task, n in sorted(summary["tasks"].items(), key=lambda kv: -kv[1]):
         typer.echo(f"    {n:>5}  {task}")
@@ -91,16 +95,19 @@ def data_import_lerobot(
     dst: Path = typer.Argument(..., help="New episode store to create."),
     embodiment: Optional[str] = typer.Option(None, help="Built-in embodiment name / TOML path to map onto "
                                              "(dims must match), or a new name [default: the dataset's robot_type]."),
+    codec: Optional[str] = typer.Option(None, help="Image codec for every camera: lossless, jpeg or jpeg:QUALITY "
+                                        "[default: jpeg for video features, lossless for PNG features]."),
 ):
     """Import a LeRobot dataset (v3.0 or v2.1; images in parquet or mp4 video) into a new store."""
     from vla.data.lerobot_import import import_lerobot
 
     try:
-        r = import_lerobot(src, dst, embodiment=embodiment)
+        r = import_lerobot(src, dst, embodiment=embodiment, codec=codec)
     except user_errors() as e:
         fail(str(e))
+    codecs = ", ".join(f"{c} {k}" for c, k in r["codecs"].items()) or "no cameras"
     typer.echo(f"imported {r['episodes']} episodes, {r['frames']} frames (LeRobot {r['version']}, embodiment "
-               f"{r['embodiment']}) into {dst} at {r['frames_per_s']:.0f} frames/s")
+               f"{r['embodiment']}; {codecs}) into {dst} at {r['frames_per_s']:.0f} frames/s")
 
 
 @app.command("export-lerobot")
@@ -124,13 +131,113 @@ def data_export_lerobot(
                f"(video: {r['video_cameras'] or '-'}, png: {r['image_cameras'] or '-'})")
 
 
+# ---- editing (each writes a new store; see vla.data.edit) ----
+_EPISODES = typer.Option(None, "--episodes", help="Episode indices, e.g. 0,3,5-9.")
+_TASK = typer.Option(None, "--task", help="Episodes with this task (repeatable).")
+_SUCCESS = typer.Option(None, "--success", help="Episodes with this outcome: yes, no or unknown (repeatable).")
+
+
+def _filter(episodes, task, success):
+    from vla.data.edit import EpisodeFilter, parse_indices
+
+    return EpisodeFilter(parse_indices(episodes) if episodes else None, tuple(task) if task else None,
+                         tuple(success) if success else None)
+
+
+def _edited(r: dict) -> None:
+    typer.echo(f"wrote {r['path']}: {r['episodes']} episodes, {r['frames']} frames")
+
+
+@app.command("keep")
+def data_keep(src: str = typer.Argument(..., help="Store to read."), dst: Path = typer.Argument(..., help="New store."),
+              episodes: Optional[str] = _EPISODES, task: Optional[list[str]] = _TASK,
+              success: Optional[list[str]] = _SUCCESS):
+    """A new store with only the matching episodes (criteria combine with AND)."""
+    from vla.data.edit import keep_episodes
+
+    try:
+        _edited(keep_episodes(src, dst, _filter(episodes, task, success), progress=True))
+    except user_errors() as e:
+        fail(str(e))
+
+
+@app.command("delete")
+def data_delete(src: str = typer.Argument(..., help="Store to read."), dst: Path = typer.Argument(..., help="New store."),
+                episodes: Optional[str] = _EPISODES, task: Optional[list[str]] = _TASK,
+                success: Optional[list[str]] = _SUCCESS):
+    """A new store without the matching episodes (criteria combine with AND)."""
+    from vla.data.edit import delete_episodes
+
+    try:
+        _edited(delete_episodes(src, dst, _filter(episodes, task, success), progress=True))
+    except user_errors() as e:
+        fail(str(e))
+
+
+@app.command("merge")
+def data_merge(dst: Path = typer.Argument(..., help="New store."),
+               srcs: list[str] = typer.Argument(..., help="Stores to merge (an embodiment in several must match).")):
+    """One new store with every episode of each source, in order."""
+    from vla.data.edit import merge_stores
+
+    try:
+        _edited(merge_stores(srcs, dst, progress=True))
+    except user_errors() as e:
+        fail(str(e))
+
+
+@app.command("split")
+def data_split(src: str = typer.Argument(..., help="Store to split."),
+               train: Path = typer.Argument(..., help="New store: the training episodes."),
+               val: Path = typer.Argument(..., help="New store: the validation episodes."),
+               val_fraction: float = typer.Option(0.1, help="Fraction of episodes for validation (at least one)."),
+               seed: int = typer.Option(0, help="Seed of the random episode split.")):
+    """Split by episode into two new stores (train / val)."""
+    from vla.data.edit import split_store
+
+    try:
+        r = split_store(src, train, val, val_fraction=val_fraction, seed=seed, progress=True)
+    except user_errors() as e:
+        fail(str(e))
+    _edited(r["train"])
+    _edited(r["val"])
+
+
+@app.command("migrate")
+def data_migrate(src: str = typer.Argument(..., help="Store to rewrite (e.g. one written by an older vla)."),
+                 dst: Path = typer.Argument(..., help="New store in the current format."),
+                 codec: Optional[str] = typer.Option(None, help="Re-encode every camera: lossless, jpeg or jpeg:Q "
+                                                     "[default: keep each camera's codec]."),):
+    """Rewrite a store in the current format (frames sharded into few files)."""
+    from vla.data.edit import migrate_store
+
+    try:
+        r = migrate_store(src, dst, codec=codec, progress=True)
+    except user_errors() as e:
+        fail(str(e))
+    typer.echo(f"migrated version-{r['from_version']} store {src}:")
+    _edited(r)
+
+
 @bench_app.command("data")
 def bench_data(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
-    episodes: int = typer.Option(20, help="Episodes in the generated store."),
-    length: int = typer.Option(200, help="Frames per episode."),
+    workload: str = typer.Option("sim", help="sim: 2 cams 96x96 sim-like frames (lossless); camera: 2 cams 480x640 "
+                                 "camera-like frames per codec and quality, against LeRobot's AV1 format."),
+    episodes: Optional[int] = typer.Option(None, help="Episodes in the generated store [sim 20, camera 6]."),
+    length: Optional[int] = typer.Option(None, help="Frames per episode [sim 200, camera 150]."),
+    qualities: str = typer.Option("60,70,75,80,90", help="camera: JPEG qualities of the trade-off curve."),
 ):
-    """Loader windows/s (batch 32, 2 cams 96x96, H=50; 0 and 2 workers) and LeRobot import frames/s."""
-    from vla.bench.data import run
+    """Loader windows/s, store bytes/files, write and import speed (JSON)."""
+    from vla.bench import data as bench
 
-    emit(run(episodes=episodes, length=length), json_out)
+    if workload == "sim":
+        emit(bench.run(episodes=episodes or 20, length=length or 200), json_out)
+    elif workload == "camera":
+        try:
+            qs = [int(q) for q in qualities.split(",") if q.strip()]
+        except ValueError:
+            fail(f"--qualities must be integers like 60,75,90, got {qualities!r}")
+        emit(bench.run_camera(episodes=episodes or 6, length=length or 150, qualities=qs), json_out)
+    else:
+        fail(f"--workload must be sim or camera, got {workload!r}")

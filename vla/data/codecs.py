@@ -108,7 +108,13 @@ class ImageCodec:
         smaller than (h, w) (JPEG decodes at k/8 scale); lossless always returns `shape`."""
         try:
             if self.name == "lossless":
-                return np.frombuffer(numcodecs.blosc.decompress(blob), np.uint8).reshape(shape)
+                out = np.empty(shape, np.uint8)  # writable (a frombuffer view would not be)
+                nbytes = int.from_bytes(blob[4:8], "little") if len(blob) >= 16 else -1  # blosc header
+                if nbytes != out.nbytes:
+                    raise CodecError(f"corrupt lossless frame: its header says {nbytes} bytes, the camera's frame "
+                                     f"is {out.nbytes}")
+                numcodecs.blosc.decompress(blob, out)
+                return out
             return _jpeg_decode(blob, shape, min_size)
         except CodecError:
             raise

@@ -1,0 +1,242 @@
+"""Editing stores, as LeRobot users do with `lerobot-edit-dataset`: keep or delete episodes (by
+index, task, success), merge stores, split train/val by episode, migrate an old store.
+
+Every edit writes a NEW store: it is built in `<dst>.editing` beside the destination and
+renamed into place at the end, so a crash leaves the sources as they were and either no
+destination or the whole one. Sources are locked for the duration (the writer's lock): a
+store another process is writing is refused, and no writer can start on it mid-edit.
+Encoded frames are copied as they are (no re-encoding, no further loss) when the destination
+camera has the source's codec; otherwise they are decoded and encoded again. When a source has
+a `norm_stats.json`, the destination gets one recomputed from its own episodes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import numpy as np
+
+from vla.data.codecs import ImageCodec
+from vla.data.frame_files import StoreError
+from vla.data.store import EpisodeStore
+from vla.data.writer import _Lock
+from vla.spec import ACTION, STATE, TIMESTAMP, SpecError
+
+log = logging.getLogger(__name__)
+
+SUCCESS_VALUES = {"yes": 1, "true": 1, "success": 1, "no": 0, "false": 0, "failure": 0, "unknown": -1, "none": -1}
+
+
+@dataclass(frozen=True)
+class EpisodeFilter:
+    """Which episodes: indices (e.g. from "0,3,5-9"), tasks (exact strings), success (yes/no/unknown).
+    Criteria combine with AND; an empty filter matches every episode."""
+
+    episodes: tuple[int, ...] | None = None
+    tasks: tuple[str, ...] | None = None
+    success: tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        for s in self.success or ():
+            if s.lower() not in SUCCESS_VALUES:
+                raise SpecError(f"success must be one of yes, no, unknown; got {s!r}")
+
+    @property
+    def empty(self) -> bool:
+        return self.episodes is None and self.tasks is None and self.success is None
+
+    def matches(self, store: EpisodeStore) -> list[int]:
+        n = store.num_episodes
+        if self.episodes is not None:
+            bad = [i for i in self.episodes if not 0 <= i < n]
+            if bad:
+                raise SpecError(f"{store.path}: episodes {bad} out of range (the store has {n}: 0..{n - 1})")
+        keep = set(self.episodes) if self.episodes is not None else set(range(n))
+        if self.tasks is not None:
+            unknown = sorted(set(self.tasks) - set(store.tasks))
+            if unknown:
+                log.warning("%s: no episode has task %s", store.path, unknown)
+            keep &= {i.index for i in store.infos() if i.task in self.tasks}
+        if self.success is not None:
+            want = {SUCCESS_VALUES[s.lower()] for s in self.success}
+            code = {True: 1, False: 0, None: -1}
+            keep &= {i.index for i in store.infos() if code[i.success] in want}
+        return sorted(keep)
+
+
+def parse_indices(spec: str) -> tuple[int, ...]:
+    """'0,3,5-9' -> (0, 3, 5, 6, 7, 8, 9)."""
+    out = []
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        a, sep, b = part.partition("-")
+        try:
+            lo, hi = int(a), int(b) if sep else int(a)
+        except ValueError:
+            raise SpecError(f"episode indices: {part!r} is not N or N-M (in {spec!r})") from None
+        if hi < lo:
+            raise SpecError(f"episode indices: range {part!r} runs backwards")
+        out.extend(range(lo, hi + 1))
+    return tuple(out)
+
+
+@contextlib.contextmanager
+def _locked(stores: Iterable[EpisodeStore]):
+    """Hold the writer lock of every local source while reading it."""
+    locks = []
+    try:
+        for s in stores:
+            if "://" not in s.path and not any(lk.path.parent == Path(s.path) for lk in locks):
+                lk = _Lock(s.path)
+                try:
+                    lk.acquire()
+                except OSError as e:  # a read-only copy: nobody can be writing it
+                    log.warning("%s: cannot take the writer lock (%s); reading it unlocked", s.path, e)
+                    continue
+                locks.append(lk)
+                s.refresh()  # what was committed before the lock was taken
+        yield
+    finally:
+        for lk in locks:
+            lk.release()
+
+
+def _open(src) -> EpisodeStore:
+    return src if isinstance(src, EpisodeStore) else EpisodeStore.open(src)
+
+
+def copy_episodes(parts: Sequence[tuple[EpisodeStore, Sequence[int]]], dst: str | Path, *,
+                  codec: str | ImageCodec | None = None, progress: bool = False) -> dict:
+    """Write a new store at dst holding the given episodes of each source, in order. codec: one
+    codec for every camera of the destination (default: each camera keeps its source's codec)."""
+    from tqdm import tqdm
+
+    dst = Path(dst)
+    if "://" in str(dst):
+        raise StoreError(f"{dst}: edits write a local store; copy it to object storage afterwards")
+    if dst.exists():
+        raise StoreError(f"{dst}: already exists; edits write a new store")
+    stores = [s for s, _ in parts]
+    for s in stores:
+        if Path(s.path).resolve() == dst.resolve():
+            raise StoreError(f"{dst}: is also a source; write the edit to a new path")
+    tmp = dst.with_name(dst.name + ".editing")
+    shutil.rmtree(tmp, ignore_errors=True)
+    total = sum(len(ix) for _, ix in parts)
+    frames = 0
+    with _locked(stores):
+        try:
+            out = EpisodeStore.create(tmp)
+            for s, _ in parts:
+                for name, emb in s.embodiments.items():
+                    codecs = codec if codec is not None else {c: s.codec(name, c) for c in emb.camera_names}
+                    try:
+                        out.add_embodiment(emb, codecs=codecs)
+                    except StoreError as e:
+                        raise StoreError(f"{s.path}: cannot merge: {e}") from None
+            bar = tqdm(total=total, desc=f"write {dst.name}", unit="ep", disable=not progress)
+            with contextlib.ExitStack() as stack:
+                w = None  # one writer per run of consecutive episodes of one embodiment
+                for s, indices in parts:
+                    for i in indices:
+                        name = s.info(i).embodiment
+                        if w is None or w.emb.name != name:
+                            stack.close()
+                            w = stack.enter_context(out.writer(name))
+                        frames += _copy_one(s, i, w)
+                        bar.update()
+            bar.close()
+            if any((Path(s.path) / "norm_stats.json").exists() for s in stores if "://" not in s.path) and frames:
+                from vla.data.stats import compute_norm_stats, save_stats
+
+                save_stats(compute_norm_stats(out), tmp / "norm_stats.json")
+            tmp.rename(dst)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+    return {"path": str(dst), "episodes": total, "frames": frames}
+
+
+def _copy_one(src: EpisodeStore, i: int, w) -> int:
+    info = src.info(i)
+    out = w.store
+    emb = src.embodiments[info.embodiment]
+    rows = {k: src.lowdim(info.embodiment, k, info.start, info.end) for k in (STATE, ACTION, TIMESTAMP)}
+    blobs = {}
+    for cam in emb.camera_names:
+        frames = src.frames(info.embodiment, cam)
+        target = out.codec(info.embodiment, cam)
+        if target == frames.codec:
+            blobs[cam] = frames.blobs(range(info.start, info.end))
+        else:
+            blobs[cam] = [target.encode(img) for img in frames.read(range(info.start, info.end))]
+    w.add_encoded_episode(rows, blobs, task=info.task, success=info.success, source=info.source)
+    return info.length
+
+
+# ---- the edits ----
+def keep_episodes(src, dst, flt: EpisodeFilter, *, progress: bool = False) -> dict:
+    """A new store with only the episodes that match `flt`."""
+    if flt.empty:
+        raise SpecError("keep: say which episodes (indices, tasks or success)")
+    s = _open(src)
+    picked = flt.matches(s)
+    if not picked:
+        raise SpecError(f"{s.path}: no episode matches {flt}")
+    return copy_episodes([(s, picked)], dst, progress=progress)
+
+
+def delete_episodes(src, dst, flt: EpisodeFilter, *, progress: bool = False) -> dict:
+    """A new store without the episodes that match `flt`."""
+    if flt.empty:
+        raise SpecError("delete: say which episodes (indices, tasks or success)")
+    s = _open(src)
+    drop = set(flt.matches(s))
+    rest = [i for i in range(s.num_episodes) if i not in drop]
+    if not rest:
+        raise SpecError(f"{s.path}: deleting {len(drop)} episodes would leave none")
+    return copy_episodes([(s, rest)], dst, progress=progress)
+
+
+def merge_stores(srcs: Sequence, dst, *, progress: bool = False) -> dict:
+    """One store with every episode of each source, in order. An embodiment present in several
+    sources must have the same spec in each."""
+    stores = [_open(s) for s in srcs]
+    if len(stores) < 2:
+        raise SpecError("merge: give at least two stores")
+    return copy_episodes([(s, range(s.num_episodes)) for s in stores], dst, progress=progress)
+
+
+def split_store(src, train_dst, val_dst, *, val_fraction: float = 0.1, seed: int = 0,
+                progress: bool = False) -> dict:
+    """Two new stores: a random `val_fraction` of the episodes (at least one) and the rest."""
+    if not 0.0 < val_fraction < 1.0:
+        raise SpecError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    s = _open(src)
+    if s.num_episodes < 2:
+        raise SpecError(f"{s.path}: needs at least 2 episodes to split, has {s.num_episodes}")
+    n_val = min(max(1, round(val_fraction * s.num_episodes)), s.num_episodes - 1)
+    order = np.random.default_rng(seed).permutation(s.num_episodes)
+    val = sorted(int(i) for i in order[:n_val])
+    train = sorted(int(i) for i in order[n_val:])
+    if Path(train_dst).exists() or Path(val_dst).exists():
+        raise StoreError(f"{train_dst} or {val_dst} already exists; split writes two new stores")
+    a = copy_episodes([(s, train)], train_dst, progress=progress)
+    try:
+        b = copy_episodes([(s, val)], val_dst, progress=progress)
+    except BaseException:
+        shutil.rmtree(train_dst, ignore_errors=True)  # both or neither
+        raise
+    return {"train": a, "val": {**b, "episodes_from_source": val}}
+
+
+def migrate_store(src, dst, *, codec: str | None = None, progress: bool = False) -> dict:
+    """Rewrite a store (e.g. a version-1 store: one file per frame) in the current format.
+    Lossless frames are copied as they are; codec= re-encodes every camera."""
+    s = _open(src)
+    r = copy_episodes([(s, range(s.num_episodes))], dst, codec=codec, progress=progress)
+    return {**r, "from_version": s.version}
