@@ -1,7 +1,8 @@
 """The model contract, over every preset in policies/ (a new preset is covered by dropping a TOML
 there): build -> loss + backward -> sample -> train/save a checkpoint -> load -> Policy.infer ->
-served round trip. Presets too big for a CPU test are shrunk in width and depth only: their type,
-head layout, horizon, camera slots and token budgets are kept."""
+served round trip. Presets too big for a CPU test are shrunk in width and depth only (and in the
+number of routed experts; Qwen2.5-VL, whose decoder width is heads * head_dim, in head_dim): their
+type, backbone family, head counts, attachment, horizon, camera slots and token budgets are kept."""
 
 import re
 from pathlib import Path
@@ -28,12 +29,24 @@ def cpu_sized(name: str):
     model = dict(preset.model)
     bb = dict(model["backbone"])
     if bb["vision_width"] > 256 or bb["text"]["width"] > 512:
-        patch = bb["patch_size"]
-        bb.update(image_size=2 * patch, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=32, vocab_size=300,
-                  text=dict(bb["text"], width=64, depth=2, mlp=64))
+        patch, merge = bb["patch_size"], bb.get("token_merge", 1)
+        bb.update(image_size=2 * patch * merge, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=32,
+                  vocab_size=300, text=dict(bb["text"], width=64, depth=2, mlp=64))
         bb.pop("pretrained", None)
+        expert = dict(width=32, depth=2, mlp=32)
+        family, heads = bb.get("family", "paligemma"), bb["text"]["heads"]
+        if family != "paligemma":  # transformers' Llama / Qwen configs want widths divisible by the heads
+            bb["text"]["width"] = 4 * heads
+            expert["width"] = 2 * model.get("expert", {}).get("heads", heads)
+        if family == "qwen2_5_vl":  # its decoder's width is heads * head_dim: a smaller head_dim
+            bb["text"].update(head_dim=8, width=8 * heads)
+            expert["head_dim"] = 8
+        if bb.get("moe_experts"):
+            bb.update(moe_experts=4, moe_top_k=2, moe_mlp=32)
+        if bb.get("deepstack"):
+            bb["deepstack"] = [0]
         if "expert" in model:
-            model["expert"] = dict(model["expert"], width=32, depth=2, mlp=32)
+            model["expert"] = dict(model["expert"], **expert)
     model["backbone"] = bb
     return load_preset(name, overrides={"model": model, "train": TRAIN, "text": {"vocab_size": 300, "pretrained": None}})
 

@@ -62,7 +62,8 @@ class QwenVLBackbone(VLMBackbone):
             rope["mrope_interleaved"] = True
         return dict(vocab_size=vocab_size, hidden_size=t.width, intermediate_size=t.mlp, num_hidden_layers=t.depth,
                     num_attention_heads=t.heads, num_key_value_heads=t.kv_heads, head_dim=t.head_dim,
-                    max_position_embeddings=8192, rope_parameters=rope, **t.init_kwargs())
+                    max_position_embeddings=8192, rope_parameters=rope, bos_token_id=None, eos_token_id=None,
+                    **t.init_kwargs())
 
     def vision_config(self) -> dict:
         raise NotImplementedError
