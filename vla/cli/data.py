@@ -224,8 +224,8 @@ def bench_data(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     workload: str = typer.Option("sim", help="sim: 2 cams 96x96 sim-like frames (lossless); camera: 2 cams 480x640 "
                                  "camera-like frames per codec and quality, against LeRobot's AV1 format."),
-    episodes: Optional[int] = typer.Option(None, help="Episodes in the generated store [sim 20, camera 6]."),
-    length: Optional[int] = typer.Option(None, help="Frames per episode [sim 200, camera 150]."),
+    episodes: Optional[int] = typer.Option(None, help="Episodes in the generated store [sim 20, camera 8]."),
+    length: Optional[int] = typer.Option(None, help="Frames per episode [sim 200, camera 128]."),
     qualities: str = typer.Option("60,70,75,80,90", help="camera: JPEG qualities of the trade-off curve."),
 ):
     """Loader windows/s, store bytes/files, write and import speed (JSON)."""
@@ -238,6 +238,6 @@ def bench_data(
             qs = [int(q) for q in qualities.split(",") if q.strip()]
         except ValueError:
             fail(f"--qualities must be integers like 60,75,90, got {qualities!r}")
-        emit(bench.run_camera(episodes=episodes or 6, length=length or 150, qualities=qs), json_out)
+        emit(bench.run_camera(episodes=episodes or 8, length=length or 128, qualities=qs), json_out)
     else:
         fail(f"--workload must be sim or camera, got {workload!r}")

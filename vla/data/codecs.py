@@ -3,8 +3,8 @@
     lossless   blosc-lz4 of the raw pixels (the default): exact, ~1000x on sim renders, ~1.1x on
                camera frames (sensor noise does not compress losslessly).
     jpeg       baseline JPEG, 4:2:0 chroma, Huffman-optimized, quality 1-100 (default 75). Intra-frame,
-               so any frame decodes alone; libjpeg-turbo decodes at 1/8..8/8 scale almost for free,
-               which is how the loader reads frames at the model's input size.
+               so any frame decodes alone; libjpeg-turbo decodes at 1/2, 1/4, 1/8 scale for less than
+               the full frame, which is how the loader reads frames at the model's input size.
 
 Measured on 480x640 camera-like frames (`vla bench data --workload camera`): JPEG against
 AVIF / JPEG XL / WebP (imagecodecs) and LeRobot's AV1 (GOP 2). AVIF and JPEG XL are 15-40%
@@ -36,6 +36,7 @@ if TYPE_CHECKING:
 
 CODEC_NAMES = ("lossless", "jpeg")
 DEFAULT_JPEG_QUALITY = 75
+IMPORT_JPEG_QUALITY = 60
 _BLOSC = dict(cname=b"lz4", clevel=5, shuffle=numcodecs.blosc.NOSHUFFLE)
 
 
@@ -131,17 +132,24 @@ def _jpeg_decode(blob: bytes, shape, min_size) -> np.ndarray:
         if out.shape != tuple(shape):
             raise CodecError(f"corrupt jpeg frame: decodes to {out.shape}, the camera is {tuple(shape)}")
         return out
-    out = simplejpeg.decode_jpeg(blob, colorspace="RGB", min_height=int(min_size[0]), min_width=int(min_size[1]))
+    # Only 1/2, 1/4, 1/8: libjpeg-turbo has SIMD inverse DCTs for those; the other k/8 scales are
+    # plain C (3/8 of 480x640 decodes no faster than the full frame, 1/2 in 0.77x its time).
+    k = next(k for k in (8, 4, 2, 1) if -(-h // k) >= min_size[0] and -(-w // k) >= min_size[1])
+    out = simplejpeg.decode_jpeg(blob, colorspace="RGB", min_height=-(-h // k), min_width=-(-w // k))
     if out.shape[0] < min_size[0] or out.shape[1] < min_size[1] or out.shape[0] > h or out.shape[1] > w:
         raise CodecError(f"corrupt jpeg frame: decodes to {out.shape}, the camera is {tuple(shape)}")
     return out
 
 
-def default_codec(height: int, width: int, *, camera_data: bool) -> ImageCodec:
-    """Lossy JPEG for real camera data (imports of video features, recordings of real robots) at
-    64x64 and up; lossless for sim renders and tiny frames (JPEG's 8x8 blocks dominate there)."""
+def default_codec(height: int, width: int, *, camera_data: bool, from_video: bool = False) -> ImageCodec:
+    """Lossy JPEG for real camera data (recordings of real robots; imports of video features) at
+    64x64 and up; lossless for sim renders and tiny frames (JPEG's 8x8 blocks dominate there).
+
+    Quality: 75 for raw camera frames (the lowest with PSNR >= 38 dB on noisy 480x640 frames in
+    `vla bench data --workload camera`), 60 for frames decoded from a lossy video (AV1 has already
+    smoothed the sensor noise away: 38.9 dB against the decoded frames at ~2x AV1's bytes)."""
     if camera_data and min(height, width) >= 64:
-        return ImageCodec("jpeg")
+        return ImageCodec("jpeg", IMPORT_JPEG_QUALITY if from_video else DEFAULT_JPEG_QUALITY)
     return ImageCodec("lossless")
 
 

@@ -14,10 +14,10 @@ observation/images/<cam>, `timestamp` -> timestamp; the episode's task string ->
 The import writes into a temporary folder beside the destination and renames it at the end,
 so a failed import leaves nothing behind.
 
-Codecs: video features are camera data, stored as JPEG (vla.data.codecs.default_codec; the
-frames were already lossy, and JPEG of the decoded video lands at ~2x the AV1 bytes with
-PSNR ~38-39 dB against the decoded frames at the default quality, see README "Episode
-stores"); PNG features stay lossless. `codec=` overrides both.
+Codecs: video features are camera data, stored as JPEG quality 60 (vla.data.codecs.default_codec:
+the frames were already lossy, and JPEG of the decoded video lands at ~2x the AV1 bytes with
+PSNR ~39 dB against the decoded frames, see README "Episode stores"); PNG features stay
+lossless. `codec=` overrides both.
 """
 
 from __future__ import annotations
@@ -230,7 +230,7 @@ def import_lerobot(src: str | Path, dst: str | Path, *, embodiment: str | None =
             codecs[c.name] = ImageCodec.parse(codec)
         else:
             is_video = c.name not in by_name or info["features"][by_name[c.name]].get("dtype") == "video"
-            codecs[c.name] = default_codec(c.height, c.width, camera_data=is_video)
+            codecs[c.name] = default_codec(c.height, c.width, camera_data=is_video, from_video=is_video)
 
     cols = [LR_STATE, LR_ACTION, "timestamp", "frame_index", "episode_index", "task_index"]
     cols += [k for k in cams if info["features"][k]["dtype"] == "image"]

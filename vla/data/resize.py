@@ -54,4 +54,9 @@ def place(img: np.ndarray, out: np.ndarray, src_hw: tuple[int, int]) -> None:
     zero-filled out [th, tw, 3] by the rule above. The new size is computed from the full size, so a
     reduced-scale decode lands on exactly the pixels a full decode would."""
     nh, nw, top, left = fit(*src_hw, *out.shape[:2])
-    out[top:top + nh, left:left + nw] = resize_uint8(img, nh, nw)
+    dst = torch.from_numpy(out).permute(2, 0, 1)[None, :, top:top + nh, left:left + nw]
+    if img.shape[:2] == (nh, nw):
+        dst.copy_(torch.from_numpy(img).permute(2, 0, 1)[None])
+        return
+    x = torch.from_numpy(img).permute(2, 0, 1)[None]  # channels-last view of [h, w, 3], no copy
+    dst.copy_(F.interpolate(x, size=(nh, nw), mode="bilinear", align_corners=False, antialias=True))
