@@ -148,7 +148,8 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     stores = [EpisodeStore.open(p) for p in data]
-    ds = WindowDataset(stores, base_cfg.horizon, weights=weights)
+    # Frames decoded and resized to the model's input in the DataLoader workers (issue 16).
+    ds = WindowDataset(stores, base_cfg.horizon, weights=weights, image_size=(base_cfg.backbone.image_size,) * 2)
     embodiments = ds.embodiments
     model_cfg = replace(base_cfg, grad_checkpoint=tcfg.grad_checkpoint,
                         embodiments={n: (e.state_dim, e.action_dim) for n, e in embodiments.items()})
