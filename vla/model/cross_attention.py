@@ -48,6 +48,7 @@ def adapt_expert(expert: nn.Module, plan: CrossPlan, vlm_kv_width: int) -> None:
     for layer, is_self in zip(expert.layers, plan.is_self):
         if is_self:
             continue
+        layer._vla_cross = True  # FusedLayer leaves it alone (vla.model.attention.fusable)
         attn = layer.self_attn
         for name in ("k_proj", "v_proj"):
             old = getattr(attn, name)
