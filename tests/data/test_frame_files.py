@@ -209,3 +209,22 @@ def test_fsspec_store_with_jpeg_camera_and_several_episodes_per_shard():
     assert s.num_episodes == 3
     assert psnr(s.episode(2)[image_key("front")], np.stack([photo(32, 32, 2000 + t) for t in range(40)])) > 35
     assert s.summary()["embodiments"]["tiny"]["codecs"] == {"front": "jpeg:90"}
+
+
+def test_lerobot_video_import_is_jpeg_and_close_to_the_video(tmp_path):
+    from vla.data.lerobot_export import export_lerobot
+    from vla.data.lerobot_import import import_lerobot
+    from vla.data.video import VideoCursor
+
+    emb = tiny_embodiment(cams=(("front", 128, 160),), hz=10.0)
+    fill_photos(EpisodeStore.create(tmp_path / "s", [emb]), emb, 2, 6)
+    export_lerobot(tmp_path / "s", tmp_path / "lr", progress=False)
+    r = import_lerobot(tmp_path / "lr", tmp_path / "back", progress=False)
+    assert r["codecs"] == {"front": "jpeg:60"}
+    back = EpisodeStore.open(tmp_path / "back")
+    video = next((tmp_path / "lr" / "videos").rglob("*.mp4"))
+    decoded = VideoCursor(video, 10.0).frames_at(np.arange(12) / 10.0)
+    got = back.frames("tiny", "front").read(range(12))
+    assert psnr(got, decoded) > 35
+    r = import_lerobot(tmp_path / "lr", tmp_path / "back2", progress=False, codec="lossless")
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "back2").frames("tiny", "front").read(range(12)), decoded)

@@ -10,6 +10,7 @@ from vla.data.lerobot_export import export_lerobot
 from vla.data.lerobot_import import LeRobotFormatError, import_lerobot
 from vla.data.synthetic import write_synthetic
 from vla.spec import ACTION, STATE, TIMESTAMP, SpecError, image_key, load_embodiment
+
 from helpers import FIXTURES
 
 pytestmark = pytest.mark.interop
@@ -95,7 +96,8 @@ def test_export_layout_matches_lerobot_written_fixture(tmp_path):
     assert our_files == ref_files
     ri, oi = (json.loads((d / "meta" / "info.json").read_text()) for d in (ref, ours))
     assert set(oi) == set(ri)
-    for k in ("codebase_version", "fps", "total_episodes", "total_frames", "total_tasks", "data_path", "video_path", "robot_type"):
+    for k in ("codebase_version", "fps", "total_episodes", "total_frames", "total_tasks", "data_path", "video_path",
+              "robot_type"):
         assert oi[k] == ri[k], k
     assert oi["features"].keys() == ri["features"].keys()
     for k, f in ri["features"].items():

@@ -6,6 +6,7 @@ from torch.utils.data import DataLoader
 from vla.data import EpisodeStore
 from vla.data.sampler import WindowDataset, collate_windows
 from vla.spec import ACTION, ACTION_IS_PAD, STATE, SpecError, image_key
+
 from helpers import fill, tiny_embodiment
 
 

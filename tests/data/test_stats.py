@@ -6,6 +6,7 @@ import pytest
 from vla.data import EpisodeStore
 from vla.data.stats import compute_norm_stats, load_stats, save_stats
 from vla.spec import ACTION, STATE, SpecError
+
 from helpers import tiny_embodiment
 
 
@@ -15,7 +16,7 @@ def test_streaming_stats_match_numpy(tmp_path):
     rng = np.random.default_rng(0)
     all_s, all_a = [], []
     with store.writer() as w:
-        for e in range(7):
+        for _ in range(7):
             n = int(rng.integers(20, 200))
             s = rng.normal([1, -2, 3], [0.5, 2, 0.1], (n, 3)).astype(np.float32)
             a = rng.uniform(-1, 4, (n, 2)).astype(np.float32)
@@ -46,7 +47,8 @@ def test_streaming_stats_match_numpy(tmp_path):
     save_stats(compute_norm_stats(store), tmp_path / "stats.json")
     back = load_stats(tmp_path / "stats.json")
     np.testing.assert_allclose(back["tiny"][STATE].q99, stats[STATE].q99, rtol=1e-6)
-    assert set(json.loads((tmp_path / "stats.json").read_text())["tiny"][STATE]) == {"count", "mean", "std", "min", "max", "q01", "q99"}
+    saved = json.loads((tmp_path / "stats.json").read_text())["tiny"][STATE]
+    assert set(saved) == {"count", "mean", "std", "min", "max", "q01", "q99"}
 
 
 def test_constant_dim_and_errors(tmp_path):

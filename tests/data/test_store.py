@@ -1,4 +1,3 @@
-import json
 import os
 import signal
 import subprocess
@@ -14,6 +13,7 @@ import zarr
 from vla.data import EpisodeStore, FrameError, StoreError
 from vla.data.frame_files import CorruptFrameError
 from vla.spec import ACTION, STATE, TIMESTAMP, image_key
+
 from helpers import fill, make_frame, tiny_embodiment
 
 
@@ -225,7 +225,7 @@ def test_sigkill_mid_write_loses_at_most_the_open_episode(tmp_path):
     script = CHILD.format(tests=str(Path(__file__).parents[1]), path=str(path))
     rng = np.random.default_rng(0)
     committed = 0
-    for attempt in range(4):
+    for _attempt in range(4):
         proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(float(rng.uniform(0.2, 0.6)))

@@ -14,6 +14,7 @@ recorder. Every figure depends on the machine's load: the JSON carries the load 
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import math
 import os
@@ -140,7 +141,19 @@ class _LeRobotPattern(Dataset):
         return out
 
 
-def _loader_rate(ds, workers: int, batches: int, batch_size: int, collate=None) -> float:
+def _loader_rate(ds, workers: int, batches: int, batch_size: int) -> float:
+    """Windows/s of a loader; in-process (workers=0) with one torch thread, as in a DataLoader worker
+    (two intra-op threads on small resizes were 2-8x slower whenever the machine had other load)."""
+    threads = torch.get_num_threads()
+    if workers == 0:
+        torch.set_num_threads(1)
+    try:
+        return _loader_rate_inner(ds, workers, batches, batch_size)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _loader_rate_inner(ds, workers: int, batches: int, batch_size: int) -> float:
     if isinstance(ds, WindowDataset):
         dl = make_loader(ds, batch_size, workers=workers, num_samples=batch_size * (batches + 2 + 2 * workers), seed=1)
     else:
@@ -155,7 +168,12 @@ def _loader_rate(ds, workers: int, batches: int, batch_size: int, collate=None) 
     n, t0 = 0, time.perf_counter()
     for batch in it:
         n += len(batch["action"])
-    return n / (time.perf_counter() - t0)
+    rate = n / (time.perf_counter() - t0)
+    # Join the workers now: their exit signals (SIGCHLD) arriving later, in the middle of an AV1
+    # encode (LeRobot export), were seen to leave SVT-AV1's encoder threads waiting forever.
+    del it, dl  # the iterator's finalizer joins its workers
+    gc.collect()
+    return rate
 
 
 def _record(seconds: float, cams: int, hz: float, tmp: Path, gen: CameraFrames) -> dict:

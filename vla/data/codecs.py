@@ -142,13 +142,14 @@ def _jpeg_decode(blob: bytes, shape, min_size) -> np.ndarray:
 
 
 def default_codec(height: int, width: int, *, camera_data: bool, from_video: bool = False) -> ImageCodec:
-    """Lossy JPEG for real camera data (recordings of real robots; imports of video features) at
-    64x64 and up; lossless for sim renders and tiny frames (JPEG's 8x8 blocks dominate there).
+    """Lossy JPEG for camera data (recordings of real robots; imports of video features) of 128x128
+    and up; lossless for the rest: sim renders (and LeRobot's sim datasets, 96x96 video of flat
+    colours and sharp edges, where JPEG rings and lossless still compresses) and tiny frames.
 
     Quality: 75 for raw camera frames (the lowest with PSNR >= 38 dB on noisy 480x640 frames in
     `vla bench data --workload camera`), 60 for frames decoded from a lossy video (AV1 has already
     smoothed the sensor noise away: 38.9 dB against the decoded frames at ~2x AV1's bytes)."""
-    if camera_data and min(height, width) >= 64:
+    if camera_data and min(height, width) >= 128:
         return ImageCodec("jpeg", IMPORT_JPEG_QUALITY if from_video else DEFAULT_JPEG_QUALITY)
     return ImageCodec("lossless")
 

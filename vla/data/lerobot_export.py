@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoWriter, encode_png, video_codec_for
-from vla.spec import ACTION, STATE, TIMESTAMP, image_key
+from vla.spec import ACTION, STATE, image_key
 
 DATA_CAP_MB, VIDEO_CAP_MB, CHUNKS_SIZE = 100, 200, 1000
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
@@ -76,7 +76,9 @@ def _tolist(d: dict) -> dict:
 
 
 def _hf_features(emb, image_cams) -> dict:
-    seq = lambda n: {"feature": {"dtype": "float32", "_type": "Value"}, "length": n, "_type": "List"}
+    def seq(n):
+        return {"feature": {"dtype": "float32", "_type": "Value"}, "length": n, "_type": "List"}
+
     feats = {f"observation.images.{c}": {"_type": "Image"} for c in image_cams}
     feats.update({"observation.state": seq(emb.state_dim), "action": seq(emb.action_dim),
                   "timestamp": {"dtype": "float32", "_type": "Value"}})
@@ -135,7 +137,8 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
             row = {"episode_index": new_i, "tasks": [info.task], "length": n}
             # ---- frames table ----
             cols = {
-                "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(ep[STATE].reshape(-1), pa.float32()), emb.state_dim),
+                "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(ep[STATE].reshape(-1), pa.float32()),
+                                                                       emb.state_dim),
                 "action": pa.FixedSizeListArray.from_arrays(pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim),
                 # Timestamps restart at 0 each episode and follow the frame rate, as LeRobot checks.
                 "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps, pa.float32()),
@@ -181,7 +184,8 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
                             f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + n / fps})
             # ---- per-episode stats ----
             st = {"observation.state": _stats(ep[STATE]), "action": _stats(ep[ACTION]),
-                  "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps), "frame_index": _stats(np.arange(n)[:, None]),
+                  "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps),
+                  "frame_index": _stats(np.arange(n)[:, None]),
                   "episode_index": _stats(np.full((n, 1), new_i)),
                   "index": _stats(np.arange(global_index, global_index + n)[:, None]),
                   "task_index": _stats(np.full((n, 1), task_index[info.task]))}
@@ -218,8 +222,10 @@ def _write_meta(root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, 
         "index_columns": ["__index_level_0__"],
         "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
                             "metadata": {"encoding": "UTF-8"}}],
-        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64", "metadata": None},
-                    {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object", "metadata": None}],
+        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
+                     "metadata": None},
+                    {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object",
+                     "metadata": None}],
         "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
     }
     tasks = pa.table({"task_index": pa.array(range(len(task_list)), pa.int64()),

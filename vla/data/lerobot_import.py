@@ -14,7 +14,7 @@ observation/images/<cam>, `timestamp` -> timestamp; the episode's task string ->
 The import writes into a temporary folder beside the destination and renames it at the end,
 so a failed import leaves nothing behind.
 
-Codecs: video features are camera data, stored as JPEG quality 60 (vla.data.codecs.default_codec:
+Codecs: video features of 128x128 and up are camera data, stored as JPEG quality 60 (vla.data.codecs.default_codec:
 the frames were already lossy, and JPEG of the decoded video lands at ~2x the AV1 bytes with
 PSNR ~39 dB against the decoded frames, see README "Episode stores"); PNG features stay
 lossless. `codec=` overrides both.

@@ -75,7 +75,8 @@ class WindowDataset(Dataset):
                 frames.append(np.arange(info.length, dtype=np.int64))
                 store_of.append(si)
         if not self._len:
-            raise SpecError(f"no episodes to sample from in {self.paths}" + (f" for embodiments {list(embodiments)}" if embodiments else ""))
+            which = f" for embodiments {list(embodiments)}" if embodiments else ""
+            raise SpecError(f"no episodes to sample from in {self.paths}{which}")
         self._ep_store = np.asarray(store_of, np.int64)
         self._ep = np.concatenate(ep_rows)
         self._t = np.concatenate(frames)

@@ -135,7 +135,9 @@ def compute_stats_from_chunks(chunks_factory, dim: int, bins: int = 5000) -> Key
     q01 = np.clip(hist.quantile(0.01), mom.min, mom.max)
     q99 = np.clip(hist.quantile(0.99), mom.min, mom.max)
     # float32, exactly what a JSON round trip gives back (so a resumed run normalizes identically)
-    f32 = lambda x: np.asarray(x, np.float32)
+    def f32(x):
+        return np.asarray(x, np.float32)
+
     return KeyStats(mom.n, f32(mom.mean), f32(std), f32(mom.min), f32(mom.max), f32(q01), f32(q99))
 
 
@@ -153,7 +155,8 @@ def compute_norm_stats(stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION)
             emb = store.embodiments[info.embodiment]
             d = {STATE: emb.state_dim, ACTION: emb.action_dim}
             if info.embodiment in dims and dims[info.embodiment] != d:
-                raise SpecError(f"embodiment {info.embodiment!r} has different dims across stores: {dims[info.embodiment]} vs {d}")
+                raise SpecError(f"embodiment {info.embodiment!r} has different dims across stores: "
+                                f"{dims[info.embodiment]} vs {d}")
             dims[info.embodiment] = d
     out: NormStats = {}
     for name, eps in by_emb.items():

@@ -31,7 +31,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import numpy as np
 import zarr
@@ -40,6 +40,9 @@ from zarr.codecs import BloscCodec
 from vla.data.codecs import ImageCodec
 from vla.data.frame_files import FrameFiles, LegacyFrames, StoreError, image_array_kwargs
 from vla.spec import ACTION, STATE, TIMESTAMP, Embodiment, SpecError, image_key
+
+if TYPE_CHECKING:
+    from vla.data.writer import EpisodeWriter
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +177,8 @@ class EpisodeStore:
                 raise StoreError(f"{self.path}: meta/{k} has {len(v)} entries, expected {n} committed episodes")
         ends = np.asarray(cols["episode_ends"], np.int64)
         if n and ends[-1] != self._attrs.get("num_frames"):
-            raise StoreError(f"{self.path}: meta/episode_ends ends at {ends[-1]}, root says {self._attrs.get('num_frames')} frames")
+            raise StoreError(f"{self.path}: meta/episode_ends ends at {ends[-1]}, root says "
+                             f"{self._attrs.get('num_frames')} frames")
         self._ends = ends
         self._starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
         self._emb = [str(x) for x in cols["episode_embodiment"]]
@@ -327,7 +331,7 @@ class EpisodeStore:
             "format_version": self.version,
         }
 
-    def writer(self, embodiment: str | None = None, *, source: str = "") -> "EpisodeWriter":
+    def writer(self, embodiment: str | None = None, *, source: str = "") -> EpisodeWriter:
         from vla.data.writer import EpisodeWriter
 
         if self._g.read_only:
@@ -347,7 +351,8 @@ class EpisodeStore:
         return max((int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment), default=0)
 
     def __repr__(self) -> str:
-        return f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, embodiments={sorted(self.embodiments)})"
+        return (f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
+                f"embodiments={sorted(self.embodiments)})")
 
 
 

@@ -3,7 +3,7 @@
 The control thread only puts frames on a bounded queue; encoding (the writer's thread pool)
 and disk writes happen here, so they never delay a tick. Each frame is the observation of tick k
 and the action sent at tick k + 1 (the first command decided after seeing it), with the tick's
-time as `timestamp`. Cameras of 64x64 and up are stored as JPEG (`codecs=` overrides; a store
+time as `timestamp`. Cameras of 128x128 and up are stored as JPEG (`codecs=` overrides; a store
 that already has the embodiment keeps its codecs): 3 cameras at 640x480 and 30 fps take ~0.15
 of one core to encode.
 
