@@ -38,7 +38,6 @@ from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
 from vla.data.codecs import CodecError, ImageCodec, VlaJpegCodec
-from vla.data.resize import place
 
 SHARD_FRAMES = 1024  # <= 1 file per 1,000 frames per camera
 EMPTY = np.uint64(2**64 - 1)
@@ -111,7 +110,7 @@ class _Frames:
             for k, t in enumerate(frames):
                 out[k] = self._decode(t, None)
             return out
-        from vla.data.resize import fit
+        from vla.data.resize import fit, place  # torch: only readers that resize load it
 
         out = np.zeros((len(frames), size[0], size[1], 3), np.uint8)
         nh, nw, _, _ = fit(self.shape[0], self.shape[1], *size)
