@@ -182,3 +182,16 @@ def test_fast_decodes_on_new_backbones(name):
                                         p.positions, layer_adds=p.layer_adds)
                 seq.append(int(m.logits(h[:, -1]).masked_fill(~allowed, float("-inf")).argmax()))
             assert seq[1:] == want, (row, seq, want)
+
+
+def test_a_config_from_before_backbone_families_loads_as_paligemma_joint():
+    """config.json of older checkpoints has none of the new fields: their defaults are today's pi0."""
+    from model.tiny_configs import tiny_pi0
+
+    d = tiny_pi0().to_dict()
+    for k in ("attach", "self_attn_every"):
+        d.pop(k)
+    for k in ("family", "token_merge", "rope_theta", "moe_experts", "moe_top_k", "moe_mlp", "deepstack"):
+        d["backbone"].pop(k)
+    cfg = Pi0Config(**d)
+    assert cfg == tiny_pi0() and cfg.attach == "joint" and cfg.backbone.family == "paligemma"

@@ -10,6 +10,11 @@ from inductor's on-disk cache if an earlier run left one (compile_s says which i
 compiled path gets the same prefix / step split from a second, 1-step compiled chunk.
 Models are randomly initialized from the presets (latency does not depend on the weights; for
 FAST the decode is forced to a fixed token count, the typical length of a 50-step chunk).
+
+The other backbone families (vla.model.backbones) are timed on their tiny presets the same way
+(`backbones`, not compiled unless asked), with total and *active* parameters (a mixture-of-experts
+decoder sends each token to top-k of its routed experts). The full-size presets are too big for
+the CPU: `sizes` counts their parameters on the meta device (nothing allocated).
 """
 
 from __future__ import annotations
@@ -44,7 +49,7 @@ def _camera_frames() -> torch.Tensor:
 
 def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
     from vla.config import load_preset
-    from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
+    from vla.model.cross_attention import expert_context
     from vla.model.registry import model_type
     from vla.model.transforms import resize_with_pad
 
@@ -54,7 +59,7 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
     pi0 = model_type("pi0")
     cfg = pi0.make_config({**preset.model, "embodiments": EMB, "cameras": 2, "horizon": 50})
     model = pi0.build(cfg, text_vocab=preset.text.vocab_size).eval()
-    fuse_for_inference(model.backbone.language_model, model.expert)
+    model.prepare_for_inference()
     batch = cfg.example_batch(1, vocab_size=preset.text.vocab_size)
     frames = _camera_frames()
     size = cfg.backbone.image_size
@@ -66,14 +71,12 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
     with torch.no_grad():
         cached = _median_ms(lambda: chunk(True), reps)
         uncached = _median_ms(lambda: chunk(False), max(3, reps // 3))
-        prefix, valid = model.embed_prefix(batch)
-        ar = torch.zeros_like(valid, dtype=torch.long)
-        lm = model.backbone.language_model
+        valid = model.prefix(batch).valid
 
-        def prefix_pass():  # resize included, as in chunk()
+        def prefix_pass():  # resize included, as in chunk(); cross-attention: the projected keys/values too
             batch["images"] = resize_with_pad(frames, size)[None]
-            p, v = model.embed_prefix(batch)
-            return joint_forward([lm, None], [p, None], make_attn_mask(v, ar), positions_from_valid(v), keep_kv=True)
+            cache = model.prefix_cache(model.prefix(batch))
+            return expert_context(model.expert, model.cross_plan, cache) if model.cross_plan else cache
 
         prefix_ms = _median_ms(prefix_pass, reps)
         # one cached denoising step: what the 10 steps add to the prefix pass, per step
@@ -99,13 +102,41 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
                         "cached_step_ms_compiled": round(step_c, 2),
                         "cached_step_over_prefix_compiled": round(step_c / (full - cfg.num_steps * step_c), 3)}
     return {
-        "preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "preset": preset_name, **_params(model), "backbone": cfg.backbone.family, "attach": cfg.attach,
         "model_image_size": size, "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,
         "chunk_ms_cached": round(cached, 1), "chunk_ms_uncached": round(uncached, 1),
         "prefix_pass_ms": round(prefix_ms, 2), "cached_step_ms": round(step_ms, 2),
         "cached_step_over_prefix": round(step_ms / prefix_ms, 3), **compiled,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
+
+
+def _params(model) -> dict:
+    total = sum(p.numel() for p in model.parameters())
+    out = {"params_m": round(total / 1e6, 2)}
+    idle = model.backbone.moe_idle_params()
+    if idle:
+        out["active_params_m"] = round((total - idle) / 1e6, 2)
+    return out
+
+
+def _sizes(preset_name: str) -> dict:
+    """Total and active parameters of a preset at full size, counted on the meta device."""
+    from vla.config import load_preset
+    from vla.model.registry import model_type
+
+    preset = load_preset(preset_name)
+    mt = model_type(preset.type)
+    cfg = mt.make_config({**preset.model, "embodiments": EMB})
+    with torch.device("meta"):
+        model = mt.build(cfg, text_vocab=preset.text.vocab_size)
+    parts = {k: round(sum(p.numel() for p in getattr(model, k).parameters()) / 1e6, 1) for k in ("backbone", "expert")}
+    total = sum(p.numel() for p in model.parameters())
+    active = total - model.backbone.moe_idle_params()
+    return {"preset": preset_name, "backbone": cfg.backbone.family, "attach": cfg.attach,
+            "params_m": round(total / 1e6, 1), "active_params_m": round(active / 1e6, 1),
+            "backbone_params_m": parts["backbone"], "expert_params_m": parts["expert"],
+            "image_tokens_per_camera": cfg.backbone.tokens_per_image}
 
 
 def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
@@ -144,11 +175,18 @@ def _in_process(fn, *args):
         return pool.apply(fn, args)
 
 
+BACKBONE_PRESETS = ("pi0-smolvlm2-tiny", "pi0-qwen25vl-tiny", "pi0-moe-tiny")
+FULL_SIZE_PRESETS = ("pi0-paligemma", "pi0-smolvlm2", "pi0-qwen25vl-3b", "pi0-qwen3vl-moe")
+
+
 def run(threads: int = 2, reps: int = 20, fast_tokens: int = 40, presets=("pi0-tiny", "pi0-small"),
-        compile: bool = True) -> dict:
+        compile: bool = True, backbones=BACKBONE_PRESETS, compile_backbones: bool = False,
+        sizes=FULL_SIZE_PRESETS) -> dict:
     results = {"benchmark": "infer", "setup": {"horizon": 50, "denoise_steps": 10, "cameras": "2 x 96x96",
                                                "batch": 1, "torch_threads": threads}}
     results["pi0"] = [_in_process(_pi0, p, threads, reps, compile) for p in presets]
+    results["backbones"] = [_in_process(_pi0, p, threads, reps, compile_backbones) for p in backbones]
+    results["sizes"] = [_in_process(_sizes, p) for p in sizes]
     results["fast"] = [_in_process(_fast, "fast-tiny", threads, reps, fast_tokens)]
     results["targets"] = {"pi0-tiny chunk_ms": 25, "cached_step_over_prefix": 0.2}
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version(), "torch": torch.__version__}

@@ -260,7 +260,7 @@ class Pi0Model(ActionModel):
             valid = torch.cat([p.valid, s_valid], 1)
             ar = torch.cat([torch.zeros(p.valid.shape, dtype=torch.long, device=s_ar.device), s_ar], 1)
             (_, out), _ = joint_forward([self.backbone.language_model, self.expert], [p.embeds, suffix],
-                                        make_attn_mask(valid, ar), _then(p, s_valid),
+                                        make_attn_mask(valid, ar), _positions_with_suffix(p, s_valid),
                                         grad_checkpoint=self.cfg.grad_checkpoint and self.training, conds=[None, cond],
                                         layer_adds=p.layer_adds)
         v = self._suffix_out(out, emb).float()
@@ -352,7 +352,7 @@ class Pi0Model(ActionModel):
         else:
             valid = torch.cat([p_valid, s_valid], 1)
             allowed = make_attn_mask(valid, torch.cat([torch.zeros_like(p_valid, dtype=torch.long), s_ar], 1))
-            stacks, cos_sin = [lm, ex], self.backbone.rope(x, _then(p, s_valid))
+            stacks, cos_sin = [lm, ex], self.backbone.rope(x, _positions_with_suffix(p, s_valid))
         if self.cross_plan is None:
             bias = attn_bias(allowed, x.dtype)
         state_tok = self._state_token(batch["state"], emb, x.dtype)  # the same at every step
@@ -376,7 +376,7 @@ class Pi0Model(ActionModel):
         return x
 
 
-def _then(p: Prefix, valid: torch.Tensor) -> torch.Tensor:
+def _positions_with_suffix(p: Prefix, valid: torch.Tensor) -> torch.Tensor:
     """Positions of the prefix followed by tokens of `valid` [b, n] (text-like), in the prefix's format."""
     after = p.after(valid)
     return torch.cat([p.positions, after[None].expand(3, -1, -1) if p.positions.dim() == 3 else after], -1)
