@@ -2,6 +2,7 @@ import pytest
 
 from vla.data import EpisodeStore
 from vla.data.synthetic import write_synthetic
+
 from helpers import tiny_embodiment
 
 TINY_PRESET = """
@@ -38,7 +39,8 @@ PI0_EXPERT = "[model.expert]\nwidth = 16\ndepth = 2\nmlp = 32\nheads = 2\nkv_hea
 def write_preset(path, kind="pi0"):
     text = TINY_PRESET.format(kind=kind, norm="zscore" if kind == "pi0" else "quantile",
                               expert=PI0_EXPERT if kind == "pi0" else "",
-                              extra="num_steps = 3" if kind == "pi0" else "max_action_tokens = 40\nfast_vocab_size = 300\nfast_scale = 4.0")
+                              extra="num_steps = 3" if kind == "pi0" else
+                              "max_action_tokens = 40\nfast_vocab_size = 300\nfast_scale = 4.0")
     path.write_text(text)
     return path
 

@@ -10,7 +10,6 @@ import torch
 from safetensors.numpy import save_file as save_np
 from safetensors.torch import load_file, save_file
 
-from model.test_convert import PRESET, lerobot_layout, tiny_pi0_reference
 from vla.config import load_preset
 from vla.data.lerobot_import import import_lerobot
 from vla.model.checkpoint import Checkpoint
@@ -18,6 +17,8 @@ from vla.model.convert import convert
 from vla.model.text import TextTokenizer
 from vla.spec import SpecError
 from vla.train.trainer import train
+
+from model.test_convert import PRESET, lerobot_layout, tiny_pi0_reference
 
 SO100 = Path(__file__).resolve().parents[1] / "fixtures" / "lerobot" / "so100_video"  # written by LeRobot 0.4.4
 TRAIN = "\n[train]\nsteps = 3\nbatch_size = 2\nworkers = 0\nwarmup = 1\nlog_every = 1\nlr = 1e-3\n"
@@ -113,3 +114,47 @@ def test_init_refuses_a_checkpoint_of_another_type(converted_with_stats, tmp_pat
     p.write_text((root / "tiny.toml").read_text().replace('type = "pi0"', 'type = "pi05"'))
     with pytest.raises(SpecError, match="is a pi0 checkpoint but preset"):
         train(load_preset(p), [str(store)], tmp_path / "ft", init=converted, progress=False)
+
+
+def test_init_refuses_a_checkpoint_whose_geometry_contradicts_the_preset(converted_with_stats, tmp_path):
+    root, _, converted, store = converted_with_stats
+    p = tmp_path / "wide.toml"
+    text = (root / "tiny.toml").read_text()
+    p.write_text(text.replace("depth = 2\nmlp = 48", "depth = 2\nmlp = 64").replace("horizon = 5", "horizon = 7"))
+    with pytest.raises(SpecError, match=r"geometry contradicts preset 'wide' \(model.expert.mlp: preset 64, checkpoint "
+                                        r"48; model.horizon: preset 7, checkpoint 5\)"):
+        train(load_preset(p), [str(store)], tmp_path / "ft", init=converted, progress=False)
+    assert not (tmp_path / "ft").exists()
+
+
+def test_lora_finetune_from_converted_pi0_serves_through_the_openpi_protocol(converted_with_stats, tmp_path):
+    """--init a converted pi0 (openpi convention, 32-dim shared head) + --lora on an imported 6-D LeRobot
+    robot: only adapters and unfrozen parts train, the merged checkpoint serves over the websocket protocol."""
+    from vla.runtime.client import RemotePolicy
+    from vla.runtime.policy import load_policy
+    from vla.runtime.server import PolicyServer, ServerConfig
+
+    root, _, converted, store = converted_with_stats
+    ck = train(load_preset(root / "tiny.toml"), [str(store)], tmp_path / "ft", init=converted, lora_rank=4,
+               progress=False)
+    before, after = load_file(str(converted / "model.safetensors")), load_file(str(ck / "model.safetensors"))
+    assert before.keys() == after.keys()
+    norms = [k for k in before if k.startswith(("backbone.language_model.", "expert.")) and "norm" in k]
+    assert norms and all(torch.equal(before[k], after[k]) for k in norms)  # frozen by LoRA
+    assert not torch.equal(before["expert.layers.0.mlp.up_proj.weight"], after["expert.layers.0.mlp.up_proj.weight"])
+    assert (ck / "adapter_model.safetensors").exists()
+    c = Checkpoint(ck)
+    (name,) = c.embodiments
+    emb = c.embodiments[name]
+    obs = {"observation/state": np.zeros(6, np.float32), "prompt": "pick the red cube"}
+    for cam in emb.cameras:
+        obs[f"observation/images/{cam.name}"] = np.zeros(cam.shape, np.uint8)
+    srv = PolicyServer(load_policy(ck), ServerConfig(port=0)).start()
+    try:
+        client = RemotePolicy(srv.url)
+        meta = client.metadata
+        out = client.infer(obs)
+        client.close()
+    finally:
+        srv.stop()
+    assert meta["policy_type"] == "pi0" and out["actions"].shape == (5, 6) and np.isfinite(out["actions"]).all()

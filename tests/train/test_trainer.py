@@ -13,6 +13,7 @@ from vla.model.checkpoint import Checkpoint, CheckpointError
 from vla.runtime.policy import load_policy
 from vla.spec import SpecError
 from vla.train.trainer import TrainConfig, lr_at, train
+
 from train.conftest import write_preset
 
 
@@ -61,7 +62,8 @@ def test_fast_preset_trains_and_infers(tmp_path, two_stores):
     ck = train(preset, two_stores[:1], tmp_path / "ck", steps=3, progress=False)
     assert (ck / "fast" / "armA" / "fast.json").exists()
     pol = load_policy(ck)
-    obs = {"observation/state": np.zeros(4, np.float32), "task": "go", "observation/images/front": np.zeros((16, 16, 3), np.uint8),
+    obs = {"observation/state": np.zeros(4, np.float32), "task": "go",
+           "observation/images/front": np.zeros((16, 16, 3), np.uint8),
            "observation/images/wrist": np.zeros((16, 16, 3), np.uint8)}
     out = pol.infer(obs)
     # An untrained FAST model usually emits a malformed sequence: it must be flagged and counted.
@@ -151,6 +153,7 @@ def test_reliance_probe_swaps_one_input_at_a_time(tmp_path, two_stores):
     from vla.bench.learn import reliance_probe
     from vla.data import EpisodeStore
     from vla.data.synthetic import write_synthetic
+
     from helpers import tiny_embodiment
 
     preset = load_preset(write_preset(tmp_path / "p.toml"))

@@ -33,13 +33,21 @@ def train_command(
     resume: bool = typer.Option(False, help="Continue from OUT's train_state.pt up to --steps."),
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint (e.g. from vla convert): its weights, "
                                         "geometry, head convention, tokenizer and the stats it has for your robot."),
+    lora: Optional[int] = typer.Option(None, metavar="RANK", help="LoRA (PEFT) at this base rank; each stack's rank is "
+                                       "RANK x its scale in the preset's [train.lora] (default: the VLM's Gemma x1, "
+                                       "the expert x2, so --lora 16 is openpi's 16/32). 0 turns it off."),
+    freeze: Optional[str] = typer.Option(None, help="none | vision (the SigLIP tower) | vlm (the whole VLM: only the "
+                                         "action expert and heads train, as SmolVLA) [default: the preset's]."),
+    fsdp: bool = typer.Option(False, help="Shard parameters, gradients and optimizer states with FSDP2 over the "
+                              "processes of: torchrun --nproc_per_node N $(which vla) train ... --fsdp"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
     eval_suite: Optional[str] = typer.Option(None, help="Evaluate in simulation at every checkpoint on this suite."),
     eval_every: int = typer.Option(0, help="Checkpoint (and evaluate) every N steps; needs --eval-suite."),
     eval_episodes: int = typer.Option(5, help="Episodes per task for the periodic evaluation."),
 ):
-    """Train a policy on episode stores. Multi-GPU/CPU: torchrun --nproc_per_node N $(which vla) train ..."""
+    """Train a policy on episode stores. Multi-GPU/CPU: torchrun --nproc_per_node N $(which vla) train ...
+    [--fsdp]. Fine-tune a converted pi0 on one GPU: vla train pi0-paligemma --init CKPT --lora 16 ..."""
     from vla.config import load_preset
     from vla.train.trainer import train
 
@@ -49,13 +57,13 @@ def train_command(
         fail(f"--minutes must be > 0, got {minutes}")
     save_every = eval_every or save_every
     overrides = {k: v for k, v in {"batch_size": batch_size, "lr": lr, "workers": workers, "save_every": save_every,
-                                    "seed": seed}.items() if v is not None}
+                                    "seed": seed, "freeze": freeze}.items() if v is not None}
     try:
         p = load_preset(preset, {"train": overrides} if overrides else None)
         w = [float(x) for x in _split(weights)] or None
         on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
         ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device, on_save=on_save,
-                     max_seconds=minutes * 60 if minutes else None, init=init)
+                     max_seconds=minutes * 60 if minutes else None, init=init, fsdp=fsdp, lora_rank=lora)
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")
@@ -127,6 +135,34 @@ def bench_learn(
     from vla.bench.learn import run
 
     emit(run(out, presets=tuple(_split(presets)), minutes=minutes, episodes=episodes, steps=steps), json_out)
+
+
+@bench_app.command("memory")
+def bench_memory(
+    presets: list[str] = typer.Argument(..., help="Policy presets (names or .toml paths), e.g. pi0-paligemma "
+                                        "pi05-paligemma."),
+    batch: int = typer.Option(32, help="Global batch size (split over the GPUs of each setup)."),
+    grad_checkpoint: bool = typer.Option(True, help="Per-layer gradient checkpointing, as the 3B presets train."),
+    markdown: bool = typer.Option(False, help="Print the table as Markdown (the README's) instead of JSON."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+):
+    """GPU memory per GPU to train a preset: weights, gradients, AdamW, EMA and activations for a full
+    fine-tune (one GPU or DDP; FSDP over 2/4/8), LoRA and a frozen VLM, computed from the model built on
+    the meta device (no GPU, no weights). See vla.train.memory for how."""
+    from vla.bench.memory import markdown as to_markdown
+    from vla.bench.memory import run
+
+    try:
+        result = run(presets, batch=batch, grad_checkpoint=grad_checkpoint)
+    except user_errors() as e:
+        fail(str(e))
+    if markdown:
+        typer.echo(to_markdown(result))
+        if json_out:
+            json_out.parent.mkdir(parents=True, exist_ok=True)
+            json_out.write_text(json.dumps(result, indent=2) + "\n")
+    else:
+        emit(result, json_out)
 
 
 @bench_app.command("probe")

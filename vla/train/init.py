@@ -2,7 +2,8 @@
 or any vla checkpoint) instead of a random init.
 
 Taken from the checkpoint: the model type and geometry (its config, with the embodiments of the
-new data), its head convention (shared 32-dim head or per-embodiment heads), the norm mode, the
+new data; the preset's [model] table must agree with it, or the error names each field with the
+expected and actual value), its head convention (shared 32-dim head or per-embodiment heads), the norm mode, the
 text tokenizer, the model type's assets, the norm stats of embodiments it has them for, and every
 weight. Stats of the other embodiments come from the new data. With per-embodiment heads, a robot
 the checkpoint has no heads for gets new (random) ones; heads of robots absent from the data are
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import re
+from dataclasses import fields, is_dataclass, replace
 
 import torch
 
@@ -35,6 +37,40 @@ def check_same_type(ck: Checkpoint, preset: Preset) -> None:
     if rc.norm_mode != preset.norm_mode:
         log.warning("using the checkpoint's norm mode %r (preset %r says %r)", rc.norm_mode, preset.name,
                     preset.norm_mode)
+
+
+# Fields of a model config that are not the checkpoint's geometry: filled from the data, set by
+# the trainer, or used only by a random init.
+NOT_GEOMETRY = {"embodiments", "grad_checkpoint", "pretrained", "vision_pos_init", "init_std"}
+# Training choices a fine-tune may change: the preset's value is used.
+FROM_PRESET = ("num_steps", "mask_padded_actions", "time_at_one")
+
+
+def _differences(want, got, path: str = "") -> list[tuple[str, object, object]]:
+    out = []
+    for f in fields(want):
+        if f.name in NOT_GEOMETRY:
+            continue
+        a, b = getattr(want, f.name), getattr(got, f.name)
+        if is_dataclass(a) and is_dataclass(b):
+            out += _differences(a, b, f"{path}{f.name}.")
+        elif a != b:
+            out.append((f"{path}{f.name}", a, b))
+    return out
+
+
+def init_config(ck: Checkpoint, preset: Preset, mt):
+    """The model config of a run started from `ck`: the checkpoint's, checked field by field
+    against the preset's [model] table (expected = the preset, actual = the checkpoint), with the
+    training choices in FROM_PRESET taken from the preset."""
+    want = mt.make_config(preset.model)
+    got = ck.resolved.model
+    diff = [d for d in _differences(want, got) if d[0] not in FROM_PRESET]
+    if diff:
+        rows = "; ".join(f"model.{k}: preset {a!r}, checkpoint {b!r}" for k, a, b in diff)
+        raise SpecError(f"--init {ck.path}: its geometry contradicts preset {preset.name!r} ({rows}). "
+                        "Use a preset that matches the checkpoint (e.g. the one it was converted with).")
+    return replace(got, **{k: getattr(want, k) for k in FROM_PRESET if hasattr(want, k)})
 
 
 def init_inputs(ck: Checkpoint, preset: Preset, embodiments: dict) -> tuple[TextTokenizer, dict, dict]:

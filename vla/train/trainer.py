@@ -1,15 +1,18 @@
 """`vla train`: episode stores -> a policy checkpoint.
 
-AdamW, linear warmup + cosine decay, gradient clipping, EMA weights, bf16 autocast on CUDA,
-optional gradient checkpointing, mixture weights over stores, a progress bar with loss and
-throughput, metrics.jsonl + loss.png, atomic checkpoints, exact resume, and DDP through
-torchrun (gloo on CPU, nccl on GPU).
+AdamW, linear warmup + cosine decay, gradient clipping, EMA weights, bf16 autocast on CUDA
+(float32 on the CPU), optional gradient checkpointing, mixture weights over stores, a progress
+bar with loss and throughput, metrics.jsonl + loss.png, atomic checkpoints, exact resume, DDP
+through torchrun (gloo on CPU, nccl on GPU) or FSDP2 with `fsdp=True` (vla.train.fsdp), and
+fine-tuning from a checkpoint (`init`) in full, with frozen parts or with LoRA
+(vla.train.trainee, freeze, lora).
 
 Exact resume: the batch of step k is a pure function of (seed, k) (indices drawn by a
 generator seeded with both), and so are the flow-matching noise and times. So a run
 interrupted at step k and resumed from its checkpoint equals the uninterrupted run (for
 step-limited runs; a wall-clock budget makes the learning rate depend on elapsed time).
-Under DDP each rank takes its slice of the same global batch; gradients are averaged.
+Under DDP and FSDP each rank takes its slice of the same global batch; gradients are averaged,
+so N processes train the same weights as one.
 """
 
 from __future__ import annotations
@@ -18,8 +21,9 @@ import json
 import logging
 import math
 import os
+import shutil
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -36,8 +40,12 @@ from vla.model.contract import COUNT_PREFIX
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import Transforms, build_transforms
-from vla.train.init import check_same_type, init_inputs, load_init_weights
 from vla.spec import SpecError
+from vla.train.freeze import check_mode
+from vla.train.fsdp import require_torchrun
+from vla.train.init import check_same_type, init_config, init_inputs, load_init_weights
+from vla.train.lora import LoraSpec
+from vla.train.trainee import Trainee
 
 log = logging.getLogger(__name__)
 
@@ -62,9 +70,18 @@ class TrainConfig:
     bf16: bool = True  # autocast on CUDA only
     grad_checkpoint: bool = False
     fast_fit_chunks: int = 2000
+    freeze: str = "none"  # vla.train.freeze: "none", "vision", "vlm" (expert-only, as SmolVLA)
+    frozen_bf16: bool = True  # on CUDA with bf16: frozen weights stored in bfloat16 (vla.train.trainee)
+    lora: LoraSpec = field(default_factory=LoraSpec)  # vla.train.lora; rank 0 = off
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
+        if isinstance(self.lora, dict):
+            try:
+                object.__setattr__(self, "lora", LoraSpec(**self.lora))
+            except TypeError as e:
+                raise SpecError(f"train.lora: {e}") from None
+        check_mode(self.freeze)
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
             raise SpecError(f"train: steps, batch_size and lr must be positive (got {self.steps}, {self.batch_size}, {self.lr})")
         if not 0 <= self.ema < 1:
@@ -110,19 +127,24 @@ class _Collate:
         return self.tf.from_windows(collate_windows(samples, stack_images=False))
 
 
-def _dist_info() -> tuple[int, int]:
+def _dist_info(fsdp: bool = False) -> tuple[int, int]:
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
+    if (world > 1 or fsdp) and not dist.is_initialized():
+        if torch.cuda.is_available():
+            torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", 0)))
         dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
-    return (dist.get_rank(), world) if world > 1 else (0, 1)
+    return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
 def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None = None, weights: list[float] | None = None,
           resume: bool = False, device: str | None = None, progress: bool = True, on_save=None,
-          max_seconds: float | None = None, init: str | Path | None = None) -> Path:
+          max_seconds: float | None = None, init: str | Path | None = None, fsdp: bool = False,
+          lora_rank: int | None = None) -> Path:
     """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
 
     init: start from that checkpoint's weights, geometry, tokenizer and stats (vla.train.init).
+    fsdp: shard with FSDP2 (processes started by torchrun). lora_rank: LoRA at that base rank
+    (the preset's [train.lora] gives stacks, targets and per-stack scales; vla.train.lora).
 
     max_seconds: a wall-clock budget; training stops (and checkpoints) at the first step past it.
         Without `steps` the preset's step count does not cap it: the run takes the whole budget
@@ -130,10 +152,14 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     """
     from tqdm import tqdm
 
-    rank, world = _dist_info()
+    if fsdp:
+        require_torchrun()
+    rank, world = _dist_info(fsdp)
     if max_seconds and not steps:
         steps = UNCAPPED_STEPS  # the clock ends the run
     tcfg = TrainConfig(**{**preset.train, **({"steps": steps} if steps else {})})
+    if lora_rank is not None:
+        tcfg = replace(tcfg, lora=replace(tcfg.lora, rank=lora_rank))
     if tcfg.batch_size % world:
         raise SpecError(f"batch_size {tcfg.batch_size} must be divisible by the {world} processes")
     mt = model_type(preset.type)
@@ -142,7 +168,11 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     source = Checkpoint(out) if resume else Checkpoint(init) if init else None
     if source is not None:
         check_same_type(source, preset)
-    base_cfg = source.resolved.model if source else mt.make_config(preset.model)  # sizes checked before any data
+    if resume:
+        tcfg = _resumed_finetune(tcfg, source, lora_rank, preset.train.get("freeze"))
+    # sizes checked before any data; --init: the checkpoint's geometry, which must agree with the preset's
+    base_cfg = source.resolved.model if resume else init_config(source, preset, mt) if init else \
+        mt.make_config(preset.model)
     norm_mode = source.resolved.norm_mode if source else preset.norm_mode
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
@@ -178,22 +208,14 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     model = mt.build(model_cfg, text_vocab=text_vocab, assets=assets)
     if init and not resume:
         load_init_weights(model, source)
-    model = model.to(dev)
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
-                            lr=tcfg.lr, betas=tcfg.betas)
-    ema = {k: v.detach().clone() for k, v in model.state_dict().items()} if tcfg.ema > 0 else None
+    n_params = sum(p.numel() for p in model.parameters())  # as served (LoRA merged)
+    trainee = Trainee(model, tcfg, dev, rank=rank, world=world, fsdp=fsdp, kind=preset.type, state=state)
+    model = trainee.model
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        ema = state["ema"]
         start = state["step"]
         if start >= tcfg.steps:
             log.info("checkpoint %s is already at step %d >= %d", out, start, tcfg.steps)
-    # Heads of embodiments absent from a rank's slice get no gradient in that step.
-    ddp_model = torch.nn.parallel.DistributedDataParallel(model, find_unused_parameters=True) if world > 1 else model
 
     sampler = StepBatches(ds.sample_probs(), tcfg.batch_size, start, tcfg.steps, tcfg.seed, rank, world)
     if tcfg.workers > 0:
@@ -203,23 +225,27 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
 
     config = CheckpointConfig(preset.type, model_cfg, norm_mode, embodiments, preset=preset.to_dict(),
                               train=asdict(tcfg), data=[str(p) for p in data], weights=weights,
-                              params=sum(p.numel() for p in model.parameters()), text_vocab=text_vocab,
+                              params=n_params, text_vocab=text_vocab,
                               source={"init": str(init)} if init else {})
     metrics_path = out.with_name(f".{out.name}.metrics.jsonl")
+    out.parent.mkdir(parents=True, exist_ok=True)
     if resume and (out / "metrics.jsonl").exists() and rank == 0:
         metrics_path.write_text((out / "metrics.jsonl").read_text())
     elif rank == 0:
         metrics_path.write_text("")
 
     def save(step: int) -> None:
-        if rank != 0:
+        scratch = out.with_name(f".{out.name}.adapter")
+        payload = trainee.checkpoint(step, scratch)  # every rank: FSDP gathers the shards
+        if payload is None:
             return
-        raw = model.state_dict()
-        infer_weights = ema if ema is not None else raw
+        served, train_state, extra = payload
         _loss_plot(metrics_path, out.with_name(f".{out.name}.loss.png"))
-        save_checkpoint(out, weights=infer_weights, config=replace(config, step=step), stats=stats, text=text, assets=assets,
-                        train_state={"model": raw, "optimizer": opt.state_dict(), "ema": ema, "step": step},
-                        extra_files={"metrics.jsonl": metrics_path, "loss.png": out.with_name(f".{out.name}.loss.png")})
+        save_checkpoint(out, weights=served, config=replace(config, step=step), stats=stats, text=text, assets=assets,
+                        train_state=train_state,
+                        extra_files={"metrics.jsonl": metrics_path, "loss.png": out.with_name(f".{out.name}.loss.png"),
+                                     **extra})
+        shutil.rmtree(scratch, ignore_errors=True)
         if on_save is not None:
             on_save(step, out)
 
@@ -241,8 +267,6 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
             log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
             break
         lr = lr_at(step, tcfg, elapsed / max_seconds if max_seconds else 0.0)
-        for g in opt.param_groups:
-            g["lr"] = lr
         for k in [k for k in batch if k.startswith(COUNT_PREFIX)]:
             name = k[len(COUNT_PREFIX):]
             counts[name] = counts.get(name, 0) + int(batch.pop(k))
@@ -251,18 +275,8 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         for k, v in model.training_draws(tcfg.batch_size, batch, gen).items():  # global batch; this rank's rows
             batch[k] = v[rank::world].to(dev)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = ddp_model.compute_loss(batch, gen).mean() if world == 1 else _ddp_loss(ddp_model, batch, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        gnorm = torch.nn.utils.clip_grad_norm_(model.parameters(), tcfg.clip)
-        opt.step()
-        if ema is not None:
-            with torch.no_grad():
-                for k, v in model.state_dict().items():
-                    if v.is_floating_point():
-                        ema[k].mul_(tcfg.ema).add_(v.detach(), alpha=1 - tcfg.ema)
-                    else:
-                        ema[k].copy_(v)
+            loss = trainee.loss(batch, gen)
+        gnorm = trainee.step(loss, lr)
         step += 1
         n_last += tcfg.batch_size
         if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.steps):
@@ -290,6 +304,19 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     return out
 
 
+def _resumed_finetune(tcfg: TrainConfig, ck: Checkpoint, lora_rank: int | None, freeze: str | None) -> TrainConfig:
+    """A resumed run keeps the LoRA and freezing of the run it continues (they shape the weights in
+    its train_state.pt); asking for others is an error naming both."""
+    rec = ck.resolved.train or {}
+    rec_lora = LoraSpec(**rec["lora"]) if rec.get("lora") else LoraSpec()
+    rec_freeze = rec.get("freeze", "none")
+    if lora_rank is not None and lora_rank != rec_lora.rank:
+        raise SpecError(f"--resume: {ck.path} was trained with LoRA rank {rec_lora.rank}, this run asks for {lora_rank}")
+    if freeze is not None and freeze != rec_freeze:
+        raise SpecError(f"--resume: {ck.path} was trained with freeze={rec_freeze!r}, this run asks for {freeze!r}")
+    return replace(tcfg, lora=rec_lora, freeze=rec_freeze)
+
+
 def _elapsed(t_start: float, world: int, dev: torch.device) -> float:
     """Seconds since t_start; under DDP rank 0's clock, so every rank uses the same learning
     rate and stops at the same step."""
@@ -299,11 +326,6 @@ def _elapsed(t_start: float, world: int, dev: torch.device) -> float:
         dist.broadcast(x, 0)
         t = float(x.item())
     return t
-
-
-def _ddp_loss(ddp_model, batch, gen):
-    # DDP hooks run on forward(); our entry point is compute_loss, so route it through forward.
-    return ddp_model(batch, gen).mean()
 
 
 def _loss_plot(metrics: Path, png: Path) -> None:
