@@ -138,3 +138,30 @@ def test_fsdp_without_torchrun_says_how_to_launch(tmp_path, two_stores, monkeypa
                                  "--fsdp"])
     assert r.exit_code == 2 and "torchrun --nproc_per_node N" in r.output
     assert not (tmp_path / "y").exists()
+
+
+def test_frozen_weights_in_bf16_train_under_autocast_and_save_float32(tmp_path):
+    """The CUDA path keeps frozen weights in bfloat16 under bf16 autocast (as openpi); CPU autocast
+    stands in for it here: the step runs, only trainable weights move, the checkpoint is float32."""
+    from vla.train.trainee import Trainee, store_frozen
+    from vla.train.trainer import TrainConfig
+
+    p = load_preset("pi0-tiny")
+    mt = model_type(p.type)
+    model = mt.build(mt.make_config(p.model, embodiments={"a": (4, 3)}), text_vocab=64)
+    t = Trainee(model, TrainConfig(lora={"rank": 2}, freeze="vision", ema=0.5), torch.device("cpu"), kind="pi0")
+    store_frozen(t.model, torch.bfloat16)
+    frozen = {n: q.detach().clone() for n, q in t.model.named_parameters() if not q.requires_grad}
+    assert frozen and all(v.dtype == torch.bfloat16 for v in frozen.values())
+    assert all(q.dtype == torch.float32 for q in t.trainable.values())
+    batch = t.model.example_batch(2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = t.loss(batch, torch.Generator().manual_seed(0))
+    assert np.isfinite(t.step(loss, 1e-2))
+    assert all(torch.equal(frozen[n], q) for n, q in t.model.named_parameters() if n in frozen)
+    served, state, extra = t.checkpoint(1, tmp_path / "adapter")
+    assert all(v.dtype == torch.float32 for v in served.values() if v.is_floating_point())
+    assert set(extra) == {"adapter_model.safetensors", "adapter_config.json"}
+    name = "backbone.language_model.layers.0.self_attn.q_proj"
+    delta = served[f"{name}.weight"] - frozen[f"{name}.base_layer.weight"].float()
+    assert delta.abs().max() > 0  # the merged LoRA update, kept in float32 over the bf16 base

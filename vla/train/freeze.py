@@ -32,7 +32,7 @@ def _under(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
 
-def set_trainable(model: nn.Module, freeze: str, lora: LoraSpec) -> dict:
+def set_trainable(model: nn.Module, freeze: str, lora: LoraSpec, *, report: bool = True) -> dict:
     """Set requires_grad on every parameter; -> {"trainable": n, "frozen": n} (element counts)."""
     check_mode(freeze)
     frozen_prefixes = (*FREEZE_MODES[freeze], *lora_stacks(lora))
@@ -43,7 +43,7 @@ def set_trainable(model: nn.Module, freeze: str, lora: LoraSpec) -> dict:
         counts["trainable" if train else "frozen"] += p.numel()
     if not counts["trainable"]:
         raise SpecError(f"freeze={freeze!r} with this LoRA setting leaves no parameter to train")
-    if counts["frozen"]:
+    if counts["frozen"] and report:
         total = counts["trainable"] + counts["frozen"]
         log.info("training %s of %s parameters (%.1f%%; freeze=%s, lora rank %d)", f"{counts['trainable']:,}",
                  f"{total:,}", 100 * counts["trainable"] / total, freeze, lora.rank)

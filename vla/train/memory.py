@@ -105,7 +105,7 @@ def _build(mt, cfg, text_vocab: int, lora, freeze: str) -> nn.Module:
         model = mt.build(cfg, text_vocab=text_vocab)
         if lora.enabled:
             apply_lora(model, lora, mt.name)
-    set_trainable(model, freeze, lora)
+    set_trainable(model, freeze, lora, report=False)
     return model
 
 
