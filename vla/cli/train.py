@@ -34,10 +34,10 @@ def train_command(
     init: Optional[Path] = typer.Option(None, help="Start from this checkpoint (e.g. from vla convert): its weights, "
                                         "geometry, head convention, tokenizer and the stats it has for your robot."),
     lora: Optional[int] = typer.Option(None, metavar="RANK", help="LoRA (PEFT) at this base rank; each stack's rank is "
-                                       "RANK x its scale in the preset's [train.lora] (default: the VLM's Gemma x1, "
+                                       "RANK x its scale in the preset's train.lora table (default: the VLM's Gemma x1, "
                                        "the expert x2, so --lora 16 is openpi's 16/32). 0 turns it off."),
     freeze: Optional[str] = typer.Option(None, help="none | vision (the SigLIP tower) | vlm (the whole VLM: only the "
-                                         "action expert and heads train, as SmolVLA) [default: the preset's]."),
+                                         "action expert and heads train, as SmolVLA); default: the preset's (none)."),
     fsdp: bool = typer.Option(False, help="Shard parameters, gradients and optimizer states with FSDP2 over the "
                               "processes of: torchrun --nproc_per_node N $(which vla) train ... --fsdp"),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
