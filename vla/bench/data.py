@@ -176,6 +176,30 @@ def _loader_rate_inner(ds, workers: int, batches: int, batch_size: int) -> float
     return rate
 
 
+def _windows_per_cpu_s(ds, batches: int, batch_size: int) -> float:
+    """Windows per CPU-second of one process making batches (one torch thread, as a DataLoader worker):
+    the loader's cost, which other processes on the machine do not change the way they change
+    windows/s (2 workers on 2 cores can at best double it)."""
+    from torch.utils.data import default_collate
+
+    from vla.data.sampler import collate_windows
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(2)
+    try:
+        c0 = time.process_time()
+        for _ in range(batches):
+            idx = rng.integers(len(ds), size=batch_size).tolist()
+            if isinstance(ds, WindowDataset):
+                collate_windows(ds.__getitems__(idx))
+            else:
+                default_collate([ds[i] for i in idx])
+        return batches * batch_size / (time.process_time() - c0)
+    finally:
+        torch.set_num_threads(threads)
+
+
 def _record(seconds: float, cams: int, hz: float, tmp: Path, gen: CameraFrames) -> dict:
     """A control loop at `hz` handing 3 camera frames per tick to vla run's recorder."""
     from vla.runtime.recorder import EpisodeRecorder
@@ -248,6 +272,7 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
                 "bytes_per_frame": round(nbytes / frames), "files_per_1000_frames": round(1000 * nfiles / frames, 2),
                 "psnr_db": round(float(psnr), 2), "write_frames_per_s": round(frames / write_s[v]),
                 "windows_per_s_224": {f"workers_{w}": round(_loader_rate(ds, w, batches, batch_size)) for w in (0, 2)},
+                "windows_per_cpu_s_224": round(_windows_per_cpu_s(ds, max(4, batches // 4), batch_size)),
             }
         default = str(default_codec(480, 640, camera_data=True))
         if default in stores:  # the issue's figure at native size: 684 windows/s on per-frame lossless files
@@ -274,6 +299,7 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
             "windows_per_s_native": {f"workers_{w}": round(_loader_rate(lr, w, lerobot_batches, batch_size), 1)
                                      for w in (0, 2)},
             "windows_per_s_224_workers_2": round(_loader_rate(lr224, 2, lerobot_batches, batch_size), 1),
+            "windows_per_cpu_s_native": round(_windows_per_cpu_s(lr, max(2, lerobot_batches // 3), batch_size), 1),
         }
         # Import of that LeRobot dataset (default codec) against its source video.
         imp = import_lerobot(tmp / "lerobot", tmp / "imported", progress=False)
@@ -286,9 +312,11 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
                          "psnr_db_vs_source_video": round(float(ipsnr), 2)}
         out["recording"] = _record(record_s, 3, 30.0, tmp, gen)
     lr_rate = out["lerobot"]["windows_per_s_native"]["workers_2"]
+    lr_cpu = out["lerobot"]["windows_per_cpu_s_native"]
     for r in out["codecs"].values():
         r["bytes_vs_lerobot_av1"] = round(r["bytes_per_frame"] / out["lerobot"]["bytes_per_frame"], 2)
         r["windows_224_vs_lerobot_workers_2"] = round(r["windows_per_s_224"]["workers_2"] / lr_rate, 1)
+        r["windows_per_cpu_s_224_vs_lerobot"] = round(r["windows_per_cpu_s_224"] / lr_cpu, 1)
     out.update({
         "setup": {"episodes": episodes, "frames_per_episode": length, "cameras": "2 x 480x640 camera-like (photo, "
                   "motion, sensor noise sigma 2)", "horizon": horizon, "batch_size": batch_size,
