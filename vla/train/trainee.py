@@ -46,15 +46,14 @@ class Trainee:
         self._vision_checkpointing(model)
         if state is not None:  # raw weights load before sharding, as full tensors
             model.load_state_dict(state["model"])
-        model = model.to(device)
-        if fsdp:
+        if fsdp:  # fully_shard moves each unit to the device as it shards it: no whole model on one GPU
             fs.shard(model, device, bf16=tcfg.bf16)
             self.wrapped = model
         elif world > 1:  # heads of embodiments absent from a rank's slice get no gradient in that step
-            self.wrapped = nn.parallel.DistributedDataParallel(model, find_unused_parameters=True,
+            self.wrapped = nn.parallel.DistributedDataParallel(model.to(device), find_unused_parameters=True,
                                                                gradient_as_bucket_view=True)
         else:
-            self.wrapped = model
+            self.wrapped = model.to(device)
         self.model = model
         self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         decay = [p for n, p in self.trainable.items() if p.ndim >= 2 and "embed" not in n]
