@@ -70,3 +70,16 @@ def test_bench_memory_command_prints_json_and_markdown(tmp_path):
     assert "| pi0-tiny | LoRA 16/32 (openpi's), 1 GPU | 4 |" in res.output and (tmp_path / "m.json").exists()
     bad = CliRunner().invoke(app, ["bench", "memory", "nope"])
     assert bad.exit_code == 2 and "unknown policy preset 'nope'" in bad.output
+
+
+def test_measure_runs_real_training_steps_beside_the_estimate():
+    """--measure (the GPU check): real steps of the one-GPU setups; here on the CPU (no peak memory)."""
+    from vla.bench.memory import markdown
+
+    r = run(["pi0-tiny"], batch=4, setups=[Setup("lora", lora_rank=2), Setup("fsdp", gpus=2, fsdp=True)],
+            measure=True, steps=1, device="cpu")
+    lora, fsdp = r["presets"]["pi0-tiny"]["setups"]
+    assert lora["measured"]["device"] == "cpu" and lora["measured"]["step_s"] > 0
+    assert lora["measured"]["peak_gb"] is None and "measured" not in fsdp  # FSDP needs torchrun
+    table = markdown(r)
+    assert "measured peak | step s |" in table and table.splitlines()[1].count("|") == 13

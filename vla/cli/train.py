@@ -144,6 +144,9 @@ def bench_memory(
     batch: int = typer.Option(32, help="Global batch size (split over the GPUs of each setup)."),
     grad_checkpoint: bool = typer.Option(True, help="Per-layer gradient checkpointing, as the 3B presets train."),
     markdown: bool = typer.Option(False, help="Print the table as Markdown (the README's) instead of JSON."),
+    measure: bool = typer.Option(False, help="Also run real training steps of the one-GPU setups on random weights "
+                                 "(CUDA if available): step time and peak memory allocated, beside the estimate."),
+    steps: int = typer.Option(3, help="Timed steps per setup with --measure (after one warm-up step)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ):
     """GPU memory per GPU to train a preset: weights, gradients, AdamW, EMA and activations for a full
@@ -153,7 +156,7 @@ def bench_memory(
     from vla.bench.memory import run
 
     try:
-        result = run(presets, batch=batch, grad_checkpoint=grad_checkpoint)
+        result = run(presets, batch=batch, grad_checkpoint=grad_checkpoint, measure=measure, steps=steps)
     except user_errors() as e:
         fail(str(e))
     if markdown:
