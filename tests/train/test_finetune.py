@@ -165,3 +165,19 @@ def test_frozen_weights_in_bf16_train_under_autocast_and_save_float32(tmp_path):
     name = "backbone.language_model.layers.0.self_attn.q_proj"
     delta = served[f"{name}.weight"] - frozen[f"{name}.base_layer.weight"].float()
     assert delta.abs().max() > 0  # the merged LoRA update, kept in float32 over the bf16 base
+
+
+def test_cli_lora_and_freeze_flags(tmp_path, base, two_stores):
+    from vla.cli import app
+
+    preset, ck0 = base
+    out = tmp_path / "ft"
+    r = CliRunner().invoke(app, ["train", str(preset), "--data", ",".join(two_stores), "--out", str(out), "--steps", "1",
+                                 "--init", str(ck0), "--lora", "2", "--freeze", "vision"])
+    assert r.exit_code == 0, r.output
+    train_cfg = Checkpoint(out).resolved.train
+    assert train_cfg["lora"]["rank"] == 2 and train_cfg["freeze"] == "vision"
+    assert (out / "adapter_model.safetensors").exists()
+    bad = CliRunner().invoke(app, ["train", str(preset), "--data", two_stores[0], "--out", str(tmp_path / "x"),
+                                   "--freeze", "everything"])
+    assert bad.exit_code == 2 and "freeze must be one of" in bad.output
