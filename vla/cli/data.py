@@ -47,6 +47,9 @@ def data_info(
     typer.echo(f"episodes   {summary['episodes']}    frames {summary['frames']}    "
                f"success yes/no/unknown {summary['success']['yes']}/{summary['success']['no']}/{summary['success']['unknown']}")
     typer.echo(f"sources    {', '.join(summary['sources']) or '-'}")
+    if summary.get("format_version") != 2:
+        typer.echo(f"format     version {summary.get('format_version')}: read-only, one file per frame; "
+                   f"`vla data migrate {store} NEW` rewrites it in the current format")
     for name, e in summary["embodiments"].items():
         typer.echo(f"embodiment {name}: {e['episodes']} episodes, {e['frames']} frames, {e['control_hz']} Hz, "
                    f"{e['action_mode']}")
