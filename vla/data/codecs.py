@@ -6,12 +6,14 @@
                so any frame decodes alone; libjpeg-turbo decodes at 1/2, 1/4, 1/8 scale for less than
                the full frame, which is how the loader reads frames at the model's input size.
 
-Measured on 480x640 camera-like frames (`vla bench data --workload camera`): JPEG against
-AVIF / JPEG XL / WebP (imagecodecs) and LeRobot's AV1 (GOP 2). AVIF and JPEG XL are 15-40%
-smaller at equal PSNR but encode in 7-14 ms and decode in 4-9 ms per frame: a 3-camera 30 fps
-rig would need more than the two cores, and the loader would run 4-6x slower. JPEG encodes
-in ~1.5 ms and decodes in ~0.7 ms at the scale a 224 px model needs. README "Episode stores"
-has the quality -> bytes / PSNR / windows/s curve.
+Chosen by measurement on 480x640 photo frames with sensor noise (a one-off comparison with
+imagecodecs on the 2-core machine, not part of the bench): AVIF (speed 10) was ~30% smaller than
+JPEG at equal PSNR but took 13-15 ms to encode and ~4 ms to decode a frame; JPEG XL (effort 1)
+was no smaller and took 6-8 ms each way. A 3-camera 30 fps rig would need more than the two
+cores to encode AVIF, and the loader would run several times slower. JPEG encodes in ~1.5 ms
+and decodes in ~0.5 ms at the half scale a 224 px model needs. `vla bench data --workload
+camera` measures the JPEG quality -> bytes / PSNR / windows/s curve against LeRobot's AV1
+(README "Benchmarks").
 
 A store written with `jpeg` stays readable by a plain zarr v3 reader once this module is
 imported (`import vla.data` registers the "vla.jpeg" codec with zarr).
