@@ -52,6 +52,7 @@ out = "{tmp_path / 'run'}"
     s = json.loads((tmp_path / "r.json").read_text())
     assert s["ticks"] > 60 and s["inference"]["requests"] >= 2 and s["inference"]["failed"] == 0
     assert s["recorded"] and s["recorded"][0]["frames"] > 30 and s["recorder_error"] is None
+    assert s["recorder_dropped_frames"] >= sum(e.get("dropped_frames", 0) for e in s["recorded"])  # + an open episode
     for key in ("timing_json", "histogram_png", "ticks_csv", "interventions"):
         assert (tmp_path / "run" / s["files"][key].split("/")[-1]).exists()
     from vla.data.store import EpisodeStore

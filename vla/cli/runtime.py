@@ -108,7 +108,7 @@ def run_command(
                f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {jump['p50']}/{jump['max']}")
     typer.echo(f"  safety interventions {r['interventions']} {json.dumps({k: v for k, v in r['safety'].items() if v})}")
     typer.echo(f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
-               f"{len(r['recorded'])} into {r['store']}")
+               f"{len(r['recorded'])} into {r['store']} ({r.get('recorder_dropped_frames', 0)} frames dropped)")
     typer.echo(f"  timing log {r['files']['timing_json']}, histogram {r['files']['histogram_png']}")
     if json_out:
         emit(r, json_out)

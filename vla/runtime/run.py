@@ -270,6 +270,7 @@ def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | N
     summary["recorded"] = recorded
     # Set again after close(): the last writes (and a writer that never finished) happen there.
     summary["recorder_error"] = recorder.error_message() if recorder is not None else None
+    summary["recorder_dropped_frames"] = recorder.dropped if recorder is not None else 0  # counted, never silent
     summary["store"] = str(store) if recorder is not None else None
     files = loop.timing.save(out, summary)
     with open(out / "interventions.jsonl", "w") as f:
