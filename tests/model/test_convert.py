@@ -460,3 +460,25 @@ def test_old_lerobot_normalization_buffers_are_not_weights(tmp_path, converted):
     out = convert(_src(tmp_path, "old", w), tmp_path / "out", preset=root / "tiny.toml")
     a, b = load_file(str(out / "model.safetensors")), load_file(str(outs["hub"] / "model.safetensors"))
     assert a.keys() == b.keys()
+
+
+def test_convert_and_export_refuse_other_backbones_clearly(tmp_path, converted):
+    from vla.model.export import export_weights
+
+    ref, _, _ = converted
+    with pytest.raises(SpecError, match="'smolvlm' backbone .* need a PaliGemma backbone"):
+        convert(_src(tmp_path, "s", lerobot_layout(ref)), tmp_path / "out", preset="pi0-smolvlm2")
+    from test_contract import cpu_sized  # a tiny smolvlm checkpoint to export
+
+    from vla.data import EpisodeStore
+    from vla.data.synthetic import write_synthetic
+    from vla.train.trainer import train
+
+    from helpers import tiny_embodiment
+
+    emb = tiny_embodiment("armA", s=4, a=3, cams=(("front", 16, 16),))
+    store = EpisodeStore.create(tmp_path / "st", [emb])
+    write_synthetic(store, emb, episodes=2, length=8, seed=0)
+    ck = train(cpu_sized("pi0-smolvlm2-tiny"), [str(tmp_path / "st")], tmp_path / "ck", steps=1, progress=False)
+    with pytest.raises(SpecError, match="'smolvlm' backbone"):
+        export_weights(ck, tmp_path / "hf")

@@ -177,6 +177,10 @@ def convert(src: str | Path, out: str | Path, *, preset: str | Path | Preset | N
     found = find_foreign_stats(src, asset_id=asset_id)
     raw_stats, stats_from = (found if found else (None, None))
     cfg0 = mt.make_config(p.model)
+    if cfg0.backbone.family != "paligemma" or cfg0.attach != "joint":
+        raise SpecError(f"preset {p.name!r} has a {cfg0.backbone.family!r} backbone with attach={cfg0.attach!r}; the "
+                        "published pi0 / pi0.5 weights need a PaliGemma backbone with a jointly attending expert "
+                        "(pi0-paligemma / pi05-paligemma)")
     if not cfg0.shared_head_dim:
         raise SpecError(f"preset {p.name!r} has per-embodiment heads; the published weights need openpi's convention "
                         "(shared_head_dim = 32 in [model])")

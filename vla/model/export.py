@@ -81,6 +81,10 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
     if rc.model_type not in TO_LEROBOT:
         raise SpecError(f"export-weights writes pi0 / pi0.5 weights; {ck.path} is a {rc.model_type!r} checkpoint")
     cfg = rc.model
+    if cfg.backbone.family != "paligemma" or cfg.attach != "joint":
+        raise SpecError(f"export-weights writes the published pi0 / pi0.5 layout (a PaliGemma backbone with a jointly "
+                        f"attending expert); {ck.path} has a {cfg.backbone.family!r} backbone with attach="
+                        f"{cfg.attach!r}, which that layout cannot hold")
     vocab = rc.text_vocab or (ck.text().vocab_size if ck.text() is not None else 0)
     weights, width = _heads(ck.weights(), cfg, embodiment)
     renamed, unmatched = rename(weights, TO_LEROBOT[rc.model_type])
