@@ -21,8 +21,10 @@ def tiny_embodiment(name="tiny", s=3, a=2, cams=(("front", 8, 10),), hz=10.0) ->
 
 def make_frame(emb: Embodiment, ep: int, t: int) -> dict:
     """A frame whose values encode (episode, frame) so reads can be checked exactly."""
-    f = {STATE: np.array([ep, t, *range(emb.state_dim - 2)], np.float32)[: emb.state_dim],
-         ACTION: np.full(emb.action_dim, ep * 1000 + t, np.float32)}
+    f = {
+        STATE: np.array([ep, t, *range(emb.state_dim - 2)], np.float32)[: emb.state_dim],
+        ACTION: np.full(emb.action_dim, ep * 1000 + t, np.float32),
+    }
     for c, cam in enumerate(emb.cameras):
         img = np.zeros(cam.shape, np.uint8)
         img[..., 0] = ep % 256
@@ -39,4 +41,3 @@ def fill(store, emb, episodes, length, start_ep=0, task="do {}"):
             for t in range(n):
                 w.add_frame(make_frame(emb, e, t))
             w.end_episode(task=task.format(e % 3), success=e % 2 == 0)
-

@@ -1,12 +1,13 @@
 import json
 
-from helpers import FIXTURES
 from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.data import EpisodeStore
 from vla.data.synthetic import write_synthetic
 from vla.spec import load_embodiment
+
+from helpers import FIXTURES
 
 runner = CliRunner()
 
@@ -56,6 +57,7 @@ def test_bad_input_gives_one_line_errors(tmp_path):
 
 def test_train_tokenizer_and_bench_commands(tmp_path):
     import sys
+
     sys.path.insert(0, str(FIXTURES.parent))
     from train.conftest import write_preset
 
@@ -63,20 +65,48 @@ def test_train_tokenizer_and_bench_commands(tmp_path):
     s = EpisodeStore.create(tmp_path / "s", [emb])
     write_synthetic(s, emb, 3, 20)
     preset = write_preset(tmp_path / "p.toml")
-    r = runner.invoke(app, ["train", str(preset), "--data", str(tmp_path / "s"), "--out", str(tmp_path / "ck"), "--steps", "2"])
+    r = runner.invoke(
+        app, ["train", str(preset), "--data", str(tmp_path / "s"), "--out", str(tmp_path / "ck"), "--steps", "2"]
+    )
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ck" / "model.safetensors").exists() and "checkpoint:" in r.output
     r = runner.invoke(app, ["train", "nope", "--data", str(tmp_path / "s"), "--out", str(tmp_path / "x")])
     assert r.exit_code == 2 and "unknown policy preset 'nope'" in r.output
-    r = runner.invoke(app, ["tokenizer", "fit", str(tmp_path / "s"), "--out", str(tmp_path / "tok"), "--horizon", "10",
-                            "--vocab", "256", "--chunks", "40"])
+    r = runner.invoke(
+        app,
+        [
+            "tokenizer",
+            "fit",
+            str(tmp_path / "s"),
+            "--out",
+            str(tmp_path / "tok"),
+            "--horizon",
+            "10",
+            "--vocab",
+            "256",
+            "--chunks",
+            "40",
+        ],
+    )
     assert r.exit_code == 0, r.output
     rep = json.loads(r.output)["toy2d"]["heldout"]
     assert rep["tokens_per_chunk_mean"] > 0 and rep["compression"] > 1 and rep["roundtrip_failures"] == 0
     assert (tmp_path / "tok" / "toy2d" / "fast.json").exists()
     # A benchmark command, run for real on the checkpoint just trained (the cheapest one: no simulation).
-    r = runner.invoke(app, ["bench", "probe", str(tmp_path / "ck"), "--data", str(tmp_path / "s"), "--windows", "8",
-                            "--json", str(tmp_path / "probe.json")])
+    r = runner.invoke(
+        app,
+        [
+            "bench",
+            "probe",
+            str(tmp_path / "ck"),
+            "--data",
+            str(tmp_path / "s"),
+            "--windows",
+            "8",
+            "--json",
+            str(tmp_path / "probe.json"),
+        ],
+    )
     assert r.exit_code == 0, r.output
     probe = json.loads(r.output)
     assert probe == json.loads((tmp_path / "probe.json").read_text())

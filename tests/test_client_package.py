@@ -121,13 +121,13 @@ def client_venv(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_checkpoint(tmp_path_factory):
     """A pi0 checkpoint trained for 2 steps on one tiny embodiment (armA: state 4, actions 3, 2 cameras)."""
-    from helpers import tiny_embodiment
-    from train.conftest import write_preset
-
     from vla.config import load_preset
     from vla.data import EpisodeStore
     from vla.data.synthetic import write_synthetic
     from vla.train.trainer import train
+
+    from helpers import tiny_embodiment
+    from train.conftest import write_preset
 
     root = tmp_path_factory.mktemp("client-ckpt")
     emb = tiny_embodiment("armA", s=4, a=3, cams=(("front", 16, 16), ("wrist", 16, 16)))

@@ -30,8 +30,15 @@ def cpu_sized(name: str):
     bb = dict(model["backbone"])
     if bb["vision_width"] > 256 or bb["text"]["width"] > 512:
         patch, merge = bb["patch_size"], bb.get("token_merge", 1)
-        bb.update(image_size=2 * patch * merge, vision_width=32, vision_depth=1, vision_heads=2, vision_mlp=32,
-                  vocab_size=300, text=dict(bb["text"], width=64, depth=2, mlp=64))
+        bb.update(
+            image_size=2 * patch * merge,
+            vision_width=32,
+            vision_depth=1,
+            vision_heads=2,
+            vision_mlp=32,
+            vocab_size=300,
+            text=dict(bb["text"], width=64, depth=2, mlp=64),
+        )
         bb.pop("pretrained", None)
         expert = dict(width=32, depth=2, mlp=32)
         family, heads = bb.get("family", "paligemma"), bb["text"]["heads"]
@@ -48,7 +55,9 @@ def cpu_sized(name: str):
         if "expert" in model:
             model["expert"] = dict(model["expert"], **expert)
     model["backbone"] = bb
-    return load_preset(name, overrides={"model": model, "train": TRAIN, "text": {"vocab_size": 300, "pretrained": None}})
+    return load_preset(
+        name, overrides={"model": model, "train": TRAIN, "text": {"vocab_size": 300, "pretrained": None}}
+    )
 
 
 def test_presets_exist_and_every_model_type_is_used():
@@ -92,9 +101,13 @@ def test_model_contract(name, two_stores, tmp_path):  # noqa: F811
 
     # The runtime Policy and the served round trip.
     policy = load_policy(ck)
-    obs = {"observation/state": np.zeros(4, np.float32), "task": "reach the red target", "embodiment": "armA",
-           "observation/images/front": np.zeros((16, 16, 3), np.uint8),
-           "observation/images/wrist": np.zeros((16, 16, 3), np.uint8)}
+    obs = {
+        "observation/state": np.zeros(4, np.float32),
+        "task": "reach the red target",
+        "embodiment": "armA",
+        "observation/images/front": np.zeros((16, 16, 3), np.uint8),
+        "observation/images/wrist": np.zeros((16, 16, 3), np.uint8),
+    }
     local = policy.infer(obs)
     assert local["actions"].shape == (cfg.horizon, 3) and local["actions"].dtype == np.float32
     assert np.isfinite(local["actions"]).all()
@@ -112,8 +125,11 @@ def test_model_contract(name, two_stores, tmp_path):  # noqa: F811
 
 def test_unknown_model_type_lists_the_registered_types(tmp_path):
     p = tmp_path / "p.toml"
-    p.write_text((Path(__file__).resolve().parents[1] / "policies" / "pi0-tiny.toml").read_text()
-                 .replace('type = "pi0"', 'type = "diffusion"'))
+    p.write_text(
+        (Path(__file__).resolve().parents[1] / "policies" / "pi0-tiny.toml")
+        .read_text()
+        .replace('type = "pi0"', 'type = "diffusion"')
+    )
     preset = load_preset(p)
     listed = ", ".join(repr(n) for n in sorted(MODEL_TYPES))
     with pytest.raises(SpecError, match=re.escape(f"unknown model type 'diffusion'; registered types: [{listed}]")):
@@ -139,14 +155,17 @@ def _rewrite_config(ck: Path, edit) -> None:
     (ck / "config.json").write_text(json.dumps(d))
 
 
-@pytest.mark.parametrize("edit, field", [
-    (lambda d: d["policy"].pop("norm_mode"), "policy.norm_mode"),
-    (lambda d: d.pop("embodiments"), "embodiments"),
-    (lambda d: d["policy"].pop("type"), "policy.type"),
-    (lambda d: d["policy"]["config"].pop("backbone"), "backbone"),
-    (lambda d: d["policy"]["config"].update(old_knob=1), "old_knob"),
-    (lambda d: d.update(version=99), "version 99"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        (lambda d: d["policy"].pop("norm_mode"), "policy.norm_mode"),
+        (lambda d: d.pop("embodiments"), "embodiments"),
+        (lambda d: d["policy"].pop("type"), "policy.type"),
+        (lambda d: d["policy"]["config"].pop("backbone"), "backbone"),
+        (lambda d: d["policy"]["config"].update(old_knob=1), "old_knob"),
+        (lambda d: d.update(version=99), "version 99"),
+    ],
+)
 def test_config_json_from_another_version_names_the_field(tmp_path, one_step_ckpt, edit, field):
     import shutil
 

@@ -32,8 +32,12 @@ def _run(cmd, **kw) -> subprocess.CompletedProcess:
 
 def _content_files() -> set[str]:
     """Every file of the declarative folders that the wheel must carry (scripts are not content)."""
-    return {p.relative_to(ROOT).as_posix() for d in CONTENT for p in (ROOT / d).rglob("*")
-            if p.is_file() and p.suffix != ".sh"}
+    return {
+        p.relative_to(ROOT).as_posix()
+        for d in CONTENT
+        for p in (ROOT / d).rglob("*")
+        if p.is_file() and p.suffix != ".sh"
+    }
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +77,16 @@ def venv(wheels, tmp_path_factory) -> Path:
                 continue
             (deps / entry.name).symlink_to(entry)
     py = venv / "bin" / "python"
-    fresh_site = Path(_run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
-                           timeout=60).stdout.strip())
+    fresh_site = Path(
+        _run([py, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], timeout=60).stdout.strip()
+    )
     (fresh_site / "_project_deps.pth").write_text(f"{deps}\n")
     # The project's pip (found through the .pth) installs into the fresh venv: it runs on that venv's python.
-    r = _run([py, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", "-q", *wheels],
-             cwd=root, timeout=300)
+    r = _run(
+        [py, "-m", "pip", "install", "--no-deps", "--no-index", "--disable-pip-version-check", "-q", *wheels],
+        cwd=root,
+        timeout=300,
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     return venv
 
@@ -90,9 +98,11 @@ def test_the_wheel_carries_every_content_file(wheels):
 
 
 def test_installed_vla_is_the_wheels_and_holds_its_content(venv, tmp_path):
-    code = ("import json, vla, vla_client\n"
-            "from vla.resources import content_dir\n"
-            "print(json.dumps({'vla': vla.__file__, 'client': vla_client.__file__, 'envs': str(content_dir('envs'))}))")
+    code = (
+        "import json, vla, vla_client\n"
+        "from vla.resources import content_dir\n"
+        "print(json.dumps({'vla': vla.__file__, 'client': vla_client.__file__, 'envs': str(content_dir('envs'))}))"
+    )
     r = _run([venv / "bin" / "python", "-c", code], cwd=tmp_path, timeout=120)
     assert r.returncode == 0, r.stderr[-3000:]
     got = {k: Path(v) for k, v in json.loads(r.stdout.strip().splitlines()[-1]).items()}
@@ -101,16 +111,23 @@ def test_installed_vla_is_the_wheels_and_holds_its_content(venv, tmp_path):
     pkg = got["vla"].parent
     installed = {p.relative_to(pkg / "content").as_posix() for p in (pkg / "content").rglob("*") if p.is_file()}
     assert _content_files() <= installed
-    assert {"policies/pi0-tiny.toml", "envs/robots/arm7.xml", "envs/embodiments/arm7.toml",
-            "envs/suites/quickstart.toml", "datasets/quickstart.toml", "launch/arm7-reach-sim.toml"} <= installed
+    assert {
+        "policies/pi0-tiny.toml",
+        "envs/robots/arm7.xml",
+        "envs/embodiments/arm7.toml",
+        "envs/suites/quickstart.toml",
+        "datasets/quickstart.toml",
+        "launch/arm7-reach-sim.toml",
+    } <= installed
     assert not any(p.is_symlink() for p in (pkg / "content").iterdir())  # real copies, not links to a checkout
 
 
 def test_vla_eval_runs_from_another_directory(venv, tmp_path):
     from vla.sim.suites import load_suite
 
-    r = _run([venv / "bin" / "vla", "eval", "expert", "--suite", "quickstart", "--episodes", "1"],
-             cwd=tmp_path, timeout=300)
+    r = _run(
+        [venv / "bin" / "vla", "eval", "expert", "--suite", "quickstart", "--episodes", "1"], cwd=tmp_path, timeout=300
+    )
     assert r.returncode == 0, (r.stdout + r.stderr)[-3000:]
     for t in load_suite("quickstart").tasks:
         assert f"{t.robot}/{t.task}" in r.stdout, r.stdout

@@ -10,8 +10,16 @@ from vla.data.video import VideoWriter
 from vla.report import SECTIONS, build_report
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-         "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+FLAGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 
 
 def _png(path, color):
@@ -32,23 +40,58 @@ def _fake_run(tmp_path):
     w = VideoWriter(vid, 20, 64, 64, "libx264")
     w.add(np.random.default_rng(0).integers(0, 255, (10, 64, 64, 3), dtype=np.uint8))
     w.close()
-    row = {"robot": "arm7", "task": "reach", "episodes": 10, "successes": 8, "success_rate": 0.8,
-           "ci95": [0.49, 0.94], "mean_length": 31.0}
+    row = {
+        "robot": "arm7",
+        "task": "reach",
+        "episodes": 10,
+        "successes": 8,
+        "success_rate": 0.8,
+        "ci95": [0.49, 0.94],
+        "mean_length": 31.0,
+    }
     res = {"tasks": [row], "overall": {k: row[k] for k in ("episodes", "successes", "success_rate", "ci95")}}
-    exp = {"tasks": [dict(row, successes=10, success_rate=1.0, ci95=[0.72, 1.0])],
-           "overall": {"episodes": 10, "successes": 10, "success_rate": 1.0, "ci95": [0.72, 1.0]}}
+    exp = {
+        "tasks": [dict(row, successes=10, success_rate=1.0, ci95=[0.72, 1.0])],
+        "overall": {"episodes": 10, "successes": 10, "success_rate": 1.0, "ci95": [0.72, 1.0]},
+    }
     return build_report(
-        tmp_path / "report.html", title="vla quickstart", facts={"machine": "test"},
-        dataset={"episodes": 4, "frames": 100, "tasks": {"reach the red target": 4},
-                 "embodiments": {"arm7": {"episodes": 4, "frames": 100, "control_hz": 20}}},
-        contact_sheet=_png(tmp_path / "sheet.png", "red"), training={"steps": 10}, loss_png=_png(tmp_path / "loss.png", "blue"),
-        eval_policy=res, eval_expert=exp, videos=[str(vid)],
-        language={"normal": 0.8, "shuffled": 0.3, "chance": 1 / 3, "passed": True, "verdict": "uses the instruction",
-                  "probe": {"windows": 256, "loss": {"as_recorded": 0.1, "other_images": 0.15, "other_instruction": 0.3},
-                            "rise_other_images": 0.5, "rise_other_instruction": 2.0},
-                  "goal": {"per_embodiment": {"arm7": {"first": 0.01, "end": 0.05, "spread": 0.02, "end_if_average": 0.2,
-                                                       "episodes": 32}}, "samples": 3}},
-        control={"tick p99 ms": 0.4}, control_png=_png(tmp_path / "hist.png", "green"))
+        tmp_path / "report.html",
+        title="vla quickstart",
+        facts={"machine": "test"},
+        dataset={
+            "episodes": 4,
+            "frames": 100,
+            "tasks": {"reach the red target": 4},
+            "embodiments": {"arm7": {"episodes": 4, "frames": 100, "control_hz": 20}},
+        },
+        contact_sheet=_png(tmp_path / "sheet.png", "red"),
+        training={"steps": 10},
+        loss_png=_png(tmp_path / "loss.png", "blue"),
+        eval_policy=res,
+        eval_expert=exp,
+        videos=[str(vid)],
+        language={
+            "normal": 0.8,
+            "shuffled": 0.3,
+            "chance": 1 / 3,
+            "passed": True,
+            "verdict": "uses the instruction",
+            "probe": {
+                "windows": 256,
+                "loss": {"as_recorded": 0.1, "other_images": 0.15, "other_instruction": 0.3},
+                "rise_other_images": 0.5,
+                "rise_other_instruction": 2.0,
+            },
+            "goal": {
+                "per_embodiment": {
+                    "arm7": {"first": 0.01, "end": 0.05, "spread": 0.02, "end_if_average": 0.2, "episodes": 32}
+                },
+                "samples": 3,
+            },
+        },
+        control={"tick p99 ms": 0.4},
+        control_png=_png(tmp_path / "hist.png", "green"),
+    )
 
 
 def test_report_has_every_section_and_assets(tmp_path):
@@ -74,17 +117,26 @@ def test_missing_inputs_degrade_to_notes(tmp_path):
 def test_report_renders_in_headless_chromium(tmp_path):
     page = _fake_run(tmp_path)
     prof = tmp_path / "profile"
-    script = ("<script>document.addEventListener('DOMContentLoaded',()=>{const ok=[...document.images].every(i=>i.complete"
-              "&&i.naturalWidth>0);document.body.setAttribute('data-images-ok',ok?'yes':'no');});</script>")
+    script = (
+        "<script>document.addEventListener('DOMContentLoaded',()=>{const ok=[...document.images].every(i=>i.complete"
+        "&&i.naturalWidth>0);document.body.setAttribute('data-images-ok',ok?'yes':'no');});</script>"
+    )
     page.write_text(page.read_text().replace("</body>", script + "</body>"))
-    dom = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=3000", "--dump-dom",
-                          page.as_uri()], capture_output=True, text=True, timeout=90).stdout
+    dom = subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={prof}", "--virtual-time-budget=3000", "--dump-dom", page.as_uri()],
+        capture_output=True,
+        text=True,
+        timeout=90,
+    ).stdout
     for s in SECTIONS:
         assert f'id="{s}"' in dom, s
     assert 'data-images-ok="yes"' in dom, "an embedded picture failed to decode in the browser"
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={prof}", "--window-size=1200,2400", f"--screenshot={shot}",
-                    page.as_uri()], capture_output=True, timeout=90)
+    subprocess.run(
+        [CHROMIUM, *FLAGS, f"--user-data-dir={prof}", "--window-size=1200,2400", f"--screenshot={shot}", page.as_uri()],
+        capture_output=True,
+        timeout=90,
+    )
     from PIL import Image
 
     img = np.asarray(Image.open(shot).convert("L"))

@@ -17,8 +17,13 @@ def _loaders():
     from vla.sim.suites import load_suite
     from vla.spec import load_embodiment
 
-    return {"preset": load_preset, "embodiment": load_embodiment, "suite": load_suite, "recipe": load_recipe,
-            "launch": load_launch}
+    return {
+        "preset": load_preset,
+        "embodiment": load_embodiment,
+        "suite": load_suite,
+        "recipe": load_recipe,
+        "launch": load_launch,
+    }
 
 
 ALL_NAMES = [(kind, name) for kind in TOML_KINDS for name in builtin_names(kind)]
@@ -82,6 +87,5 @@ def test_bad_names_and_files_say_what_exists(tmp_path):
 
 def test_no_module_finds_files_relative_to_its_own_source():
     """Content is found through vla.resources (importlib.resources), which works in a wheel too."""
-    offenders = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "vla").rglob("*.py"))
-                 if "__file__" in p.read_text()]
+    offenders = [str(p.relative_to(ROOT)) for p in sorted((ROOT / "vla").rglob("*.py")) if "__file__" in p.read_text()]
     assert offenders == []

@@ -67,8 +67,16 @@ def _json(path: Path, data: dict) -> dict:
     return data
 
 
-def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.0, steps: int = 12000,
-                   episodes: int = 10, deploy_seconds: float = 20.0, workers: int = 2) -> dict:
+def run_quickstart(
+    out: Path,
+    *,
+    force: bool = False,
+    train_minutes: float = 10.0,
+    steps: int = 12000,
+    episodes: int = 10,
+    deploy_seconds: float = 20.0,
+    workers: int = 2,
+) -> dict:
     from vla.config import load_preset
     from vla.data.stats import compute_norm_stats, save_stats
     from vla.data.store import EpisodeStore
@@ -99,27 +107,44 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
         contact_sheet(s, out / "contact_sheet.png")
         _json(out / "dataset.json", s.summary())
     dataset = json.loads((out / "dataset.json").read_text())
-    log.info(f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
-             f"{len(dataset['tasks'])} instructions; contact sheet {out / 'contact_sheet.png'}")
+    log.info(
+        f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
+        f"{len(dataset['tasks'])} instructions; contact sheet {out / 'contact_sheet.png'}"
+    )
 
-    if step(f"train pi0-tiny on the CPU for {train_minutes:g} minutes (at most {steps} steps) -> {ckpt}",
-            ckpt / "config.json"):
+    if step(
+        f"train pi0-tiny on the CPU for {train_minutes:g} minutes (at most {steps} steps) -> {ckpt}",
+        ckpt / "config.json",
+    ):
         preset = load_preset("pi0-tiny", {"train": {"workers": 1}})
         train(preset, [str(demos)], ckpt, steps=steps, max_seconds=train_minutes * 60)
     cfg = Checkpoint(ckpt, verify=False).resolved
     metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    training = {"preset": "pi0-tiny", "steps": cfg.step, "parameters": f"{cfg.params / 1e6:.2f}M",
-                "final loss": f"{metrics[-1]['loss']:.4f}" if metrics else "-",
-                "windows/s": f"{sum(m['windows_per_s'] for m in metrics[-10:]) / max(1, len(metrics[-10:])):.0f}"}
+    training = {
+        "preset": "pi0-tiny",
+        "steps": cfg.step,
+        "parameters": f"{cfg.params / 1e6:.2f}M",
+        "final loss": f"{metrics[-1]['loss']:.4f}" if metrics else "-",
+        "windows/s": f"{sum(m['windows_per_s'] for m in metrics[-10:]) / max(1, len(metrics[-10:])):.0f}",
+    }
 
-    if step(f"evaluate on held-out seeds (suite '{SUITE}', {episodes} episodes per task) + expert + language check",
-            ev / "language.json"):
+    if step(
+        f"evaluate on held-out seeds (suite '{SUITE}', {episodes} episodes per task) + expert + language check",
+        ev / "language.json",
+    ):
         from vla.bench.learn import goal_error, language_check, reliance_probe
 
         factory = functools.partial(load_policy, str(ckpt))
         factory.name = "pi0-tiny"  # shown in tables and charts
-        pol = evaluate(factory, SUITE, episodes=episodes, workers=workers, json_out=ev / "policy.json",
-                       videos=ev / "videos", num_videos=2)
+        pol = evaluate(
+            factory,
+            SUITE,
+            episodes=episodes,
+            workers=workers,
+            json_out=ev / "policy.json",
+            videos=ev / "videos",
+            num_videos=2,
+        )
         log.info(format_results(pol))
         exp = evaluate("expert", SUITE, episodes=episodes, workers=workers, json_out=ev / "expert.json")
         log.info(format_results(exp))
@@ -129,11 +154,15 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
     pol = json.loads((ev / "policy.json").read_text())
     exp = json.loads((ev / "expert.json").read_text())
     lang = json.loads((ev / "language.json").read_text())
-    log.info(f"    policy success {pol['overall']['success_rate']:.0%}, expert {exp['overall']['success_rate']:.0%}; "
-             f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})")
+    log.info(
+        f"    policy success {pol['overall']['success_rate']:.0%}, expert {exp['overall']['success_rate']:.0%}; "
+        f"language check: {lang['normal']:.0%} -> {lang['shuffled']:.0%} shuffled ({lang['verdict']})"
+    )
 
     deploy = out / "deploy" / "quickstart.json"
-    if step(f"deploy: vla serve + vla sim-robot + vla run (arm7 reach-goal, 50 Hz, rtc) for {deploy_seconds:.0f} s", deploy):
+    if step(
+        f"deploy: vla serve + vla sim-robot + vla run (arm7 reach-goal, 50 Hz, rtc) for {deploy_seconds:.0f} s", deploy
+    ):
         _json(deploy, _deploy(ckpt, out / "deploy", deploy_seconds))
     d = json.loads(deploy.read_text())
     control, control_png = d["table"], d["histogram"]
@@ -143,17 +172,34 @@ def run_quickstart(out: Path, *, force: bool = False, train_minutes: float = 10.
     step._lap()
     videos = sorted(str(p) for p in (ev / "videos").glob("*.mp4"))
     report = build_report(
-        out / "report.html", title="vla quickstart",
-        facts={"machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
-               "python": platform.python_version(),
-               "time per step": ", ".join(f"{k} {v:.0f} s" for k, v in step.times.items()) or "-",
-               "total": f"{step.total:.0f} s"},
-        dataset=dataset, contact_sheet=str(out / "contact_sheet.png"), training=training,
-        loss_png=str(ckpt / "loss.png"), eval_policy=pol, eval_expert=exp, eval_chart=pol.get("chart"),
-        videos=_pick_videos(videos), language=lang, control=control, control_png=control_png)
+        out / "report.html",
+        title="vla quickstart",
+        facts={
+            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+            "python": platform.python_version(),
+            "time per step": ", ".join(f"{k} {v:.0f} s" for k, v in step.times.items()) or "-",
+            "total": f"{step.total:.0f} s",
+        },
+        dataset=dataset,
+        contact_sheet=str(out / "contact_sheet.png"),
+        training=training,
+        loss_png=str(ckpt / "loss.png"),
+        eval_policy=pol,
+        eval_expert=exp,
+        eval_chart=pol.get("chart"),
+        videos=_pick_videos(videos),
+        language=lang,
+        control=control,
+        control_png=control_png,
+    )
     log.info(f"\nquickstart finished in {time.perf_counter() - t0:.0f} s. Report: {report}")
-    return {"report": str(report), "policy": pol["overall"], "expert": exp["overall"], "language": lang,
-            "control": control}
+    return {
+        "report": str(report),
+        "policy": pol["overall"],
+        "expert": exp["overall"],
+        "language": lang,
+        "control": control,
+    }
 
 
 def _pick_videos(videos: list[str]) -> list[str]:
@@ -176,14 +222,18 @@ def _deploy(ckpt: Path, out: Path, seconds: float):
     from vla.runtime.run import run_deployment
 
     # Episodes (5 s of reach each) restart until the duration is up: the run lasts `seconds`.
-    overrides = {"policy": {"checkpoint": str(ckpt)}, "control": {"duration_s": seconds, "episodes": 1000},
-                 "record": {"out": str(out)}}
+    overrides = {
+        "policy": {"checkpoint": str(ckpt)},
+        "control": {"duration_s": seconds, "episodes": 1000},
+        "record": {"out": str(out)},
+    }
     cfg = load_launch("arm7-reach-sim", overrides)
     summary = run_deployment("arm7-reach-sim", out=out, status=True, overrides=overrides)
     t = {k: summary.get(k) for k in ("ticks", "deadline_misses", "held_ticks", "chunk_switches", "max_boundary_jump")}
     table = {
         "loop": f"{cfg.control.hz:g} Hz, mode {cfg.chunking.mode}, {seconds:.0f} s",
-        "ticks": t["ticks"], "deadline misses": t["deadline_misses"],
+        "ticks": t["ticks"],
+        "deadline misses": t["deadline_misses"],
         "tick period p50 / p99 / max (ms)": "{p50} / {p99} / {max}".format(**summary["period_ms"]),
         "jitter p99 (ms)": summary["jitter_ms"]["p99"],
         "inference latency p50 / p99 (ms)": "{p50} / {p99}".format(**summary["inference"]["latency_ms"]),
@@ -191,7 +241,8 @@ def _deploy(ckpt: Path, out: Path, seconds: float):
         "watchdog holds": (summary.get("safety") or {}).get("watchdog_hold", 0),
         "safety interventions": _by_kind(summary.get("safety") or {}),
         "episodes that reached the target": "{} of {}".format(
-            summary.get("successes", 0), sum(e.get("success") is not None for e in summary.get("episodes", []))),
+            summary.get("successes", 0), sum(e.get("success") is not None for e in summary.get("episodes", []))
+        ),
         "max action change per tick": summary.get("max_action_change"),
     }
     return {"table": table, "histogram": summary["files"]["histogram_png"], "summary": summary}

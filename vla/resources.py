@@ -58,12 +58,16 @@ def content_dir(folder: str) -> Path:
         raise ValueError(f"content folder must be one of {list(FOLDERS)} or a sub-folder of one, got {folder!r}")
     root = importlib.resources.files("vla") / "content"
     if not isinstance(root, Path):  # e.g. imported from a zip: MuJoCo and the loaders need real files
-        raise SpecError(f"vla's built-in content is not on the file system ({root!r}); install vla from a "
-                        "wheel or a source checkout")
+        raise SpecError(
+            f"vla's built-in content is not on the file system ({root!r}); install vla from a "
+            "wheel or a source checkout"
+        )
     d = root.joinpath(*parts)
     if not d.is_dir():
-        raise SpecError(f"vla's built-in content folder {folder!r} is missing ({d}); the installation is "
-                        "incomplete: reinstall vla (a source checkout needs the symlinks in vla/content/)")
+        raise SpecError(
+            f"vla's built-in content folder {folder!r} is missing ({d}); the installation is "
+            "incomplete: reinstall vla (a source checkout needs the symlinks in vla/content/)"
+        )
     return d.resolve()  # through the symlinks of a source checkout, so messages show envs/..., policies/...
 
 
@@ -96,8 +100,10 @@ def resolve_toml(name_or_path: str | Path, kind: str) -> Path:
     candidate = content_dir(k.folder) / f"{p}.toml"
     if candidate.is_file():
         return candidate
-    raise SpecError(f"unknown {k.noun} {str(name_or_path)!r}; valid {k.plural} are {builtin_names(kind)} "
-                    f"({k.noun} not found: pass one of these names or a path to a .toml file)")
+    raise SpecError(
+        f"unknown {k.noun} {str(name_or_path)!r}; valid {k.plural} are {builtin_names(kind)} "
+        f"({k.noun} not found: pass one of these names or a path to a .toml file)"
+    )
 
 
 def load_toml(name_or_path: str | Path, kind: str) -> tuple[dict, Path]:

@@ -102,7 +102,9 @@ class Embodiment:
         if not self.state or not self.actions:
             raise SpecError(f"embodiment {self.name!r}: needs at least one state and one action dim")
         if self.action_mode not in ACTION_MODES:
-            raise SpecError(f"embodiment {self.name!r}: action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}")
+            raise SpecError(
+                f"embodiment {self.name!r}: action_mode must be one of {ACTION_MODES}, got {self.action_mode!r}"
+            )
         if self.control_hz <= 0:
             raise SpecError(f"embodiment {self.name!r}: control_hz must be > 0, got {self.control_hz}")
         for what, items in (("state", self.state), ("action", self.actions), ("camera", self.cameras)):
@@ -142,7 +144,18 @@ class Embodiment:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Embodiment":
-        known = {"name", "state", "actions", "action", "cameras", "camera", "control_hz", "action_mode", "gripper", "description"}
+        known = {
+            "name",
+            "state",
+            "actions",
+            "action",
+            "cameras",
+            "camera",
+            "control_hz",
+            "action_mode",
+            "gripper",
+            "description",
+        }
         unknown = set(d) - known
         if unknown:
             raise SpecError(f"embodiment: unknown keys {sorted(unknown)}; expected some of {sorted(known)}")

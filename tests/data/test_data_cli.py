@@ -18,16 +18,31 @@ def test_edit_commands_and_codec_in_info(tmp_path):
     r = runner.invoke(app, ["data", "info", str(tmp_path / "s"), "--no-sheet"])
     assert r.exit_code == 0, r.output
     assert "codec lossless" in r.output and "codec jpeg:80" in r.output
-    r = runner.invoke(app, ["data", "keep", str(tmp_path / "s"), str(tmp_path / "k"), "--success", "yes",
-                            "--task", "do 0", "--task", "do 2"])
+    r = runner.invoke(
+        app,
+        [
+            "data",
+            "keep",
+            str(tmp_path / "s"),
+            str(tmp_path / "k"),
+            "--success",
+            "yes",
+            "--task",
+            "do 0",
+            "--task",
+            "do 2",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert [i.index for i in EpisodeStore.open(tmp_path / "k").infos()] == [0, 1]  # source episodes 0 and 2
     r = runner.invoke(app, ["data", "delete", str(tmp_path / "s"), str(tmp_path / "d"), "--episodes", "0-1,4"])
     assert r.exit_code == 0 and EpisodeStore.open(tmp_path / "d").num_episodes == 2
     r = runner.invoke(app, ["data", "merge", str(tmp_path / "m"), str(tmp_path / "k"), str(tmp_path / "d")])
     assert r.exit_code == 0 and EpisodeStore.open(tmp_path / "m").num_episodes == 4
-    r = runner.invoke(app, ["data", "split", str(tmp_path / "m"), str(tmp_path / "tr"), str(tmp_path / "va"),
-                            "--val-fraction", "0.25"])
+    r = runner.invoke(
+        app,
+        ["data", "split", str(tmp_path / "m"), str(tmp_path / "tr"), str(tmp_path / "va"), "--val-fraction", "0.25"],
+    )
     assert r.exit_code == 0 and EpisodeStore.open(tmp_path / "va").num_episodes == 1
     r = runner.invoke(app, ["data", "migrate", str(tmp_path / "s"), str(tmp_path / "j"), "--codec", "jpeg:90"])
     assert r.exit_code == 0, r.output

@@ -16,8 +16,7 @@ RNG = np.random.default_rng(0)
 def _stats(dim, names=("mean", "std", "min", "max", "q01", "q99")):
     lo = RNG.uniform(-3, -1, dim).astype(np.float32)
     hi = RNG.uniform(1, 3, dim).astype(np.float32)
-    full = {"min": lo, "max": hi, "q01": lo * 0.9, "q99": hi * 0.9,
-            "mean": (lo + hi) / 2 + 0.1, "std": (hi - lo) / 5}
+    full = {"min": lo, "max": hi, "q01": lo * 0.9, "q99": hi * 0.9, "mean": (lo + hi) / 2 + 0.1, "std": (hi - lo) / 5}
     return {k: full[k] for k in names}
 
 
@@ -31,8 +30,10 @@ def _write_lerobot(d, tensors, *, index=2, extra_steps=None, state_file=True):
         {"registry_name": "device_processor", "config": {"device": "cpu"}},
     ][:index]
     name = f"policy_preprocessor_step_{index}_normalizer_processor.safetensors"
-    norm = {"registry_name": "normalizer_processor",
-            "config": {"eps": 1e-8, "features": {}, "norm_map": {"STATE": "MEAN_STD", "ACTION": "MEAN_STD"}}}
+    norm = {
+        "registry_name": "normalizer_processor",
+        "config": {"eps": 1e-8, "features": {}, "norm_map": {"STATE": "MEAN_STD", "ACTION": "MEAN_STD"}},
+    }
     if state_file:
         norm["state_file"] = name
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(d / name))
@@ -48,8 +49,9 @@ def _flat(feature, stats):
 
 def _write_openpi(path, entries):
     path.parent.mkdir(parents=True, exist_ok=True)
-    as_json = {name: {k: (None if v is None else np.asarray(v).tolist()) for k, v in s.items()}
-               for name, s in entries.items()}
+    as_json = {
+        name: {k: (None if v is None else np.asarray(v).tolist()) for k, v in s.items()} for name, s in entries.items()
+    }
     path.write_text(json.dumps({"norm_stats": as_json}, indent=2))
     return path
 
@@ -68,8 +70,13 @@ def _check(ks: KeyStats, want: dict, dim: int):
 def test_lerobot_normalizer_not_first_with_image_key(tmp_path):
     s, a = _stats(8), _stats(7)
     img = {"mean": np.zeros((3, 1, 1), np.float32), "std": np.ones((3, 1, 1), np.float32)}
-    tensors = {**_flat("observation.state", s), **_flat("action", a), **_flat("observation.images.top", img),
-               "observation.state.count": np.array([1234], np.int64), "action.q10": a["q01"]}
+    tensors = {
+        **_flat("observation.state", s),
+        **_flat("action", a),
+        **_flat("observation.images.top", img),
+        "observation.state.count": np.array([1234], np.int64),
+        "action.q10": a["q01"],
+    }
     d = _write_lerobot(tmp_path / "ckpt", tensors, index=2)
     stats = read_lerobot_stats(d)
     assert set(stats) == {STATE, ACTION}
@@ -115,7 +122,8 @@ def test_lerobot_none_when_absent(tmp_path):
     # a pipeline without a normalizer, and a normalizer saved without stats
     (tmp_path / "a").mkdir()
     (tmp_path / "a" / "policy_preprocessor.json").write_text(
-        json.dumps({"name": "policy_preprocessor", "steps": [{"registry_name": "device_processor", "config": {}}]}))
+        json.dumps({"name": "policy_preprocessor", "steps": [{"registry_name": "device_processor", "config": {}}]})
+    )
     assert read_lerobot_stats(tmp_path / "a") is None
     assert read_lerobot_stats(_write_lerobot(tmp_path / "b", {}, state_file=False)) is None
 
@@ -165,8 +173,10 @@ def test_lerobot_no_usable_stats_names_file_and_key(tmp_path):
 
 def test_openpi_three_path_forms(tmp_path):
     s, a = _stats(8, ("mean", "std", "q01", "q99")), _stats(7, ("mean", "std", "q01", "q99"))
-    f = _write_openpi(tmp_path / "ckpt" / "assets" / "physical-intelligence" / "libero" / "norm_stats.json",
-                      {"state": s, "actions": a})
+    f = _write_openpi(
+        tmp_path / "ckpt" / "assets" / "physical-intelligence" / "libero" / "norm_stats.json",
+        {"state": s, "actions": a},
+    )
     for path in (f, f.parent, tmp_path / "ckpt"):
         stats = read_openpi_stats(path)
         _check(stats[STATE], s, 8)

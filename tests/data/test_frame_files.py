@@ -101,7 +101,7 @@ def test_uncommitted_frames_are_cut_off_and_a_reader_never_sees_them(tmp_path):
     fill(store, emb, 1, 5, start_ep=1)
     s = EpisodeStore.open(tmp_path / "s")
     assert (s.episode(1)[image_key("front")][..., 0] == 1).all()
-    idx = np.frombuffer(shard.read_bytes()[:16 * SHARD_FRAMES], "<u8").reshape(-1, 2)
+    idx = np.frombuffer(shard.read_bytes()[: 16 * SHARD_FRAMES], "<u8").reshape(-1, 2)
     assert (idx[15:] == 2**64 - 1).all()  # no entries past the committed frames
 
 
@@ -137,8 +137,8 @@ def test_corrupt_frame_in_a_worker_names_camera_and_frame(tmp_path):
     fill_photos(store, emb, 1, 8)
     shard = tmp_path / "s" / "tiny" / "observation" / "images" / "front" / "c.0.0.0.0"
     raw = bytearray(shard.read_bytes())
-    off, n = (int(x) for x in np.frombuffer(bytes(raw[16 * 6:16 * 7]), "<u8"))
-    raw[off + 2:off + n] = b"\x00" * (n - 2)
+    off, n = (int(x) for x in np.frombuffer(bytes(raw[16 * 6 : 16 * 7]), "<u8"))
+    raw[off + 2 : off + n] = b"\x00" * (n - 2)
     shard.write_bytes(bytes(raw))
     ds = WindowDataset(store.path, 2)
     dl = DataLoader(ds, batch_size=1, num_workers=2, collate_fn=collate_windows)
@@ -170,13 +170,25 @@ def _write_v1_store(path, emb, episodes, length):
     eg.create_array(ACTION, data=np.stack([f[ACTION] for f in frames]), chunks=(4096, emb.action_dim))
     eg.create_array("timestamp", data=np.arange(n, dtype=np.float32), chunks=(4096,))
     for cam in emb.cameras:
-        a = eg.create_array(image_key(cam.name), shape=(n, *cam.shape), chunks=(1, *cam.shape), dtype="uint8",
-                            compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)],
-                            chunk_key_encoding={"name": "default", "separator": "."},
-                            config={"write_empty_chunks": True})
+        a = eg.create_array(
+            image_key(cam.name),
+            shape=(n, *cam.shape),
+            chunks=(1, *cam.shape),
+            dtype="uint8",
+            compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)],
+            chunk_key_encoding={"name": "default", "separator": "."},
+            config={"write_empty_chunks": True},
+        )
         a[:] = np.stack([f[image_key(cam.name)] for f in frames])
-    g.attrs.put({"format": "vla-episode-store", "version": 1, "embodiments": {emb.name: emb.to_dict()},
-                 "num_episodes": episodes, "num_frames": n})
+    g.attrs.put(
+        {
+            "format": "vla-episode-store",
+            "version": 1,
+            "embodiments": {emb.name: emb.to_dict()},
+            "num_episodes": episodes,
+            "num_frames": n,
+        }
+    )
 
 
 def test_version_1_store_opens_read_only_and_migrates(tmp_path, emb):
@@ -229,4 +241,6 @@ def test_lerobot_video_import_is_jpeg_and_close_to_the_video(tmp_path):
     got = back.frames("tiny", "front").read(range(12))
     assert psnr(got, decoded) > 35
     r = import_lerobot(tmp_path / "lr", tmp_path / "back2", progress=False, codec="lossless")
-    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "back2").frames("tiny", "front").read(range(12)), decoded)
+    np.testing.assert_array_equal(
+        EpisodeStore.open(tmp_path / "back2").frames("tiny", "front").read(range(12)), decoded
+    )

@@ -96,8 +96,16 @@ def test_export_layout_matches_lerobot_written_fixture(tmp_path):
     assert our_files == ref_files
     ri, oi = (json.loads((d / "meta" / "info.json").read_text()) for d in (ref, ours))
     assert set(oi) == set(ri)
-    for k in ("codebase_version", "fps", "total_episodes", "total_frames", "total_tasks", "data_path", "video_path",
-              "robot_type"):
+    for k in (
+        "codebase_version",
+        "fps",
+        "total_episodes",
+        "total_frames",
+        "total_tasks",
+        "data_path",
+        "video_path",
+        "robot_type",
+    ):
         assert oi[k] == ri[k], k
     assert oi["features"].keys() == ri["features"].keys()
     for k, f in ri["features"].items():
@@ -108,8 +116,15 @@ def test_export_layout_matches_lerobot_written_fixture(tmp_path):
     ref_ep = pq.read_table(ref / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
     our_ep = pq.read_table(ours / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
     for r, o in zip(ref_ep, our_ep):
-        for k in ("episode_index", "tasks", "length", "dataset_from_index", "dataset_to_index",
-                  "videos/observation.images.front/from_timestamp", "videos/observation.images.front/to_timestamp"):
+        for k in (
+            "episode_index",
+            "tasks",
+            "length",
+            "dataset_from_index",
+            "dataset_to_index",
+            "videos/observation.images.front/from_timestamp",
+            "videos/observation.images.front/to_timestamp",
+        ):
             assert o[k] == pytest.approx(r[k]), k
         np.testing.assert_allclose(o["stats/observation.state/mean"], r["stats/observation.state/mean"], atol=1e-5)
     rs, os_ = (json.loads((d / "meta" / "stats.json").read_text()) for d in (ref, ours))
@@ -120,8 +135,10 @@ def test_export_layout_matches_lerobot_written_fixture(tmp_path):
     for d in (ref, ours):
         pandas_meta = json.loads(pq.read_metadata(d / "meta/tasks.parquet").metadata[b"pandas"])
         assert pandas_meta["index_columns"] == ["__index_level_0__"]
-    assert pq.read_table(ours / "meta/tasks.parquet").column("__index_level_0__").to_pylist() == \
-        pq.read_table(ref / "meta/tasks.parquet").column("__index_level_0__").to_pylist()
+    assert (
+        pq.read_table(ours / "meta/tasks.parquet").column("__index_level_0__").to_pylist()
+        == pq.read_table(ref / "meta/tasks.parquet").column("__index_level_0__").to_pylist()
+    )
 
 
 def test_import_bad_input(tmp_path):
@@ -144,6 +161,7 @@ def test_import_bad_input(tmp_path):
     t = pq.read_table(f).to_pydict()
     t["action"][3][2] = float("nan")
     import pyarrow as pa
+
     pq.write_table(pa.Table.from_pydict(t, schema=pq.read_schema(f)), f)
     with pytest.raises(FrameError, match="episode 1.*frame 3, key 'action': non-finite"):
         import_lerobot(bad, tmp_path / "x", progress=False)

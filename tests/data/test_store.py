@@ -45,7 +45,7 @@ def test_write_and_read_back_exactly(tmp_path, emb):
     np.testing.assert_allclose(ts, np.arange(10) / emb.control_hz, rtol=1e-6)
     # Images are ordinary zarr arrays: zarr's own reader agrees with ours.
     z = zarr.open_group(str(tmp_path / "s"), mode="r")[f"{emb.name}/observation/images/front"]
-    np.testing.assert_array_equal(z[s.info(2).start:s.info(2).end], s.episode(2)[image_key("front")])
+    np.testing.assert_array_equal(z[s.info(2).start : s.info(2).end], s.episode(2)[image_key("front")])
     with pytest.raises(IndexError, match="out of range"):
         s.episode(5)
 
@@ -166,11 +166,11 @@ def test_corrupt_or_missing_frame_is_reported(tmp_path, codec):
     shard = tmp_path / "s" / emb.name / "observation" / "images" / "front" / "c.0.0.0.0"
     raw = bytearray(shard.read_bytes())
     off, n = (int(x) for x in np.frombuffer(bytes(raw[16:32]), "<u8"))  # frame 1's index entry
-    raw[off:off + n] = b"\x07" * n
+    raw[off : off + n] = b"\x07" * n
     shard.write_bytes(bytes(raw))
     with pytest.raises(CorruptFrameError, match="camera 'front' frame 1: corrupt"):
         EpisodeStore.open(tmp_path / "s").episode(0)
-    shard.write_bytes(bytes(raw[:off + 2]))
+    shard.write_bytes(bytes(raw[: off + 2]))
     with pytest.raises(CorruptFrameError, match="camera 'front' frame 1: truncated"):
         EpisodeStore.open(tmp_path / "s").episode(0)
     shard.unlink()
@@ -226,7 +226,9 @@ def test_sigkill_mid_write_loses_at_most_the_open_episode(tmp_path):
     rng = np.random.default_rng(0)
     committed = 0
     for _attempt in range(4):
-        proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+        )
         assert proc.stdout.readline().strip() == "ready", proc.stderr.read()
         time.sleep(float(rng.uniform(0.2, 0.6)))
         proc.send_signal(signal.SIGKILL)

@@ -265,8 +265,11 @@ def joint_forward(w, geom: Geometry, prefix, suffix, mask, positions, cond=None)
             out = _lin(w, layer + "self_attn.o_proj", attn[s])
             x = x + out if gates[s] is None else x + gates[s] * out  # [gemma: _gated_residual]
             h, gate = rms_norm(w, layer + "post_attention_layernorm", x, c)
-            mlp = _lin(w, layer + "mlp.down_proj",
-                       _gelu(_lin(w, layer + "mlp.gate_proj", h)) * _lin(w, layer + "mlp.up_proj", h))
+            mlp = _lin(
+                w,
+                layer + "mlp.down_proj",
+                _gelu(_lin(w, layer + "mlp.gate_proj", h)) * _lin(w, layer + "mlp.up_proj", h),
+            )
             streams[s][1] = x + mlp if gate is None else x + gate * mlp
     return tuple(rms_norm(w, base + "norm", x, c)[0] for base, x, c in streams)  # final norms, gate unused
 

@@ -16,14 +16,28 @@ from vla.model.backbones.qwen_vl import patchify
 from vla.spec import SpecError
 
 V = 120  # vocabulary of the tiny models; the image placeholder id is V - 1
-EXTRA = {"paligemma": {}, "smolvlm": dict(token_merge=2, rope_theta=1e5), "qwen2_5_vl": dict(token_merge=2, rope_theta=1e6),
-         "qwen3_vl": dict(token_merge=2, deepstack=(0, 1)),
-         "qwen3_vl_moe": dict(token_merge=2, deepstack=(0,), moe_experts=4, moe_top_k=2, moe_mlp=32)}
+EXTRA = {
+    "paligemma": {},
+    "smolvlm": dict(token_merge=2, rope_theta=1e5),
+    "qwen2_5_vl": dict(token_merge=2, rope_theta=1e6),
+    "qwen3_vl": dict(token_merge=2, deepstack=(0, 1)),
+    "qwen3_vl_moe": dict(token_merge=2, deepstack=(0,), moe_experts=4, moe_top_k=2, moe_mlp=32),
+}
 
 
 def tiny(family: str, **kw) -> BackboneConfig:
-    d = dict(family=family, image_size=32, patch_size=8, vision_width=32, vision_depth=2, vision_heads=2, vision_mlp=64,
-             text=GemmaSize(width=64, depth=3, mlp=96, heads=4, kv_heads=2, head_dim=16), vocab_size=V, **EXTRA[family])
+    d = dict(
+        family=family,
+        image_size=32,
+        patch_size=8,
+        vision_width=32,
+        vision_depth=2,
+        vision_heads=2,
+        vision_mlp=64,
+        text=GemmaSize(width=64, depth=3, mlp=96, heads=4, kv_heads=2, head_dim=16),
+        vocab_size=V,
+        **EXTRA[family],
+    )
     d.update(kw)
     return BackboneConfig(**d)
 
@@ -31,12 +45,23 @@ def tiny(family: str, **kw) -> BackboneConfig:
 def hf_model(cfg: BackboneConfig):
     """A transformers ForConditionalGeneration of the family at cfg's sizes (random weights)."""
     if cfg.family == "paligemma":
-        vis = SiglipVisionConfig(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                                 num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
-                                 image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False)
-        c = PaliGemmaConfig(vision_config=vis.to_dict(), text_config=cfg.text.gemma_config(V).to_dict(),
-                            image_token_index=V - 1, projection_dim=cfg.text.width, hidden_size=cfg.text.width,
-                            vocab_size=V)
+        vis = SiglipVisionConfig(
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_hidden_layers=cfg.vision_depth,
+            num_attention_heads=cfg.vision_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            vision_use_head=False,
+        )
+        c = PaliGemmaConfig(
+            vision_config=vis.to_dict(),
+            text_config=cfg.text.gemma_config(V).to_dict(),
+            image_token_index=V - 1,
+            projection_dim=cfg.text.width,
+            hidden_size=cfg.text.width,
+            vocab_size=V,
+        )
         return PaliGemmaForConditionalGeneration(c).eval()
     adapter = BACKBONES[cfg.family](cfg, V)
     full_cls = PaliGemmaForConditionalGeneration
@@ -58,8 +83,9 @@ def hf_inputs(hf, family: str, images: torch.Tensor, ids: torch.Tensor, per: int
         feats = core.get_image_features(pix).pooler_output
         # transformers' PaliGemma counts positions from 1 by default; pi0 (openpi, and vla) from 0
         pos = torch.arange(input_ids.shape[1])[None].expand(b, -1)
-        return dict(input_ids=input_ids, pixel_values=pix, token_type_ids=torch.zeros_like(input_ids),
-                    position_ids=pos), feats
+        return dict(
+            input_ids=input_ids, pixel_values=pix, token_type_ids=torch.zeros_like(input_ids), position_ids=pos
+        ), feats
     if family == "smolvlm":
         return dict(input_ids=input_ids, pixel_values=images), torch.cat(core.get_image_features(images).pooler_output)
     # Qwen-VL: the image processor's patches; positions from the model's own get_vision_position_ids, the
@@ -76,8 +102,13 @@ def hf_inputs(hf, family: str, images: torch.Tensor, ids: torch.Tensor, per: int
     blocks.append(torch.arange(ids.shape[1]).view(1, -1).expand(3, -1) + start)
     pos = torch.cat(blocks, 1)[:, None].expand(3, b, -1)
     feats = torch.cat(core.get_image_features(pix, grid).pooler_output)
-    return dict(input_ids=input_ids, pixel_values=pix, image_grid_thw=grid, position_ids=pos,
-                mm_token_type_ids=(input_ids == img_id).int()), feats
+    return dict(
+        input_ids=input_ids,
+        pixel_values=pix,
+        image_grid_thw=grid,
+        position_ids=pos,
+        mm_token_type_ids=(input_ids == img_id).int(),
+    ), feats
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -101,9 +132,19 @@ def test_adapter_equals_transformers_forward(family, tmp_path):
             assert torch.equal(p.positions, kw["position_ids"])
         out = hf.model(**kw, use_cache=True)
         # PaliGemma's prefix is bidirectional (token_type_ids 0), the others' causal: the same mask here.
-        ar = torch.zeros_like(p.valid, dtype=torch.long) if family == "paligemma" else torch.ones_like(p.valid, dtype=torch.long)
-        (h,), kv = joint_forward([ad.language_model], [p.embeds], make_attn_mask(p.valid, ar), p.positions, keep_kv=True,
-                                 layer_adds=p.layer_adds)
+        ar = (
+            torch.zeros_like(p.valid, dtype=torch.long)
+            if family == "paligemma"
+            else torch.ones_like(p.valid, dtype=torch.long)
+        )
+        (h,), kv = joint_forward(
+            [ad.language_model],
+            [p.embeds],
+            make_attn_mask(p.valid, ar),
+            p.positions,
+            keep_kv=True,
+            layer_adds=p.layer_adds,
+        )
     cache = out.cache if hasattr(out, "cache") else out.past_key_values
     assert len(kv) == cfg.text.depth
     for li, (k, v) in enumerate(kv):
@@ -112,7 +153,9 @@ def test_adapter_equals_transformers_forward(family, tmp_path):
     torch.testing.assert_close(h, out.last_hidden_state, rtol=0, atol=1e-5)
     if family.startswith("qwen3_vl"):  # DeepStack reaches the decoder: without it layer 1 differs
         with torch.no_grad():
-            _, kv0 = joint_forward([ad.language_model], [p.embeds], make_attn_mask(p.valid, ar), p.positions, keep_kv=True)
+            _, kv0 = joint_forward(
+                [ad.language_model], [p.embeds], make_attn_mask(p.valid, ar), p.positions, keep_kv=True
+            )
         assert not torch.allclose(kv0[1][0], kv[1][0])
 
 
@@ -124,7 +167,9 @@ def test_pretrained_dir_keeps_the_first_layers_and_checks_sizes(tmp_path):
     hf.save_pretrained(tmp_path)
     ad = Backbone(replace(cfg, pretrained=str(tmp_path), text=replace(cfg.text, depth=2)), V)
     assert len(ad.language_model.layers) == 2
-    torch.testing.assert_close(ad.language_model.layers[1].mlp.up_proj.weight, hf.model.text_model.layers[1].mlp.up_proj.weight)
+    torch.testing.assert_close(
+        ad.language_model.layers[1].mlp.up_proj.weight, hf.model.text_model.layers[1].mlp.up_proj.weight
+    )
     with pytest.raises(SpecError, match="4 .*decoder layers|decoder layers, the preset uses 4"):
         Backbone(replace(cfg, pretrained=str(tmp_path), text=replace(cfg.text, depth=4)), V)
     with pytest.raises(SpecError, match=r"decoder \{'width': 64.*!= preset \{'width': 32"):
@@ -140,7 +185,9 @@ def test_pretrained_dir_keeps_the_first_layers_and_checks_sizes(tmp_path):
 def test_a_dir_of_another_family_is_refused_naming_it(tmp_path):
     (tmp_path / "llava").mkdir()
     (tmp_path / "llava" / "config.json").write_text(json.dumps({"model_type": "llava"}))
-    with pytest.raises(SpecError, match=r"holds a 'llava' model; supported backbone families: \['paligemma', 'smolvlm'"):
+    with pytest.raises(
+        SpecError, match=r"holds a 'llava' model; supported backbone families: \['paligemma', 'smolvlm'"
+    ):
         Backbone(tiny("smolvlm", pretrained=str(tmp_path / "llava")), V)
     hf_model(tiny("smolvlm")).save_pretrained(tmp_path / "smol")
     with pytest.raises(SpecError, match="holds a 'smolvlm' model but the preset's backbone.family is 'qwen2_5_vl'"):
@@ -168,7 +215,9 @@ def test_multimodal_positions_skip_a_missing_camera():
     """A missing camera takes no positions: the next block (and the text) start where it would have."""
     ad = Backbone(tiny("qwen2_5_vl"), V)
     g = 2  # 4 x 4 patches, merged 2 x 2
-    pos, nxt = ad.prefix_positions(torch.tensor([[True, True], [False, True]]), g * g, torch.ones(2, 3, dtype=torch.bool))
+    pos, nxt = ad.prefix_positions(
+        torch.tensor([[True, True], [False, True]]), g * g, torch.ones(2, 3, dtype=torch.bool)
+    )
     assert pos[:, 0, 4:8].tolist() == [[2, 2, 2, 2], [2, 2, 3, 3], [2, 3, 2, 3]]  # camera 2 of row 0 starts at g
     assert pos[:, 1, 4:8].tolist() == [[0, 0, 0, 0], [0, 0, 1, 1], [0, 1, 0, 1]]  # row 1: it is the first
     assert pos[0, :, 8:].tolist() == [[4, 5, 6], [2, 3, 4]] and nxt.tolist() == [7, 5]

@@ -47,16 +47,38 @@ head_dim = 16
 
 def tiny_pi0_reference(seed: int = 0) -> PI0ForConditionalGeneration:
     cfg = PI0Config(
-        vlm_config={"text_config": {"hidden_size": 64, "num_hidden_layers": 2, "intermediate_size": 96,
-                                    "num_attention_heads": 2, "num_key_value_heads": 1, "head_dim": 16,
-                                    "vocab_size": VOCAB},
-                    "vision_config": {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1,
-                                      "num_attention_heads": 2, "patch_size": PATCH, "image_size": IMAGE,
-                                      "vision_use_head": False},
-                    "projection_dim": 64, "image_token_id": IMAGE_TOKEN},
-        dit_config={"hidden_size": 32, "num_hidden_layers": 2, "intermediate_size": 48, "num_attention_heads": 2,
-                    "num_key_value_heads": 1, "head_dim": 16},
-        chunk_size=H)
+        vlm_config={
+            "text_config": {
+                "hidden_size": 64,
+                "num_hidden_layers": 2,
+                "intermediate_size": 96,
+                "num_attention_heads": 2,
+                "num_key_value_heads": 1,
+                "head_dim": 16,
+                "vocab_size": VOCAB,
+            },
+            "vision_config": {
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 1,
+                "num_attention_heads": 2,
+                "patch_size": PATCH,
+                "image_size": IMAGE,
+                "vision_use_head": False,
+            },
+            "projection_dim": 64,
+            "image_token_id": IMAGE_TOKEN,
+        },
+        dit_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 2,
+            "intermediate_size": 48,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "head_dim": 16,
+        },
+        chunk_size=H,
+    )
     torch.manual_seed(seed)
     m = PI0ForConditionalGeneration(cfg).eval()
     with torch.no_grad():  # weights large enough that every path matters numerically
@@ -70,17 +92,17 @@ def lerobot_layout(m: PI0ForConditionalGeneration, prefix: str = "") -> dict:
     out = {}
     for k, v in m.state_dict().items():
         if k.startswith("model.vlm.vision_tower."):
-            k = "paligemma_with_expert.paligemma.model.vision_tower.vision_model." + k[len("model.vlm.vision_tower."):]
+            k = "paligemma_with_expert.paligemma.model.vision_tower.vision_model." + k[len("model.vlm.vision_tower.") :]
         elif k == "model.vlm.language_model.embed_tokens.weight":
             k = "paligemma_with_expert.paligemma.lm_head.weight"
         elif k.startswith("model.vlm."):
-            k = "paligemma_with_expert.paligemma.model." + k[len("model.vlm."):]
+            k = "paligemma_with_expert.paligemma.model." + k[len("model.vlm.") :]
         elif k == "model.dit.embed_tokens.weight":
             k = "paligemma_with_expert.gemma_expert.lm_head.weight"
         elif k.startswith("model.dit."):
-            k = "paligemma_with_expert.gemma_expert.model." + k[len("model.dit."):]
+            k = "paligemma_with_expert.gemma_expert.model." + k[len("model.dit.") :]
         elif k.startswith("embed_action_time."):
-            k = k[len("embed_action_time."):]
+            k = k[len("embed_action_time.") :]
         out[prefix + k] = v.detach().clone().contiguous()
     return out
 
@@ -96,14 +118,25 @@ def batches(seed: int = 1):
     tokens = torch.randint(4, VOCAB - 1, (b, lt), generator=g)
     token_mask = torch.arange(lt)[None] < torch.tensor(n_text)[:, None]
     state = torch.randn(b, 32, generator=g)
-    vla = {"images": images, "image_mask": image_mask, "tokens": tokens * token_mask, "token_mask": token_mask,
-           "state": state, "embodiment": ["openpi"] * b}
+    vla = {
+        "images": images,
+        "image_mask": image_mask,
+        "tokens": tokens * token_mask,
+        "token_mask": token_mask,
+        "state": state,
+        "embodiment": ["openpi"] * b,
+    }
     rows = [[IMAGE_TOKEN] * (TPI * int(image_mask[i].sum())) + tokens[i, : n_text[i]].tolist() for i in range(b)]
     width = max(len(r) for r in rows)
     ids = torch.tensor([r + [0] * (width - len(r)) for r in rows])
     attn = torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows])
-    hf = {"state": state, "input_ids": ids, "pixel_values": images, "attention_mask": attn,
-          "pixel_attention_mask": image_mask}
+    hf = {
+        "state": state,
+        "input_ids": ids,
+        "pixel_values": images,
+        "attention_mask": attn,
+        "pixel_attention_mask": image_mask,
+    }
     return vla, hf, torch.randn(b, H, 32, generator=g)
 
 
@@ -162,6 +195,7 @@ def test_converted_checkpoint_without_stats_or_tokenizer_refuses_to_serve_clearl
 
 # ---- bad input ----
 
+
 def _src(root, name, weights, config=None):
     src = root / name
     src.mkdir()
@@ -205,7 +239,9 @@ def test_shape_contradicting_the_preset_names_key_and_shapes(tmp_path, converted
     ref, _, root = converted
     w = lerobot_layout(ref)
     w["action_out_proj.weight"] = torch.zeros(24, 32)
-    with pytest.raises(SpecError, match=r"action_out.linear.weight: shape \[24, 32\] contradicts .* expects \[32, 32\]"):
+    with pytest.raises(
+        SpecError, match=r"action_out.linear.weight: shape \[24, 32\] contradicts .* expects \[32, 32\]"
+    ):
         convert(_src(tmp_path, "shape", w), tmp_path / "out", preset=root / "tiny.toml")
     assert not (tmp_path / "out").exists()
 
@@ -238,8 +274,12 @@ def test_sharded_source_converts(tmp_path, converted):
     half = len(keys) // 2
     save_file({k: w[k] for k in keys[:half]}, str(src / "model-00001-of-00002.safetensors"))
     save_file({k: w[k] for k in keys[half:]}, str(src / "model-00002-of-00002.safetensors"))
-    index = {"weight_map": {k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
-                            for i, k in enumerate(keys)}}
+    index = {
+        "weight_map": {
+            k: ("model-00001-of-00002.safetensors" if i < half else "model-00002-of-00002.safetensors")
+            for i, k in enumerate(keys)
+        }
+    }
     (src / "model.safetensors.index.json").write_text(json.dumps(index))
     out = convert(src, tmp_path / "out", preset=root / "tiny.toml")
     a, b = load_file(str(out / "model.safetensors")), load_file(str(outs["hub"] / "model.safetensors"))
@@ -247,6 +287,7 @@ def test_sharded_source_converts(tmp_path, converted):
 
 
 # ---- pi0.5: against the independent reference of the published math (model/pi_reference.py) ----
+
 
 def _pi05_preset(geom) -> str:
     v, t, e = geom.vision, geom.text, geom.expert
@@ -308,14 +349,18 @@ def test_converted_pi05_reproduces_the_reference(converted_pi05, path):
     assert type(model).__name__ == "Pi05Model" and cfg.prompt_format == "pi05"
     g = torch.Generator().manual_seed(5)
     s, lt = geom.vision.image_size, 8
-    batch = {"images": torch.rand(2, 2, 3, s, s, generator=g) * 2 - 1,
-             "image_mask": torch.tensor([[True, True], [False, True]]),
-             "tokens": torch.randint(4, geom.text.vocab_size, (2, lt), generator=g),
-             "token_mask": torch.arange(lt)[None] < torch.tensor([[7], [4]]),
-             "state": torch.randn(2, 32, generator=g), "embodiment": ["openpi", "openpi"]}
+    batch = {
+        "images": torch.rand(2, 2, 3, s, s, generator=g) * 2 - 1,
+        "image_mask": torch.tensor([[True, True], [False, True]]),
+        "tokens": torch.randint(4, geom.text.vocab_size, (2, lt), generator=g),
+        "token_mask": torch.arange(lt)[None] < torch.tensor([[7], [4]]),
+        "state": torch.randn(2, 32, generator=g),
+        "embodiment": ["openpi", "openpi"],
+    }
     noise = torch.randn(2, geom.chunk, 32, generator=g)
-    want = ref.reference_sample(weights, geom, {k: v for k, v in batch.items() if k != "embodiment"}, noise,
-                                num_steps=10).float()
+    want = ref.reference_sample(
+        weights, geom, {k: v for k, v in batch.items() if k != "embodiment"}, noise, num_steps=10
+    ).float()
     if path == "fused":
         model.prepare_for_inference()
     got = model.sample_actions(batch, num_steps=10, noise=noise, use_cache=path != "uncached")
@@ -324,14 +369,21 @@ def test_converted_pi05_reproduces_the_reference(converted_pi05, path):
 
 # ---- export: vla -> transformers PI0 / LeRobot layout ----
 
+
 def _hf_batch(vla: dict, tpi: int, image_token: int):
-    rows = [[image_token] * (tpi * int(vla["image_mask"][i].sum())) + vla["tokens"][i, vla["token_mask"][i]].tolist()
-            for i in range(len(vla["embodiment"]))]
+    rows = [
+        [image_token] * (tpi * int(vla["image_mask"][i].sum())) + vla["tokens"][i, vla["token_mask"][i]].tolist()
+        for i in range(len(vla["embodiment"]))
+    ]
     width = max(len(r) for r in rows)
     state = torch.nn.functional.pad(vla["state"], (0, 32 - vla["state"].shape[1]))
-    return {"state": state, "input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
-            "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
-            "pixel_values": vla["images"], "pixel_attention_mask": vla["image_mask"]}
+    return {
+        "state": state,
+        "input_ids": torch.tensor([r + [0] * (width - len(r)) for r in rows]),
+        "attention_mask": torch.tensor([[1] * len(r) + [0] * (width - len(r)) for r in rows]),
+        "pixel_values": vla["images"],
+        "pixel_attention_mask": vla["image_mask"],
+    }
 
 
 def test_export_loads_in_transformers_with_the_same_actions(converted, tmp_path):
@@ -363,8 +415,10 @@ def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
     from train.conftest import write_preset
 
     stores = []
-    for name, (s, a, cams) in {"armA": (4, 3, (("front", 16, 16), ("wrist", 16, 16))),
-                              "armB": (6, 5, (("front", 20, 16),))}.items():
+    for name, (s, a, cams) in {
+        "armA": (4, 3, (("front", 16, 16), ("wrist", 16, 16))),
+        "armB": (6, 5, (("front", 20, 16),)),
+    }.items():
         emb = tiny_embodiment(name, s=s, a=a, cams=cams)
         store = EpisodeStore.create(tmp_path / name, [emb])
         write_synthetic(store, emb, episodes=2, length=8, seed=len(stores))
@@ -383,8 +437,11 @@ def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
     got = model.sample_actions(batch, noise=noise)
     tpi = (cfg.backbone.image_size // cfg.backbone.patch_size) ** 2
     with torch.no_grad():
-        want = hf.eval().sample_actions(noise=torch.nn.functional.pad(noise, (0, 29)), num_steps=cfg.num_steps,
-                                        **_hf_batch(batch, tpi, hf.config.vlm_config.image_token_id))
+        want = hf.eval().sample_actions(
+            noise=torch.nn.functional.pad(noise, (0, 29)),
+            num_steps=cfg.num_steps,
+            **_hf_batch(batch, tpi, hf.config.vlm_config.image_token_id),
+        )
     assert (got - want[..., :3]).abs().max() <= 1e-4
 
 
@@ -405,21 +462,32 @@ def test_openpi_norm_stats_come_along(tmp_path, converted):
     ref, _, root = converted
     src = _src(tmp_path, "openpi", lerobot_layout(ref))
     (src / "assets" / "trossen").mkdir(parents=True)
-    stats = {"norm_stats": {k: {"mean": [0.1] * 14, "std": [0.5] * 14, "q01": [-1.0] * 14, "q99": [1.2] * 14}
-                            for k in ("state", "actions")}}
+    stats = {
+        "norm_stats": {
+            k: {"mean": [0.1] * 14, "std": [0.5] * 14, "q01": [-1.0] * 14, "q99": [1.2] * 14}
+            for k in ("state", "actions")
+        }
+    }
     (src / "assets" / "trossen" / "norm_stats.json").write_text(json.dumps(stats))
     ck = Checkpoint(convert(src, tmp_path / "out", preset=root / "tiny.toml"))
     (name,) = ck.embodiments
     assert ck.embodiments[name].state_dim == 14 and ck.embodiments[name].action_dim == 14  # sized by the stats
     st = ck.stats()[name]
-    assert st["action"].q99.tolist() == pytest.approx([1.2] * 14) and st["observation/state"].std[0] == pytest.approx(0.5)
+    assert st["action"].q99.tolist() == pytest.approx([1.2] * 14) and st["observation/state"].std[0] == pytest.approx(
+        0.5
+    )
     assert "norm_stats.json" in ck.resolved.source["stats"]
     from vla.runtime.policy import load_policy
 
     pol = load_policy(ck.path)  # stats: it loads; but no tokenizer, so instructions are refused
-    obs = {"observation/state": torch.zeros(14).numpy(), "task": "fold the towel",
-           **{f"observation/images/{c.name}": torch.zeros(c.shape, dtype=torch.uint8).numpy()
-              for c in ck.embodiments[name].cameras}}
+    obs = {
+        "observation/state": torch.zeros(14).numpy(),
+        "task": "fold the towel",
+        **{
+            f"observation/images/{c.name}": torch.zeros(c.shape, dtype=torch.uint8).numpy()
+            for c in ck.embodiments[name].cameras
+        },
+    }
     with pytest.raises(SpecError, match="no text tokenizer.*--tokenizer"):
         pol.infer(obs)
 
@@ -444,13 +512,25 @@ def test_lerobot_config_geometry_is_read():
     from vla.model.convert import source_geometry
 
     d = Path(tempfile.mkdtemp())
-    (d / "config.json").write_text(json.dumps({"type": "pi05", "chunk_size": 10, "num_inference_steps": 5,
-                                               "tokenizer_max_length": 200, "max_action_dim": 32,
-                                               "paligemma_variant": "gemma_2b", "action_expert_variant": "gemma_300m",
-                                               "image_resolution": [224, 224]}))
+    (d / "config.json").write_text(
+        json.dumps(
+            {
+                "type": "pi05",
+                "chunk_size": 10,
+                "num_inference_steps": 5,
+                "tokenizer_max_length": 200,
+                "max_action_dim": 32,
+                "paligemma_variant": "gemma_2b",
+                "action_expert_variant": "gemma_300m",
+                "image_resolution": [224, 224],
+            }
+        )
+    )
     g = source_geometry(d)
     assert g["horizon"] == 10 and g["num_steps"] == 5 and g["max_tokens"] == 200 and g["shared_head_dim"] == 32
-    assert g["backbone"]["text"]["width"] == 2048 and g["expert"]["width"] == 1024 and g["backbone"]["image_size"] == 224
+    assert (
+        g["backbone"]["text"]["width"] == 2048 and g["expert"]["width"] == 1024 and g["backbone"]["image_size"] == 224
+    )
 
 
 def test_old_lerobot_normalization_buffers_are_not_weights(tmp_path, converted):

@@ -12,8 +12,12 @@ from model.tiny_configs import tiny_backbone
 def smooth_chunks(n, h=20, a=3, seed=0):
     rng = np.random.default_rng(seed)
     t = np.linspace(0, 1, h)[None, :, None]
-    return np.clip(np.sin(2 * np.pi * rng.uniform(0.2, 1.0, (n, 1, a)) * t + rng.uniform(0, 6, (n, 1, a)))
-                   * rng.uniform(0.2, 0.9, (n, 1, a)), -1, 1)
+    return np.clip(
+        np.sin(2 * np.pi * rng.uniform(0.2, 1.0, (n, 1, a)) * t + rng.uniform(0, 6, (n, 1, a)))
+        * rng.uniform(0.2, 0.9, (n, 1, a)),
+        -1,
+        1,
+    )
 
 
 def test_dct_is_orthonormal():
@@ -53,16 +57,27 @@ def test_fast_policy_learns_and_decodes_with_cache():
     x = smooth_chunks(64, h=8, a=2)
     tok = FastTokenizer.fit(x, scale=4, vocab_size=64)
     vocab = ActionVocab(64, {"r": tok.vocab_size})
-    cfg = FastConfig(backbone=tiny_backbone(vocab_size=vocab.total), horizon=8, cameras=1, max_tokens=4,
-                     max_action_tokens=40, embodiments={"r": (3, 2)})
+    cfg = FastConfig(
+        backbone=tiny_backbone(vocab_size=vocab.total),
+        horizon=8,
+        cameras=1,
+        max_tokens=4,
+        max_action_tokens=40,
+        embodiments={"r": (3, 2)},
+    )
     m = FastPolicy(cfg, vocab)
     b = 2
     rows = [fast_to_lm_row(tok.encode(x[i]), vocab, "r", 40) for i in range(b)]
-    batch = {"images": torch.rand(b, 1, 3, 32, 32) * 2 - 1, "image_mask": torch.ones(b, 1, dtype=torch.bool),
-             "tokens": torch.randint(4, 60, (b, 4)), "token_mask": torch.ones(b, 4, dtype=torch.bool),
-             "state": torch.randn(b, 3), "embodiment": ["r"] * b,
-             "action_tokens": torch.from_numpy(np.stack([r[0] for r in rows])),
-             "action_token_mask": torch.from_numpy(np.stack([r[1] for r in rows]))}
+    batch = {
+        "images": torch.rand(b, 1, 3, 32, 32) * 2 - 1,
+        "image_mask": torch.ones(b, 1, dtype=torch.bool),
+        "tokens": torch.randint(4, 60, (b, 4)),
+        "token_mask": torch.ones(b, 4, dtype=torch.bool),
+        "state": torch.randn(b, 3),
+        "embodiment": ["r"] * b,
+        "action_tokens": torch.from_numpy(np.stack([r[0] for r in rows])),
+        "action_token_mask": torch.from_numpy(np.stack([r[1] for r in rows])),
+    }
     opt = torch.optim.Adam(m.parameters(), lr=3e-3)
     for _ in range(150):
         loss = m.compute_loss(batch).mean()
@@ -81,8 +96,14 @@ def test_fast_model_sample_decodes_inside_and_flags_malformed_rows():
     torch.manual_seed(0)
     x = smooth_chunks(64, h=8, a=2)
     tok = FastTokenizer.fit(x, scale=4, vocab_size=64)
-    cfg = FastConfig(backbone=tiny_backbone(vocab_size=64), horizon=8, cameras=1, max_tokens=4,
-                     max_action_tokens=40, embodiments={"r": (3, 2)})
+    cfg = FastConfig(
+        backbone=tiny_backbone(vocab_size=64),
+        horizon=8,
+        cameras=1,
+        max_tokens=4,
+        max_action_tokens=40,
+        embodiments={"r": (3, 2)},
+    )
     m = FastPolicy.build(cfg, text_vocab=64, assets={"fast": {"r": tok}}).eval()
     batch = m.example_batch(2)
     good, cut = tok.encode(x[0]), tok.encode(x[1])[:-2]

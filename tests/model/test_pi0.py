@@ -37,14 +37,22 @@ def test_prefix_outputs_do_not_depend_on_suffix():
     emb = batch["embodiment"]
     prefix, p_valid = m.embed_prefix(batch)
     outs = []
-    for state, x, t in ((batch["state"], torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.9)),
-                        (batch["state"] + 5.0, torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.3))):
+    for state, x, t in (
+        (batch["state"], torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.9)),
+        (batch["state"] + 5.0, torch.randn(2, cfg.horizon, 5), torch.full((2,), 0.3)),
+    ):
         suffix, s_ar, _ = m.embed_suffix(state, x, t, emb)
         valid = torch.cat([p_valid, torch.ones(s_ar.shape, dtype=torch.bool)], 1)
         ar = torch.cat([torch.zeros(p_valid.shape, dtype=torch.long), s_ar], 1)
         with torch.no_grad():
-            outs.append(joint_forward([m.backbone.language_model, m.expert], [prefix, suffix],
-                                      make_attn_mask(valid, ar), positions_from_valid(valid))[0])
+            outs.append(
+                joint_forward(
+                    [m.backbone.language_model, m.expert],
+                    [prefix, suffix],
+                    make_attn_mask(valid, ar),
+                    positions_from_valid(valid),
+                )[0]
+            )
     (pre_a, suf_a), (pre_b, suf_b) = outs
     real = p_valid[..., None]
     assert torch.equal(pre_a * real, pre_b * real), "prefix outputs must not see the suffix"
@@ -130,6 +138,7 @@ def test_inconsistent_sizes_fail_at_construction():
         tiny_pi0(expert=GemmaSize(width=16, depth=2, mlp=32, heads=2, kv_heads=1, head_dim=8))
     with pytest.raises(SpecError, match="not a multiple of patch_size"):
         from model.tiny_configs import tiny_backbone
+
         tiny_backbone(image_size=30)
 
 
@@ -141,7 +150,7 @@ def test_vision_positions_start_as_2d_sincos_of_row_and_column():
     grid, width = 4, 32
     table = sincos_2d(grid, width)
     assert table.shape == (grid * grid, width)
-    rows, cols = table[:, : width // 2], table[:, width // 2:]
+    rows, cols = table[:, : width // 2], table[:, width // 2 :]
     # Row-major patches: the row half changes only across rows, the column half only across columns.
     assert torch.equal(rows[0], rows[grid - 1]) and not torch.equal(rows[0], rows[grid])
     assert torch.equal(cols[0], cols[grid]) and not torch.equal(cols[0], cols[1])
@@ -149,7 +158,9 @@ def test_vision_positions_start_as_2d_sincos_of_row_and_column():
     d = torch.cdist(table, table)
     assert d[0, 1] < d[0, grid - 1] and d[0, grid] < d[0, grid * (grid - 1)]
     torch.manual_seed(0)
-    pe = Backbone(tiny_backbone(image_size=64, patch_size=16, vision_width=32)).vision_tower.embeddings.position_embedding
+    pe = Backbone(
+        tiny_backbone(image_size=64, patch_size=16, vision_width=32)
+    ).vision_tower.embeddings.position_embedding
     assert torch.equal(pe.weight.detach(), table)
     pe_rand = Backbone(tiny_backbone(image_size=64, patch_size=16, vision_width=32, vision_pos_init="random"))
     assert not torch.equal(pe_rand.vision_tower.embeddings.position_embedding.weight.detach(), table)
@@ -162,8 +173,10 @@ def test_gemma_init_std_is_transformers_default_unless_set():
     from transformers import GemmaModel
 
     torch.manual_seed(0)
-    for size, want in ((GemmaSize(width=64, depth=1, mlp=128, heads=2, kv_heads=1, head_dim=32), 0.02),
-                       (GemmaSize(width=64, depth=1, mlp=128, heads=2, kv_heads=1, head_dim=32, init_std=0.125), 0.125)):
+    for size, want in (
+        (GemmaSize(width=64, depth=1, mlp=128, heads=2, kv_heads=1, head_dim=32), 0.02),
+        (GemmaSize(width=64, depth=1, mlp=128, heads=2, kv_heads=1, head_dim=32, init_std=0.125), 0.125),
+    ):
         m = GemmaModel(size.gemma_config(vocab_size=300))
         for w in (m.layers[0].self_attn.q_proj.weight, m.layers[0].mlp.down_proj.weight, m.embed_tokens.weight):
             assert abs(w.std().item() - want) < 0.1 * want, (w.std().item(), want)
@@ -178,7 +191,7 @@ def test_flow_times_follow_beta_and_time_at_one():
     assert t.min() >= 0.001 and t.max() < 1.0
     # Beta(1.5, 1): mean 0.6, P(t < 0.5) = 0.5 ** 1.5 = 0.354 (times are scaled into [0.001, 1]).
     assert abs(t.mean().item() - (0.6 * 0.999 + 0.001)) < 0.01
-    assert abs((t < 0.5).float().mean().item() - 0.5 ** 1.5) < 0.015
+    assert abs((t < 0.5).float().mean().item() - 0.5**1.5) < 0.015
     m.cfg = dataclasses.replace(m.cfg, time_at_one=0.4)
     t2 = m.sample_time(n, torch.Generator().manual_seed(0))
     ones = t2 == 1.0

@@ -116,16 +116,24 @@ def test_cross_attention_frees_the_expert_geometry():
     assert last < first
     m.eval()
     noise = torch.randn(2, cfg.horizon, 4)
-    assert (m.sample_actions(batch, noise=noise) - m.sample_actions(batch, noise=noise, use_cache=False)).abs().max() < 1e-4
+    assert (
+        m.sample_actions(batch, noise=noise) - m.sample_actions(batch, noise=noise, use_cache=False)
+    ).abs().max() < 1e-4
 
 
 def test_expert_geometry_that_cannot_attend_jointly_names_expected_actual_and_cross_mode():
     odd = GemmaSize(width=40, depth=4, mlp=80, heads=5, kv_heads=1, head_dim=8)
-    with pytest.raises(SpecError, match=r"expert.heads must equal the backbone's for joint attention: expected 4, got 5; "
-                                        r"or attach the expert by cross-attention \(attach = \"cross\""):
+    with pytest.raises(
+        SpecError,
+        match=r"expert.heads must equal the backbone's for joint attention: expected 4, got 5; "
+        r"or attach the expert by cross-attention \(attach = \"cross\"",
+    ):
         preset_config("pi0-qwen25vl-tiny", expert=odd)
-    with pytest.raises(SpecError, match=r"self-attention layers of attach = \"cross\" \(every 2\): expected 4, got 5; "
-                                        r"or set self_attn_every = 0"):
+    with pytest.raises(
+        SpecError,
+        match=r"self-attention layers of attach = \"cross\" \(every 2\): expected 4, got 5; "
+        r"or set self_attn_every = 0",
+    ):
         preset_config("pi0-smolvlm2-tiny", expert=odd)
     with pytest.raises(SpecError, match="expert.depth must divide the backbone's 4, got 3"):
         preset_config("pi0-smolvlm2-tiny", expert=dataclasses.replace(odd, depth=3), self_attn_every=0)
@@ -144,7 +152,9 @@ def test_pi05_on_new_backbones(name):
     assert last < first
     m.eval()
     noise = torch.randn(2, cfg.horizon, 4)
-    assert (m.sample_actions(batch, noise=noise) - m.sample_actions(batch, noise=noise, use_cache=False)).abs().max() < 1e-4
+    assert (
+        m.sample_actions(batch, noise=noise) - m.sample_actions(batch, noise=noise, use_cache=False)
+    ).abs().max() < 1e-4
 
 
 @pytest.mark.parametrize("name", TINY)
@@ -171,15 +181,20 @@ def test_fast_decodes_on_new_backbones(name):
 
         allowed = m.vocab.allowed("a")
         for row, want in enumerate(ids):
-            one = {k: (v[row:row + 1] if torch.is_tensor(v) else v[row:row + 1]) for k, v in batch.items()}
+            one = {k: (v[row : row + 1] if torch.is_tensor(v) else v[row : row + 1]) for k, v in batch.items()}
             seq = [m.vocab.act_id]
             for _ in range(len(want)):
                 p = m.prefix(one)
                 p = p.extend(m.backbone.embed_tokens(torch.tensor([seq])), torch.ones(1, len(seq), dtype=torch.bool))
                 ar = torch.zeros_like(p.valid, dtype=torch.long)
-                ar[:, -len(seq):] = 1
-                (h,), _ = joint_forward([m.backbone.language_model], [p.embeds], make_attn_mask(p.valid, ar),
-                                        p.positions, layer_adds=p.layer_adds)
+                ar[:, -len(seq) :] = 1
+                (h,), _ = joint_forward(
+                    [m.backbone.language_model],
+                    [p.embeds],
+                    make_attn_mask(p.valid, ar),
+                    p.positions,
+                    layer_adds=p.layer_adds,
+                )
                 seq.append(int(m.logits(h[:, -1]).masked_fill(~allowed, float("-inf")).argmax()))
             assert seq[1:] == want, (row, seq, want)
 

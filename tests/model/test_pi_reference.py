@@ -40,18 +40,38 @@ def transformers_pi0(geom: ref.Geometry, weights: dict):
     v, t, e = geom.vision, geom.text, geom.expert
     config = transformers.PI0Config(
         vlm_config=dict(
-            text_config=dict(hidden_size=t.width, num_hidden_layers=t.depth, intermediate_size=t.mlp,
-                             num_attention_heads=t.heads, num_key_value_heads=t.kv_heads, head_dim=t.head_dim,
-                             vocab_size=t.vocab_size),
-            vision_config=dict(hidden_size=v.width, num_hidden_layers=v.depth, intermediate_size=v.mlp,
-                               num_attention_heads=v.heads, patch_size=v.patch_size, image_size=v.image_size,
-                               vision_use_head=False),
+            text_config=dict(
+                hidden_size=t.width,
+                num_hidden_layers=t.depth,
+                intermediate_size=t.mlp,
+                num_attention_heads=t.heads,
+                num_key_value_heads=t.kv_heads,
+                head_dim=t.head_dim,
+                vocab_size=t.vocab_size,
+            ),
+            vision_config=dict(
+                hidden_size=v.width,
+                num_hidden_layers=v.depth,
+                intermediate_size=v.mlp,
+                num_attention_heads=v.heads,
+                patch_size=v.patch_size,
+                image_size=v.image_size,
+                vision_use_head=False,
+            ),
             projection_dim=t.width,
             image_token_id=t.vocab_size,  # as PaliGemma: one past the vocabulary
         ),
-        dit_config=dict(hidden_size=e.width, num_hidden_layers=e.depth, intermediate_size=e.mlp,
-                        num_attention_heads=t.heads, num_key_value_heads=t.kv_heads, head_dim=t.head_dim),
-        chunk_size=geom.chunk, max_state_dim=geom.max_dim, max_action_dim=geom.max_dim,
+        dit_config=dict(
+            hidden_size=e.width,
+            num_hidden_layers=e.depth,
+            intermediate_size=e.mlp,
+            num_attention_heads=t.heads,
+            num_key_value_heads=t.kv_heads,
+            head_dim=t.head_dim,
+        ),
+        chunk_size=geom.chunk,
+        max_state_dim=geom.max_dim,
+        max_action_dim=geom.max_dim,
     )
     model = transformers.PI0ForConditionalGeneration(config).eval()
     mapped = {}
@@ -66,7 +86,7 @@ def transformers_pi0(geom: ref.Geometry, weights: dict):
             ("action_out_proj", "action_out_proj"),
         ):
             if key.startswith(old):
-                new = repl + key[len(old):]
+                new = repl + key[len(old) :]
                 break
         else:
             new = "embed_action_time." + key  # state_proj, action_in_proj, action_time_mlp_{in,out}
@@ -89,8 +109,13 @@ def transformers_inputs(geom: ref.Geometry, batch: dict) -> dict:
         row += batch["tokens"][r][batch["token_mask"][r]].tolist()
         ids[r, : len(row)] = torch.tensor(row)
         mask[r, : len(row)] = 1
-    return dict(state=batch["state"], input_ids=ids, pixel_values=batch["images"], attention_mask=mask,
-                pixel_attention_mask=batch["image_mask"])
+    return dict(
+        state=batch["state"],
+        input_ids=ids,
+        pixel_values=batch["images"],
+        attention_mask=mask,
+        pixel_attention_mask=batch["image_mask"],
+    )
 
 
 @pytest.mark.interop
@@ -117,8 +142,9 @@ def test_pi0_reference_matches_transformers_pi0_in_float64():
     batch, noise = make_batch(geom, seed=1), make_noise(geom, seed=2).double()
     model = transformers_pi0(geom, weights).double()
     fraction = torch.linspace(0.0, 1.0, geom.expert.width // 2, dtype=torch.float64)
-    model.embed_action_time.sinusoid_embeds.sinusoid_freq = 2 * math.pi / (
-        ref.MIN_PERIOD * (ref.MAX_PERIOD / ref.MIN_PERIOD) ** fraction)
+    model.embed_action_time.sinusoid_embeds.sinusoid_freq = (
+        2 * math.pi / (ref.MIN_PERIOD * (ref.MAX_PERIOD / ref.MIN_PERIOD) ** fraction)
+    )
     inputs = {k: (v.double() if v.is_floating_point() else v) for k, v in transformers_inputs(geom, batch).items()}
     with torch.no_grad():
         expected = model.sample_actions(noise=noise.clone(), num_steps=4, **inputs)
@@ -159,8 +185,9 @@ def _suffix_inputs(geom, weights, t=0.7):
     w = {k: v.double() for k, v in weights.items()}
     batch = {k: (v.double() if v.is_floating_point() else v) for k, v in make_batch(geom).items()}
     prefix, prefix_valid = ref.embed_prefix(w, geom, batch)
-    suffix, blocks, cond = ref.embed_suffix(w, geom, batch["state"], make_noise(geom).double(),
-                                            torch.full((B,), t, dtype=torch.float64))
+    suffix, blocks, cond = ref.embed_suffix(
+        w, geom, batch["state"], make_noise(geom).double(), torch.full((B,), t, dtype=torch.float64)
+    )
     mask = ref.attention_mask(prefix_valid, blocks)
     valid = torch.cat([prefix_valid, torch.ones(suffix.shape[:2], dtype=torch.bool)], 1)
     return w, prefix, suffix, mask, valid.long().cumsum(1) - 1, cond

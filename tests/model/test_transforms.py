@@ -17,16 +17,19 @@ ARM = Embodiment(
 
 def _stats(mean, std):
     mean, std = np.asarray(mean, np.float32), np.asarray(std, np.float32)
-    return KeyStats(count=10, mean=mean, std=std, min=mean - 3 * std, max=mean + 3 * std, q01=mean - 2 * std,
-                    q99=mean + 2 * std)
+    return KeyStats(
+        count=10, mean=mean, std=std, min=mean - 3 * std, max=mean + 3 * std, q01=mean - 2 * std, q99=mean + 2 * std
+    )
 
 
 def _tf(mode="zscore", delta=True, emb=ARM):
-    stats = {emb.name: {STATE: _stats([0.1, -0.2, 0.5], [0.5, 0.4, 0.5]),
-                        ACTION: _stats([0.3, -0.1, 0.5], [0.6, 0.3, 0.5])}}
+    stats = {
+        emb.name: {STATE: _stats([0.1, -0.2, 0.5], [0.5, 0.4, 0.5]), ACTION: _stats([0.3, -0.1, 0.5], [0.6, 0.3, 0.5])}
+    }
     text = TextTokenizer.train(["touch the red target"], 64)
-    return Transforms({emb.name: emb}, stats, mode, text, image_size=8, cameras=1, max_tokens=8, horizon=4,
-                      delta_actions=delta)
+    return Transforms(
+        {emb.name: emb}, stats, mode, text, image_size=8, cameras=1, max_tokens=8, horizon=4, delta_actions=delta
+    )
 
 
 def test_delta_dims_are_position_commands_with_a_matching_state_dim():

@@ -69,7 +69,11 @@ class StubPolicy:
 
     @property
     def metadata(self) -> dict:
-        return {"policy_type": "stub", "action_horizon": self.horizon, "embodiments": {self.emb.name: self.emb.to_dict()}}
+        return {
+            "policy_type": "stub",
+            "action_horizon": self.horizon,
+            "embodiments": {self.emb.name: self.emb.to_dict()},
+        }
 
     def reset(self) -> None:
         pass

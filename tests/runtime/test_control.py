@@ -20,8 +20,14 @@ from runtime.conftest import EMB, StubPolicy
 
 def _loop(robot, policy, mode="rtc", seconds=1.0, recorder=None, watchdog_s=0.5, **control):
     cfg = ControlConfig(hz=50, duration_s=seconds, **control)
-    return ControlLoop(robot, policy, cfg, SafetyConfig(max_velocity=5.0, watchdog_s=watchdog_s),
-                       ChunkingConfig(mode=mode, execute_s=0.2), recorder=recorder)
+    return ControlLoop(
+        robot,
+        policy,
+        cfg,
+        SafetyConfig(max_velocity=5.0, watchdog_s=watchdog_s),
+        ChunkingConfig(mode=mode, execute_s=0.2),
+        recorder=recorder,
+    )
 
 
 def _wait_for(condition, timeout_s=20.0, what="condition"):
@@ -205,8 +211,12 @@ def test_a_recorder_failure_reaches_the_run_summary(tmp_path, fake_robot, monkey
     monkeypatch.setattr(EpisodeStore, "writer", lambda self, *args, **kwargs: DiskFull())
     monkeypatch.setattr(run_mod, "_robot", lambda cfg, stack, out: fake_robot)
     monkeypatch.setattr(run_mod, "_policy", lambda cfg, stack, out: lambda: StubPolicy())  # connects at once
-    launch = {"name": "disk-full", "policy": {"url": "ws://127.0.0.1:1"},
-              "control": {"hz": 50, "duration_s": 0.5}, "record": {"out": str(tmp_path / "run")}}
+    launch = {
+        "name": "disk-full",
+        "policy": {"url": "ws://127.0.0.1:1"},
+        "control": {"hz": 50, "duration_s": 0.5},
+        "record": {"out": str(tmp_path / "run")},
+    }
     with caplog.at_level("ERROR", logger="vla.runtime.recorder"):
         s = run_mod.run_deployment(launch, status=False)
     assert s["ticks"] > 0 and len(fake_robot.sent) == s["ticks"]  # the run itself went on

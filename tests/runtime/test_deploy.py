@@ -23,7 +23,9 @@ def arm7_ckpt(tmp_path_factory):
     emb = embodiment_for("arm7", 32)
     store = EpisodeStore.create(root / "store", [emb])
     write_synthetic(store, emb, episodes=2, length=10, seed=0)
-    return train(load_preset(write_preset(root / "p.toml")), [str(root / "store")], root / "ck", steps=2, progress=False)
+    return train(
+        load_preset(write_preset(root / "p.toml")), [str(root / "store")], root / "ck", steps=2, progress=False
+    )
 
 
 def test_vla_run_against_a_sim_robot_process(tmp_path, arm7_ckpt):
@@ -43,10 +45,22 @@ duration_s = 3
 [safety]
 max_velocity = 2.0
 [record]
-out = "{tmp_path / 'run'}"
+out = "{tmp_path / "run"}"
 """)
-    r = subprocess.run([sys.executable, "-c", "from vla.cli import main; main()", "run", str(launch),
-                        "--json", str(tmp_path / "r.json")], capture_output=True, text=True, timeout=180)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            "from vla.cli import main; main()",
+            "run",
+            str(launch),
+            "--json",
+            str(tmp_path / "r.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr[-4000:]
     assert "deadline misses" in r.stdout and "histogram" in r.stdout
     s = json.loads((tmp_path / "r.json").read_text())

@@ -41,14 +41,19 @@ def test_every_launch_file_parses_and_names_real_dims(name):
 def test_every_builtin_robot_has_a_sim_launch_file():
     from vla.sim.robots import ROBOTS
 
-    robots = {load_launch(n).robot.env.split("/")[1].split("-")[0].lower() for n in LAUNCH_FILES
-              if load_launch(n).robot.type == "sim"}
+    robots = {
+        load_launch(n).robot.env.split("/")[1].split("-")[0].lower()
+        for n in LAUNCH_FILES
+        if load_launch(n).robot.type == "sim"
+    }
     assert set(ROBOTS) <= robots
 
 
 def test_overrides_and_errors_name_the_key():
-    cfg = load_launch("arm7-reach-sim", {"control": {"mode": "sync", "duration_s": 3},
-                                        "policy": {"checkpoint": "", "url": "ws://127.0.0.1:1"}})
+    cfg = load_launch(
+        "arm7-reach-sim",
+        {"control": {"mode": "sync", "duration_s": 3}, "policy": {"checkpoint": "", "url": "ws://127.0.0.1:1"}},
+    )
     assert cfg.chunking.mode == "sync" and cfg.control.duration_s == 3 and cfg.policy.url
     with pytest.raises(SpecError, match=r"\[control\] unknown keys \['speed'\]"):
         load_launch({"policy": {"url": "ws://x:1"}, "control": {"speed": 2}})
@@ -61,8 +66,9 @@ def test_overrides_and_errors_name_the_key():
 
 
 def test_user_driver_is_loaded_by_name():
-    robot = make_robot(RobotConfig(driver="vla.runtime.robot:SimRobotClient", type="driver",
-                                   options={"host": "127.0.0.1", "port": 1}))
+    robot = make_robot(
+        RobotConfig(driver="vla.runtime.robot:SimRobotClient", type="driver", options={"host": "127.0.0.1", "port": 1})
+    )
     assert isinstance(robot, SimRobotClient) and isinstance(robot, Robot) and robot.port == 1
     with pytest.raises(SpecError, match="expected a subclass of vla.runtime.robot.Robot"):
         make_robot(RobotConfig(type="driver", driver="vla.runtime.wire:WireError"))

@@ -12,10 +12,14 @@ import pytest
 from vla.runtime.server import PolicyServer, ServerConfig
 
 _PY = os.environ.get("VLA_OPENPI_PYTHON", "")
-pytestmark = [pytest.mark.interop, pytest.mark.skipif(
-    not (_PY and os.path.exists(_PY)),
-    reason="openpi-client venv not available (VLA_OPENPI_PYTHON unset); run `bash .ci/openpi_client_check.sh`, "
-           "which builds it with openpi-client==0.1.2, numpy<2 and typing_extensions")]
+pytestmark = [
+    pytest.mark.interop,
+    pytest.mark.skipif(
+        not (_PY and os.path.exists(_PY)),
+        reason="openpi-client venv not available (VLA_OPENPI_PYTHON unset); run `bash .ci/openpi_client_check.sh`, "
+        "which builds it with openpi-client==0.1.2, numpy<2 and typing_extensions",
+    ),
+]
 
 CLIENT = r"""
 import json, sys

@@ -8,8 +8,9 @@ from vla.runtime.policy import load_policy
 
 from runtime.conftest import arm_a_obs
 
-pytestmark = pytest.mark.skipif(shutil.which("cc") is None and shutil.which("gcc") is None,
-                                reason="torch.compile on CPU needs a C compiler")
+pytestmark = pytest.mark.skipif(
+    shutil.which("cc") is None and shutil.which("gcc") is None, reason="torch.compile on CPU needs a C compiler"
+)
 
 
 def test_compiled_policy_gives_the_eager_actions(tiny_ckpt):

@@ -22,8 +22,9 @@ def test_nonfinite_and_bad_shape_are_rejected_and_hold():
 
 
 def test_joint_velocity_and_acceleration_limits():
-    f = SafetyFilter(EMB, SafetyConfig(max_velocity=1.0, max_acceleration=math.inf, limit_margin=0.5), dt=0.1,
-                     initial=np.zeros(3))
+    f = SafetyFilter(
+        EMB, SafetyConfig(max_velocity=1.0, max_acceleration=math.inf, limit_margin=0.5), dt=0.1, initial=np.zeros(3)
+    )
     assert np.allclose(f.filter(0, [9, 0.05, -9]), [0.1, 0.05, -0.1])  # 1 unit/s over 0.1 s
     assert f.counts["velocity_limit"] == 1 and f.counts["position_limit"] == 1
     f.last = np.array([4.4, 0, 0])
@@ -37,9 +38,13 @@ def test_limit_margin_spares_the_gripper():
     """The margin keeps joints inside their limits; a gripper's 0 (open) / 1 (closed) pass untouched."""
     from vla.spec import Dim, Embodiment
 
-    emb = Embodiment(name="g", state=EMB.state[:2],
-                     actions=(Dim("j", "rad", -1.0, 1.0), Dim("gripper", "1", 0.0, 1.0)), cameras=EMB.cameras,
-                     control_hz=EMB.control_hz)
+    emb = Embodiment(
+        name="g",
+        state=EMB.state[:2],
+        actions=(Dim("j", "rad", -1.0, 1.0), Dim("gripper", "1", 0.0, 1.0)),
+        cameras=EMB.cameras,
+        control_hz=EMB.control_hz,
+    )
     f = SafetyFilter(emb, SafetyConfig(limit_margin=0.01), dt=0.02, initial=[0.0, 0.0])
     for tick, (a, want) in enumerate((([0.5, 0.0], [0.5, 0.0]), ([0.5, 1.0], [0.5, 1.0]), ([1.0, 0.0], [0.99, 0.0]))):
         assert np.allclose(f.filter(tick, a), want)

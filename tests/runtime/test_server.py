@@ -71,14 +71,20 @@ def test_checkpoint_served_with_api_key_task_or_prompt(ckpt_server):
         assert p.infer(arm_a_obs())["actions"].shape == (6, 3)
 
 
-@pytest.mark.parametrize("message,match", [
-    (b"\xc1garbage", "not a msgpack message"),
-    ("a text frame", "expected a binary msgpack observation"),
-    (packb([1, 2, 3]), "expected a map of observation keys"),
-    (packb({"observation/state": np.zeros(70_000, np.uint8)}), "over the limit"),
-    (packb({"observation/state": np.zeros(3, np.float32), "guide": np.zeros((2, 3), np.float32)}), "'guide_weights'"),
-    (packb({"observation/state": np.zeros(5, np.float32)}), "'observation/state'"),
-])
+@pytest.mark.parametrize(
+    "message,match",
+    [
+        (b"\xc1garbage", "not a msgpack message"),
+        ("a text frame", "expected a binary msgpack observation"),
+        (packb([1, 2, 3]), "expected a map of observation keys"),
+        (packb({"observation/state": np.zeros(70_000, np.uint8)}), "over the limit"),
+        (
+            packb({"observation/state": np.zeros(3, np.float32), "guide": np.zeros((2, 3), np.float32)}),
+            "'guide_weights'",
+        ),
+        (packb({"observation/state": np.zeros(5, np.float32)}), "'observation/state'"),
+    ],
+)
 def test_bad_messages_get_an_error_naming_the_problem(stub_server, message, match):
     with connect(stub_server.url, compression=None, max_size=None) as ws:
         unpackb(ws.recv())

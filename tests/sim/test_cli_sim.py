@@ -11,15 +11,30 @@ pytestmark = pytest.mark.sim
 
 def test_collect_then_eval_expert(tmp_path):
     recipe = tmp_path / "r.toml"
-    recipe.write_text('name = "tiny"\nimage_size = 16\n[[tasks]]\nrobot = "arm5"\ntask = "reach"\nepisodes = 2\nnoise = 0.02\n')
+    recipe.write_text(
+        'name = "tiny"\nimage_size = 16\n[[tasks]]\nrobot = "arm5"\ntask = "reach"\nepisodes = 2\nnoise = 0.02\n'
+    )
     suite = tmp_path / "s.toml"
     suite.write_text('name = "tiny"\nimage_size = 16\nepisodes = 2\n[[tasks]]\nrobot = "arm7"\ntask = "reach"\n')
     runner = CliRunner()
     r = runner.invoke(app, ["collect", str(recipe), "--out", str(tmp_path / "store")])
     assert r.exit_code == 0, r.output
     assert "2 episodes into" in r.output and EpisodeStore.open(tmp_path / "store").num_episodes == 2
-    r = runner.invoke(app, ["eval", "expert", "--suite", str(suite), "--json", str(tmp_path / "e.json"),
-                            "--videos", str(tmp_path / "v"), "--num-videos", "1"])
+    r = runner.invoke(
+        app,
+        [
+            "eval",
+            "expert",
+            "--suite",
+            str(suite),
+            "--json",
+            str(tmp_path / "e.json"),
+            "--videos",
+            str(tmp_path / "v"),
+            "--num-videos",
+            "1",
+        ],
+    )
     assert r.exit_code == 0, r.output
     assert "arm7/reach" in r.output and (tmp_path / "e.png").exists()
     res = json.loads((tmp_path / "e.json").read_text())

@@ -85,6 +85,7 @@ def test_each_evaluate_call_builds_its_own_policy_from_its_factory():
             p.tag = tag
             built.append(p)
             return p
+
         return make
 
     first, second = factory("first"), factory("second")
@@ -122,9 +123,24 @@ def test_suites_load_and_unknown_names_list_valid_ones():
 def test_chart_handles_perfect_and_zero_rates(tmp_path):
     from vla.sim.report import bar_chart
 
-    rows = [{"robot": "arm7", "task": "reach", "episodes": 50, "successes": 50, "success_rate": 1.0,
-             "ci95": list(wilson(50, 50))},
-            {"robot": "arm5", "task": "reach", "episodes": 7, "successes": 0, "success_rate": 0.0, "ci95": list(wilson(0, 7))}]
+    rows = [
+        {
+            "robot": "arm7",
+            "task": "reach",
+            "episodes": 50,
+            "successes": 50,
+            "success_rate": 1.0,
+            "ci95": list(wilson(50, 50)),
+        },
+        {
+            "robot": "arm5",
+            "task": "reach",
+            "episodes": 7,
+            "successes": 0,
+            "success_rate": 0.0,
+            "ci95": list(wilson(0, 7)),
+        },
+    ]
     assert bar_chart({"tasks": rows, "policy": "p", "suite": "s"}, tmp_path / "c.png").stat().st_size > 1000
 
 

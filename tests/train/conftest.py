@@ -37,10 +37,12 @@ PI0_EXPERT = "[model.expert]\nwidth = 16\ndepth = 2\nmlp = 32\nheads = 2\nkv_hea
 
 
 def write_preset(path, kind="pi0"):
-    text = TINY_PRESET.format(kind=kind, norm="zscore" if kind == "pi0" else "quantile",
-                              expert=PI0_EXPERT if kind == "pi0" else "",
-                              extra="num_steps = 3" if kind == "pi0" else
-                              "max_action_tokens = 40\nfast_vocab_size = 300\nfast_scale = 4.0")
+    text = TINY_PRESET.format(
+        kind=kind,
+        norm="zscore" if kind == "pi0" else "quantile",
+        expert=PI0_EXPERT if kind == "pi0" else "",
+        extra="num_steps = 3" if kind == "pi0" else "max_action_tokens = 40\nfast_vocab_size = 300\nfast_scale = 4.0",
+    )
     path.write_text(text)
     return path
 
@@ -49,8 +51,10 @@ def write_preset(path, kind="pi0"):
 def two_stores(tmp_path_factory):
     root = tmp_path_factory.mktemp("stores")
     paths = []
-    for name, (s, a, cams) in {"armA": (4, 3, (("front", 16, 16), ("wrist", 16, 16))),
-                              "armB": (6, 5, (("front", 20, 16),))}.items():
+    for name, (s, a, cams) in {
+        "armA": (4, 3, (("front", 16, 16), ("wrist", 16, 16))),
+        "armB": (6, 5, (("front", 20, 16),)),
+    }.items():
         emb = tiny_embodiment(name, s=s, a=a, cams=cams)
         store = EpisodeStore.create(root / name, [emb])
         write_synthetic(store, emb, episodes=4, length=12, seed=len(paths))

@@ -32,9 +32,13 @@ def base(tmp_path_factory, two_stores):
 
 def _infer(ck):
     pol = load_policy(ck)
-    obs = {"observation/state": np.zeros(4, np.float32), "task": "reach the red target", "embodiment": "armA",
-           "observation/images/front": np.zeros((16, 16, 3), np.uint8),
-           "observation/images/wrist": np.zeros((16, 16, 3), np.uint8)}
+    obs = {
+        "observation/state": np.zeros(4, np.float32),
+        "task": "reach the red target",
+        "embodiment": "armA",
+        "observation/images/front": np.zeros((16, 16, 3), np.uint8),
+        "observation/images/wrist": np.zeros((16, 16, 3), np.uint8),
+    }
     return pol.infer(obs)["actions"]
 
 
@@ -86,8 +90,14 @@ def test_merged_weights_equal_pefts_merge():
 @pytest.mark.parametrize("freeze, frozen", [("vision", ("backbone.vision_tower.",)), ("vlm", ("backbone.",))])
 def test_frozen_weights_stay_bit_identical(tmp_path, base, two_stores, freeze, frozen):
     preset, ck0 = base
-    ck = train(load_preset(preset, {"train": {"freeze": freeze}}), two_stores, tmp_path / "ft", init=ck0, steps=2,
-               progress=False)
+    ck = train(
+        load_preset(preset, {"train": {"freeze": freeze}}),
+        two_stores,
+        tmp_path / "ft",
+        init=ck0,
+        steps=2,
+        progress=False,
+    )
     before, after = load_file(str(ck0 / "model.safetensors")), load_file(str(ck / "model.safetensors"))
     raw = torch.load(ck / "train_state.pt", weights_only=False)["model"]
     for k in before:
@@ -116,12 +126,18 @@ def test_lora_refuses_fast_and_unknown_modules(tmp_path, two_stores):
         train(fast, two_stores[:1], tmp_path / "f", steps=1, lora_rank=4, progress=False)
     p = write_preset(tmp_path / "p.toml")
     bad = {"lora": {"rank": 4, "stacks": {"backbone": {"targets": ["q_proj", "qkv_proj"]}}}}
-    with pytest.raises(SpecError, match=r"stack 'backbone' has no module\(s\) \['qkv_proj'\]; its modules are "
-                                        r"\['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'\]"):
+    with pytest.raises(
+        SpecError,
+        match=r"stack 'backbone' has no module\(s\) \['qkv_proj'\]; its modules are "
+        r"\['down_proj', 'gate_proj', 'k_proj', 'o_proj', 'q_proj', 'up_proj', 'v_proj'\]",
+    ):
         train(load_preset(p, {"train": bad}), two_stores, tmp_path / "x", steps=1, progress=False)
-    with pytest.raises(SpecError, match=r"unknown stack\(s\) \['decoder'\]; stacks: \['backbone', 'expert', 'vision'\]"):
-        train(load_preset(p, {"train": {"lora": {"stacks": {"decoder": {}}}}}), two_stores, tmp_path / "x",
-              progress=False)
+    with pytest.raises(
+        SpecError, match=r"unknown stack\(s\) \['decoder'\]; stacks: \['backbone', 'expert', 'vision'\]"
+    ):
+        train(
+            load_preset(p, {"train": {"lora": {"stacks": {"decoder": {}}}}}), two_stores, tmp_path / "x", progress=False
+        )
     with pytest.raises(SpecError, match=r"freeze must be one of \['none', 'vision', 'vlm'\], got 'all'"):
         train(load_preset(p, {"train": {"freeze": "all"}}), two_stores, tmp_path / "x", progress=False)
 
@@ -134,8 +150,9 @@ def test_fsdp_without_torchrun_says_how_to_launch(tmp_path, two_stores, monkeypa
     p = write_preset(tmp_path / "p.toml")
     with pytest.raises(SpecError, match=r"launch as: torchrun --nproc_per_node N \$\(which vla\) train PRESET --fsdp"):
         train(load_preset(p), two_stores, tmp_path / "x", fsdp=True, progress=False)
-    r = CliRunner().invoke(app, ["train", str(p), "--data", ",".join(two_stores), "--out", str(tmp_path / "y"),
-                                 "--fsdp"])
+    r = CliRunner().invoke(
+        app, ["train", str(p), "--data", ",".join(two_stores), "--out", str(tmp_path / "y"), "--fsdp"]
+    )
     assert r.exit_code == 2 and "torchrun --nproc_per_node N" in r.output
     assert not (tmp_path / "y").exists()
 
@@ -172,12 +189,30 @@ def test_cli_lora_and_freeze_flags(tmp_path, base, two_stores):
 
     preset, ck0 = base
     out = tmp_path / "ft"
-    r = CliRunner().invoke(app, ["train", str(preset), "--data", ",".join(two_stores), "--out", str(out), "--steps", "1",
-                                 "--init", str(ck0), "--lora", "2", "--freeze", "vision"])
+    r = CliRunner().invoke(
+        app,
+        [
+            "train",
+            str(preset),
+            "--data",
+            ",".join(two_stores),
+            "--out",
+            str(out),
+            "--steps",
+            "1",
+            "--init",
+            str(ck0),
+            "--lora",
+            "2",
+            "--freeze",
+            "vision",
+        ],
+    )
     assert r.exit_code == 0, r.output
     train_cfg = Checkpoint(out).resolved.train
     assert train_cfg["lora"]["rank"] == 2 and train_cfg["freeze"] == "vision"
     assert (out / "adapter_model.safetensors").exists()
-    bad = CliRunner().invoke(app, ["train", str(preset), "--data", two_stores[0], "--out", str(tmp_path / "x"),
-                                   "--freeze", "everything"])
+    bad = CliRunner().invoke(
+        app, ["train", str(preset), "--data", two_stores[0], "--out", str(tmp_path / "x"), "--freeze", "everything"]
+    )
     assert bad.exit_code == 2 and "freeze must be one of" in bad.output

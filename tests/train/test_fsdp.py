@@ -54,19 +54,45 @@ def test_fsdp_two_cpu_processes_match_one(tmp_path, two_stores):
     script = tmp_path / "run.py"
     script.write_text(SCRIPT)
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29531",
-                        str(script), str(preset), ",".join(two_stores), str(tmp_path / "two")],
-                       capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_port",
+            "29531",
+            str(script),
+            str(preset),
+            ",".join(two_stores),
+            str(tmp_path / "two"),
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     one_full = train(load_preset(preset), two_stores, tmp_path / "one" / "full", steps=4, progress=False)
-    one_lora = train(load_preset(preset, {"train": {"grad_checkpoint": True}}), two_stores, tmp_path / "one" / "lora",
-                     steps=3, lora_rank=2, progress=False)
+    one_lora = train(
+        load_preset(preset, {"train": {"grad_checkpoint": True}}),
+        two_stores,
+        tmp_path / "one" / "lora",
+        steps=3,
+        lora_rank=2,
+        progress=False,
+    )
     _close(one_full, tmp_path / "two" / "full")
     _close(one_lora, tmp_path / "two" / "lora")
     assert (tmp_path / "two" / "lora" / "adapter_model.safetensors").exists()
     # Full-state checkpoints: one process loads and serves them.
-    obs = {"observation/state": np.zeros(4, np.float32), "task": "reach the red target", "embodiment": "armA",
-           "observation/images/front": np.zeros((16, 16, 3), np.uint8),
-           "observation/images/wrist": np.zeros((16, 16, 3), np.uint8)}
+    obs = {
+        "observation/state": np.zeros(4, np.float32),
+        "task": "reach the red target",
+        "embodiment": "armA",
+        "observation/images/front": np.zeros((16, 16, 3), np.uint8),
+        "observation/images/wrist": np.zeros((16, 16, 3), np.uint8),
+    }
     for d in ("full", "lora"):
         assert np.isfinite(load_policy(tmp_path / "two" / d).infer(obs)["actions"]).all()

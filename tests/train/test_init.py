@@ -33,15 +33,34 @@ def converted_with_stats(tmp_path_factory):
     save_file(lerobot_layout(tiny_pi0_reference(seed=2)), str(src / "model.safetensors"))
     (src / "config.json").write_text(json.dumps({"type": "pi0"}))
     TextTokenizer.train(["pick the red cube", "push the blue block left"], 280).save(src / "tokenizer.json")
-    stats = {f"{k}.{s}": v for k in ("observation.state", "action")
-             for s, v in (("mean", np.full(6, 0.5, np.float32)), ("std", np.full(6, 2.0, np.float32)),
-                          ("min", np.full(6, -3, np.float32)), ("max", np.full(6, 4, np.float32)),
-                          ("q01", np.full(6, -2, np.float32)), ("q99", np.full(6, 3, np.float32)))}
+    stats = {
+        f"{k}.{s}": v
+        for k in ("observation.state", "action")
+        for s, v in (
+            ("mean", np.full(6, 0.5, np.float32)),
+            ("std", np.full(6, 2.0, np.float32)),
+            ("min", np.full(6, -3, np.float32)),
+            ("max", np.full(6, 4, np.float32)),
+            ("q01", np.full(6, -2, np.float32)),
+            ("q99", np.full(6, 3, np.float32)),
+        )
+    }
     save_np(stats, str(src / "policy_preprocessor_step_1_normalizer_processor.safetensors"))
-    (src / "policy_preprocessor.json").write_text(json.dumps({"name": "policy_preprocessor", "steps": [
-        {"registry_name": "rename_observations_processor", "config": {}},
-        {"registry_name": "normalizer_processor", "config": {},
-         "state_file": "policy_preprocessor_step_1_normalizer_processor.safetensors"}]}))
+    (src / "policy_preprocessor.json").write_text(
+        json.dumps(
+            {
+                "name": "policy_preprocessor",
+                "steps": [
+                    {"registry_name": "rename_observations_processor", "config": {}},
+                    {
+                        "registry_name": "normalizer_processor",
+                        "config": {},
+                        "state_file": "policy_preprocessor_step_1_normalizer_processor.safetensors",
+                    },
+                ],
+            }
+        )
+    )
     (root / "tiny.toml").write_text(PRESET + TRAIN)
     if not SO100.exists():
         pytest.skip(f"LeRobot fixture {SO100} not found")
@@ -90,9 +109,10 @@ def test_finetune_from_converted_pi0_on_a_6d_lerobot_robot_and_serve(converted_w
     assert before.keys() == after.keys()
     assert not torch.equal(before["action_out.linear.weight"], after["action_out.linear.weight"])  # it trained
     # ... starting from the converted weights (3 small steps move them a little, not a re-init)
-    rel = (after["backbone.language_model.layers.0.mlp.up_proj.weight"]
-           - before["backbone.language_model.layers.0.mlp.up_proj.weight"]).norm() / before[
-        "backbone.language_model.layers.0.mlp.up_proj.weight"].norm()
+    rel = (
+        after["backbone.language_model.layers.0.mlp.up_proj.weight"]
+        - before["backbone.language_model.layers.0.mlp.up_proj.weight"]
+    ).norm() / before["backbone.language_model.layers.0.mlp.up_proj.weight"].norm()
     assert 0 < rel < 0.2
     emb = c.embodiments[name]
     obs = {"observation/state": np.zeros(6, np.float32), "prompt": "pick the red cube"}
@@ -121,8 +141,11 @@ def test_init_refuses_a_checkpoint_whose_geometry_contradicts_the_preset(convert
     p = tmp_path / "wide.toml"
     text = (root / "tiny.toml").read_text()
     p.write_text(text.replace("depth = 2\nmlp = 48", "depth = 2\nmlp = 64").replace("horizon = 5", "horizon = 7"))
-    with pytest.raises(SpecError, match=r"geometry contradicts preset 'wide' \(model.expert.mlp: preset 64, checkpoint "
-                                        r"48; model.horizon: preset 7, checkpoint 5\)"):
+    with pytest.raises(
+        SpecError,
+        match=r"geometry contradicts preset 'wide' \(model.expert.mlp: preset 64, checkpoint "
+        r"48; model.horizon: preset 7, checkpoint 5\)",
+    ):
         train(load_preset(p), [str(store)], tmp_path / "ft", init=converted, progress=False)
     assert not (tmp_path / "ft").exists()
 
@@ -135,8 +158,9 @@ def test_lora_finetune_from_converted_pi0_serves_through_the_openpi_protocol(con
     from vla.runtime.server import PolicyServer, ServerConfig
 
     root, _, converted, store = converted_with_stats
-    ck = train(load_preset(root / "tiny.toml"), [str(store)], tmp_path / "ft", init=converted, lora_rank=4,
-               progress=False)
+    ck = train(
+        load_preset(root / "tiny.toml"), [str(store)], tmp_path / "ft", init=converted, lora_rank=4, progress=False
+    )
     before, after = load_file(str(converted / "model.safetensors")), load_file(str(ck / "model.safetensors"))
     assert before.keys() == after.keys()
     norms = [k for k in before if k.startswith(("backbone.language_model.", "expert.")) and "norm" in k]

@@ -31,7 +31,9 @@ def test_pi0_paligemma_counts_match_the_model_and_openpis_lora():
         for n, m in model.named_modules():
             if n.startswith(prefix) and isinstance(m, nn.Linear) and n.rsplit(".", 1)[-1] in GEMMA_TARGETS:
                 lora += rank * (m.in_features + m.out_features)
-    stacks = sum(x.numel() for n, x in model.named_parameters() if n.startswith(("backbone.language_model.", "expert.")))
+    stacks = sum(
+        x.numel() for n, x in model.named_parameters() if n.startswith(("backbone.language_model.", "expert."))
+    )
     lora_row = estimate(mt, cfg, p.text.vocab_size, Setup("lora", lora_rank=16), TrainConfig(**p.train).lora)
     assert lora_row["trainable_params"] == total - stacks + lora
     full = estimate(mt, cfg, p.text.vocab_size, Setup("full"), TrainConfig(**p.train).lora)
@@ -64,8 +66,9 @@ def test_bench_memory_command_prints_json_and_markdown(tmp_path):
     assert [x["setup"] for x in rows] == ["full", "lora", "vlm"]
     assert rows[0]["trainable_params"] == r["presets"]["pi0-tiny"]["params"]
     assert rows[0]["trainable_params"] > max(rows[1]["trainable_params"], rows[2]["trainable_params"])
-    res = CliRunner().invoke(app, ["bench", "memory", "pi0-tiny", "--batch", "4", "--markdown", "--json",
-                                   str(tmp_path / "m.json")])
+    res = CliRunner().invoke(
+        app, ["bench", "memory", "pi0-tiny", "--batch", "4", "--markdown", "--json", str(tmp_path / "m.json")]
+    )
     assert res.exit_code == 0, res.output
     assert "| pi0-tiny | LoRA 16/32 (openpi's), 1 GPU | 4 |" in res.output and (tmp_path / "m.json").exists()
     bad = CliRunner().invoke(app, ["bench", "memory", "nope"])
@@ -76,8 +79,14 @@ def test_measure_runs_real_training_steps_beside_the_estimate():
     """--measure (the GPU check): real steps of the one-GPU setups; here on the CPU (no peak memory)."""
     from vla.bench.memory import markdown
 
-    r = run(["pi0-tiny"], batch=4, setups=[Setup("lora", lora_rank=2), Setup("fsdp", gpus=2, fsdp=True)],
-            measure=True, steps=1, device="cpu")
+    r = run(
+        ["pi0-tiny"],
+        batch=4,
+        setups=[Setup("lora", lora_rank=2), Setup("fsdp", gpus=2, fsdp=True)],
+        measure=True,
+        steps=1,
+        device="cpu",
+    )
     lora, fsdp = r["presets"]["pi0-tiny"]["setups"]
     assert lora["measured"]["device"] == "cpu" and lora["measured"]["step_s"] > 0
     assert lora["measured"]["peak_gb"] is None and "measured" not in fsdp  # FSDP needs torchrun

@@ -32,7 +32,10 @@ def test_train_writes_a_complete_checkpoint(tmp_path, two_stores):
     assert (ck / "loss.png").stat().st_size > 1000
     # The runtime rebuilds the policy from the checkpoint alone and serves both embodiments.
     pol = load_policy(ck)
-    for name, s, a, cams in (("armA", 4, 3, {"front": (16, 16), "wrist": (16, 16)}), ("armB", 6, 5, {"front": (20, 16)})):
+    for name, s, a, cams in (
+        ("armA", 4, 3, {"front": (16, 16), "wrist": (16, 16)}),
+        ("armB", 6, 5, {"front": (20, 16)}),
+    ):
         obs = {"observation/state": np.zeros(s, np.float32), "task": "reach the red target", "embodiment": name}
         obs.update({f"observation/images/{c}": np.zeros((*hw, 3), np.uint8) for c, hw in cams.items()})
         out = pol.infer(obs)
@@ -62,9 +65,12 @@ def test_fast_preset_trains_and_infers(tmp_path, two_stores):
     ck = train(preset, two_stores[:1], tmp_path / "ck", steps=3, progress=False)
     assert (ck / "fast" / "armA" / "fast.json").exists()
     pol = load_policy(ck)
-    obs = {"observation/state": np.zeros(4, np.float32), "task": "go",
-           "observation/images/front": np.zeros((16, 16, 3), np.uint8),
-           "observation/images/wrist": np.zeros((16, 16, 3), np.uint8)}
+    obs = {
+        "observation/state": np.zeros(4, np.float32),
+        "task": "go",
+        "observation/images/front": np.zeros((16, 16, 3), np.uint8),
+        "observation/images/wrist": np.zeros((16, 16, 3), np.uint8),
+    }
     out = pol.infer(obs)
     # An untrained FAST model usually emits a malformed sequence: it must be flagged and counted.
     assert out["actions"].shape == (6, 3) and isinstance(out["malformed"], bool)
@@ -75,8 +81,10 @@ def test_fast_preset_trains_and_infers(tmp_path, two_stores):
 def test_truncated_fast_sequences_are_counted_with_loader_workers(tmp_path, two_stores, workers):
     """Token rows cut at max_action_tokens are counted in the main process: with DataLoader workers
     each worker only holds a copy of the transforms, so a count kept there never reached the log."""
-    preset = load_preset(write_preset(tmp_path / "f.toml", kind="fast"),
-                         overrides={"model": {"max_action_tokens": 3}, "train": {"workers": workers}})
+    preset = load_preset(
+        write_preset(tmp_path / "f.toml", kind="fast"),
+        overrides={"model": {"max_action_tokens": 3}, "train": {"workers": workers}},
+    )
     ck = train(preset, two_stores[:1], tmp_path / "ck", steps=3, progress=False)
     rows = [json.loads(x) for x in (ck / "metrics.jsonl").read_text().splitlines()]
     # Every chunk needs more than one FAST token, so every row of batch 4 is cut: 4 per step, summed.
@@ -139,10 +147,16 @@ def test_ddp_two_cpu_processes_match_one(tmp_path, two_stores):
     script.write_text(
         "import sys\nfrom vla.config import load_preset\nfrom vla.train.trainer import train\n"
         f"train(load_preset({str(preset_path)!r}), {two_stores!r}, {str(tmp_path / 'two')!r}, steps=3, progress=False,"
-        " max_seconds=1e6)\n")  # a budget that never ends the run but takes the ranks' shared-clock path
+        " max_seconds=1e6)\n"
+    )  # a budget that never ends the run but takes the ranks' shared-clock path
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-                        str(script)], capture_output=True, text=True, env=env, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517", str(script)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     a, b = _params(single), _params(tmp_path / "two")
     for k in a:
@@ -212,7 +226,9 @@ def test_shuffled_instructions_depend_on_the_episode_not_the_order():
         for i in order:
             w.reset()
             first = w.infer(obs[i])["task"]
-            assert w.infer({**obs[i], "observation/state": np.zeros(3, np.float32)})["task"] == first  # fixed per episode
+            assert (
+                w.infer({**obs[i], "observation/state": np.zeros(3, np.float32)})["task"] == first
+            )  # fixed per episode
             got[i] = first
         return got
 

@@ -34,15 +34,25 @@ DEFAULT_CKPT = "runs/quickstart/ckpt"
 def _row(r: dict) -> dict:
     eps = len(r["episodes"])
     return {
-        "mode": r["mode"], "inject_delay_ms": r["inject_delay_ms"], "ticks": r["ticks"],
-        "period_ms": r["period_ms"], "jitter_p99_ms": r["jitter_ms"]["p99"], "lateness_p99_ms": r["lateness_ms"]["p99"],
-        "deadline_misses": r["deadline_misses"], "held_ticks": r["held_ticks"],
-        "inference_ms": r["inference"]["latency_ms"], "server_infer_ms_p50": r["inference"]["server_infer_ms_p50"],
-        "delay_ticks_p50": r["inference"]["delay_ticks"]["p50"], "chunks": r["inference"]["requests"],
-        "boundary_jump": r["boundary_jump"], "action_change": r["action_change"],
-        "episodes": eps, "successes": r["successes"],
+        "mode": r["mode"],
+        "inject_delay_ms": r["inject_delay_ms"],
+        "ticks": r["ticks"],
+        "period_ms": r["period_ms"],
+        "jitter_p99_ms": r["jitter_ms"]["p99"],
+        "lateness_p99_ms": r["lateness_ms"]["p99"],
+        "deadline_misses": r["deadline_misses"],
+        "held_ticks": r["held_ticks"],
+        "inference_ms": r["inference"]["latency_ms"],
+        "server_infer_ms_p50": r["inference"]["server_infer_ms_p50"],
+        "delay_ticks_p50": r["inference"]["delay_ticks"]["p50"],
+        "chunks": r["inference"]["requests"],
+        "boundary_jump": r["boundary_jump"],
+        "action_change": r["action_change"],
+        "episodes": eps,
+        "successes": r["successes"],
         "success_rate": round(r["successes"] / eps, 3) if eps else None,
-        "watchdog_holds": r["safety"]["watchdog_hold"], "observer_busy_ticks": r["observer_busy_ticks"],
+        "watchdog_holds": r["safety"]["watchdog_hold"],
+        "observer_busy_ticks": r["observer_busy_ticks"],
     }
 
 
@@ -66,25 +76,42 @@ def _targets(rows: list[dict]) -> dict:
     return out
 
 
-def run(*, checkpoint: str | None = None, seconds: float = 60.0, delays=(0.0, 100.0, 300.0),
-        modes=("sync", "async", "rtc"), env: str = "vla/Arm7-ReachGoal-v0", out: str | Path = "runs/bench/control",
-        hz: float = 50.0, image_size: int = 64, rt_priority: int = 50) -> dict:
+def run(
+    *,
+    checkpoint: str | None = None,
+    seconds: float = 60.0,
+    delays=(0.0, 100.0, 300.0),
+    modes=("sync", "async", "rtc"),
+    env: str = "vla/Arm7-ReachGoal-v0",
+    out: str | Path = "runs/bench/control",
+    hz: float = 50.0,
+    image_size: int = 64,
+    rt_priority: int = 50,
+) -> dict:
     from vla.runtime.client import RemotePolicy
     from vla.runtime.run import child_process, free_port, run_deployment
 
     ckpt = checkpoint or DEFAULT_CKPT
     if not Path(ckpt).is_dir():
-        raise SpecError(f"no checkpoint at {ckpt!r}: pass --ckpt, e.g. one made by `vla quickstart` or "
-                        "`vla train pi0-tiny --data <arm7 reach store> --out <dir>`")
+        raise SpecError(
+            f"no checkpoint at {ckpt!r}: pass --ckpt, e.g. one made by `vla quickstart` or "
+            "`vla train pi0-tiny --data <arm7 reach store> --out <dir>`"
+        )
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     rows, t0 = [], time.perf_counter()
     with contextlib.ExitStack() as stack:
         pport, rport = free_port(), free_port()
-        server = stack.enter_context(child_process(["serve", str(ckpt), "--port", str(pport)], out / "policy_server.log",
-                                                   "policy server"))
-        stack.enter_context(child_process(["sim-robot", "--env", env, "--port", str(rport), "--image-size",
-                                           str(image_size)], out / "sim_robot.log", "sim robot"))
+        server = stack.enter_context(
+            child_process(["serve", str(ckpt), "--port", str(pport)], out / "policy_server.log", "policy server")
+        )
+        stack.enter_context(
+            child_process(
+                ["sim-robot", "--env", env, "--port", str(rport), "--image-size", str(image_size)],
+                out / "sim_robot.log",
+                "sim robot",
+            )
+        )
         url = f"ws://127.0.0.1:{pport}"
         deadline = time.monotonic() + 300
         while True:  # wait for the server once, so every run starts warm
@@ -102,8 +129,15 @@ def run(*, checkpoint: str | None = None, seconds: float = 60.0, delays=(0.0, 10
                     "name": name,
                     "policy": {"url": url},
                     "robot": {"type": "sim", "spawn": False, "port": rport, "image_size": image_size, "env": env},
-                    "control": {"hz": hz, "mode": mode, "duration_s": seconds, "episodes": 10_000,
-                                "inject_delay_ms": delay, "rt_priority": rt_priority, "execute_s": 0.5},
+                    "control": {
+                        "hz": hz,
+                        "mode": mode,
+                        "duration_s": seconds,
+                        "episodes": 10_000,
+                        "inject_delay_ms": delay,
+                        "rt_priority": rt_priority,
+                        "execute_s": 0.5,
+                    },
                     "safety": {"watchdog_s": 1.0},
                     "record": {"out": str(out / name)},
                 }
@@ -112,17 +146,37 @@ def run(*, checkpoint: str | None = None, seconds: float = 60.0, delays=(0.0, 10
                 row = _row(r)
                 row["histogram_png"] = r["files"]["histogram_png"]
                 rows.append(row)
-                log.info("  %s: jitter p99 %s ms, misses %d, boundary jump p50/max %s/%s, success %s/%s", name,
-                         row["jitter_p99_ms"], row["deadline_misses"], row["boundary_jump"]["p50"],
-                         row["boundary_jump"]["max"], row["successes"], row["episodes"])
+                log.info(
+                    "  %s: jitter p99 %s ms, misses %d, boundary jump p50/max %s/%s, success %s/%s",
+                    name,
+                    row["jitter_p99_ms"],
+                    row["deadline_misses"],
+                    row["boundary_jump"]["p50"],
+                    row["boundary_jump"]["max"],
+                    row["successes"],
+                    row["episodes"],
+                )
     return {
         "benchmark": "control",
-        "setup": {"checkpoint": str(ckpt), "policy_type": meta.get("policy_type"),
-                  "action_horizon": meta.get("action_horizon"), "env": env, "image_size": image_size, "hz": hz,
-                  "seconds_per_run": seconds, "execute_s": 0.5, "rt_priority": rt_priority,
-                  "velocity_limits": "off (joint limits on)", "watchdog_s": 1.0},
+        "setup": {
+            "checkpoint": str(ckpt),
+            "policy_type": meta.get("policy_type"),
+            "action_horizon": meta.get("action_horizon"),
+            "env": env,
+            "image_size": image_size,
+            "hz": hz,
+            "seconds_per_run": seconds,
+            "execute_s": 0.5,
+            "rt_priority": rt_priority,
+            "velocity_limits": "off (joint limits on)",
+            "watchdog_s": 1.0,
+        },
         "runs": rows,
         "targets": _targets(rows),
         "seconds": round(time.perf_counter() - t0, 1),
-        "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "load_avg_1m": round(os.getloadavg()[0], 2)},
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "load_avg_1m": round(os.getloadavg()[0], 2),
+        },
     }

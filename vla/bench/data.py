@@ -39,8 +39,14 @@ from vla.data.synthetic import CameraFrames, write_synthetic
 from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, image_key, load_embodiment
 
 
-def run(episodes: int = 20, length: int = 200, horizon: int = 50, batch_size: int = 32, batches: int = 400,
-        workdir: str | None = None) -> dict:
+def run(
+    episodes: int = 20,
+    length: int = 200,
+    horizon: int = 50,
+    batch_size: int = 32,
+    batches: int = 400,
+    workdir: str | None = None,
+) -> dict:
     emb = load_embodiment("toy2d")
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
@@ -58,8 +64,14 @@ def run(episodes: int = 20, length: int = 200, horizon: int = 50, batch_size: in
     frames = episodes * length
     return {
         "benchmark": "data",
-        "setup": {"episodes": episodes, "frames_per_episode": length, "cameras": "2 x 96x96", "state_action_dim": 8,
-                  "horizon": horizon, "batch_size": batch_size},
+        "setup": {
+            "episodes": episodes,
+            "frames_per_episode": length,
+            "cameras": "2 x 96x96",
+            "state_action_dim": 8,
+            "horizon": horizon,
+            "batch_size": batch_size,
+        },
         "windows_per_s": loader,
         "targets": {"windows_per_s_2_workers": 2000, "import_frames_per_s": 500},
         "store_write_frames_per_s": round(frames / write_s),
@@ -72,14 +84,23 @@ def run(episodes: int = 20, length: int = 200, horizon: int = 50, batch_size: in
 
 
 def _machine() -> dict:
-    return {"cpus": os.cpu_count(), "torch_threads": torch.get_num_threads(), "python": platform.python_version(),
-            "processor": platform.processor() or platform.machine()}
+    return {
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "python": platform.python_version(),
+        "processor": platform.processor() or platform.machine(),
+    }
 
 
 # ---- camera workload: 480x640 camera-like frames per codec, against LeRobot's format ----
-CAMERA_TARGETS = {"bytes_vs_lerobot_av1_max": 2.0, "windows_per_s_224_vs_lerobot_min": 10.0,
-                  "files_per_1000_frames_per_camera_max": 1.0, "psnr_db_min": 38.0, "recording_dropped_frames": 0,
-                  "sim_windows_per_s_2_workers_min": 5000}
+CAMERA_TARGETS = {
+    "bytes_vs_lerobot_av1_max": 2.0,
+    "windows_per_s_224_vs_lerobot_min": 10.0,
+    "files_per_1000_frames_per_camera_max": 1.0,
+    "psnr_db_min": 38.0,
+    "recording_dropped_frames": 0,
+    "sim_windows_per_s_2_workers_min": 5000,
+}
 
 
 def _camera_embodiment(cams: int, h: int = 480, w: int = 640, hz: float = 30.0) -> Embodiment:
@@ -110,9 +131,17 @@ class _LeRobotPattern(Dataset):
         self.cams = [k for k, f in meta["features"].items() if f["dtype"] == "video"]
         eps = pq.read_table(next((root / "meta" / "episodes").rglob("*.parquet"))).to_pylist()
         self.rows = [(e["episode_index"], t) for e in eps for t in range(e["length"])]
-        self.videos = {(e["episode_index"], k): (root / meta["video_path"].format(
-            video_key=k, chunk_index=e[f"videos/{k}/chunk_index"], file_index=e[f"videos/{k}/file_index"]),
-            e[f"videos/{k}/from_timestamp"]) for e in eps for k in self.cams}
+        self.videos = {
+            (e["episode_index"], k): (
+                root
+                / meta["video_path"].format(
+                    video_key=k, chunk_index=e[f"videos/{k}/chunk_index"], file_index=e[f"videos/{k}/file_index"]
+                ),
+                e[f"videos/{k}/from_timestamp"],
+            )
+            for e in eps
+            for k in self.cams
+        }
         self.actions = np.zeros((len(self.rows) + horizon, 8), np.float32)
         self.horizon, self.resize = horizon, resize
 
@@ -130,13 +159,14 @@ class _LeRobotPattern(Dataset):
 
     def __getitem__(self, i: int) -> dict:
         ep, t = self.rows[i]
-        out = {"action": torch.from_numpy(self.actions[i:i + self.horizon])}
+        out = {"action": torch.from_numpy(self.actions[i : i + self.horizon])}
         for k in self.cams:
             path, t0 = self.videos[(ep, k)]
             img = torch.from_numpy(self._frame(path, t0 + t / self.fps)).permute(2, 0, 1)
             if self.resize:
-                img = torch.nn.functional.interpolate(img[None].float(), size=(self.resize * 3 // 4, self.resize),
-                                                      mode="bilinear", antialias=True)[0]
+                img = torch.nn.functional.interpolate(
+                    img[None].float(), size=(self.resize * 3 // 4, self.resize), mode="bilinear", antialias=True
+                )[0]
             out[k] = img
         return out
 
@@ -158,10 +188,10 @@ def _loader_rate_inner(ds, workers: int, batches: int, batch_size: int) -> float
         dl = make_loader(ds, batch_size, workers=workers, num_samples=batch_size * (batches + 2 + 2 * workers), seed=1)
     else:
         g = torch.Generator().manual_seed(1)
-        sampler = torch.utils.data.RandomSampler(ds, replacement=True, num_samples=batch_size * (batches + 2 + 2 * workers),
-                                                 generator=g)
-        dl = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers,
-                        persistent_workers=workers > 0)
+        sampler = torch.utils.data.RandomSampler(
+            ds, replacement=True, num_samples=batch_size * (batches + 2 + 2 * workers), generator=g
+        )
+        dl = DataLoader(ds, batch_size=batch_size, sampler=sampler, num_workers=workers, persistent_workers=workers > 0)
     it = iter(dl)
     for _ in range(2 + 2 * workers):  # exclude worker start-up and the batches prefetched meanwhile
         next(it)
@@ -224,17 +254,33 @@ def _record(seconds: float, cams: int, hz: float, tmp: Path, gen: CameraFrames) 
     t_end = time.perf_counter()
     episodes = rec.close()
     done = time.perf_counter()
-    return {"cameras": f"{cams} x 480x640", "hz": hz, "seconds": seconds, "frames_offered": ticks,
-            "frames_recorded": sum(e["frames"] for e in episodes), "dropped_frames": rec.dropped,
-            "max_queue_depth": depth, "queue_limit": rec.q.maxsize, "late_ticks": late,
-            "finish_after_last_frame_s": round(done - t_end, 2),
-            "process_cpu_cores_used": round((time.process_time() - cpu0) / (done - t0), 2),
-            "error": rec.error_message()}
+    return {
+        "cameras": f"{cams} x 480x640",
+        "hz": hz,
+        "seconds": seconds,
+        "frames_offered": ticks,
+        "frames_recorded": sum(e["frames"] for e in episodes),
+        "dropped_frames": rec.dropped,
+        "max_queue_depth": depth,
+        "queue_limit": rec.q.maxsize,
+        "late_ticks": late,
+        "finish_after_last_frame_s": round(done - t_end, 2),
+        "process_cpu_cores_used": round((time.process_time() - cpu0) / (done - t0), 2),
+        "error": rec.error_message(),
+    }
 
 
-def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 90), horizon: int = 50,
-               batch_size: int = 32, batches: int = 40, lerobot_batches: int = 12, record_s: float = 10.0,
-               workdir: str | None = None) -> dict:
+def run_camera(
+    episodes: int = 8,
+    length: int = 128,
+    qualities=(60, 70, 75, 80, 90),
+    horizon: int = 50,
+    batch_size: int = 32,
+    batches: int = 40,
+    lerobot_batches: int = 12,
+    record_s: float = 10.0,
+    workdir: str | None = None,
+) -> dict:
     """Bytes, files, PSNR, write speed and windows/s at 224x224 per codec, and the same for LeRobot's
     format (AV1 as LeRobot writes it; PyAV at LeRobot's access pattern), import and recording."""
     load0 = os.getloadavg()
@@ -256,8 +302,14 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
                 for v, w in writers.items():
                     t0 = time.perf_counter()
                     for j in range(length):
-                        w.add_frame({STATE: lowdim[j], ACTION: lowdim[j], image_key("front"): imgs[0][j],
-                                     image_key("wrist"): imgs[1][j]})
+                        w.add_frame(
+                            {
+                                STATE: lowdim[j],
+                                ACTION: lowdim[j],
+                                image_key("front"): imgs[0][j],
+                                image_key("wrist"): imgs[1][j],
+                            }
+                        )
                     w.end_episode(task="pick up the cup", success=True)
                     write_s[v] += time.perf_counter() - t0
         sample = list(range(0, frames, max(1, frames // 48)))
@@ -265,12 +317,15 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
         for v, s in stores.items():
             cam_dir = Path(s.path) / emb.name / "observation" / "images" / "front"
             nbytes, nfiles = _tree_bytes(cam_dir, "c.*")
-            psnr = np.mean([_psnr(s.frames(emb.name, cam).read(sample), truth[c])
-                            for c, cam in enumerate(emb.camera_names)])
+            psnr = np.mean(
+                [_psnr(s.frames(emb.name, cam).read(sample), truth[c]) for c, cam in enumerate(emb.camera_names)]
+            )
             ds = WindowDataset(s.path, horizon, image_size=(224, 224))
             out["codecs"][v] = {
-                "bytes_per_frame": round(nbytes / frames), "files_per_1000_frames": round(1000 * nfiles / frames, 2),
-                "psnr_db": round(float(psnr), 2), "write_frames_per_s": round(frames / write_s[v]),
+                "bytes_per_frame": round(nbytes / frames),
+                "files_per_1000_frames": round(1000 * nfiles / frames, 2),
+                "psnr_db": round(float(psnr), 2),
+                "write_frames_per_s": round(frames / write_s[v]),
                 "windows_per_s_224": {f"workers_{w}": round(_loader_rate(ds, w, batches, batch_size)) for w in (0, 2)},
                 "windows_per_cpu_s_224": round(_windows_per_cpu_s(ds, max(4, batches // 4), batch_size)),
             }
@@ -278,7 +333,8 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
         if default in stores:  # the issue's figure at native size: 684 windows/s on per-frame lossless files
             native = WindowDataset(stores[default].path, horizon)
             out["codecs"][default]["windows_per_s_native_workers_2"] = round(
-                _loader_rate(native, 2, max(2, batches // 2), batch_size))
+                _loader_rate(native, 2, max(2, batches // 2), batch_size)
+            )
 
         # LeRobot's format of the same frames: AV1 (GOP 2, crf 30, as LeRobot encodes), one mp4 per camera.
         t0 = time.perf_counter()
@@ -287,17 +343,24 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
         from vla.data.video import VideoCursor
 
         ts = np.asarray(sample) / emb.control_hz
-        decoded = {c: VideoCursor(next((tmp / "lerobot" / "videos" / f"observation.images.{cam}").rglob("*.mp4")),
-                                  emb.control_hz).frames_at(ts) for c, cam in enumerate(emb.camera_names)}
+        decoded = {
+            c: VideoCursor(
+                next((tmp / "lerobot" / "videos" / f"observation.images.{cam}").rglob("*.mp4")), emb.control_hz
+            ).frames_at(ts)
+            for c, cam in enumerate(emb.camera_names)
+        }
         lr = _LeRobotPattern(tmp / "lerobot", horizon)
         lr224 = _LeRobotPattern(tmp / "lerobot", horizon, resize=224)
         out["lerobot"] = {
-            "format": "LeRobot v3.0, AV1 (libsvtav1 crf 30, GOP 2, yuv420p)", "export_s": round(time.perf_counter() - t0, 1),
-            "bytes_per_frame": round(lr_bytes / frames), "files_per_1000_frames": round(1000 * lr_files / frames, 2),
+            "format": "LeRobot v3.0, AV1 (libsvtav1 crf 30, GOP 2, yuv420p)",
+            "export_s": round(time.perf_counter() - t0, 1),
+            "bytes_per_frame": round(lr_bytes / frames),
+            "files_per_1000_frames": round(1000 * lr_files / frames, 2),
             "psnr_db": round(float(np.mean([_psnr(decoded[c], truth[c]) for c in range(2)])), 2),
             "loader": "PyAV at LeRobot's access pattern (open, seek to keyframe, decode, per window and camera)",
-            "windows_per_s_native": {f"workers_{w}": round(_loader_rate(lr, w, lerobot_batches, batch_size), 1)
-                                     for w in (0, 2)},
+            "windows_per_s_native": {
+                f"workers_{w}": round(_loader_rate(lr, w, lerobot_batches, batch_size), 1) for w in (0, 2)
+            },
             "windows_per_s_224_workers_2": round(_loader_rate(lr224, 2, lerobot_batches, batch_size), 1),
             "windows_per_cpu_s_native": round(_windows_per_cpu_s(lr, max(2, lerobot_batches // 3), batch_size), 1),
         }
@@ -305,11 +368,19 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
         imp = import_lerobot(tmp / "lerobot", tmp / "imported", progress=False)
         st = EpisodeStore.open(tmp / "imported")
         ib, _ = _tree_bytes(tmp / "imported" / st.infos()[0].embodiment / "observation" / "images" / "front", "c.*")
-        ipsnr = np.mean([_psnr(st.frames(st.infos()[0].embodiment, cam).read(sample), decoded[c])
-                         for c, cam in enumerate(emb.camera_names)])
-        out["import"] = {"codecs": imp["codecs"], "frames_per_s": round(imp["frames_per_s"]),
-                         "bytes_per_frame": round(ib / frames), "bytes_vs_lerobot": round(ib / lr_bytes, 2),
-                         "psnr_db_vs_source_video": round(float(ipsnr), 2)}
+        ipsnr = np.mean(
+            [
+                _psnr(st.frames(st.infos()[0].embodiment, cam).read(sample), decoded[c])
+                for c, cam in enumerate(emb.camera_names)
+            ]
+        )
+        out["import"] = {
+            "codecs": imp["codecs"],
+            "frames_per_s": round(imp["frames_per_s"]),
+            "bytes_per_frame": round(ib / frames),
+            "bytes_vs_lerobot": round(ib / lr_bytes, 2),
+            "psnr_db_vs_source_video": round(float(ipsnr), 2),
+        }
         out["recording"] = _record(record_s, 3, 30.0, tmp, gen)
     lr_rate = out["lerobot"]["windows_per_s_native"]["workers_2"]
     lr_cpu = out["lerobot"]["windows_per_cpu_s_native"]
@@ -317,12 +388,23 @@ def run_camera(episodes: int = 8, length: int = 128, qualities=(60, 70, 75, 80, 
         r["bytes_vs_lerobot_av1"] = round(r["bytes_per_frame"] / out["lerobot"]["bytes_per_frame"], 2)
         r["windows_224_vs_lerobot_workers_2"] = round(r["windows_per_s_224"]["workers_2"] / lr_rate, 1)
         r["windows_per_cpu_s_224_vs_lerobot"] = round(r["windows_per_cpu_s_224"] / lr_cpu, 1)
-    out.update({
-        "setup": {"episodes": episodes, "frames_per_episode": length, "cameras": "2 x 480x640 camera-like (photo, "
-                  "motion, sensor noise sigma 2)", "horizon": horizon, "batch_size": batch_size,
-                  "default_codec": default, "shard_frames": SHARD_FRAMES},
-        "targets": CAMERA_TARGETS,
-        "load_average_1_5_15": {"start": [round(x, 2) for x in load0], "end": [round(x, 2) for x in os.getloadavg()]},
-        "machine": _machine(),
-    })
+    out.update(
+        {
+            "setup": {
+                "episodes": episodes,
+                "frames_per_episode": length,
+                "cameras": "2 x 480x640 camera-like (photo, motion, sensor noise sigma 2)",
+                "horizon": horizon,
+                "batch_size": batch_size,
+                "default_codec": default,
+                "shard_frames": SHARD_FRAMES,
+            },
+            "targets": CAMERA_TARGETS,
+            "load_average_1_5_15": {
+                "start": [round(x, 2) for x in load0],
+                "end": [round(x, 2) for x in os.getloadavg()],
+            },
+            "machine": _machine(),
+        }
+    )
     return out

@@ -98,15 +98,26 @@ def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
             one = compiled_sampler(num_steps=1)
             chunk(True, one)
             step_c = (full - _median_ms(lambda: chunk(True, one), reps)) / (cfg.num_steps - 1)
-            compiled = {"chunk_ms_compiled": round(full, 1), "compile_s": round(compile_s, 1),
-                        "cached_step_ms_compiled": round(step_c, 2),
-                        "cached_step_over_prefix_compiled": round(step_c / (full - cfg.num_steps * step_c), 3)}
+            compiled = {
+                "chunk_ms_compiled": round(full, 1),
+                "compile_s": round(compile_s, 1),
+                "cached_step_ms_compiled": round(step_c, 2),
+                "cached_step_over_prefix_compiled": round(step_c / (full - cfg.num_steps * step_c), 3),
+            }
     return {
-        "preset": preset_name, **_params(model), "backbone": cfg.backbone.family, "attach": cfg.attach,
-        "model_image_size": size, "prefix_tokens": int(valid.sum()), "suffix_tokens": 1 + cfg.horizon,
-        "chunk_ms_cached": round(cached, 1), "chunk_ms_uncached": round(uncached, 1),
-        "prefix_pass_ms": round(prefix_ms, 2), "cached_step_ms": round(step_ms, 2),
-        "cached_step_over_prefix": round(step_ms / prefix_ms, 3), **compiled,
+        "preset": preset_name,
+        **_params(model),
+        "backbone": cfg.backbone.family,
+        "attach": cfg.attach,
+        "model_image_size": size,
+        "prefix_tokens": int(valid.sum()),
+        "suffix_tokens": 1 + cfg.horizon,
+        "chunk_ms_cached": round(cached, 1),
+        "chunk_ms_uncached": round(uncached, 1),
+        "prefix_pass_ms": round(prefix_ms, 2),
+        "cached_step_ms": round(step_ms, 2),
+        "cached_step_over_prefix": round(step_ms / prefix_ms, 3),
+        **compiled,
         "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
     }
 
@@ -133,10 +144,16 @@ def _sizes(preset_name: str) -> dict:
     parts = {k: round(sum(p.numel() for p in getattr(model, k).parameters()) / 1e6, 1) for k in ("backbone", "expert")}
     total = sum(p.numel() for p in model.parameters())
     active = total - model.backbone.moe_idle_params()
-    return {"preset": preset_name, "backbone": cfg.backbone.family, "attach": cfg.attach,
-            "params_m": round(total / 1e6, 1), "active_params_m": round(active / 1e6, 1),
-            "backbone_params_m": parts["backbone"], "expert_params_m": parts["expert"],
-            "image_tokens_per_camera": cfg.backbone.tokens_per_image}
+    return {
+        "preset": preset_name,
+        "backbone": cfg.backbone.family,
+        "attach": cfg.attach,
+        "params_m": round(total / 1e6, 1),
+        "active_params_m": round(active / 1e6, 1),
+        "backbone_params_m": parts["backbone"],
+        "expert_params_m": parts["expert"],
+        "image_tokens_per_camera": cfg.backbone.tokens_per_image,
+    }
 
 
 def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
@@ -155,18 +172,28 @@ def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
     model.vocab.eos_id = -1  # never stop early: time exactly `tokens` decode steps
     b = 1
     frames = _camera_frames()
-    batch = {"images": None, "image_mask": torch.ones(b, 2, dtype=torch.bool),
-             "tokens": torch.randint(4, 100, (b, cfg.max_tokens)), "token_mask": torch.ones(b, cfg.max_tokens, dtype=torch.bool),
-             "state": torch.randn(b, 8), "embodiment": ["toy2d"]}
+    batch = {
+        "images": None,
+        "image_mask": torch.ones(b, 2, dtype=torch.bool),
+        "tokens": torch.randint(4, 100, (b, cfg.max_tokens)),
+        "token_mask": torch.ones(b, cfg.max_tokens, dtype=torch.bool),
+        "state": torch.randn(b, 8),
+        "embodiment": ["toy2d"],
+    }
 
     def chunk():
         batch["images"] = resize_with_pad(frames, cfg.backbone.image_size)[None]
         return model.generate(batch, max_new=tokens)
 
     ms = _median_ms(chunk, max(3, reps // 2))
-    return {"preset": preset_name, "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
-            "decoded_tokens": tokens, "chunk_ms": round(ms, 1), "ms_per_token": round(ms / tokens, 2),
-            "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)}
+    return {
+        "preset": preset_name,
+        "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+        "decoded_tokens": tokens,
+        "chunk_ms": round(ms, 1),
+        "ms_per_token": round(ms / tokens, 2),
+        "peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
+    }
 
 
 def _in_process(fn, *args):
@@ -179,11 +206,20 @@ BACKBONE_PRESETS = ("pi0-smolvlm2-tiny", "pi0-qwen25vl-tiny", "pi0-moe-tiny")
 FULL_SIZE_PRESETS = ("pi0-paligemma", "pi0-smolvlm2", "pi0-qwen25vl-3b", "pi0-qwen3vl-moe")
 
 
-def run(threads: int = 2, reps: int = 20, fast_tokens: int = 40, presets=("pi0-tiny", "pi0-small"),
-        compile: bool = True, backbones=BACKBONE_PRESETS, compile_backbones: bool = False,
-        sizes=FULL_SIZE_PRESETS) -> dict:
-    results = {"benchmark": "infer", "setup": {"horizon": 50, "denoise_steps": 10, "cameras": "2 x 96x96",
-                                               "batch": 1, "torch_threads": threads}}
+def run(
+    threads: int = 2,
+    reps: int = 20,
+    fast_tokens: int = 40,
+    presets=("pi0-tiny", "pi0-small"),
+    compile: bool = True,
+    backbones=BACKBONE_PRESETS,
+    compile_backbones: bool = False,
+    sizes=FULL_SIZE_PRESETS,
+) -> dict:
+    results = {
+        "benchmark": "infer",
+        "setup": {"horizon": 50, "denoise_steps": 10, "cameras": "2 x 96x96", "batch": 1, "torch_threads": threads},
+    }
     results["pi0"] = [_in_process(_pi0, p, threads, reps, compile) for p in presets]
     results["backbones"] = [_in_process(_pi0, p, threads, reps, compile_backbones) for p in backbones]
     results["sizes"] = [_in_process(_sizes, p) for p in sizes]

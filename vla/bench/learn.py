@@ -55,8 +55,16 @@ class ShuffledInstructions:
         return self.policy.infer({**obs, TASK: self.current})
 
 
-def language_check(ckpt: str | Path, suite: str, pool: list[str], *, episodes: int, workers: int = 1,
-                   normal: dict | None = None, chance: float = 1 / 3) -> dict:
+def language_check(
+    ckpt: str | Path,
+    suite: str,
+    pool: list[str],
+    *,
+    episodes: int,
+    workers: int = 1,
+    normal: dict | None = None,
+    chance: float = 1 / 3,
+) -> dict:
     """Success with the right vs shuffled instructions on `suite`."""
     from vla.runtime.policy import load_policy
     from vla.sim import evaluate
@@ -64,20 +72,37 @@ def language_check(ckpt: str | Path, suite: str, pool: list[str], *, episodes: i
     factory = functools.partial(load_policy, str(ckpt))
     if normal is None:
         normal = evaluate(factory, suite, episodes=episodes, workers=workers, progress=False)
-    shuffled = evaluate(functools.partial(ShuffledInstructions.build, factory, pool, 7), suite, episodes=episodes,
-                        workers=workers, progress=False)
+    shuffled = evaluate(
+        functools.partial(ShuffledInstructions.build, factory, pool, 7),
+        suite,
+        episodes=episodes,
+        workers=workers,
+        progress=False,
+    )
     n, s = normal["overall"]["success_rate"], shuffled["overall"]["success_rate"]
     lo, hi = shuffled["overall"]["ci95"]
     passed = n - s >= 0.25 and lo <= chance + 0.1
-    verdict = ("uses the instruction: success drops to about chance when it is shuffled" if passed else
-               "does not clearly depend on the instruction" if n - s < 0.25 else
-               "shuffled success stays above chance")
-    return {"normal": n, "shuffled": s, "shuffled_ci95": [lo, hi], "chance": chance, "passed": passed,
-            "verdict": verdict, "episodes_per_task": episodes}
+    verdict = (
+        "uses the instruction: success drops to about chance when it is shuffled"
+        if passed
+        else "does not clearly depend on the instruction"
+        if n - s < 0.25
+        else "shuffled success stays above chance"
+    )
+    return {
+        "normal": n,
+        "shuffled": s,
+        "shuffled_ci95": [lo, hi],
+        "chance": chance,
+        "passed": passed,
+        "verdict": verdict,
+        "episodes_per_task": episodes,
+    }
 
 
-def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, batch_size: int = 32,
-                   seed: int = 0) -> dict:
+def reliance_probe(
+    ckpt: str | Path, store: str | Path, *, windows: int = 256, batch_size: int = 32, seed: int = 0
+) -> dict:
     """Mean training loss of `ckpt` on `windows` windows of `store`: as recorded, with the camera
     images of another episode (same embodiment), and with another episode's (different)
     instruction, taken from an episode of the same source (robot and task) where there is one.
@@ -103,8 +128,10 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
         same = [j for j, o in enumerate(picked) if episode[j] != episode[i] and o[EMBODIMENT] == w[EMBODIMENT]]
         other_task = [j for j in same if picked[j][TASK] != w[TASK]]
         if not other_task:
-            raise SpecError(f"reliance probe: {store} needs windows of at least two episodes with different "
-                            f"instructions per embodiment (embodiment {w[EMBODIMENT]!r} has not)")
+            raise SpecError(
+                f"reliance probe: {store} needs windows of at least two episodes with different "
+                f"instructions per embodiment (embodiment {w[EMBODIMENT]!r} has not)"
+            )
         # Prefer an instruction of the same task (same source), so the swap changes *which object*,
         # not which skill: "touch the red target" -> "reach the blue target", not -> "put the cube...".
         same_task = [j for j in other_task if source[j] == source[i]]
@@ -117,7 +144,9 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
             w = dict(w)
             if mode == "other_images":
                 d = picked[donors_img[i]]
-                w.update({k: v for k, v in d.items() if k.startswith("observation/images/") or k.startswith("image_mask/")})
+                w.update(
+                    {k: v for k, v in d.items() if k.startswith("observation/images/") or k.startswith("image_mask/")}
+                )
             elif mode == "other_instruction":
                 w[TASK] = picked[donors_txt[i]][TASK]
             out.append(w)
@@ -128,7 +157,7 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
         for mode in ("as_recorded", "other_images", "other_instruction"):
             ws, total = variant(mode), 0.0
             for s in range(0, len(ws), batch_size):
-                b = tf.from_windows(collate_windows(ws[s:s + batch_size], stack_images=False))
+                b = tf.from_windows(collate_windows(ws[s : s + batch_size], stack_images=False))
                 g = torch.Generator().manual_seed(seed * 1_000_003 + s)
                 if "actions" in b and hasattr(model, "sample_time"):  # flow matching: fix noise and times
                     b["noise"] = torch.randn(b["actions"].shape, generator=g)
@@ -136,9 +165,12 @@ def reliance_probe(ckpt: str | Path, store: str | Path, *, windows: int = 256, b
                 total += float(model.compute_loss(b, g).sum())
             losses[mode] = total / len(ws)
     base = losses["as_recorded"]
-    return {"loss": {k: round(v, 5) for k, v in losses.items()}, "windows": len(picked),
-            "rise_other_images": round(losses["other_images"] / base - 1, 4),
-            "rise_other_instruction": round(losses["other_instruction"] / base - 1, 4)}
+    return {
+        "loss": {k: round(v, 5) for k, v in losses.items()},
+        "windows": len(picked),
+        "rise_other_images": round(losses["other_images"] / base - 1, 4),
+        "rise_other_instruction": round(losses["other_instruction"] / base - 1, 4),
+    }
 
 
 def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, samples: int = 3, seed: int = 0) -> dict:
@@ -179,12 +211,22 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
             demo = ep[ACTION][:, dims]
             last = min(chunks.shape[1], len(demo)) - 1
             ends.setdefault(name, []).append(demo[last])
-            per[name].append((float(np.abs(chunks[:, 0] - demo[0]).mean()),
-                              float(np.abs(chunks[:, last] - demo[last]).mean()),
-                              float(chunks[:, last].std(0).mean())))
-    out = {n: {k: round(float(np.mean([r[j] for r in rows])), 4) for j, k in enumerate(("first", "end", "spread"))}
-           | {"end_if_average": round(float(np.abs(np.stack(ends[n]) - np.mean(ends[n], 0)).mean()), 4),
-              "episodes": len(rows)} for n, rows in per.items() if rows}
+            per[name].append(
+                (
+                    float(np.abs(chunks[:, 0] - demo[0]).mean()),
+                    float(np.abs(chunks[:, last] - demo[last]).mean()),
+                    float(chunks[:, last].std(0).mean()),
+                )
+            )
+    out = {
+        n: {k: round(float(np.mean([r[j] for r in rows])), 4) for j, k in enumerate(("first", "end", "spread"))}
+        | {
+            "end_if_average": round(float(np.abs(np.stack(ends[n]) - np.mean(ends[n], 0)).mean()), 4),
+            "episodes": len(rows),
+        }
+        for n, rows in per.items()
+        if rows
+    }
     return {"per_embodiment": out, "samples": samples}
 
 
@@ -194,9 +236,18 @@ def _instruction_pool(store: str) -> list[str]:
     return EpisodeStore.open(store).tasks
 
 
-def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny"), minutes: float = 15.0,
-        recipe: str = "datasets/learn.toml", reach_suite: str = "reach-goal", pick_suite: str = "pick-place",
-        episodes: int = 30, workers: int = 2, steps: int | None = None) -> dict:
+def run(
+    out: str | Path = "runs/bench-learn",
+    *,
+    presets=("pi0-tiny", "fast-tiny"),
+    minutes: float = 15.0,
+    recipe: str = "datasets/learn.toml",
+    reach_suite: str = "reach-goal",
+    pick_suite: str = "pick-place",
+    episodes: int = 30,
+    workers: int = 2,
+    steps: int | None = None,
+) -> dict:
     from vla.config import load_preset
     from vla.model.checkpoint import Checkpoint
     from vla.runtime.policy import load_policy
@@ -211,8 +262,13 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         collect(recipe, str(data), workers=workers)
     collect_s = time.perf_counter() - t0
     pool = _instruction_pool(str(data))
-    results = {"benchmark": "learn", "recipe": recipe, "collect_seconds": round(collect_s, 1), "budget_minutes": minutes,
-               "policies": {}}
+    results = {
+        "benchmark": "learn",
+        "recipe": recipe,
+        "collect_seconds": round(collect_s, 1),
+        "budget_minutes": minutes,
+        "policies": {},
+    }
     for name in presets:
         preset = load_preset(name)
         ck = out / f"ckpt-{name}"
@@ -222,18 +278,33 @@ def run(out: str | Path = "runs/bench-learn", *, presets=("pi0-tiny", "fast-tiny
         cfg = Checkpoint(ck, verify=False).resolved
         factory = functools.partial(load_policy, str(ck))
         factory.name = name
-        reach = evaluate(factory, reach_suite, episodes=episodes, workers=workers, progress=False,
-                         json_out=out / f"eval-{name}-{reach_suite}.json")
-        pick = evaluate(factory, pick_suite, episodes=max(10, episodes // 2), workers=workers, progress=False,
-                        json_out=out / f"eval-{name}-{pick_suite}.json")
+        reach = evaluate(
+            factory,
+            reach_suite,
+            episodes=episodes,
+            workers=workers,
+            progress=False,
+            json_out=out / f"eval-{name}-{reach_suite}.json",
+        )
+        pick = evaluate(
+            factory,
+            pick_suite,
+            episodes=max(10, episodes // 2),
+            workers=workers,
+            progress=False,
+            json_out=out / f"eval-{name}-{pick_suite}.json",
+        )
         lang = language_check(ck, reach_suite, pool, episodes=episodes, workers=workers, normal=reach)
         probe = reliance_probe(ck, data) | {"goal": goal_error(ck, data)}
         results["policies"][name] = {
-            "train_seconds": round(train_s, 1), "steps": cfg.step, "params": cfg.params,
+            "train_seconds": round(train_s, 1),
+            "steps": cfg.step,
+            "params": cfg.params,
             "reach": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3) for r in reach["tasks"]},
-            "reach_overall": reach["overall"], "pick_place": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3)
-                                                             for r in pick["tasks"]},
-            "language_check": lang, "reliance_probe": probe,
+            "reach_overall": reach["overall"],
+            "pick_place": {f"{r['robot']}/{r['task']}": round(r["success_rate"], 3) for r in pick["tasks"]},
+            "language_check": lang,
+            "reliance_probe": probe,
         }
     results["targets"] = {"reach_success": 0.8, "language_shuffled": "about chance (1/3)"}
     results["machine"] = {"cpus": os.cpu_count(), "python": platform.python_version()}

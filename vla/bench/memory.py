@@ -18,10 +18,24 @@ OPENPI = {"inference": "> 8 GB", "lora": "> 22.5 GB", "full": "> 70 GB"}
 KINDS = ("weights", "gradients", "optimizer", "ema", "activations", "total")
 
 
-def run(presets: list[str], *, batch: int = 32, grad_checkpoint: bool = True,
-        setups: list[Setup] | None = None, measure: bool = False, steps: int = 3, device: str | None = None) -> dict:
-    out = {"batch": batch, "grad_checkpoint": grad_checkpoint, "unit": "GB (1e9 bytes) per GPU",
-           "method": METHOD, "openpi_published": OPENPI, "presets": {}}
+def run(
+    presets: list[str],
+    *,
+    batch: int = 32,
+    grad_checkpoint: bool = True,
+    setups: list[Setup] | None = None,
+    measure: bool = False,
+    steps: int = 3,
+    device: str | None = None,
+) -> dict:
+    out = {
+        "batch": batch,
+        "grad_checkpoint": grad_checkpoint,
+        "unit": "GB (1e9 bytes) per GPU",
+        "method": METHOD,
+        "openpi_published": OPENPI,
+        "presets": {},
+    }
     for name in presets:
         p = load_preset(name)
         mt = model_type(p.type)
@@ -31,23 +45,47 @@ def run(presets: list[str], *, batch: int = 32, grad_checkpoint: bool = True,
         cfg = mt.make_config(p.model, embodiments={"robot": (dims, dims)})
         rows = []
         for s in setups or default_setups():
-            r = estimate(mt, cfg, p.text.vocab_size, s, tcfg.lora, batch=batch, grad_checkpoint=grad_checkpoint,
-                         ema=tcfg.ema > 0, frozen_bf16=tcfg.frozen_bf16)
-            rows.append({"setup": s.name, "gpus": s.gpus, "fsdp": s.fsdp, "lora_rank": s.lora_rank, "freeze": s.freeze,
-                         "batch_per_gpu": r["batch_per_gpu"], "trainable_params": r["trainable_params"],
-                         **{f"{k}_gb": round(r[k] / GB, 2) for k in KINDS}})
+            r = estimate(
+                mt,
+                cfg,
+                p.text.vocab_size,
+                s,
+                tcfg.lora,
+                batch=batch,
+                grad_checkpoint=grad_checkpoint,
+                ema=tcfg.ema > 0,
+                frozen_bf16=tcfg.frozen_bf16,
+            )
+            rows.append(
+                {
+                    "setup": s.name,
+                    "gpus": s.gpus,
+                    "fsdp": s.fsdp,
+                    "lora_rank": s.lora_rank,
+                    "freeze": s.freeze,
+                    "batch_per_gpu": r["batch_per_gpu"],
+                    "trainable_params": r["trainable_params"],
+                    **{f"{k}_gb": round(r[k] / GB, 2) for k in KINDS},
+                }
+            )
             if measure and s.gpus == 1:
-                rows[-1]["measured"] = measure_steps(p, cfg, s, tcfg, batch=batch, steps=steps, device=device,
-                                                     grad_checkpoint=grad_checkpoint)
+                rows[-1]["measured"] = measure_steps(
+                    p, cfg, s, tcfg, batch=batch, steps=steps, device=device, grad_checkpoint=grad_checkpoint
+                )
         with torch.device("meta"):
             params = sum(x.numel() for x in mt.build(cfg, text_vocab=p.text.vocab_size).parameters())
-        out["presets"][p.name] = {"type": p.type, "params": params,
-                                  "tokens_per_sample": [n for n, _ in layer_streams(mt, cfg)], "setups": rows}
+        out["presets"][p.name] = {
+            "type": p.type,
+            "params": params,
+            "tokens_per_sample": [n for n, _ in layer_streams(mt, cfg)],
+            "setups": rows,
+        }
     return out
 
 
-def measure_steps(preset, cfg, setup: Setup, tcfg, *, batch: int, steps: int, device: str | None,
-                  grad_checkpoint: bool) -> dict:
+def measure_steps(
+    preset, cfg, setup: Setup, tcfg, *, batch: int, steps: int, device: str | None, grad_checkpoint: bool
+) -> dict:
     """Real training steps of `setup` on random weights and a random batch -> {"step_s" (median
     after one warm-up step), "peak_gb" (CUDA's max_memory_allocated; None on the CPU), "device"}."""
     import time
@@ -57,8 +95,9 @@ def measure_steps(preset, cfg, setup: Setup, tcfg, *, batch: int, steps: int, de
 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     mt = model_type(preset.type)
-    tc = replace(tcfg, lora=replace(tcfg.lora, rank=setup.lora_rank), freeze=setup.freeze,
-                 grad_checkpoint=grad_checkpoint)
+    tc = replace(
+        tcfg, lora=replace(tcfg.lora, rank=setup.lora_rank), freeze=setup.freeze, grad_checkpoint=grad_checkpoint
+    )
     if dev.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(dev)
@@ -81,8 +120,11 @@ def measure_steps(preset, cfg, setup: Setup, tcfg, *, batch: int, steps: int, de
     del t, model, example, loss
     if dev.type == "cuda":
         torch.cuda.empty_cache()
-    return {"device": str(dev), "step_s": round(sorted(times[1:])[len(times[1:]) // 2], 4),
-            "peak_gb": None if peak is None else round(peak, 2)}
+    return {
+        "device": str(dev),
+        "step_s": round(sorted(times[1:])[len(times[1:]) // 2], 4),
+        "peak_gb": None if peak is None else round(peak, 2),
+    }
 
 
 def markdown(result: dict) -> str:

@@ -62,20 +62,36 @@ def bench_scene(env, *, steps: int, renders: int) -> dict:
 def bench_collect(episodes: int, workers: int = 2) -> dict:
     from vla.sim.collect import RecipeConfig, RecipeTask, collect
 
-    recipe = RecipeConfig(name="bench-arm7-reach", image_size=96,
-                          tasks=(RecipeTask("arm7", "reach", episodes, noise=0.02),))
+    recipe = RecipeConfig(
+        name="bench-arm7-reach", image_size=96, tasks=(RecipeTask("arm7", "reach", episodes, noise=0.02),)
+    )
     with tempfile.TemporaryDirectory() as tmp:
         r = collect(recipe, os.path.join(tmp, "store"), workers=workers, progress=False)
-    return {"robot": "arm7", "task": "reach", "episodes": episodes, "workers": workers, "image_size": 96,
-            "seconds": r["seconds"], "episodes_per_min": r["episodes_per_min"], "kept": r["episodes_kept"]}
+    return {
+        "robot": "arm7",
+        "task": "reach",
+        "episodes": episodes,
+        "workers": workers,
+        "image_size": 96,
+        "seconds": r["seconds"],
+        "episodes_per_min": r["episodes_per_min"],
+        "kept": r["episodes_kept"],
+    }
 
 
 def run(*, quick: bool = False, external: bool = True, collect_episodes: int = 100) -> dict:
     from vla.sim.registry import make_env
 
     steps, renders = (500, 20) if quick else (5000, 300)
-    out = {"machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "mujoco": mujoco.__version__,
-                       "gl": os.environ.get("MUJOCO_GL")}, "scenes": {}}
+    out = {
+        "machine": {
+            "cpus": os.cpu_count(),
+            "python": platform.python_version(),
+            "mujoco": mujoco.__version__,
+            "gl": os.environ.get("MUJOCO_GL"),
+        },
+        "scenes": {},
+    }
     for robot, task in SCENES:
         env = make_env(robot, task, image_size=96, seed=0)
         out["scenes"][f"{robot}/{task}"] = bench_scene(env, steps=steps, renders=renders)

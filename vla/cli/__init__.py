@@ -15,8 +15,12 @@ import typer
 from vla.cli import data, runtime, sim, train, weights
 from vla.cli.common import bench_app, fail, show_on_stdout, user_errors
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.",
+)
 app.add_typer(data.app, name="data")
 app.add_typer(bench_app, name="bench")
 app.command("collect")(sim.collect_command)
@@ -45,8 +49,9 @@ def quickstart(
 
     show_on_stdout("vla.quickstart")
     try:
-        run_quickstart(out, force=force, train_minutes=train_minutes, steps=steps, episodes=episodes,
-                       deploy_seconds=deploy_seconds)
+        run_quickstart(
+            out, force=force, train_minutes=train_minutes, steps=steps, episodes=episodes, deploy_seconds=deploy_seconds
+        )
     except user_errors() as e:
         fail(str(e))
 

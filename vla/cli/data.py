@@ -10,8 +10,9 @@ import typer
 
 from vla.cli.common import bench_app, emit, fail, user_errors
 
-app = typer.Typer(no_args_is_help=True, help="Episode stores: inspect, compute stats, edit, migrate, LeRobot "
-                  "import/export.")
+app = typer.Typer(
+    no_args_is_help=True, help="Episode stores: inspect, compute stats, edit, migrate, LeRobot import/export."
+)
 
 
 def _fmt(v) -> str:
@@ -22,7 +23,9 @@ def _fmt(v) -> str:
 def data_info(
     store: str = typer.Argument(..., help="Path or fsspec URL of an episode store."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary (with norm stats) as JSON."),
-    sheet: Optional[Path] = typer.Option(None, help="Where to write the contact sheet PNG [default: ./<store>_contact.png]."),
+    sheet: Optional[Path] = typer.Option(
+        None, help="Where to write the contact sheet PNG [default: ./<store>_contact.png]."
+    ),
     no_sheet: bool = typer.Option(False, "--no-sheet", help="Do not write a contact sheet."),
 ):
     """What is in a store: episodes, frames, embodiments, tasks, shapes, norm stats, and a contact sheet."""
@@ -44,15 +47,21 @@ def data_info(
         typer.echo(json.dumps(summary, indent=2))
         return
     typer.echo(f"store      {summary['path']}")
-    typer.echo(f"episodes   {summary['episodes']}    frames {summary['frames']}    "
-               f"success yes/no/unknown {summary['success']['yes']}/{summary['success']['no']}/{summary['success']['unknown']}")
+    typer.echo(
+        f"episodes   {summary['episodes']}    frames {summary['frames']}    "
+        f"success yes/no/unknown {summary['success']['yes']}/{summary['success']['no']}/{summary['success']['unknown']}"
+    )
     typer.echo(f"sources    {', '.join(summary['sources']) or '-'}")
     if summary.get("format_version") != 2:
-        typer.echo(f"format     version {summary.get('format_version')}: read-only, one file per frame; "
-                   f"`vla data migrate {store} NEW` rewrites it in the current format")
+        typer.echo(
+            f"format     version {summary.get('format_version')}: read-only, one file per frame; "
+            f"`vla data migrate {store} NEW` rewrites it in the current format"
+        )
     for name, e in summary["embodiments"].items():
-        typer.echo(f"embodiment {name}: {e['episodes']} episodes, {e['frames']} frames, {e['control_hz']} Hz, "
-                   f"{e['action_mode']}")
+        typer.echo(
+            f"embodiment {name}: {e['episodes']} episodes, {e['frames']} frames, {e['control_hz']} Hz, "
+            f"{e['action_mode']}"
+        )
         for key, spec in e["keys"].items():
             cam = key.rsplit("/", 1)[-1] if key.startswith("observation/images/") else None
             codec = f"  codec {e['codecs'][cam]}" if cam in e.get("codecs", {}) else ""
@@ -96,10 +105,16 @@ def data_stats(
 def data_import_lerobot(
     src: Path = typer.Argument(..., help="LeRobot dataset folder (format v3.0 or v2.1)."),
     dst: Path = typer.Argument(..., help="New episode store to create."),
-    embodiment: Optional[str] = typer.Option(None, help="Built-in embodiment name / TOML path to map onto "
-                                             "(dims must match), or a new name [default: the dataset's robot_type]."),
-    codec: Optional[str] = typer.Option(None, help="Image codec for every camera: lossless, jpeg or jpeg:QUALITY "
-                                        "[default: jpeg for video features, lossless for PNG features]."),
+    embodiment: Optional[str] = typer.Option(
+        None,
+        help="Built-in embodiment name / TOML path to map onto "
+        "(dims must match), or a new name [default: the dataset's robot_type].",
+    ),
+    codec: Optional[str] = typer.Option(
+        None,
+        help="Image codec for every camera: lossless, jpeg or jpeg:QUALITY "
+        "[default: jpeg for video features, lossless for PNG features].",
+    ),
 ):
     """Import a LeRobot dataset (v3.0 or v2.1; images in parquet or mp4 video) into a new store."""
     from vla.data.lerobot_import import import_lerobot
@@ -109,15 +124,19 @@ def data_import_lerobot(
     except user_errors() as e:
         fail(str(e))
     codecs = ", ".join(f"{c} {k}" for c, k in r["codecs"].items()) or "no cameras"
-    typer.echo(f"imported {r['episodes']} episodes, {r['frames']} frames (LeRobot {r['version']}, embodiment "
-               f"{r['embodiment']}; {codecs}) into {dst} at {r['frames_per_s']:.0f} frames/s")
+    typer.echo(
+        f"imported {r['episodes']} episodes, {r['frames']} frames (LeRobot {r['version']}, embodiment "
+        f"{r['embodiment']}; {codecs}) into {dst} at {r['frames_per_s']:.0f} frames/s"
+    )
 
 
 @app.command("export-lerobot")
 def data_export_lerobot(
     store: str = typer.Argument(..., help="Episode store to export."),
     dst: Path = typer.Argument(..., help="New LeRobot v3.0 dataset folder."),
-    embodiment: Optional[str] = typer.Option(None, help="Which embodiment to export (needed if the store has several)."),
+    embodiment: Optional[str] = typer.Option(
+        None, help="Which embodiment to export (needed if the store has several)."
+    ),
     robot_type: Optional[str] = typer.Option(None, help="robot_type in info.json [default: the embodiment name]."),
     images: str = typer.Option("auto", help="auto: AV1 video where the size allows, else PNG; video; image (PNG)."),
 ):
@@ -130,8 +149,10 @@ def data_export_lerobot(
         r = export_lerobot(store, dst, embodiment=embodiment, robot_type=robot_type, images=images)
     except user_errors() as e:
         fail(str(e))
-    typer.echo(f"exported {r['episodes']} episodes, {r['frames']} frames to {dst} "
-               f"(video: {r['video_cameras'] or '-'}, png: {r['image_cameras'] or '-'})")
+    typer.echo(
+        f"exported {r['episodes']} episodes, {r['frames']} frames to {dst} "
+        f"(video: {r['video_cameras'] or '-'}, png: {r['image_cameras'] or '-'})"
+    )
 
 
 # ---- editing (each writes a new store; see vla.data.edit) ----
@@ -143,8 +164,11 @@ _SUCCESS = typer.Option(None, "--success", help="Episodes with this outcome: yes
 def _filter(episodes, task, success):
     from vla.data.edit import EpisodeFilter, parse_indices
 
-    return EpisodeFilter(parse_indices(episodes) if episodes else None, tuple(task) if task else None,
-                         tuple(success) if success else None)
+    return EpisodeFilter(
+        parse_indices(episodes) if episodes else None,
+        tuple(task) if task else None,
+        tuple(success) if success else None,
+    )
 
 
 def _edited(r: dict) -> None:
@@ -152,9 +176,13 @@ def _edited(r: dict) -> None:
 
 
 @app.command("keep")
-def data_keep(src: str = typer.Argument(..., help="Store to read."), dst: Path = typer.Argument(..., help="New store."),
-              episodes: Optional[str] = _EPISODES, task: Optional[list[str]] = _TASK,
-              success: Optional[list[str]] = _SUCCESS):
+def data_keep(
+    src: str = typer.Argument(..., help="Store to read."),
+    dst: Path = typer.Argument(..., help="New store."),
+    episodes: Optional[str] = _EPISODES,
+    task: Optional[list[str]] = _TASK,
+    success: Optional[list[str]] = _SUCCESS,
+):
     """A new store with only the matching episodes (criteria combine with AND)."""
     from vla.data.edit import keep_episodes
 
@@ -165,9 +193,13 @@ def data_keep(src: str = typer.Argument(..., help="Store to read."), dst: Path =
 
 
 @app.command("delete")
-def data_delete(src: str = typer.Argument(..., help="Store to read."), dst: Path = typer.Argument(..., help="New store."),
-                episodes: Optional[str] = _EPISODES, task: Optional[list[str]] = _TASK,
-                success: Optional[list[str]] = _SUCCESS):
+def data_delete(
+    src: str = typer.Argument(..., help="Store to read."),
+    dst: Path = typer.Argument(..., help="New store."),
+    episodes: Optional[str] = _EPISODES,
+    task: Optional[list[str]] = _TASK,
+    success: Optional[list[str]] = _SUCCESS,
+):
     """A new store without the matching episodes (criteria combine with AND)."""
     from vla.data.edit import delete_episodes
 
@@ -178,8 +210,10 @@ def data_delete(src: str = typer.Argument(..., help="Store to read."), dst: Path
 
 
 @app.command("merge")
-def data_merge(dst: Path = typer.Argument(..., help="New store."),
-               srcs: list[str] = typer.Argument(..., help="Stores to merge (an embodiment in several must match).")):
+def data_merge(
+    dst: Path = typer.Argument(..., help="New store."),
+    srcs: list[str] = typer.Argument(..., help="Stores to merge (an embodiment in several must match)."),
+):
     """One new store with every episode of each source, in order."""
     from vla.data.edit import merge_stores
 
@@ -190,11 +224,13 @@ def data_merge(dst: Path = typer.Argument(..., help="New store."),
 
 
 @app.command("split")
-def data_split(src: str = typer.Argument(..., help="Store to split."),
-               train: Path = typer.Argument(..., help="New store: the training episodes."),
-               val: Path = typer.Argument(..., help="New store: the validation episodes."),
-               val_fraction: float = typer.Option(0.1, help="Fraction of episodes for validation (at least one)."),
-               seed: int = typer.Option(0, help="Seed of the random episode split.")):
+def data_split(
+    src: str = typer.Argument(..., help="Store to split."),
+    train: Path = typer.Argument(..., help="New store: the training episodes."),
+    val: Path = typer.Argument(..., help="New store: the validation episodes."),
+    val_fraction: float = typer.Option(0.1, help="Fraction of episodes for validation (at least one)."),
+    seed: int = typer.Option(0, help="Seed of the random episode split."),
+):
     """Split by episode into two new stores (train / val)."""
     from vla.data.edit import split_store
 
@@ -207,10 +243,13 @@ def data_split(src: str = typer.Argument(..., help="Store to split."),
 
 
 @app.command("migrate")
-def data_migrate(src: str = typer.Argument(..., help="Store to rewrite (e.g. one written by an older vla)."),
-                 dst: Path = typer.Argument(..., help="New store in the current format."),
-                 codec: Optional[str] = typer.Option(None, help="Re-encode every camera: lossless, jpeg or jpeg:Q "
-                                                     "[default: keep each camera's codec]."),):
+def data_migrate(
+    src: str = typer.Argument(..., help="Store to rewrite (e.g. one written by an older vla)."),
+    dst: Path = typer.Argument(..., help="New store in the current format."),
+    codec: Optional[str] = typer.Option(
+        None, help="Re-encode every camera: lossless, jpeg or jpeg:Q [default: keep each camera's codec]."
+    ),
+):
     """Rewrite a store in the current format (frames sharded into few files)."""
     from vla.data.edit import migrate_store
 
@@ -225,8 +264,11 @@ def data_migrate(src: str = typer.Argument(..., help="Store to rewrite (e.g. one
 @bench_app.command("data")
 def bench_data(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
-    workload: str = typer.Option("sim", help="sim: 2 cams 96x96 sim-like frames (lossless); camera: 2 cams 480x640 "
-                                 "camera-like frames per codec and quality, against LeRobot's AV1 format."),
+    workload: str = typer.Option(
+        "sim",
+        help="sim: 2 cams 96x96 sim-like frames (lossless); camera: 2 cams 480x640 "
+        "camera-like frames per codec and quality, against LeRobot's AV1 format.",
+    ),
     episodes: Optional[int] = typer.Option(None, help="Episodes in the generated store [sim 20, camera 8]."),
     length: Optional[int] = typer.Option(None, help="Frames per episode [sim 200, camera 128]."),
     qualities: str = typer.Option("60,70,75,80,90", help="camera: JPEG qualities of the trade-off curve."),

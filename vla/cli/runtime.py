@@ -25,12 +25,17 @@ def serve_command(
     checkpoint: str = typer.Argument(..., help="Checkpoint directory (from `vla train`)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind. 0.0.0.0 exposes it to the network: set --api-key."),
     port: int = typer.Option(8000, help="TCP port (0 picks a free one)."),
-    api_key: Optional[str] = typer.Option(None, envvar="VLA_API_KEY",
-                                          help="Require 'Authorization: Api-Key KEY' [env: VLA_API_KEY]."),
+    api_key: Optional[str] = typer.Option(
+        None, envvar="VLA_API_KEY", help="Require 'Authorization: Api-Key KEY' [env: VLA_API_KEY]."
+    ),
     max_message_mb: float = typer.Option(16.0, help="Largest accepted observation message (MiB)."),
     device: Optional[str] = typer.Option(None, help="cpu, cuda ... [default: cpu]."),
-    compile: bool = typer.Option(False, "--compile", help="torch.compile the pi0 denoising (about 2x faster on CPU); "
-                                 "compiled before serving: minutes the first time, seconds once cached."),
+    compile: bool = typer.Option(
+        False,
+        "--compile",
+        help="torch.compile the pi0 denoising (about 2x faster on CPU); "
+        "compiled before serving: minutes the first time, seconds once cached.",
+    ),
 ):
     """Serve a checkpoint over websocket + msgpack-numpy (openpi wire protocol; GET /healthz)."""
     from vla.runtime.server import ServerConfig, serve
@@ -74,8 +79,9 @@ def run_command(
     episodes: Optional[int] = typer.Option(None, help="Override [control] episodes."),
     checkpoint: Optional[str] = typer.Option(None, help="Override [policy]: run this checkpoint."),
     url: Optional[str] = typer.Option(None, help="Override [policy]: use the policy server at ws://host:port."),
-    robot_port: Optional[int] = typer.Option(None, help="Override [robot]: connect to a running `vla sim-robot` on "
-                                             "this port instead of starting one."),
+    robot_port: Optional[int] = typer.Option(
+        None, help="Override [robot]: connect to a running `vla sim-robot` on this port instead of starting one."
+    ),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: the launch file's record.out]."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
 ):
@@ -100,15 +106,21 @@ def run_command(
         fail(str(e))
     t = r
     typer.echo(f"{r['name']}: {r['outcome']} after {t['ticks']} ticks at {r['hz']:g} Hz ({r['mode']})")
-    typer.echo(f"  tick period p50/p99/max {t['period_ms']['p50']}/{t['period_ms']['p99']}/{t['period_ms']['max']} ms, "
-               f"jitter p99 {t['jitter_ms']['p99']} ms, deadline misses {t['deadline_misses']}")
+    typer.echo(
+        f"  tick period p50/p99/max {t['period_ms']['p50']}/{t['period_ms']['p99']}/{t['period_ms']['max']} ms, "
+        f"jitter p99 {t['jitter_ms']['p99']} ms, deadline misses {t['deadline_misses']}"
+    )
     inf = t["inference"]
     jump = t["boundary_jump"]
-    typer.echo(f"  inference p50/p99 {inf['latency_ms']['p50']}/{inf['latency_ms']['p99']} ms over {inf['requests']} "
-               f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {jump['p50']}/{jump['max']}")
+    typer.echo(
+        f"  inference p50/p99 {inf['latency_ms']['p50']}/{inf['latency_ms']['p99']} ms over {inf['requests']} "
+        f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {jump['p50']}/{jump['max']}"
+    )
     typer.echo(f"  safety interventions {r['interventions']} {json.dumps({k: v for k, v in r['safety'].items() if v})}")
-    typer.echo(f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
-               f"{len(r['recorded'])} into {r['store']} ({r.get('recorder_dropped_frames', 0)} frames dropped)")
+    typer.echo(
+        f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
+        f"{len(r['recorded'])} into {r['store']} ({r.get('recorder_dropped_frames', 0)} frames dropped)"
+    )
     typer.echo(f"  timing log {r['files']['timing_json']}, histogram {r['files']['histogram_png']}")
     if json_out:
         emit(r, json_out)
@@ -119,12 +131,17 @@ def run_command(
 @bench_app.command("control")
 def bench_control(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
-    checkpoint: Optional[str] = typer.Option(None, "--ckpt", help="A pi0-tiny checkpoint trained on arm7 reach "
-                                             "[default: the quickstart's, runs/quickstart/ckpt]."),
+    checkpoint: Optional[str] = typer.Option(
+        None,
+        "--ckpt",
+        help="A pi0-tiny checkpoint trained on arm7 reach [default: the quickstart's, runs/quickstart/ckpt].",
+    ),
     seconds: float = typer.Option(60.0, help="Length of each run."),
     delays: str = typer.Option("0,100,300", help="Injected inference delays (ms), comma-separated."),
     modes: str = typer.Option("sync,async,rtc", help="Chunk execution modes, comma-separated."),
-    env: str = typer.Option("vla/Arm7-ReachGoal-v0", help="Sim robot env (the quickstart checkpoint learned reach-goal)."),
+    env: str = typer.Option(
+        "vla/Arm7-ReachGoal-v0", help="Sim robot env (the quickstart checkpoint learned reach-goal)."
+    ),
     out: Path = typer.Option(Path("runs/bench/control"), help="Folder for the runs' logs and plots."),
     rt_priority: int = typer.Option(50, help="SCHED_FIFO priority of the control thread (0 = normal scheduling)."),
 ):
@@ -132,8 +149,15 @@ def bench_control(
     from vla.bench.control import run
 
     try:
-        r = run(checkpoint=checkpoint, seconds=seconds, delays=[float(x) for x in delays.split(",") if x.strip()],
-                modes=[m.strip() for m in modes.split(",") if m.strip()], env=env, out=out, rt_priority=rt_priority)
+        r = run(
+            checkpoint=checkpoint,
+            seconds=seconds,
+            delays=[float(x) for x in delays.split(",") if x.strip()],
+            modes=[m.strip() for m in modes.split(",") if m.strip()],
+            env=env,
+            out=out,
+            rt_priority=rt_priority,
+        )
     except _runtime_errors() as e:
         fail(str(e))
     emit(r, json_out)

@@ -22,11 +22,14 @@ def _sim_errors() -> tuple[type[BaseException], ...]:
 
 def collect_command(
     recipe: str = typer.Argument(..., help="Recipe TOML (datasets/*.toml) or a built-in recipe name."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Episode store to create or append to [default: data/<recipe name>]."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", help="Episode store to create or append to [default: data/<recipe name>]."
+    ),
     episodes: Optional[int] = typer.Option(None, help="Episodes per recipe task [default: the recipe's]."),
     workers: int = typer.Option(1, help="Worker processes."),
-    keep_failed: Optional[bool] = typer.Option(None, "--keep-failed/--drop-failed",
-                                               help="Keep unsuccessful episodes [default: the recipe's, usually no]."),
+    keep_failed: Optional[bool] = typer.Option(
+        None, "--keep-failed/--drop-failed", help="Keep unsuccessful episodes [default: the recipe's, usually no]."
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
 ):
     """Fill a store with scripted-expert demonstrations in simulation."""
@@ -39,8 +42,10 @@ def collect_command(
     except _sim_errors() as e:
         fail(str(e))
     for name, s in r["per_task"].items():
-        typer.echo(f"{name:<24} attempted {s['attempted']:>5}  succeeded {s['succeeded']:>5}  kept {s['kept']:>5}  "
-                   f"frames {s['frames']:>7}  crashed {s['crashed']}")
+        typer.echo(
+            f"{name:<24} attempted {s['attempted']:>5}  succeeded {s['succeeded']:>5}  kept {s['kept']:>5}  "
+            f"frames {s['frames']:>7}  crashed {s['crashed']}"
+        )
     for c in r["crashed"]:
         typer.echo(f"crashed: {c['robot']}/{c['task']} seed {c['seed']}: {c['error']}", err=True)
     typer.echo(f"{r['episodes_kept']} episodes into {out} in {r['seconds']} s ({r['episodes_per_min']} episodes/min)")
@@ -70,8 +75,10 @@ def resolve_policy(policy: str, workers: int):
         what = "a policy server client (vla.runtime.client.RemotePolicy)"
     else:
         if not Path(policy).is_dir():
-            fail(f"POLICY must be 'expert', a ws://host:port policy server, or a checkpoint directory; "
-                 f"{policy!r} is none of these (no such directory)")
+            fail(
+                f"POLICY must be 'expert', a ws://host:port policy server, or a checkpoint directory; "
+                f"{policy!r} is none of these (no such directory)"
+            )
         module, factory = "vla.runtime.policy", functools.partial(_load_checkpoint, policy)
         what = "checkpoint loading (vla.runtime.policy.load_policy)"
     import importlib
@@ -93,22 +100,39 @@ def eval_command(
     suite: str = typer.Option("quickstart", help="Suite name (envs/suites/*.toml) or TOML path."),
     episodes: Optional[int] = typer.Option(None, help="Episodes per task [default: the suite's]."),
     workers: int = typer.Option(1, help="Worker processes (each loads its own policy)."),
-    replan_every: Optional[int] = typer.Option(None, help="Execute this many actions of each chunk before replanning "
-                                               "[default: the suite's, else half the chunk]."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Write results JSON here (and the bar chart PNG beside it)."),
+    replan_every: Optional[int] = typer.Option(
+        None,
+        help="Execute this many actions of each chunk before replanning [default: the suite's, else half the chunk].",
+    ),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Write results JSON here (and the bar chart PNG beside it)."
+    ),
     videos: Optional[Path] = typer.Option(None, help="Folder for mp4 videos of the first rollouts of each task."),
-    num_videos: int = typer.Option(2, help="Videos per task: the first success and the first failure, then more "
-                                   "of either up to this many."),
-    seed: Optional[int] = typer.Option(None, help="First episode seed: another block of held-out scenes (default: "
-                                       "the suite's, 1000000; collection recipes use seeds from 0)."),
+    num_videos: int = typer.Option(
+        2, help="Videos per task: the first success and the first failure, then more of either up to this many."
+    ),
+    seed: Optional[int] = typer.Option(
+        None,
+        help="First episode seed: another block of held-out scenes (default: "
+        "the suite's, 1000000; collection recipes use seeds from 0).",
+    ),
 ):
     """Success rate per task (95% CI), mean episode length, a bar chart and videos."""
     from vla.sim.eval import evaluate, format_results
 
     pol = resolve_policy(policy, workers)
     try:
-        r = evaluate(pol, suite, episodes=episodes, workers=workers, replan_every=replan_every, json_out=json_out,
-                     videos=videos, num_videos=num_videos, seed=seed)
+        r = evaluate(
+            pol,
+            suite,
+            episodes=episodes,
+            workers=workers,
+            replan_every=replan_every,
+            json_out=json_out,
+            videos=videos,
+            num_videos=num_videos,
+            seed=seed,
+        )
     except _sim_errors() as e:
         fail(str(e))
     typer.echo(format_results(r))

@@ -18,28 +18,47 @@ def _split(s: str | None) -> list[str]:
 
 
 def train_command(
-    preset: str = typer.Argument(..., help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-small, pi05-tiny, "
-                                 "fast-tiny, pi0-paligemma, pi05-paligemma, fast-paligemma) or a .toml path."),
+    preset: str = typer.Argument(
+        ...,
+        help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-small, pi05-tiny, "
+        "fast-tiny, pi0-paligemma, pi05-paligemma, fast-paligemma) or a .toml path.",
+    ),
     data: str = typer.Option(..., help="Episode store(s), comma-separated."),
     out: Path = typer.Option(..., help="Checkpoint directory to write (atomically)."),
     steps: Optional[int] = typer.Option(None, help="Training steps [default: the preset's]."),
-    minutes: Optional[float] = typer.Option(None, help="Wall-clock budget: stop (and checkpoint) at the first step "
-                                            "past it; the learning-rate schedule is stretched to end there."),
+    minutes: Optional[float] = typer.Option(
+        None,
+        help="Wall-clock budget: stop (and checkpoint) at the first step "
+        "past it; the learning-rate schedule is stretched to end there.",
+    ),
     weights: Optional[str] = typer.Option(None, help="Mixture weights, one per store, comma-separated."),
     batch_size: Optional[int] = typer.Option(None, help="Global batch size [default: the preset's]."),
     lr: Optional[float] = typer.Option(None, help="Peak learning rate [default: the preset's]."),
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: the preset's]."),
     save_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps."),
     resume: bool = typer.Option(False, help="Continue from OUT's train_state.pt up to --steps."),
-    init: Optional[Path] = typer.Option(None, help="Start from this checkpoint (e.g. from vla convert): its weights, "
-                                        "geometry, head convention, tokenizer and the stats it has for your robot."),
-    lora: Optional[int] = typer.Option(None, metavar="RANK", help="LoRA (PEFT) at this base rank; each stack's rank is "
-                                       "RANK x its scale in the preset's train.lora table (default: the VLM's Gemma x1, "
-                                       "the expert x2, so --lora 16 is openpi's 16/32). 0 turns it off."),
-    freeze: Optional[str] = typer.Option(None, help="none | vision (the SigLIP tower) | vlm (the whole VLM: only the "
-                                         "action expert and heads train, as SmolVLA); default: the preset's (none)."),
-    fsdp: bool = typer.Option(False, help="Shard parameters, gradients and optimizer states with FSDP2 over the "
-                              "processes of: torchrun --nproc_per_node N $(which vla) train ... --fsdp"),
+    init: Optional[Path] = typer.Option(
+        None,
+        help="Start from this checkpoint (e.g. from vla convert): its weights, "
+        "geometry, head convention, tokenizer and the stats it has for your robot.",
+    ),
+    lora: Optional[int] = typer.Option(
+        None,
+        metavar="RANK",
+        help="LoRA (PEFT) at this base rank; each stack's rank is "
+        "RANK x its scale in the preset's train.lora table (default: the VLM's Gemma x1, "
+        "the expert x2, so --lora 16 is openpi's 16/32). 0 turns it off.",
+    ),
+    freeze: Optional[str] = typer.Option(
+        None,
+        help="none | vision (the SigLIP tower) | vlm (the whole VLM: only the "
+        "action expert and heads train, as SmolVLA); default: the preset's (none).",
+    ),
+    fsdp: bool = typer.Option(
+        False,
+        help="Shard parameters, gradients and optimizer states with FSDP2 over the "
+        "processes of: torchrun --nproc_per_node N $(which vla) train ... --fsdp",
+    ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
     eval_suite: Optional[str] = typer.Option(None, help="Evaluate in simulation at every checkpoint on this suite."),
@@ -56,14 +75,36 @@ def train_command(
     if minutes is not None and minutes <= 0:
         fail(f"--minutes must be > 0, got {minutes}")
     save_every = eval_every or save_every
-    overrides = {k: v for k, v in {"batch_size": batch_size, "lr": lr, "workers": workers, "save_every": save_every,
-                                    "seed": seed, "freeze": freeze}.items() if v is not None}
+    overrides = {
+        k: v
+        for k, v in {
+            "batch_size": batch_size,
+            "lr": lr,
+            "workers": workers,
+            "save_every": save_every,
+            "seed": seed,
+            "freeze": freeze,
+        }.items()
+        if v is not None
+    }
     try:
         p = load_preset(preset, {"train": overrides} if overrides else None)
         w = [float(x) for x in _split(weights)] or None
         on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
-        ckpt = train(p, _split(data), out, steps=steps, weights=w, resume=resume, device=device, on_save=on_save,
-                     max_seconds=minutes * 60 if minutes else None, init=init, fsdp=fsdp, lora_rank=lora)
+        ckpt = train(
+            p,
+            _split(data),
+            out,
+            steps=steps,
+            weights=w,
+            resume=resume,
+            device=device,
+            on_save=on_save,
+            max_seconds=minutes * 60 if minutes else None,
+            init=init,
+            fsdp=fsdp,
+            lora_rank=lora,
+        )
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")
@@ -78,8 +119,12 @@ def _periodic_eval(suite: str, episodes: int):
         from vla.sim import evaluate
 
         r = evaluate(load_policy(ckpt), suite, episodes=episodes, progress=False)
-        rec = {"step": step, "suite": suite, "success_rate": r["overall"]["success_rate"],
-               "tasks": {f"{t['robot']}/{t['task']}": t["success_rate"] for t in r["tasks"]}}
+        rec = {
+            "step": step,
+            "suite": suite,
+            "success_rate": r["overall"]["success_rate"],
+            "tasks": {f"{t['robot']}/{t['task']}": t["success_rate"] for t in r["tasks"]},
+        }
         history.append(rec)
         (Path(ckpt) / "evals.jsonl").write_text("".join(json.dumps(h) + "\n" for h in history))
         typer.echo(f"\n[eval] step {step}: {suite} success {rec['success_rate']:.0%} {rec['tasks']}")
@@ -111,8 +156,11 @@ def bench_infer(
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
     threads: int = typer.Option(2, help="torch CPU threads."),
     reps: int = typer.Option(20, help="Timed repetitions (median reported)."),
-    compile: bool = typer.Option(True, help="Also time pi0 through torch.compile (as `vla serve --compile`); the first "
-                                 "run compiles each preset (minutes on 2 cores), later runs reuse inductor's cache."),
+    compile: bool = typer.Option(
+        True,
+        help="Also time pi0 through torch.compile (as `vla serve --compile`); the first "
+        "run compiles each preset (minutes on 2 cores), later runs reuse inductor's cache.",
+    ),
 ):
     """Chunk latency (H=50, 10 steps, 2 cams 96x96) for pi0-tiny/pi0-small with and without the prefix
     cache (and compiled), FAST decoding latency, peak memory, parameter counts."""
@@ -139,13 +187,17 @@ def bench_learn(
 
 @bench_app.command("memory")
 def bench_memory(
-    presets: list[str] = typer.Argument(..., help="Policy presets (names or .toml paths), e.g. pi0-paligemma "
-                                        "pi05-paligemma."),
+    presets: list[str] = typer.Argument(
+        ..., help="Policy presets (names or .toml paths), e.g. pi0-paligemma pi05-paligemma."
+    ),
     batch: int = typer.Option(32, help="Global batch size (split over the GPUs of each setup)."),
     grad_checkpoint: bool = typer.Option(True, help="Per-layer gradient checkpointing, as the 3B presets train."),
     markdown: bool = typer.Option(False, help="Print the table as Markdown (the README's) instead of JSON."),
-    measure: bool = typer.Option(False, help="Also run real training steps of the one-GPU setups on random weights "
-                                 "(CUDA if available): step time and peak memory allocated, beside the estimate."),
+    measure: bool = typer.Option(
+        False,
+        help="Also run real training steps of the one-GPU setups on random weights "
+        "(CUDA if available): step time and peak memory allocated, beside the estimate.",
+    ),
     steps: int = typer.Option(3, help="Timed steps per setup with --measure (after one warm-up step)."),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
 ):

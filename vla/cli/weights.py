@@ -11,16 +11,28 @@ from vla.cli.common import fail, user_errors
 
 
 def convert_command(
-    src: Path = typer.Argument(..., help="A LeRobot pi0 / pi05 checkpoint dir, an openpi PyTorch checkpoint dir, or a "
-                               "transformers PI0 dir (model.safetensors or a sharded index)."),
+    src: Path = typer.Argument(
+        ...,
+        help="A LeRobot pi0 / pi05 checkpoint dir, an openpi PyTorch checkpoint dir, or a "
+        "transformers PI0 dir (model.safetensors or a sharded index).",
+    ),
     out: Path = typer.Argument(..., help="The vla checkpoint dir to write (atomically; it must not exist)."),
-    preset: Optional[str] = typer.Option(None, help="Geometry: a preset name or .toml path (default: pi0-paligemma or "
-                                         "pi05-paligemma, from the source)."),
-    tokenizer: Optional[Path] = typer.Option(None, help="The text tokenizer: a tokenizer.json or a dir holding one "
-                                             "(e.g. PaliGemma's) (default: SRC/tokenizer.json if present)."),
-    embodiment: Optional[str] = typer.Option(None, help="The robot the stats belong to (an embodiment name or TOML) "
-                                             "(default: openpi's generic robot sized by the stats)."),
-    asset_id: Optional[str] = typer.Option(None, help="openpi: which assets/<id>/norm_stats.json, when there are several."),
+    preset: Optional[str] = typer.Option(
+        None, help="Geometry: a preset name or .toml path (default: pi0-paligemma or pi05-paligemma, from the source)."
+    ),
+    tokenizer: Optional[Path] = typer.Option(
+        None,
+        help="The text tokenizer: a tokenizer.json or a dir holding one "
+        "(e.g. PaliGemma's) (default: SRC/tokenizer.json if present).",
+    ),
+    embodiment: Optional[str] = typer.Option(
+        None,
+        help="The robot the stats belong to (an embodiment name or TOML) "
+        "(default: openpi's generic robot sized by the stats).",
+    ),
+    asset_id: Optional[str] = typer.Option(
+        None, help="openpi: which assets/<id>/norm_stats.json, when there are several."
+    ),
 ):
     """Convert published pi0 / pi0.5 weights into a vla checkpoint that vla train --init, eval, serve and run take.
 

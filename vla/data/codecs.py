@@ -55,8 +55,9 @@ class ImageCodec:
 
     def __post_init__(self):
         if self.name not in CODEC_NAMES:
-            raise SpecError(f"unknown image codec {self.name!r}; codecs: {', '.join(CODEC_NAMES)} "
-                            "(jpeg takes a quality: jpeg:75)")
+            raise SpecError(
+                f"unknown image codec {self.name!r}; codecs: {', '.join(CODEC_NAMES)} (jpeg takes a quality: jpeg:75)"
+            )
         if self.name == "jpeg":
             q = DEFAULT_JPEG_QUALITY if self.quality is None else self.quality
             if not isinstance(q, int) or not 1 <= q <= 100:
@@ -114,8 +115,9 @@ class ImageCodec:
                 out = np.empty(shape, np.uint8)  # writable (a frombuffer view would not be)
                 nbytes = int.from_bytes(blob[4:8], "little") if len(blob) >= 16 else -1  # blosc header
                 if nbytes != out.nbytes:
-                    raise CodecError(f"corrupt lossless frame: its header says {nbytes} bytes, the camera's frame "
-                                     f"is {out.nbytes}")
+                    raise CodecError(
+                        f"corrupt lossless frame: its header says {nbytes} bytes, the camera's frame is {out.nbytes}"
+                    )
                 numcodecs.blosc.decompress(blob, out)
                 return out
             return _jpeg_decode(blob, shape, min_size)

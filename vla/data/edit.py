@@ -109,8 +109,13 @@ def _open(src) -> EpisodeStore:
     return src if isinstance(src, EpisodeStore) else EpisodeStore.open(src)
 
 
-def copy_episodes(parts: Sequence[tuple[EpisodeStore, Sequence[int]]], dst: str | Path, *,
-                  codec: str | ImageCodec | None = None, progress: bool = False) -> dict:
+def copy_episodes(
+    parts: Sequence[tuple[EpisodeStore, Sequence[int]]],
+    dst: str | Path,
+    *,
+    codec: str | ImageCodec | None = None,
+    progress: bool = False,
+) -> dict:
     """Write a new store at dst holding the given episodes of each source, in order. codec: one
     codec for every camera of the destination (default: each camera keeps its source's codec)."""
     from tqdm import tqdm
@@ -211,8 +216,7 @@ def merge_stores(srcs: Sequence, dst, *, progress: bool = False) -> dict:
     return copy_episodes([(s, range(s.num_episodes)) for s in stores], dst, progress=progress)
 
 
-def split_store(src, train_dst, val_dst, *, val_fraction: float = 0.1, seed: int = 0,
-                progress: bool = False) -> dict:
+def split_store(src, train_dst, val_dst, *, val_fraction: float = 0.1, seed: int = 0, progress: bool = False) -> dict:
     """Two new stores: a random `val_fraction` of the episodes (at least one) and the rest."""
     if not 0.0 < val_fraction < 1.0:
         raise SpecError(f"val_fraction must be in (0, 1), got {val_fraction}")

@@ -109,15 +109,22 @@ def _read_lerobot(d: Path) -> tuple[dict[str, KeyStats], str] | None:
     index = hits[0]
     state_file = steps[index].get("state_file")
     if state_file is None:
-        log.warning("%s: %s (step %d) has no state_file: the policy was saved without norm stats",
-                    cfg_path, LEROBOT_NORMALIZER, index)
+        log.warning(
+            "%s: %s (step %d) has no state_file: the policy was saved without norm stats",
+            cfg_path,
+            LEROBOT_NORMALIZER,
+            index,
+        )
         return None
     if not isinstance(state_file, str) or not state_file:
-        raise SpecError(f"{cfg_path}: {LEROBOT_NORMALIZER} (step {index}) state_file must be a file name, got {state_file!r}")
+        raise SpecError(
+            f"{cfg_path}: {LEROBOT_NORMALIZER} (step {index}) state_file must be a file name, got {state_file!r}"
+        )
     tensors_path = base / state_file
     if not tensors_path.is_file():
-        raise SpecError(f"{cfg_path}: {LEROBOT_NORMALIZER} (step {index}) names state_file {state_file!r}, "
-                        f"which is not in {base}")
+        raise SpecError(
+            f"{cfg_path}: {LEROBOT_NORMALIZER} (step {index}) names state_file {state_file!r}, which is not in {base}"
+        )
     tensors = _read_safetensors(tensors_path)
 
     by_feature: dict[str, dict[str, np.ndarray]] = {}
@@ -129,7 +136,9 @@ def _read_lerobot(d: Path) -> tuple[dict[str, KeyStats], str] | None:
         if feature in by_feature:
             stats[key] = _key_stats(by_feature[feature], source=tensors_path, key=feature)
     if not stats:
-        raise SpecError(f"{tensors_path}: no stats for {sorted(_LEROBOT_KEYS)}; features in the file: {sorted(by_feature)}")
+        raise SpecError(
+            f"{tensors_path}: no stats for {sorted(_LEROBOT_KEYS)}; features in the file: {sorted(by_feature)}"
+        )
     ignored = sorted(set(by_feature) - set(_LEROBOT_KEYS))
     if ignored:
         log.debug("%s: ignoring stats of %s", tensors_path, ignored)
@@ -157,17 +166,23 @@ def _read_openpi(p: Path, asset_id: str | None) -> tuple[dict[str, KeyStats], st
         assets = p / "assets"
         if not assets.is_dir():
             return None
-        by_id = {f.parent.relative_to(assets).as_posix(): f
-                 for f in sorted(assets.glob(f"**/{OPENPI_STATS_FILE}")) if f.parent != assets}
+        by_id = {
+            f.parent.relative_to(assets).as_posix(): f
+            for f in sorted(assets.glob(f"**/{OPENPI_STATS_FILE}"))
+            if f.parent != assets
+        }
         if asset_id is not None:
             if asset_id not in by_id:
-                raise SpecError(f"{assets}: no {OPENPI_STATS_FILE} for asset id {asset_id!r}; "
-                                f"asset ids there: {sorted(by_id)}")
+                raise SpecError(
+                    f"{assets}: no {OPENPI_STATS_FILE} for asset id {asset_id!r}; asset ids there: {sorted(by_id)}"
+                )
             json_path = by_id[asset_id]
         elif not by_id:
             return None
         elif len(by_id) > 1:
-            raise SpecError(f"{assets}: several asset ids hold {OPENPI_STATS_FILE}: {sorted(by_id)}; choose one (asset_id)")
+            raise SpecError(
+                f"{assets}: several asset ids hold {OPENPI_STATS_FILE}: {sorted(by_id)}; choose one (asset_id)"
+            )
         else:
             json_path = next(iter(by_id.values()))
         where = json_path.relative_to(p).as_posix()
@@ -175,7 +190,7 @@ def _read_openpi(p: Path, asset_id: str | None) -> tuple[dict[str, KeyStats], st
     data = _read_json(json_path)
     entries = data.get("norm_stats") if isinstance(data, dict) else None
     if not isinstance(entries, dict):
-        raise SpecError(f"{json_path}: expected {{\"norm_stats\": {{...}}}}, got {_describe(data)}")
+        raise SpecError(f'{json_path}: expected {{"norm_stats": {{...}}}}, got {_describe(data)}')
     stats = {}
     for name, key in _OPENPI_KEYS.items():
         entry = entries.get(name)
@@ -207,8 +222,9 @@ def _key_stats(raw: dict, *, source: Path, key: str) -> KeyStats:
     has_moments = "mean" in a and "std" in a
     has_quantiles = ("q01" in a or "min" in a) and ("q99" in a or "max" in a)
     if not (has_moments or has_quantiles):
-        raise SpecError(f"{source}: stats of {key!r} need mean and std or q01 and q99 (or min and max); "
-                        f"found {sorted(a) or 'none'}")
+        raise SpecError(
+            f"{source}: stats of {key!r} need mean and std or q01 and q99 (or min and max); found {sorted(a) or 'none'}"
+        )
     filled = []
     for q, m in (("q01", "min"), ("q99", "max")):
         if q not in a and m in a:

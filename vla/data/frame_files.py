@@ -54,13 +54,24 @@ class CorruptFrameError(StoreError):
 
 def image_array_kwargs(height: int, width: int, codec: ImageCodec, shard_frames: int = SHARD_FRAMES) -> dict:
     """zarr create_array arguments for one camera (see the module docstring)."""
-    inner = [VlaJpegCodec(quality=codec.quality)] if codec.name == "jpeg" else \
-        [BytesCodec(), BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)]
-    sharding = ShardingCodec(chunk_shape=(1, height, width, 3), codecs=inner, index_codecs=[BytesCodec()],
-                             index_location="start")
-    return dict(shape=(0, height, width, 3), chunks=(shard_frames, height, width, 3), dtype="uint8", fill_value=0,
-                serializer=sharding, compressors=None, chunk_key_encoding={"name": "default", "separator": "."},
-                attributes={"vla_codec": codec.to_dict()})
+    inner = (
+        [VlaJpegCodec(quality=codec.quality)]
+        if codec.name == "jpeg"
+        else [BytesCodec(), BloscCodec(cname="lz4", clevel=5, shuffle="noshuffle", typesize=1)]
+    )
+    sharding = ShardingCodec(
+        chunk_shape=(1, height, width, 3), codecs=inner, index_codecs=[BytesCodec()], index_location="start"
+    )
+    return dict(
+        shape=(0, height, width, 3),
+        chunks=(shard_frames, height, width, 3),
+        dtype="uint8",
+        fill_value=0,
+        serializer=sharding,
+        compressors=None,
+        chunk_key_encoding={"name": "default", "separator": "."},
+        attributes={"vla_codec": codec.to_dict()},
+    )
 
 
 def _local_root(arr: zarr.Array) -> Path | None:
@@ -173,8 +184,13 @@ class FrameFiles(_Frames):
             return None if fd is None else _pread(fd, n, start)
         from zarr.abc.store import RangeByteRequest
 
-        buf = sync(self.arr.store.get(f"{self.arr.path}/{self._key(k)}", prototype=default_buffer_prototype(),
-                                      byte_range=RangeByteRequest(start, start + n)))
+        buf = sync(
+            self.arr.store.get(
+                f"{self.arr.path}/{self._key(k)}",
+                prototype=default_buffer_prototype(),
+                byte_range=RangeByteRequest(start, start + n),
+            )
+        )
         return None if buf is None else buf.to_bytes()
 
     def _entry(self, k: int, j: int, t: int) -> tuple[int, int]:
@@ -183,11 +199,15 @@ class FrameFiles(_Frames):
             if idx is None:
                 raw = self._read_range(k, 0, self.index_bytes)
                 if raw is None:
-                    raise StoreError(f"{self.where}/{self._key(k)}: shard of camera {self.camera!r} frame {t} is "
-                                     "missing (store corrupt?)")
+                    raise StoreError(
+                        f"{self.where}/{self._key(k)}: shard of camera {self.camera!r} frame {t} is "
+                        "missing (store corrupt?)"
+                    )
                 if len(raw) != self.index_bytes:
-                    raise CorruptFrameError(f"{self.where}/{self._key(k)}: camera {self.camera!r} frame {t}: shard "
-                                            f"index truncated ({len(raw)} of {self.index_bytes} bytes)")
+                    raise CorruptFrameError(
+                        f"{self.where}/{self._key(k)}: camera {self.camera!r} frame {t}: shard "
+                        f"index truncated ({len(raw)} of {self.index_bytes} bytes)"
+                    )
                 idx = self._index[k] = np.frombuffer(raw, "<u8").reshape(self.S, 2)
             if idx[j, 0] != EMPTY:
                 return int(idx[j, 0]), int(idx[j, 1])
@@ -200,8 +220,9 @@ class FrameFiles(_Frames):
         data = self._read_range(k, off, n)
         if data is None or len(data) != n:
             got = 0 if data is None else len(data)
-            raise CorruptFrameError(f"{self.where}/{self._key(k)}: camera {self.camera!r} frame {t}: truncated "
-                                    f"({got} of {n} bytes)")
+            raise CorruptFrameError(
+                f"{self.where}/{self._key(k)}: camera {self.camera!r} frame {t}: truncated ({got} of {n} bytes)"
+            )
         return data
 
     def close(self) -> None:
@@ -224,7 +245,7 @@ class FrameFiles(_Frames):
         while i < len(blobs):
             k, j0 = self.shard_of(t)
             n = min(len(blobs) - i, self.S - j0)
-            self._append_shard(k, j0, blobs[i:i + n])
+            self._append_shard(k, j0, blobs[i : i + n])
             i, t = i + n, t + n
         self._index.clear()
 
@@ -248,20 +269,26 @@ class FrameFiles(_Frames):
         end = len(buf)
         buf += data
         entries = np.stack([end + np.concatenate([[0], np.cumsum(lengths)[:-1]]), lengths], 1).astype("<u8")
-        buf[16 * j0:16 * (j0 + len(blobs))] = entries.tobytes()
+        buf[16 * j0 : 16 * (j0 + len(blobs))] = entries.tobytes()
         self._put(k, buf)
 
     def _shard_buffer(self, k: int) -> bytearray:
         buf = self._wbuf.get(k)
         if buf is None:
             old = sync(self.arr.store.get(f"{self.arr.path}/{self._key(k)}", prototype=default_buffer_prototype()))
-            buf = bytearray(old.to_bytes()) if old is not None else bytearray(np.full(2 * self.S, EMPTY, "<u8").tobytes())
+            buf = (
+                bytearray(old.to_bytes()) if old is not None else bytearray(np.full(2 * self.S, EMPTY, "<u8").tobytes())
+            )
             self._wbuf.clear()  # only the shard being appended to is kept
             self._wbuf[k] = buf
         return buf
 
     def _put(self, k: int, buf: bytearray) -> None:
-        sync(self.arr.store.set(f"{self.arr.path}/{self._key(k)}", default_buffer_prototype().buffer.from_bytes(bytes(buf))))
+        sync(
+            self.arr.store.set(
+                f"{self.arr.path}/{self._key(k)}", default_buffer_prototype().buffer.from_bytes(bytes(buf))
+            )
+        )
 
     def recover(self, keep_below: int) -> None:
         """Forget every frame at or past `keep_below` (left by a writer that was killed): clear their
@@ -289,8 +316,10 @@ class FrameFiles(_Frames):
         if self._dir is not None:
             names = [p.name for p in self._dir.glob("c.*.0.0.0")] if self._dir.exists() else []
         else:
+
             async def ls():
                 return [key async for key in self.arr.store.list_dir(self.arr.path)]
+
             names = sync(ls())
         out = []
         for name in names:
@@ -316,9 +345,8 @@ class FrameFiles(_Frames):
             return
         old = sync(self.arr.store.get(f"{self.arr.path}/{self._key(k)}", prototype=default_buffer_prototype()))
         buf = bytearray(old.to_bytes()[:end])
-        buf[:self.index_bytes] = idx.astype("<u8").tobytes()
+        buf[: self.index_bytes] = idx.astype("<u8").tobytes()
         self._put(k, buf)
-
 
 
 class LegacyFrames(_Frames):
@@ -338,8 +366,9 @@ class LegacyFrames(_Frames):
                 with open(self._dir / key, "rb") as f:
                     return f.read()
             except FileNotFoundError:
-                raise StoreError(f"{self._dir / key}: image chunk of camera {self.camera!r} frame {t} is missing "
-                                 "(store corrupt?)") from None
+                raise StoreError(
+                    f"{self._dir / key}: image chunk of camera {self.camera!r} frame {t} is missing (store corrupt?)"
+                ) from None
         buf = sync(self.arr.store.get(f"{self.arr.path}/{key}", prototype=default_buffer_prototype()))
         if buf is None:
             raise StoreError(f"{self.where}/{key}: image chunk of camera {self.camera!r} frame {t} is missing")

@@ -47,7 +47,7 @@ def _image_stats(imgs: np.ndarray) -> dict:
     of 300 px or more strided down to ~150 px (exact quantiles of every pixel of 480x640 video took
     ~50 ms per frame)."""
     n = len(imgs)
-    k = min(n, max(100, int(n ** 0.75)))
+    k = min(n, max(100, int(n**0.75)))
     sel = imgs[np.round(np.linspace(0, n - 1, k)).astype(int)]
     h, w = sel.shape[1:3]
     if max(h, w) >= 300:
@@ -64,8 +64,13 @@ def _aggregate(per_episode: list[dict]) -> dict:
     w = counts / counts.sum()
     mean = sum(wi * s["mean"] for wi, s in zip(w, per_episode))
     var = sum(wi * (s["std"] ** 2 + (s["mean"] - mean) ** 2) for wi, s in zip(w, per_episode))
-    out = {"min": np.min([s["min"] for s in per_episode], 0), "max": np.max([s["max"] for s in per_episode], 0),
-           "mean": mean, "std": np.sqrt(var), "count": np.array([int(counts.sum())])}
+    out = {
+        "min": np.min([s["min"] for s in per_episode], 0),
+        "max": np.max([s["max"] for s in per_episode], 0),
+        "mean": mean,
+        "std": np.sqrt(var),
+        "count": np.array([int(counts.sum())]),
+    }
     for name in QUANTILES:
         out[name] = sum(wi * s[name] for wi, s in zip(w, per_episode))
     return out
@@ -80,15 +85,27 @@ def _hf_features(emb, image_cams) -> dict:
         return {"feature": {"dtype": "float32", "_type": "Value"}, "length": n, "_type": "List"}
 
     feats = {f"observation.images.{c}": {"_type": "Image"} for c in image_cams}
-    feats.update({"observation.state": seq(emb.state_dim), "action": seq(emb.action_dim),
-                  "timestamp": {"dtype": "float32", "_type": "Value"}})
+    feats.update(
+        {
+            "observation.state": seq(emb.state_dim),
+            "action": seq(emb.action_dim),
+            "timestamp": {"dtype": "float32", "_type": "Value"},
+        }
+    )
     for k in ("frame_index", "episode_index", "index", "task_index"):
         feats[k] = {"dtype": "int64", "_type": "Value"}
     return feats
 
 
-def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str | None = None,
-                   robot_type: str | None = None, images: str = "auto", progress: bool = True) -> dict:
+def export_lerobot(
+    store_path: str | Path,
+    dst: str | Path,
+    *,
+    embodiment: str | None = None,
+    robot_type: str | None = None,
+    images: str = "auto",
+    progress: bool = True,
+) -> dict:
     """images: 'auto' (video where the codec allows, else PNG), 'video' or 'image'."""
     from tqdm import tqdm
 
@@ -98,8 +115,9 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
         raise StoreError(f"{dst}: already exists; export writes a new folder")
     if embodiment is None:
         if len(store.embodiments) != 1:
-            raise StoreError(f"{store.path}: holds {sorted(store.embodiments)}; a LeRobot dataset has one robot, "
-                             "pass --embodiment")
+            raise StoreError(
+                f"{store.path}: holds {sorted(store.embodiments)}; a LeRobot dataset has one robot, pass --embodiment"
+            )
         embodiment = next(iter(store.embodiments))
     if embodiment not in store.embodiments:
         raise StoreError(f"{store.path}: no embodiment {embodiment!r}; have {sorted(store.embodiments)}")
@@ -115,8 +133,9 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
     for cam in emb.cameras:
         codec = video_codec_for(cam.height, cam.width)
         if images == "video" and codec is None:
-            raise StoreError(f"camera {cam.name!r} {cam.height}x{cam.width} is too small or odd-sized for video; "
-                             "use --images image")
+            raise StoreError(
+                f"camera {cam.name!r} {cam.height}x{cam.width} is too small or odd-sized for video; use --images image"
+            )
         codecs[cam.name] = None if images == "image" else codec
     video_cams = [c for c in emb.camera_names if codecs[c]]
     image_cams = [c for c in emb.camera_names if not codecs[c]]
@@ -137,9 +156,12 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
             row = {"episode_index": new_i, "tasks": [info.task], "length": n}
             # ---- frames table ----
             cols = {
-                "observation.state": pa.FixedSizeListArray.from_arrays(pa.array(ep[STATE].reshape(-1), pa.float32()),
-                                                                       emb.state_dim),
-                "action": pa.FixedSizeListArray.from_arrays(pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim),
+                "observation.state": pa.FixedSizeListArray.from_arrays(
+                    pa.array(ep[STATE].reshape(-1), pa.float32()), emb.state_dim
+                ),
+                "action": pa.FixedSizeListArray.from_arrays(
+                    pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim
+                ),
                 # Timestamps restart at 0 each episode and follow the frame rate, as LeRobot checks.
                 "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps, pa.float32()),
                 "frame_index": pa.array(np.arange(n), pa.int64()),
@@ -149,8 +171,12 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
             }
             for c in image_cams:
                 cols[f"observation.images.{c}"] = pa.array(
-                    [{"bytes": encode_png(img), "path": f"frame-{j:06d}.png"} for j, img in enumerate(ep[image_key(c)])],
-                    pa.struct([("bytes", pa.binary()), ("path", pa.string())]))
+                    [
+                        {"bytes": encode_png(img), "path": f"frame-{j:06d}.png"}
+                        for j, img in enumerate(ep[image_key(c)])
+                    ],
+                    pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+                )
             order = [f"observation.images.{c}" for c in image_cams] + list(cols)[: len(cols) - len(image_cams)]
             table = pa.table({k: cols[k] for k in order})
             if data_writer is not None and data_bytes > DATA_CAP_MB * 1e6:
@@ -162,8 +188,14 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
                 data_writer = pq.ParquetWriter(path, table.schema.with_metadata(hf_meta))
             data_writer.write_table(table.replace_schema_metadata(hf_meta))
             data_bytes += table.nbytes
-            row.update({"data/chunk_index": 0, "data/file_index": data_file,
-                        "dataset_from_index": global_index, "dataset_to_index": global_index + n})
+            row.update(
+                {
+                    "data/chunk_index": 0,
+                    "data/file_index": data_file,
+                    "dataset_from_index": global_index,
+                    "dataset_to_index": global_index + n,
+                }
+            )
             # ---- videos ----
             for c in video_cams:
                 v = vid[c]
@@ -180,15 +212,24 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
                 v["writer"].add(ep[image_key(c)])
                 v["frames"] += n
                 v["bytes"] = v["path"].stat().st_size if v["path"].exists() else 0
-                row.update({f"videos/{key}/chunk_index": 0, f"videos/{key}/file_index": v["file"],
-                            f"videos/{key}/from_timestamp": start, f"videos/{key}/to_timestamp": start + n / fps})
+                row.update(
+                    {
+                        f"videos/{key}/chunk_index": 0,
+                        f"videos/{key}/file_index": v["file"],
+                        f"videos/{key}/from_timestamp": start,
+                        f"videos/{key}/to_timestamp": start + n / fps,
+                    }
+                )
             # ---- per-episode stats ----
-            st = {"observation.state": _stats(ep[STATE]), "action": _stats(ep[ACTION]),
-                  "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps),
-                  "frame_index": _stats(np.arange(n)[:, None]),
-                  "episode_index": _stats(np.full((n, 1), new_i)),
-                  "index": _stats(np.arange(global_index, global_index + n)[:, None]),
-                  "task_index": _stats(np.full((n, 1), task_index[info.task]))}
+            st = {
+                "observation.state": _stats(ep[STATE]),
+                "action": _stats(ep[ACTION]),
+                "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps),
+                "frame_index": _stats(np.arange(n)[:, None]),
+                "episode_index": _stats(np.full((n, 1), new_i)),
+                "index": _stats(np.arange(global_index, global_index + n)[:, None]),
+                "task_index": _stats(np.full((n, 1), task_index[info.task])),
+            }
             for c in emb.camera_names:
                 st[f"observation.images.{c}"] = _image_stats(ep[image_key(c)])
             ep_stats.append(st)
@@ -203,8 +244,19 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
         for v in vid.values():
             if v["writer"] is not None:
                 v["writer"].close()
-        _write_meta(tmp, emb, robot_type or emb.name, fps, ep_rows, ep_stats, task_list, global_index,
-                    video_cams, image_cams, codecs)
+        _write_meta(
+            tmp,
+            emb,
+            robot_type or emb.name,
+            fps,
+            ep_rows,
+            ep_stats,
+            task_list,
+            global_index,
+            video_cams,
+            image_cams,
+            codecs,
+        )
         tmp.rename(dst)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -212,24 +264,50 @@ def export_lerobot(store_path: str | Path, dst: str | Path, *, embodiment: str |
     return {"episodes": len(infos), "frames": global_index, "video_cameras": video_cams, "image_cameras": image_cams}
 
 
-def _write_meta(root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, total_frames,
-                video_cams, image_cams, codecs) -> None:
+def _write_meta(
+    root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, total_frames, video_cams, image_cams, codecs
+) -> None:
     meta = root / "meta"
     (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
     pq.write_table(pa.Table.from_pylist(ep_rows), meta / "episodes" / "chunk-000" / "file-000.parquet")
     # tasks.parquet: LeRobot reads it with pandas, the task string being the index.
     pandas_meta = {
         "index_columns": ["__index_level_0__"],
-        "column_indexes": [{"name": None, "field_name": None, "pandas_type": "unicode", "numpy_type": "object",
-                            "metadata": {"encoding": "UTF-8"}}],
-        "columns": [{"name": "task_index", "field_name": "task_index", "pandas_type": "int64", "numpy_type": "int64",
-                     "metadata": None},
-                    {"name": None, "field_name": "__index_level_0__", "pandas_type": "unicode", "numpy_type": "object",
-                     "metadata": None}],
-        "attributes": {}, "creator": {"library": "pyarrow", "version": pa.__version__}, "pandas_version": "2.2.0",
+        "column_indexes": [
+            {
+                "name": None,
+                "field_name": None,
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": {"encoding": "UTF-8"},
+            }
+        ],
+        "columns": [
+            {
+                "name": "task_index",
+                "field_name": "task_index",
+                "pandas_type": "int64",
+                "numpy_type": "int64",
+                "metadata": None,
+            },
+            {
+                "name": None,
+                "field_name": "__index_level_0__",
+                "pandas_type": "unicode",
+                "numpy_type": "object",
+                "metadata": None,
+            },
+        ],
+        "attributes": {},
+        "creator": {"library": "pyarrow", "version": pa.__version__},
+        "pandas_version": "2.2.0",
     }
-    tasks = pa.table({"task_index": pa.array(range(len(task_list)), pa.int64()),
-                      "__index_level_0__": pa.array(task_list, pa.large_string())})
+    tasks = pa.table(
+        {
+            "task_index": pa.array(range(len(task_list)), pa.int64()),
+            "__index_level_0__": pa.array(task_list, pa.large_string()),
+        }
+    )
     pq.write_table(tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), meta / "tasks.parquet")
     stats = {feat: _tolist(_aggregate([s[feat] for s in ep_stats])) for feat in ep_stats[0]}
     (meta / "stats.json").write_text(json.dumps(stats, indent=4))
@@ -237,23 +315,45 @@ def _write_meta(root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, 
     for c in emb.cameras:
         key = f"observation.images.{c.name}"
         if c.name in video_cams:
-            features[key] = {"dtype": "video", "shape": [c.height, c.width, 3], "names": ["height", "width", "channels"],
-                             "info": {"video.height": c.height, "video.width": c.width,
-                                      "video.codec": "av1" if codecs[c.name] == "libsvtav1" else "h264",
-                                      "video.pix_fmt": "yuv420p", "video.is_depth_map": False, "video.fps": fps,
-                                      "video.channels": 3, "has_audio": False}}
+            features[key] = {
+                "dtype": "video",
+                "shape": [c.height, c.width, 3],
+                "names": ["height", "width", "channels"],
+                "info": {
+                    "video.height": c.height,
+                    "video.width": c.width,
+                    "video.codec": "av1" if codecs[c.name] == "libsvtav1" else "h264",
+                    "video.pix_fmt": "yuv420p",
+                    "video.is_depth_map": False,
+                    "video.fps": fps,
+                    "video.channels": 3,
+                    "has_audio": False,
+                },
+            }
         else:
-            features[key] = {"dtype": "image", "shape": [c.height, c.width, 3], "names": ["height", "width", "channels"]}
+            features[key] = {
+                "dtype": "image",
+                "shape": [c.height, c.width, 3],
+                "names": ["height", "width", "channels"],
+            }
     features["observation.state"] = {"dtype": "float32", "shape": [emb.state_dim], "names": [d.name for d in emb.state]}
     features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": [d.name for d in emb.actions]}
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for k in ("frame_index", "episode_index", "index", "task_index"):
         features[k] = {"dtype": "int64", "shape": [1], "names": None}
     info = {
-        "codebase_version": "v3.0", "robot_type": robot_type, "total_episodes": len(ep_rows),
-        "total_frames": total_frames, "total_tasks": len(task_list), "chunks_size": CHUNKS_SIZE,
-        "data_files_size_in_mb": DATA_CAP_MB, "video_files_size_in_mb": VIDEO_CAP_MB, "fps": fps,
-        "splits": {"train": f"0:{len(ep_rows)}"}, "data_path": LR_DATA_PATH,
-        "video_path": LR_VIDEO_PATH if video_cams else None, "features": features,
+        "codebase_version": "v3.0",
+        "robot_type": robot_type,
+        "total_episodes": len(ep_rows),
+        "total_frames": total_frames,
+        "total_tasks": len(task_list),
+        "chunks_size": CHUNKS_SIZE,
+        "data_files_size_in_mb": DATA_CAP_MB,
+        "video_files_size_in_mb": VIDEO_CAP_MB,
+        "fps": fps,
+        "splits": {"train": f"0:{len(ep_rows)}"},
+        "data_path": LR_DATA_PATH,
+        "video_path": LR_VIDEO_PATH if video_cams else None,
+        "features": features,
     }
     (meta / "info.json").write_text(json.dumps(info, indent=4))

@@ -115,8 +115,11 @@ def embodiment_from_info(info: dict, name: str | None) -> Embodiment:
         cams.append(Camera(cam, int(h), int(w)))
     return Embodiment(
         name=name or str(info.get("robot_type") or "lerobot"),
-        state=dims(LR_STATE), actions=dims(LR_ACTION), cameras=tuple(cams),
-        control_hz=float(info["fps"]), description=f"imported from LeRobot {info['codebase_version']}",
+        state=dims(LR_STATE),
+        actions=dims(LR_ACTION),
+        cameras=tuple(cams),
+        control_hz=float(info["fps"]),
+        description=f"imported from LeRobot {info['codebase_version']}",
     )
 
 
@@ -144,13 +147,23 @@ def _episodes_v3(root: Path, info: dict, cams: dict[str, str]) -> list[_Episode]
     for f in files:
         cols = [c for c in pq.read_schema(f).names if not c.startswith("stats/")]
         for r in pq.read_table(f, columns=cols).to_pylist():
-            data_file = root / info["data_path"].format(chunk_index=r["data/chunk_index"], file_index=r["data/file_index"])
-            ep = _Episode(int(r["episode_index"]), int(r["length"]), list(r["tasks"] or []), data_file,
-                          rows=(int(r["dataset_from_index"]), int(r["dataset_to_index"])))
+            data_file = root / info["data_path"].format(
+                chunk_index=r["data/chunk_index"], file_index=r["data/file_index"]
+            )
+            ep = _Episode(
+                int(r["episode_index"]),
+                int(r["length"]),
+                list(r["tasks"] or []),
+                data_file,
+                rows=(int(r["dataset_from_index"]), int(r["dataset_to_index"])),
+            )
             for key in cams:
                 if info["features"][key]["dtype"] == "video":
-                    vf = root / info["video_path"].format(video_key=key, chunk_index=r[f"videos/{key}/chunk_index"],
-                                                         file_index=r[f"videos/{key}/file_index"])
+                    vf = root / info["video_path"].format(
+                        video_key=key,
+                        chunk_index=r[f"videos/{key}/chunk_index"],
+                        file_index=r[f"videos/{key}/file_index"],
+                    )
                     ep.videos[key] = (vf, float(r[f"videos/{key}/from_timestamp"]))
             out.append(ep)
     return sorted(out, key=lambda e: e.index)
@@ -202,8 +215,9 @@ class _TableCache:
         return {c: sub.column(c) for c in self.columns}, order
 
 
-def import_lerobot(src: str | Path, dst: str | Path, *, embodiment: str | None = None,
-                   progress: bool = True, codec: str | None = None) -> dict:
+def import_lerobot(
+    src: str | Path, dst: str | Path, *, embodiment: str | None = None, progress: bool = True, codec: str | None = None
+) -> dict:
     """Import a LeRobot v3.0/v2.1 folder into a new episode store at dst. Returns timing info.
     codec: image codec for every camera ('lossless', 'jpeg', 'jpeg:90'); default: JPEG for
     video features, lossless for PNG features."""
@@ -283,8 +297,15 @@ def import_lerobot(src: str | Path, dst: str | Path, *, embodiment: str | None =
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     dt = time.perf_counter() - t0
-    return {"episodes": len(episodes), "frames": frames, "seconds": dt, "frames_per_s": frames / max(dt, 1e-9),
-            "version": version, "embodiment": emb.name, "codecs": {c: str(k) for c, k in codecs.items()}}
+    return {
+        "episodes": len(episodes),
+        "frames": frames,
+        "seconds": dt,
+        "frames_per_s": frames / max(dt, 1e-9),
+        "version": version,
+        "embodiment": emb.name,
+        "codecs": {c: str(k) for c, k in codecs.items()},
+    }
 
 
 def _png(struct: dict | None, root: Path, where: str, key: str) -> np.ndarray:
@@ -312,12 +333,16 @@ def _resolve_embodiment(name: str, derived: Embodiment) -> Embodiment:
     if emb.action_dim != derived.action_dim:
         problems.append(f"action dim {emb.action_dim} vs dataset {derived.action_dim}")
     if sorted(c.shape for c in emb.cameras) != sorted(c.shape for c in derived.cameras):
-        problems.append(f"cameras {[(c.name, c.shape) for c in emb.cameras]} vs dataset "
-                        f"{[(c.name, c.shape) for c in derived.cameras]}")
+        problems.append(
+            f"cameras {[(c.name, c.shape) for c in emb.cameras]} vs dataset "
+            f"{[(c.name, c.shape) for c in derived.cameras]}"
+        )
     if set(emb.camera_names) != set(derived.camera_names):
         problems.append(f"camera names {emb.camera_names} vs dataset {derived.camera_names}")
     if not math.isclose(emb.control_hz, derived.control_hz):
-        log.warning("embodiment %s runs at %s Hz but the dataset at %s fps", emb.name, emb.control_hz, derived.control_hz)
+        log.warning(
+            "embodiment %s runs at %s Hz but the dataset at %s fps", emb.name, emb.control_hz, derived.control_hz
+        )
     if problems:
         raise SpecError(f"embodiment {emb.name!r} does not match the dataset: " + "; ".join(problems))
     return emb

@@ -54,7 +54,7 @@ def place(img: np.ndarray, out: np.ndarray, src_hw: tuple[int, int]) -> None:
     zero-filled out [th, tw, 3] by the rule above. The new size is computed from the full size, so a
     reduced-scale decode lands on exactly the pixels a full decode would."""
     nh, nw, top, left = fit(*src_hw, *out.shape[:2])
-    dst = torch.from_numpy(out).permute(2, 0, 1)[None, :, top:top + nh, left:left + nw]
+    dst = torch.from_numpy(out).permute(2, 0, 1)[None, :, top : top + nh, left : left + nw]
     if img.shape[:2] == (nh, nw):
         dst.copy_(torch.from_numpy(img).permute(2, 0, 1)[None])
         return

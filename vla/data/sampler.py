@@ -34,9 +34,17 @@ from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, IMAGE_PREFIX, STATE, TAS
 
 
 class WindowDataset(Dataset):
-    def __init__(self, stores: Sequence[str | EpisodeStore] | str | EpisodeStore, horizon: int, *, history: int = 0,
-                 weights: Sequence[float] | None = None, embodiments: Sequence[str] | None = None,
-                 images: bool = True, image_size: int | tuple[int, int] | None = None):
+    def __init__(
+        self,
+        stores: Sequence[str | EpisodeStore] | str | EpisodeStore,
+        horizon: int,
+        *,
+        history: int = 0,
+        weights: Sequence[float] | None = None,
+        embodiments: Sequence[str] | None = None,
+        images: bool = True,
+        image_size: int | tuple[int, int] | None = None,
+    ):
         if horizon < 1:
             raise SpecError(f"horizon must be >= 1, got {horizon}")
         if history < 0:
@@ -106,8 +114,9 @@ class WindowDataset(Dataset):
     def sampler(self, num_samples: int | None = None, *, seed: int = 0) -> WeightedRandomSampler:
         """Draws windows by `sample_probs` (with replacement)."""
         g = torch.Generator().manual_seed(seed)
-        return WeightedRandomSampler(torch.as_tensor(self.sample_probs()), num_samples or len(self), replacement=True,
-                                     generator=g)
+        return WeightedRandomSampler(
+            torch.as_tensor(self.sample_probs()), num_samples or len(self), replacement=True, generator=g
+        )
 
     def indices(self, *, embodiment: str | None = None) -> np.ndarray:
         """Window indices, all or those of one embodiment."""
@@ -163,7 +172,7 @@ class WindowDataset(Dataset):
             for cam in self.embodiments[emb_name].camera_names:
                 imgs = store.frames(emb_name, cam).read(frames, self.image_size)
                 for j, (k, _) in enumerate(members):
-                    samples[k][image_key(cam)] = imgs[j * per:(j + 1) * per] if self.history else imgs[j]
+                    samples[k][image_key(cam)] = imgs[j * per : (j + 1) * per] if self.history else imgs[j]
         return samples
 
 
@@ -197,7 +206,7 @@ def collate_windows(samples: list[dict], *, stack_images: bool = True) -> dict:
     cams = sorted({k for s in samples for k in s if k.startswith(IMAGE_PREFIX)})
     for key in cams:
         present = [key in s for s in samples]
-        out["image_mask/" + key[len(IMAGE_PREFIX):]] = torch.tensor(present)
+        out["image_mask/" + key[len(IMAGE_PREFIX) :]] = torch.tensor(present)
         if not stack_images:
             out[key] = [s.get(key) for s in samples]
             continue
@@ -213,8 +222,9 @@ def collate_windows(samples: list[dict], *, stack_images: bool = True) -> dict:
     return out
 
 
-def make_loader(ds: WindowDataset, batch_size: int, *, workers: int = 0, num_samples: int | None = None,
-                seed: int = 0, **kwargs) -> DataLoader:
+def make_loader(
+    ds: WindowDataset, batch_size: int, *, workers: int = 0, num_samples: int | None = None, seed: int = 0, **kwargs
+) -> DataLoader:
     """A DataLoader over `ds` drawing windows by the mixture weights, batches collated.
 
     With workers, tensors cross processes through named shared memory ("file_system"
@@ -223,5 +233,12 @@ def make_loader(ds: WindowDataset, batch_size: int, *, workers: int = 0, num_sam
     """
     if workers > 0:
         torch.multiprocessing.set_sharing_strategy("file_system")
-    return DataLoader(ds, batch_size=batch_size, sampler=ds.sampler(num_samples, seed=seed), num_workers=workers,
-                      collate_fn=collate_windows, persistent_workers=workers > 0, **kwargs)
+    return DataLoader(
+        ds,
+        batch_size=batch_size,
+        sampler=ds.sampler(num_samples, seed=seed),
+        num_workers=workers,
+        collate_fn=collate_windows,
+        persistent_workers=workers > 0,
+        **kwargs,
+    )

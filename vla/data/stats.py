@@ -134,6 +134,7 @@ def compute_stats_from_chunks(chunks_factory, dim: int, bins: int = 5000) -> Key
     # Quantiles cannot leave the observed range (a constant dim has q01 = q99 = its value).
     q01 = np.clip(hist.quantile(0.01), mom.min, mom.max)
     q99 = np.clip(hist.quantile(0.99), mom.min, mom.max)
+
     # float32, exactly what a JSON round trip gives back (so a resumed run normalizes identically)
     def f32(x):
         return np.asarray(x, np.float32)
@@ -141,8 +142,9 @@ def compute_stats_from_chunks(chunks_factory, dim: int, bins: int = 5000) -> Key
     return KeyStats(mom.n, f32(mom.mean), f32(std), f32(mom.min), f32(mom.max), f32(q01), f32(q99))
 
 
-def compute_norm_stats(stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION), bins: int = 5000,
-                       progress: bool = False) -> NormStats:
+def compute_norm_stats(
+    stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION), bins: int = 5000, progress: bool = False
+) -> NormStats:
     """Stats per embodiment and key over every committed episode of the given stores."""
     from tqdm import tqdm
 
@@ -155,17 +157,20 @@ def compute_norm_stats(stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION)
             emb = store.embodiments[info.embodiment]
             d = {STATE: emb.state_dim, ACTION: emb.action_dim}
             if info.embodiment in dims and dims[info.embodiment] != d:
-                raise SpecError(f"embodiment {info.embodiment!r} has different dims across stores: "
-                                f"{dims[info.embodiment]} vs {d}")
+                raise SpecError(
+                    f"embodiment {info.embodiment!r} has different dims across stores: {dims[info.embodiment]} vs {d}"
+                )
             dims[info.embodiment] = d
     out: NormStats = {}
     for name, eps in by_emb.items():
         out[name] = {}
         for key in keys:
+
             def chunks(eps=eps, key=key, name=name):
                 it = tqdm(eps, desc=f"stats {name} {key}", disable=not progress, leave=False)
                 for store, info in it:
                     yield store.lowdim(name, key, info.start, info.end)
+
             out[name][key] = compute_stats_from_chunks(chunks, dims[name][key], bins)
     return out
 

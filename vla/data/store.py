@@ -89,8 +89,10 @@ class EpisodeStore:
         if self.version not in (VERSION, *LEGACY_VERSIONS):
             raise StoreError(f"{path}: store version {self.version} not supported (expected {VERSION})")
         if self.version != VERSION and not group.read_only:
-            raise StoreError(f"{path}: store version {self.version} was written by an older vla (one file per frame); "
-                             f"it opens read-only: migrate it with `vla data migrate {path} NEW_PATH`")
+            raise StoreError(
+                f"{path}: store version {self.version} was written by an older vla (one file per frame); "
+                f"it opens read-only: migrate it with `vla data migrate {path} NEW_PATH`"
+            )
         self._attrs = attrs
         self.embodiments: dict[str, Embodiment] = {
             name: Embodiment.from_dict(d) for name, d in attrs.get("embodiments", {}).items()
@@ -177,8 +179,9 @@ class EpisodeStore:
                 raise StoreError(f"{self.path}: meta/{k} has {len(v)} entries, expected {n} committed episodes")
         ends = np.asarray(cols["episode_ends"], np.int64)
         if n and ends[-1] != self._attrs.get("num_frames"):
-            raise StoreError(f"{self.path}: meta/episode_ends ends at {ends[-1]}, root says "
-                             f"{self._attrs.get('num_frames')} frames")
+            raise StoreError(
+                f"{self.path}: meta/episode_ends ends at {ends[-1]}, root says {self._attrs.get('num_frames')} frames"
+            )
         self._ends = ends
         self._starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
         self._emb = [str(x) for x in cols["episode_embodiment"]]
@@ -189,16 +192,20 @@ class EpisodeStore:
         if unknown:
             raise StoreError(f"{self.path}: episodes name embodiments {sorted(unknown)} that the store does not define")
 
-    def commit_episode(self, embodiment: str, task: str, success: int, source: str, end: int,
-                       grow: int = 1024) -> int:
+    def commit_episode(self, embodiment: str, task: str, success: int, source: str, end: int, grow: int = 1024) -> int:
         """Make the next episode visible; -> its index. Writers call this once the episode's frames
         and low-dim rows [num_frames, end) are on disk. The per-episode meta rows are written
         first (invisible: past num_episodes), then the root attributes in one write: the commit
         point, so a writer killed before it leaves the store as it was."""
         i = self.num_episodes
         meta = self._g["meta"]
-        values = {"episode_ends": end, "episode_embodiment": embodiment, "episode_task": task,
-                  "episode_success": success, "episode_source": source}
+        values = {
+            "episode_ends": end,
+            "episode_embodiment": embodiment,
+            "episode_task": task,
+            "episode_success": success,
+            "episode_source": source,
+        }
         for key, value in values.items():
             arr = meta[key]
             if arr.shape[0] < i + 1:
@@ -239,8 +246,15 @@ class EpisodeStore:
     def info(self, i: int) -> EpisodeInfo:
         i = self._check_index(i)
         s = int(self._success[i])
-        return EpisodeInfo(i, self._emb[i], self._task[i], None if s < 0 else bool(s), self._source[i],
-                           int(self._starts[i]), int(self._ends[i]))
+        return EpisodeInfo(
+            i,
+            self._emb[i],
+            self._task[i],
+            None if s < 0 else bool(s),
+            self._source[i],
+            int(self._starts[i]),
+            int(self._ends[i]),
+        )
 
     def infos(self) -> list[EpisodeInfo]:
         return [self.info(i) for i in range(self.num_episodes)]
@@ -277,7 +291,9 @@ class EpisodeStore:
         if cached is None or cached.shape[0] < end:
             arr = self.array(embodiment, key)
             if arr.shape[0] < end:
-                raise StoreError(f"{self.path}: {embodiment}/{key} has {arr.shape[0]} frames, need {end} (store corrupt?)")
+                raise StoreError(
+                    f"{self.path}: {embodiment}/{key} has {arr.shape[0]} frames, need {end} (store corrupt?)"
+                )
             committed = self.committed_end(embodiment)
             if end > committed:  # not (yet) committed: read it, keep nothing
                 return arr[start:end]
@@ -351,9 +367,10 @@ class EpisodeStore:
         return max((int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment), default=0)
 
     def __repr__(self) -> str:
-        return (f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
-                f"embodiments={sorted(self.embodiments)})")
-
+        return (
+            f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
+            f"embodiments={sorted(self.embodiments)})"
+        )
 
 
 def _codecs_for(emb: Embodiment, codecs) -> dict[str, ImageCodec]:
@@ -364,6 +381,8 @@ def _codecs_for(emb: Embodiment, codecs) -> dict[str, ImageCodec]:
         raise StoreError(f"codecs must be a codec name or {{camera: codec}}, got {codecs!r}")
     unknown = sorted(set(codecs) - set(emb.camera_names))
     if unknown:
-        raise StoreError(f"codecs name cameras {unknown} that embodiment {emb.name!r} does not have "
-                         f"(cameras: {list(emb.camera_names)})")
+        raise StoreError(
+            f"codecs name cameras {unknown} that embodiment {emb.name!r} does not have "
+            f"(cameras: {list(emb.camera_names)})"
+        )
     return {c: ImageCodec.parse(codecs.get(c, "lossless")) for c in emb.camera_names}

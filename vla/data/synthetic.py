@@ -17,7 +17,7 @@ COLOURS = {"red": (220, 40, 40), "green": (40, 200, 60), "blue": (50, 80, 230)}
 
 def _draw(h: int, w: int, centre: np.ndarray, targets: dict, point: np.ndarray, span: float) -> np.ndarray:
     img = np.full((h, w, 3), 235, np.uint8)
-    img[h // 2:, :] = 205  # a floor, so frames are not flat colour
+    img[h // 2 :, :] = 205  # a floor, so frames are not flat colour
 
     def to_px(p):
         rel = (np.asarray(p[:2]) - centre[:2]) / span
@@ -26,9 +26,9 @@ def _draw(h: int, w: int, centre: np.ndarray, targets: dict, point: np.ndarray, 
     r = max(2, h // 16)
     for colour, pos in targets.items():
         y, x = to_px(pos)
-        img[max(0, y - r):max(0, y + r), max(0, x - r):max(0, x + r)] = COLOURS[colour]
+        img[max(0, y - r) : max(0, y + r), max(0, x - r) : max(0, x + r)] = COLOURS[colour]
     y, x = to_px(point)
-    img[max(0, y - r // 2):max(0, y + r // 2 + 1), max(0, x - r // 2):max(0, x + r // 2 + 1)] = (20, 20, 20)
+    img[max(0, y - r // 2) : max(0, y + r // 2 + 1), max(0, x - r // 2) : max(0, x + r // 2 + 1)] = (20, 20, 20)
     return img
 
 
@@ -61,8 +61,16 @@ def synthetic_episode(emb: Embodiment, length: int, rng: np.random.Generator) ->
     return frames, phrasing.format(goal_colour)
 
 
-def write_synthetic(store: EpisodeStore, emb: Embodiment, episodes: int, length: int, *, seed: int = 0,
-                    source: str = "synthetic", progress: bool = False) -> None:
+def write_synthetic(
+    store: EpisodeStore,
+    emb: Embodiment,
+    episodes: int,
+    length: int,
+    *,
+    seed: int = 0,
+    source: str = "synthetic",
+    progress: bool = False,
+) -> None:
     from tqdm import tqdm
 
     store.add_embodiment(emb)
@@ -103,7 +111,7 @@ class CameraFrames:
         y = (H - self.h) / 2 * (1 + 0.9 * np.sin(t / 37.0 + phase)) + rng.uniform(-1, 1)
         x = (W - self.w) / 2 * (1 + 0.9 * np.cos(t / 23.0 + phase)) + rng.uniform(-1, 1)
         y, x = int(np.clip(y, 0, H - self.h)), int(np.clip(x, 0, W - self.w))
-        img = self._base[y:y + self.h, x:x + self.w]
+        img = self._base[y : y + self.h, x : x + self.w]
         if camera % 2:
             img = img[:, ::-1]
         noise = np.roll(self._noise[int(rng.integers(len(self._noise)))], int(rng.integers(self.h)), axis=0)

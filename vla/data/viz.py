@@ -9,7 +9,9 @@ import numpy as np
 from vla.data.store import EpisodeStore
 
 
-def contact_sheet(store: EpisodeStore, out: str | Path, *, max_episodes: int = 4, frames_per_episode: int = 3) -> Path | None:
+def contact_sheet(
+    store: EpisodeStore, out: str | Path, *, max_episodes: int = 4, frames_per_episode: int = 3
+) -> Path | None:
     """Rows: episodes spread over the store; columns: first/middle/last frame of every camera.
 
     Returns the PNG path, or None when the store has no episodes with cameras.
@@ -50,4 +52,3 @@ def contact_sheet(store: EpisodeStore, out: str | Path, *, max_episodes: int = 4
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
-

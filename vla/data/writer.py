@@ -63,8 +63,9 @@ class _Lock:
                 except (OSError, ValueError):
                     pid = 0
                 if pid and _pid_alive(pid) and pid != os.getpid():
-                    raise StoreError(f"{self.path.parent}: another writer (pid {pid}) holds {self.path}; "
-                                     "wait for it to finish") from None
+                    raise StoreError(
+                        f"{self.path.parent}: another writer (pid {pid}) holds {self.path}; wait for it to finish"
+                    ) from None
                 log.warning("removing stale writer lock %s (pid %s is gone)", self.path, pid)
                 self.path.unlink(missing_ok=True)
                 continue
@@ -147,26 +148,34 @@ class EpisodeWriter:
         got = {k for k in frame if k not in (TIMESTAMP, TASK)}
         if got != expected:
             missing, extra = sorted(expected - got), sorted(got - expected)
-            raise FrameError(f"embodiment {self.emb.name!r}, frame {self._n}: keys do not match "
-                             f"(missing {missing}, unexpected {extra})")
+            raise FrameError(
+                f"embodiment {self.emb.name!r}, frame {self._n}: keys do not match "
+                f"(missing {missing}, unexpected {extra})"
+            )
         checked = {}
         for key, (shape, dtype) in self._shapes.items():
             v = np.asarray(frame[key])
             if v.shape != tuple(shape):
-                raise FrameError(f"embodiment {self.emb.name!r}, frame {self._n}, key {key!r}: expected shape "
-                                 f"{tuple(shape)}, got {v.shape}")
+                raise FrameError(
+                    f"embodiment {self.emb.name!r}, frame {self._n}, key {key!r}: expected shape "
+                    f"{tuple(shape)}, got {v.shape}"
+                )
             if dtype == "uint8":
                 if v.dtype != np.uint8:
-                    raise FrameError(f"embodiment {self.emb.name!r}, frame {self._n}, key {key!r}: expected uint8 "
-                                     f"image, got {v.dtype}")
+                    raise FrameError(
+                        f"embodiment {self.emb.name!r}, frame {self._n}, key {key!r}: expected uint8 "
+                        f"image, got {v.dtype}"
+                    )
             else:
                 if not np.issubdtype(v.dtype, np.number):
                     raise FrameError(f"key {key!r}: expected numbers, got dtype {v.dtype}")
                 v = v.astype(np.float32)
                 if not np.isfinite(v).all():
                     bad = np.flatnonzero(~np.isfinite(v)).tolist()
-                    raise FrameError(f"embodiment {self.emb.name!r}, frame {self._n}, key {key!r}: non-finite "
-                                     f"values (NaN/Inf) at dims {bad}")
+                    raise FrameError(
+                        f"embodiment {self.emb.name!r}, frame {self._n}, key {key!r}: non-finite "
+                        f"values (NaN/Inf) at dims {bad}"
+                    )
             checked[key] = v
         ts = frame.get(TIMESTAMP)
         ts = self._n / self.emb.control_hz if ts is None else float(np.asarray(ts).reshape(()))
@@ -192,7 +201,9 @@ class EpisodeWriter:
         for cam in self.emb.camera_names:
             codec = self.store.codec(self.emb.name, cam)
             imgs = self._images[cam]
-            blobs = list(self._pool.map(codec.encode, imgs)) if self._pool is not None else [codec.encode(i) for i in imgs]
+            blobs = (
+                list(self._pool.map(codec.encode, imgs)) if self._pool is not None else [codec.encode(i) for i in imgs]
+            )
             self._blobs[cam].extend(blobs)
             imgs.clear()
         self._encoded = self._n
@@ -250,8 +261,15 @@ class EpisodeWriter:
         self._reset_episode()
         return i
 
-    def add_encoded_episode(self, rows: dict[str, np.ndarray], blobs: dict[str, list[bytes]], *, task: str,
-                            success: bool | None, source: str | None = None) -> int:
+    def add_encoded_episode(
+        self,
+        rows: dict[str, np.ndarray],
+        blobs: dict[str, list[bytes]],
+        *,
+        task: str,
+        success: bool | None,
+        source: str | None = None,
+    ) -> int:
         """Append and commit a whole episode whose frames are already encoded with this store's codecs
         (copying between stores without re-encoding). rows: state [n, s], action [n, a], timestamp [n]."""
         if not self._open:
@@ -261,10 +279,14 @@ class EpisodeWriter:
         n = len(rows[TIMESTAMP])
         for key, shape in ((STATE, (n, self.emb.state_dim)), (ACTION, (n, self.emb.action_dim)), (TIMESTAMP, (n,))):
             if np.shape(rows[key]) != shape:
-                raise FrameError(f"embodiment {self.emb.name!r}: {key} has shape {np.shape(rows[key])}, expected {shape}")
+                raise FrameError(
+                    f"embodiment {self.emb.name!r}: {key} has shape {np.shape(rows[key])}, expected {shape}"
+                )
         if set(blobs) != set(self.emb.camera_names) or any(len(b) != n for b in blobs.values()):
-            raise FrameError(f"embodiment {self.emb.name!r}: need {n} encoded frames for each of "
-                             f"{list(self.emb.camera_names)}, got {({c: len(b) for c, b in blobs.items()})}")
+            raise FrameError(
+                f"embodiment {self.emb.name!r}: need {n} encoded frames for each of "
+                f"{list(self.emb.camera_names)}, got { ({c: len(b) for c, b in blobs.items()}) }"
+            )
         if n == 0:
             raise StoreError("add_encoded_episode() with no frames")
         self._n = self._encoded = n

@@ -77,7 +77,7 @@ class FusedLayer:
 
         def rot(w):  # rows of rotate_half(W x), per head: [-second half; first half]
             w = w.reshape(-1, hd, *w.shape[1:])
-            return torch.cat([-w[:, hd // 2:], w[:, : hd // 2]], 1).reshape(-1, *w.shape[2:])
+            return torch.cat([-w[:, hd // 2 :], w[:, : hd // 2]], 1).reshape(-1, *w.shape[2:])
 
         wq, wk, wv = attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight
         ln1 = norm_offset + layer.input_layernorm.weight.float()  # Gemma (1 + w), Llama-style w
@@ -109,8 +109,8 @@ class FusedLayer:
         y = unit_rms(h, self.eps) @ self.w_in.T
         if self.b_in is not None:
             y = y + self.b_in
-        qk = torch.addcmul(y[..., : self.qk] * cos_qk, y[..., self.qk: 2 * self.qk], sin_qk)
-        return qk[..., : self.q_width], qk[..., self.q_width:], y[..., 2 * self.qk:]
+        qk = torch.addcmul(y[..., : self.qk] * cos_qk, y[..., self.qk : 2 * self.qk], sin_qk)
+        return qk[..., : self.q_width], qk[..., self.q_width :], y[..., 2 * self.qk :]
 
     def out_mlp(self, h: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
         h = h + attn_out @ self.o.T
@@ -129,8 +129,9 @@ def fusable(layer) -> tuple[float, str] | None:
         return None
     if getattr(layer, "_vla_cross", False):  # a cross-attention layer (vla.model.cross_attention)
         return None
-    if not all(hasattr(mlp, k) for k in ("gate_proj", "up_proj", "down_proj")) or \
-            any(getattr(mlp, k).bias is not None for k in ("gate_proj", "up_proj", "down_proj")):
+    if not all(hasattr(mlp, k) for k in ("gate_proj", "up_proj", "down_proj")) or any(
+        getattr(mlp, k).bias is not None for k in ("gate_proj", "up_proj", "down_proj")
+    ):
         return None
     act = getattr(mlp, "act_fn", None)
     act = "gelu_tanh" if isinstance(act, GELUTanh) else "silu" if isinstance(act, (SiLUActivation, nn.SiLU)) else None
@@ -191,8 +192,12 @@ def _qkv(layer, h, cos, sin, cond=None):
         return (*apply_rotary_pos_emb(q, k, cos, sin), v, gate)
     q, k, v = f.qkv(h, *tile_rope(cos, sin, f.heads + f.kv_heads))
     hd = f.head_dim
-    return (q.reshape(b, n, -1, hd).transpose(1, 2), k.reshape(b, n, -1, hd).transpose(1, 2),
-            v.reshape(b, n, -1, hd).transpose(1, 2), None)
+    return (
+        q.reshape(b, n, -1, hd).transpose(1, 2),
+        k.reshape(b, n, -1, hd).transpose(1, 2),
+        v.reshape(b, n, -1, hd).transpose(1, 2),
+        None,
+    )
 
 
 def _out_mlp(layer, h, seg, cond=None, attn_gate=None):
@@ -226,7 +231,7 @@ def _mqa_layer(fs: list[FusedLayer], hs, tiled, row_bias, past_kv, keep_kv):
     out = torch.bmm(scores.softmax(-1), v).view(b, lq, heads * hd)
     new_hs, start = [], 0
     for f, h in zip(fs, hs):
-        new_hs.append(f.out_mlp(h, out[:, start:start + h.shape[1]]))
+        new_hs.append(f.out_mlp(h, out[:, start : start + h.shape[1]]))
         start += h.shape[1]
     return new_hs, ((k[:, None], v[:, None]) if keep_kv else None)  # cache layout [b, 1, l, head_dim]
 
@@ -247,17 +252,24 @@ def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv, conds):
     out = out.transpose(1, 2).flatten(2)  # [b, l, heads * head_dim]
     new_hs, start = [], 0
     for stack, h, cond, gate in zip(stacks, hs, conds, gates):
-        seg = out[:, start:start + h.shape[1]]
+        seg = out[:, start : start + h.shape[1]]
         start += h.shape[1]
         new_hs.append(_out_mlp(stack.layers[layer_idx], h, seg, cond, gate))
     return new_hs, ((k, v) if keep_kv else None)
 
 
-def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | None], allowed: torch.Tensor,
-                  positions: torch.Tensor | tuple[torch.Tensor, torch.Tensor], *, past: KVCache | None = None,
-                  keep_kv: bool = False, grad_checkpoint: bool = False,
-                  conds: list[torch.Tensor | None] | None = None, layer_adds: list[torch.Tensor] | None = None
-                  ) -> tuple[list[torch.Tensor | None], KVCache | None]:
+def joint_forward(
+    stacks: list[GemmaModel | None],
+    embeds: list[torch.Tensor | None],
+    allowed: torch.Tensor,
+    positions: torch.Tensor | tuple[torch.Tensor, torch.Tensor],
+    *,
+    past: KVCache | None = None,
+    keep_kv: bool = False,
+    grad_checkpoint: bool = False,
+    conds: list[torch.Tensor | None] | None = None,
+    layer_adds: list[torch.Tensor] | None = None,
+) -> tuple[list[torch.Tensor | None], KVCache | None]:
     """Run the active streams (embeds not None) through every layer with joint attention.
 
     allowed: [b, l_q, l_past + l_q] bool over all active tokens in stream order (after `past`),
@@ -279,7 +291,7 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
     cos, sin = positions if isinstance(positions, tuple) else rope(act_stacks[0], hs[0], positions)
     cos_sin, start = [], 0
     for h in hs:
-        cos_sin.append((cos[:, start:start + h.shape[1]], sin[:, start:start + h.shape[1]]))
+        cos_sin.append((cos[:, start : start + h.shape[1]], sin[:, start : start + h.shape[1]]))
         start += h.shape[1]
     bias = allowed if allowed.is_floating_point() else attn_bias(allowed, hs[0].dtype)
     fused = [[_fused(st.layers[li]) for st in act_stacks] for li in range(depth)]
@@ -294,8 +306,9 @@ def joint_forward(stacks: list[GemmaModel | None], embeds: list[torch.Tensor | N
         if mqa:
             hs, kv = _mqa_layer(fused[li], hs, tiled, row_bias, layer_past, keep_kv)
         elif grad_checkpoint and torch.is_grad_enabled():
-            hs, kv = checkpoint(_layer, act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, act_conds,
-                                use_reentrant=False)
+            hs, kv = checkpoint(
+                _layer, act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, act_conds, use_reentrant=False
+            )
         else:
             hs, kv = _layer(act_stacks, hs, li, cos_sin, bias, layer_past, keep_kv, act_conds)
         if keep_kv:

@@ -57,11 +57,19 @@ class GemmaSize:
             raise SpecError(f"GemmaSize: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
 
     def gemma_config(self, vocab_size: int) -> GemmaConfig:
-        return GemmaConfig(vocab_size=vocab_size, hidden_size=self.width, intermediate_size=self.mlp,
-                           num_hidden_layers=self.depth, num_attention_heads=self.heads,
-                           num_key_value_heads=self.kv_heads, head_dim=self.head_dim, max_position_embeddings=8192,
-                           hidden_activation="gelu_pytorch_tanh", attn_implementation="sdpa",
-                           **({"initializer_range": self.init_std} if self.init_std else {}))
+        return GemmaConfig(
+            vocab_size=vocab_size,
+            hidden_size=self.width,
+            intermediate_size=self.mlp,
+            num_hidden_layers=self.depth,
+            num_attention_heads=self.heads,
+            num_key_value_heads=self.kv_heads,
+            head_dim=self.head_dim,
+            max_position_embeddings=8192,
+            hidden_activation="gelu_pytorch_tanh",
+            attn_implementation="sdpa",
+            **({"initializer_range": self.init_std} if self.init_std else {}),
+        )
 
     def init_kwargs(self) -> dict:
         return {"initializer_range": self.init_std} if self.init_std else {}
@@ -113,40 +121,59 @@ class BackboneConfig:
         if self.token_merge < 1:
             raise SpecError(f"BackboneConfig: token_merge must be >= 1, got {self.token_merge}")
         if self.family == "paligemma" and self.token_merge != 1:
-            raise SpecError(f"BackboneConfig: paligemma has no token merge: expected token_merge 1, got {self.token_merge}")
+            raise SpecError(
+                f"BackboneConfig: paligemma has no token merge: expected token_merge 1, got {self.token_merge}"
+            )
         if self.image_size % self.patch_size:
-            raise SpecError(f"BackboneConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+            raise SpecError(
+                f"BackboneConfig: image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
         if (self.image_size // self.patch_size) % self.token_merge:
-            raise SpecError(f"BackboneConfig: the patch grid ({self.image_size // self.patch_size} per side) is not a "
-                            f"multiple of token_merge {self.token_merge}")
+            raise SpecError(
+                f"BackboneConfig: the patch grid ({self.image_size // self.patch_size} per side) is not a "
+                f"multiple of token_merge {self.token_merge}"
+            )
         if self.vision_width % self.vision_heads:
-            raise SpecError(f"BackboneConfig: vision_width {self.vision_width} not divisible by vision_heads {self.vision_heads}")
+            raise SpecError(
+                f"BackboneConfig: vision_width {self.vision_width} not divisible by vision_heads {self.vision_heads}"
+            )
         if self.vision_pos_init not in ("sincos", "random"):
-            raise SpecError(f"BackboneConfig: vision_pos_init must be 'sincos' or 'random', got {self.vision_pos_init!r}")
+            raise SpecError(
+                f"BackboneConfig: vision_pos_init must be 'sincos' or 'random', got {self.vision_pos_init!r}"
+            )
         moe = (self.moe_experts, self.moe_top_k, self.moe_mlp)
         if self.family == "qwen3_vl_moe":
             if min(moe) < 1 or self.moe_top_k > self.moe_experts:
-                raise SpecError(f"BackboneConfig: qwen3_vl_moe needs moe_experts >= moe_top_k >= 1 and moe_mlp >= 1, "
-                                f"got {moe}")
+                raise SpecError(
+                    f"BackboneConfig: qwen3_vl_moe needs moe_experts >= moe_top_k >= 1 and moe_mlp >= 1, got {moe}"
+                )
         elif any(moe):
-            raise SpecError(f"BackboneConfig: moe_experts/moe_top_k/moe_mlp are for family 'qwen3_vl_moe', "
-                            f"not {self.family!r} (got {moe})")
+            raise SpecError(
+                f"BackboneConfig: moe_experts/moe_top_k/moe_mlp are for family 'qwen3_vl_moe', "
+                f"not {self.family!r} (got {moe})"
+            )
         if self.deepstack and not self.family.startswith("qwen3_vl"):
             raise SpecError(f"BackboneConfig: deepstack is Qwen3-VL's; family {self.family!r} has none")
         bad = [i for i in self.deepstack if not 0 <= i < self.vision_depth]
         if bad or len(self.deepstack) > self.text.depth:
-            raise SpecError(f"BackboneConfig: deepstack layers {list(self.deepstack)} must be vision layers "
-                            f"(0..{self.vision_depth - 1}), at most one per decoder layer ({self.text.depth})")
+            raise SpecError(
+                f"BackboneConfig: deepstack layers {list(self.deepstack)} must be vision layers "
+                f"(0..{self.vision_depth - 1}), at most one per decoder layer ({self.text.depth})"
+            )
         if self.family == "qwen2_5_vl" and self.text.width != self.text.heads * self.text.head_dim:
-            raise SpecError(f"BackboneConfig: Qwen2.5-VL's decoder has width = heads * head_dim: expected "
-                            f"{self.text.heads * self.text.head_dim}, got width {self.text.width}")
+            raise SpecError(
+                f"BackboneConfig: Qwen2.5-VL's decoder has width = heads * head_dim: expected "
+                f"{self.text.heads * self.text.head_dim}, got width {self.text.width}"
+            )
         if self.family.startswith("qwen") and self.text.head_dim % 8:
-            raise SpecError(f"BackboneConfig: multimodal RoPE splits head_dim in sections: head_dim must be a "
-                            f"multiple of 8, got {self.text.head_dim}")
+            raise SpecError(
+                f"BackboneConfig: multimodal RoPE splits head_dim in sections: head_dim must be a "
+                f"multiple of 8, got {self.text.head_dim}"
+            )
 
     @property
     def tokens_per_image(self) -> int:
-        return (self.image_size // self.patch_size) ** 2 // self.token_merge ** 2
+        return (self.image_size // self.patch_size) ** 2 // self.token_merge**2
 
     def to_dict(self) -> dict:
         return asdict(self)

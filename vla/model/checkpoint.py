@@ -61,11 +61,18 @@ class CheckpointConfig:
 
     def to_json(self) -> dict:
         return {
-            "format": FORMAT, "version": VERSION,
+            "format": FORMAT,
+            "version": VERSION,
             "policy": {"type": self.model_type, "config": self.model.to_dict(), "norm_mode": self.norm_mode},
             "embodiments": {n: e.to_dict() for n, e in self.embodiments.items()},
-            "preset": self.preset, "train": self.train, "data": [str(p) for p in self.data], "weights": self.weights,
-            "params": self.params, "step": self.step, "text_vocab": self.text_vocab, "source": self.source,
+            "preset": self.preset,
+            "train": self.train,
+            "data": [str(p) for p in self.data],
+            "weights": self.weights,
+            "params": self.params,
+            "step": self.step,
+            "text_vocab": self.text_vocab,
+            "source": self.source,
         }
 
     @classmethod
@@ -74,8 +81,10 @@ class CheckpointConfig:
         if d.get("format") != FORMAT:
             raise CheckpointError(f"{where}: not a vla checkpoint (format={d.get('format')!r})")
         if not isinstance(d.get("version"), int) or d["version"] > VERSION:
-            raise CheckpointError(f"{where}: checkpoint format version {d.get('version')!r}; this vla reads "
-                                  f"version <= {VERSION} (written by a newer vla?)")
+            raise CheckpointError(
+                f"{where}: checkpoint format version {d.get('version')!r}; this vla reads "
+                f"version <= {VERSION} (written by a newer vla?)"
+            )
 
         def need(path: str):
             node = d
@@ -95,10 +104,20 @@ class CheckpointConfig:
         norm_mode = need("policy.norm_mode")
         if not embodiments:
             raise CheckpointError(f"{where}: field 'embodiments' is empty")
-        return cls(kind, model, norm_mode, embodiments, step=int(d.get("step") or 0), params=int(d.get("params") or 0),
-                   text_vocab=int(d.get("text_vocab") or 0),
-                   preset=d.get("preset") or {}, train=d.get("train") or {}, data=list(d.get("data") or []),
-                   weights=d.get("weights"), source=d.get("source") or {})
+        return cls(
+            kind,
+            model,
+            norm_mode,
+            embodiments,
+            step=int(d.get("step") or 0),
+            params=int(d.get("params") or 0),
+            text_vocab=int(d.get("text_vocab") or 0),
+            preset=d.get("preset") or {},
+            train=d.get("train") or {},
+            data=list(d.get("data") or []),
+            weights=d.get("weights"),
+            source=d.get("source") or {},
+        )
 
 
 def _sha256(path: Path) -> str:
@@ -109,16 +128,26 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def save_checkpoint(out: str | Path, *, weights: dict[str, torch.Tensor], config: CheckpointConfig, stats: NormStats,
-                    text: TextTokenizer | None, assets: dict | None = None,
-                    train_state: dict | None = None, extra_files: dict[str, Path] | None = None) -> Path:
+def save_checkpoint(
+    out: str | Path,
+    *,
+    weights: dict[str, torch.Tensor],
+    config: CheckpointConfig,
+    stats: NormStats,
+    text: TextTokenizer | None,
+    assets: dict | None = None,
+    train_state: dict | None = None,
+    extra_files: dict[str, Path] | None = None,
+) -> Path:
     out = Path(out)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        save_file({k: v.detach().contiguous().cpu() for k, v in canonical_keys(weights).items()},
-                  str(tmp / "model.safetensors"))
+        save_file(
+            {k: v.detach().contiguous().cpu() for k, v in canonical_keys(weights).items()},
+            str(tmp / "model.safetensors"),
+        )
         save_stats(stats, tmp / "norm_stats.json")
         if text is not None:
             text.save(tmp / "tokenizer.json")
@@ -164,8 +193,10 @@ class Checkpoint:
             want = self.config.get("files", {}).get("model.safetensors")
             got = _sha256(self.path / "model.safetensors")
             if want != got:
-                raise CheckpointError(f"{self.path}/model.safetensors is corrupted: sha256 {got[:12]}... does not "
-                                      f"match the {str(want)[:12]}... recorded at save time")
+                raise CheckpointError(
+                    f"{self.path}/model.safetensors is corrupted: sha256 {got[:12]}... does not "
+                    f"match the {str(want)[:12]}... recorded at save time"
+                )
         self.embodiments = self.resolved.embodiments
 
     def weights(self) -> dict[str, torch.Tensor]:
@@ -203,16 +234,27 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
     text, stats, assets = ckpt.text(), ckpt.stats(), ckpt.assets()
     vocab = rc.text_vocab or (text.vocab_size if text is not None else 0)
     if not vocab:
-        raise CheckpointError(f"{ckpt.path}: no tokenizer.json and no text_vocab in config.json: the token "
-                              "embedding's size is unknown")
+        raise CheckpointError(
+            f"{ckpt.path}: no tokenizer.json and no text_vocab in config.json: the token embedding's size is unknown"
+        )
     model = mt.build(rc.model, text_vocab=vocab, assets=assets)
     if weights:
-        missing, unexpected = model.load_state_dict(match_module_keys(ckpt.weights(), set(model.state_dict())),
-                                                    strict=False)
+        missing, unexpected = model.load_state_dict(
+            match_module_keys(ckpt.weights(), set(model.state_dict())), strict=False
+        )
         if missing or unexpected:
-            raise CheckpointError(f"{ckpt.path}: weights do not match the config (missing {missing[:5]}, "
-                                  f"unexpected {unexpected[:5]})")
+            raise CheckpointError(
+                f"{ckpt.path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+            )
     model.eval()
-    tf = build_transforms(mt.model, rc.model, embodiments=rc.embodiments, stats=stats, norm_mode=rc.norm_mode,
-                          text=text, assets=assets, text_vocab=vocab)
+    tf = build_transforms(
+        mt.model,
+        rc.model,
+        embodiments=rc.embodiments,
+        stats=stats,
+        norm_mode=rc.norm_mode,
+        text=text,
+        assets=assets,
+        text_vocab=vocab,
+    )
     return model, tf, rc.model

@@ -57,7 +57,8 @@ def example_inputs(cfg, batch_size: int, *, vocab_size: int, seed: int = 0) -> d
     return {
         "images": torch.rand(batch_size, cfg.cameras, 3, size, size, generator=g) * 2 - 1,
         "image_mask": torch.ones(batch_size, cfg.cameras, dtype=torch.bool),
-        "tokens": tokens, "token_mask": token_mask,
+        "tokens": tokens,
+        "token_mask": token_mask,
         "state": torch.randn(batch_size, s, generator=g),
         "embodiment": [names[i % len(names)] for i in range(batch_size)],
         "actions": torch.randn(batch_size, cfg.horizon, a, generator=g),
@@ -114,11 +115,20 @@ class ActionModel(nn.Module):
     def initial_noise(self, embodiments: list[str], generator: torch.Generator | None = None) -> torch.Tensor | None:
         return None
 
-    def sample(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
-               guide: torch.Tensor | None = None, guide_weights: torch.Tensor | None = None, **kwargs) -> ActionSample:
+    def sample(
+        self,
+        batch: dict,
+        *,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        guide: torch.Tensor | None = None,
+        guide_weights: torch.Tensor | None = None,
+        **kwargs,
+    ) -> ActionSample:
         with torch.inference_mode():
-            return self._sample(batch, num_steps=num_steps, noise=noise, guide=guide, guide_weights=guide_weights,
-                                **kwargs)
+            return self._sample(
+                batch, num_steps=num_steps, noise=noise, guide=guide, guide_weights=guide_weights, **kwargs
+            )
 
     def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights, **kwargs) -> ActionSample:
         raise NotImplementedError

@@ -85,22 +85,46 @@ def source_geometry(src: Path) -> dict:
     if isinstance(d.get("vlm_config"), dict) and isinstance(d.get("dit_config"), dict):  # transformers PI0
         t, v, e = d["vlm_config"].get("text_config", {}), d["vlm_config"].get("vision_config", {}), d["dit_config"]
         try:
-            gemma = {"width": t["hidden_size"], "depth": t["num_hidden_layers"], "mlp": t["intermediate_size"],
-                     "heads": t["num_attention_heads"], "kv_heads": t["num_key_value_heads"], "head_dim": t["head_dim"]}
-            out["backbone"] = {"image_size": v["image_size"], "patch_size": v["patch_size"],
-                               "vision_width": v["hidden_size"], "vision_depth": v["num_hidden_layers"],
-                               "vision_heads": v["num_attention_heads"], "vision_mlp": v["intermediate_size"],
-                               "vocab_size": t["vocab_size"], "text": gemma}
-            out["expert"] = {"width": e["hidden_size"], "depth": e["num_hidden_layers"], "mlp": e["intermediate_size"],
-                             "heads": e["num_attention_heads"], "kv_heads": e["num_key_value_heads"],
-                             "head_dim": e["head_dim"]}
+            gemma = {
+                "width": t["hidden_size"],
+                "depth": t["num_hidden_layers"],
+                "mlp": t["intermediate_size"],
+                "heads": t["num_attention_heads"],
+                "kv_heads": t["num_key_value_heads"],
+                "head_dim": t["head_dim"],
+            }
+            out["backbone"] = {
+                "image_size": v["image_size"],
+                "patch_size": v["patch_size"],
+                "vision_width": v["hidden_size"],
+                "vision_depth": v["num_hidden_layers"],
+                "vision_heads": v["num_attention_heads"],
+                "vision_mlp": v["intermediate_size"],
+                "vocab_size": t["vocab_size"],
+                "text": gemma,
+            }
+            out["expert"] = {
+                "width": e["hidden_size"],
+                "depth": e["num_hidden_layers"],
+                "mlp": e["intermediate_size"],
+                "heads": e["num_attention_heads"],
+                "kv_heads": e["num_key_value_heads"],
+                "head_dim": e["head_dim"],
+            }
         except KeyError as k:
             raise SpecError(f"{p}: PI0 config lacks {k}") from None
-        out.update(horizon=d.get("chunk_size", 50), shared_head_dim=d.get("max_action_dim", 32),
-                   num_steps=d.get("num_inference_steps", 10))
+        out.update(
+            horizon=d.get("chunk_size", 50),
+            shared_head_dim=d.get("max_action_dim", 32),
+            num_steps=d.get("num_inference_steps", 10),
+        )
         return out
-    for key, field in (("chunk_size", "horizon"), ("num_inference_steps", "num_steps"),
-                       ("tokenizer_max_length", "max_tokens"), ("max_action_dim", "shared_head_dim")):
+    for key, field in (
+        ("chunk_size", "horizon"),
+        ("num_inference_steps", "num_steps"),
+        ("tokenizer_max_length", "max_tokens"),
+        ("max_action_dim", "shared_head_dim"),
+    ):
         if isinstance(d.get(key), int):
             out[field] = d[key]
     res = d.get("image_resolution") or d.get("resize_imgs_with_padding")
@@ -142,16 +166,27 @@ def default_embodiment(cfg, stats: dict | None, image_size: int) -> Embodiment:
     n_state = len(stats[STATE].mean) if stats else cfg.shared_head_dim
     n_action = len(stats[ACTION].mean) if stats else cfg.shared_head_dim
     return Embodiment(
-        name="openpi", state=tuple(Dim(f"state_{i}") for i in range(n_state)),
+        name="openpi",
+        state=tuple(Dim(f"state_{i}") for i in range(n_state)),
         actions=tuple(Dim(f"action_{i}") for i in range(n_action)),
-        cameras=tuple(Camera(CAMERA_SLOTS[i] if i < len(CAMERA_SLOTS) else f"camera_{i}", image_size, image_size)
-                      for i in range(cfg.cameras)),
-        control_hz=50.0, description="converted pi0 / pi0.5 checkpoint: openpi's generic 32-dim robot")
+        cameras=tuple(
+            Camera(CAMERA_SLOTS[i] if i < len(CAMERA_SLOTS) else f"camera_{i}", image_size, image_size)
+            for i in range(cfg.cameras)
+        ),
+        control_hz=50.0,
+        description="converted pi0 / pi0.5 checkpoint: openpi's generic 32-dim robot",
+    )
 
 
-def convert(src: str | Path, out: str | Path, *, preset: str | Path | Preset | None = None,
-            tokenizer: str | Path | None = None, embodiment: str | Path | None = None,
-            asset_id: str | None = None) -> Path:
+def convert(
+    src: str | Path,
+    out: str | Path,
+    *,
+    preset: str | Path | Preset | None = None,
+    tokenizer: str | Path | None = None,
+    embodiment: str | Path | None = None,
+    asset_id: str | None = None,
+) -> Path:
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise SpecError(f"convert: source {src} is not a directory")
@@ -166,30 +201,39 @@ def convert(src: str | Path, out: str | Path, *, preset: str | Path | Preset | N
     else:
         p = preset if isinstance(preset, Preset) else load_preset(preset)
     if p.type != kind:
-        raise SpecError(f"{src} is a {kind} checkpoint, but preset {p.name!r} is {p.type}: use --preset "
-                        f"{DEFAULT_PRESETS[kind]} (or another {kind} preset)")
+        raise SpecError(
+            f"{src} is a {kind} checkpoint, but preset {p.name!r} is {p.type}: use --preset "
+            f"{DEFAULT_PRESETS[kind]} (or another {kind} preset)"
+        )
     renamed, unmatched = rename(weights, RULES[(layout, kind)], strip=prefix)
     if unmatched:
-        raise SpecError(f"{src}: {len(unmatched)} keys match no rule of the {layout} {kind} layout, e.g. groups "
-                        f"{group_keys(unmatched)}; first keys {unmatched[:5]}")
+        raise SpecError(
+            f"{src}: {len(unmatched)} keys match no rule of the {layout} {kind} layout, e.g. groups "
+            f"{group_keys(unmatched)}; first keys {unmatched[:5]}"
+        )
     mt = model_type(kind)
 
     found = find_foreign_stats(src, asset_id=asset_id)
-    raw_stats, stats_from = (found if found else (None, None))
+    raw_stats, stats_from = found if found else (None, None)
     cfg0 = mt.make_config(p.model)
     if cfg0.backbone.family != "paligemma" or cfg0.attach != "joint":
-        raise SpecError(f"preset {p.name!r} has a {cfg0.backbone.family!r} backbone with attach={cfg0.attach!r}; the "
-                        "published pi0 / pi0.5 weights need a PaliGemma backbone with a jointly attending expert "
-                        "(pi0-paligemma / pi05-paligemma)")
+        raise SpecError(
+            f"preset {p.name!r} has a {cfg0.backbone.family!r} backbone with attach={cfg0.attach!r}; the "
+            "published pi0 / pi0.5 weights need a PaliGemma backbone with a jointly attending expert "
+            "(pi0-paligemma / pi05-paligemma)"
+        )
     if not cfg0.shared_head_dim:
-        raise SpecError(f"preset {p.name!r} has per-embodiment heads; the published weights need openpi's convention "
-                        "(shared_head_dim = 32 in [model])")
+        raise SpecError(
+            f"preset {p.name!r} has per-embodiment heads; the published weights need openpi's convention "
+            "(shared_head_dim = 32 in [model])"
+        )
     emb = load_embodiment(embodiment) if embodiment else default_embodiment(cfg0, raw_stats, cfg0.backbone.image_size)
     if raw_stats:
         for key, dim in ((STATE, emb.state_dim), (ACTION, emb.action_dim)):
             if len(raw_stats[key].mean) != dim:
-                raise SpecError(f"{stats_from}: {key} stats have {len(raw_stats[key].mean)} dims, embodiment "
-                                f"{emb.name!r} has {dim}")
+                raise SpecError(
+                    f"{stats_from}: {key} stats have {len(raw_stats[key].mean)} dims, embodiment {emb.name!r} has {dim}"
+                )
     cfg = mt.make_config(p.model, embodiments={emb.name: (emb.state_dim, emb.action_dim)})
 
     embed = renamed.get("backbone.language_model.embed_tokens.weight")
@@ -197,8 +241,10 @@ def convert(src: str | Path, out: str | Path, *, preset: str | Path | Preset | N
         raise SpecError(f"{src}: no token embedding (paligemma lm_head.weight / embed_tokens)")
     text_vocab = embed.shape[0]
     if text_vocab != cfg.backbone.vocab_size:
-        raise SpecError(f"backbone.language_model.embed_tokens.weight: expected [{cfg.backbone.vocab_size}, "
-                        f"{cfg.backbone.text.width}] (preset {p.name!r}), got {list(embed.shape)}")
+        raise SpecError(
+            f"backbone.language_model.embed_tokens.weight: expected [{cfg.backbone.vocab_size}, "
+            f"{cfg.backbone.text.width}] (preset {p.name!r}), got {list(embed.shape)}"
+        )
     with torch.device("meta"):
         expected = {k: v for k, v in mt.build(cfg, text_vocab=text_vocab).state_dict().items()}
     renamed = _match_expected(renamed, expected, p.name)
@@ -210,12 +256,27 @@ def convert(src: str | Path, out: str | Path, *, preset: str | Path | Preset | N
     if raw_stats:
         log.info("norm stats from %s", stats_from)
     else:
-        log.warning("%s has no norm stats: the checkpoint converts, but serving it is refused until a fine-tune "
-                    "(vla train --init) computes stats for your robot", src)
-    rc = CheckpointConfig(kind, cfg, p.norm_mode, {emb.name: emb}, preset=p.to_dict(), text_vocab=text_vocab,
-                          params=sum(v.numel() for v in renamed.values()),
-                          source={"path": str(src), "layout": layout, "type": kind, "stats": stats_from,
-                                  "tokenizer": str(tokenizer or (src / "tokenizer.json" if text else "")) or None})
+        log.warning(
+            "%s has no norm stats: the checkpoint converts, but serving it is refused until a fine-tune "
+            "(vla train --init) computes stats for your robot",
+            src,
+        )
+    rc = CheckpointConfig(
+        kind,
+        cfg,
+        p.norm_mode,
+        {emb.name: emb},
+        preset=p.to_dict(),
+        text_vocab=text_vocab,
+        params=sum(v.numel() for v in renamed.values()),
+        source={
+            "path": str(src),
+            "layout": layout,
+            "type": kind,
+            "stats": stats_from,
+            "tokenizer": str(tokenizer or (src / "tokenizer.json" if text else "")) or None,
+        },
+    )
     return save_checkpoint(out, weights=renamed, config=rc, stats=stats, text=text)
 
 
@@ -232,19 +293,25 @@ def _match_expected(renamed: dict, expected: dict, preset_name: str) -> dict:
                 continue
             k = alt
         if tuple(v.shape) != tuple(expected[k].shape):
-            raise SpecError(f"{k}: shape {list(v.shape)} contradicts preset {preset_name!r}, which expects "
-                            f"{list(expected[k].shape)}")
+            raise SpecError(
+                f"{k}: shape {list(v.shape)} contradicts preset {preset_name!r}, which expects "
+                f"{list(expected[k].shape)}"
+            )
         out[k] = v
     if extra:
-        raise SpecError(f"{len(extra)} source weights are not weights of preset {preset_name!r}'s model: groups "
-                        f"{group_keys(extra)}; first {extra[:5]}")
+        raise SpecError(
+            f"{len(extra)} source weights are not weights of preset {preset_name!r}'s model: groups "
+            f"{group_keys(extra)}; first {extra[:5]}"
+        )
     missing = sorted(set(expected) - set(out))
     for k in [k for k in missing if k.startswith("expert.embed_tokens.")]:
         out[k] = torch.zeros(expected[k].shape, dtype=next(iter(renamed.values())).dtype)
         missing.remove(k)
     if missing:
-        raise SpecError(f"the source lacks {len(missing)} weights of preset {preset_name!r}: {group_keys(missing)}; "
-                        f"first {missing[:5]}")
+        raise SpecError(
+            f"the source lacks {len(missing)} weights of preset {preset_name!r}: {group_keys(missing)}; "
+            f"first {missing[:5]}"
+        )
     return out
 
 
@@ -253,6 +320,8 @@ def _tokenizer(tokenizer: str | Path | None, src: Path) -> TextTokenizer | None:
         return TextTokenizer.load(tokenizer)
     if (src / "tokenizer.json").exists():
         return TextTokenizer.load(src)
-    log.warning("no tokenizer (--tokenizer PATH or SRC/tokenizer.json): the model runs on token ids; Policy.infer "
-                "refuses instructions")
+    log.warning(
+        "no tokenizer (--tokenizer PATH or SRC/tokenizer.json): the model runs on token ids; Policy.infer "
+        "refuses instructions"
+    )
     return None

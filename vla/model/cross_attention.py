@@ -39,8 +39,10 @@ class CrossPlan:
     @classmethod
     def make(cls, vlm_depth: int, expert_depth: int, self_attn_every: int) -> "CrossPlan":
         stride = vlm_depth // expert_depth
-        return cls(tuple(j * stride for j in range(expert_depth)),
-                   tuple(self_attn_every > 0 and j % self_attn_every == 0 for j in range(expert_depth)))
+        return cls(
+            tuple(j * stride for j in range(expert_depth)),
+            tuple(self_attn_every > 0 and j % self_attn_every == 0 for j in range(expert_depth)),
+        )
 
 
 def adapt_expert(expert: nn.Module, plan: CrossPlan, vlm_kv_width: int) -> None:
@@ -92,9 +94,18 @@ def _query(layer, h, cos, sin, cond):
     return q * cos[:, None] + rotate_half(q) * sin[:, None], gate
 
 
-def expert_forward(expert: nn.Module, plan: CrossPlan, h: torch.Tensor, context: KVCache, *,
-                   self_bias: torch.Tensor, cross_bias: torch.Tensor, self_rope, cross_rope,
-                   cond: torch.Tensor | None = None) -> torch.Tensor:
+def expert_forward(
+    expert: nn.Module,
+    plan: CrossPlan,
+    h: torch.Tensor,
+    context: KVCache,
+    *,
+    self_bias: torch.Tensor,
+    cross_bias: torch.Tensor,
+    self_rope,
+    cross_rope,
+    cond: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The suffix h [b, ls, w] through the expert -> final-normed hidden [b, ls, w].
 
     self_bias [b, 1, ls, lp + ls] / cross_bias [b, 1, ls, lp]: additive masks (attn_bias);

@@ -61,17 +61,40 @@ def pi0_config_dict(cfg, text_vocab: int, width: int) -> dict:
     from transformers import PI0Config
 
     return PI0Config(
-        vlm_config={"text_config": {"hidden_size": t.width, "num_hidden_layers": t.depth, "intermediate_size": t.mlp,
-                                    "num_attention_heads": t.heads, "num_key_value_heads": t.kv_heads,
-                                    "head_dim": t.head_dim, "vocab_size": text_vocab},
-                    "vision_config": {"hidden_size": bb.vision_width, "intermediate_size": bb.vision_mlp,
-                                      "num_hidden_layers": bb.vision_depth, "num_attention_heads": bb.vision_heads,
-                                      "patch_size": bb.patch_size, "image_size": bb.image_size,
-                                      "vision_use_head": False},
-                    "projection_dim": t.width, "image_token_id": text_vocab},
-        dit_config={"hidden_size": e.width, "num_hidden_layers": e.depth, "intermediate_size": e.mlp,
-                    "num_attention_heads": e.heads, "num_key_value_heads": e.kv_heads, "head_dim": e.head_dim},
-        chunk_size=cfg.horizon, max_state_dim=width, max_action_dim=width, num_inference_steps=cfg.num_steps,
+        vlm_config={
+            "text_config": {
+                "hidden_size": t.width,
+                "num_hidden_layers": t.depth,
+                "intermediate_size": t.mlp,
+                "num_attention_heads": t.heads,
+                "num_key_value_heads": t.kv_heads,
+                "head_dim": t.head_dim,
+                "vocab_size": text_vocab,
+            },
+            "vision_config": {
+                "hidden_size": bb.vision_width,
+                "intermediate_size": bb.vision_mlp,
+                "num_hidden_layers": bb.vision_depth,
+                "num_attention_heads": bb.vision_heads,
+                "patch_size": bb.patch_size,
+                "image_size": bb.image_size,
+                "vision_use_head": False,
+            },
+            "projection_dim": t.width,
+            "image_token_id": text_vocab,
+        },
+        dit_config={
+            "hidden_size": e.width,
+            "num_hidden_layers": e.depth,
+            "intermediate_size": e.mlp,
+            "num_attention_heads": e.heads,
+            "num_key_value_heads": e.kv_heads,
+            "head_dim": e.head_dim,
+        },
+        chunk_size=cfg.horizon,
+        max_state_dim=width,
+        max_action_dim=width,
+        num_inference_steps=cfg.num_steps,
     ).to_dict()
 
 
@@ -82,9 +105,11 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
         raise SpecError(f"export-weights writes pi0 / pi0.5 weights; {ck.path} is a {rc.model_type!r} checkpoint")
     cfg = rc.model
     if cfg.backbone.family != "paligemma" or cfg.attach != "joint":
-        raise SpecError(f"export-weights writes the published pi0 / pi0.5 layout (a PaliGemma backbone with a jointly "
-                        f"attending expert); {ck.path} has a {cfg.backbone.family!r} backbone with attach="
-                        f"{cfg.attach!r}, which that layout cannot hold")
+        raise SpecError(
+            f"export-weights writes the published pi0 / pi0.5 layout (a PaliGemma backbone with a jointly "
+            f"attending expert); {ck.path} has a {cfg.backbone.family!r} backbone with attach="
+            f"{cfg.attach!r}, which that layout cannot hold"
+        )
     vocab = rc.text_vocab or (ck.text().vocab_size if ck.text() is not None else 0)
     weights, width = _heads(ck.weights(), cfg, embodiment)
     renamed, unmatched = rename(weights, TO_LEROBOT[rc.model_type])
@@ -96,9 +121,15 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
     if rc.model_type == "pi0":
         config = pi0_config_dict(cfg, vocab, width)
     else:
-        config = {"type": "pi05", "chunk_size": cfg.horizon, "max_state_dim": width, "max_action_dim": width,
-                  "num_inference_steps": cfg.num_steps, "tokenizer_max_length": cfg.max_tokens,
-                  "note": "LeRobot pi05 weight layout, written by vla export-weights"}
+        config = {
+            "type": "pi05",
+            "chunk_size": cfg.horizon,
+            "max_state_dim": width,
+            "max_action_dim": width,
+            "num_inference_steps": cfg.num_steps,
+            "tokenizer_max_length": cfg.max_tokens,
+            "note": "LeRobot pi05 weight layout, written by vla export-weights",
+        }
 
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)

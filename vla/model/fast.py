@@ -63,7 +63,9 @@ class FastTokenizer:
 
     # ---- fit / encode / decode ----
     @classmethod
-    def fit(cls, chunks: np.ndarray, *, scale: float = 10.0, vocab_size: int = 1024, min_frequency: int = 2) -> "FastTokenizer":
+    def fit(
+        cls, chunks: np.ndarray, *, scale: float = 10.0, vocab_size: int = 1024, min_frequency: int = 2
+    ) -> "FastTokenizer":
         """chunks [n, h, a] normalized actions."""
         chunks = np.asarray(chunks)
         if chunks.ndim != 3 or len(chunks) == 0:
@@ -74,11 +76,18 @@ class FastTokenizer:
         lo, hi = int(ints.min()), int(ints.max())
         alphabet = [chr(CHAR_BASE + v) for v in range(hi - lo + 1)]
         if vocab_size < len(alphabet):
-            raise SpecError(f"FAST fit: vocab_size {vocab_size} is smaller than the {len(alphabet)} distinct "
-                            f"quantized values; raise vocab_size or lower scale ({scale})")
+            raise SpecError(
+                f"FAST fit: vocab_size {vocab_size} is smaller than the {len(alphabet)} distinct "
+                f"quantized values; raise vocab_size or lower scale ({scale})"
+            )
         tok = Tokenizer(models.BPE())
-        trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, initial_alphabet=alphabet,
-                                      max_token_length=10_000, show_progress=False)
+        trainer = trainers.BpeTrainer(
+            vocab_size=vocab_size,
+            min_frequency=min_frequency,
+            initial_alphabet=alphabet,
+            max_token_length=10_000,
+            show_progress=False,
+        )
         fast = cls(h, a, scale, lo, hi, tok)
         tok.train_from_iterator((fast._to_text(x) for x in ints), trainer=trainer, length=n)
         return fast
@@ -110,20 +119,35 @@ class FastTokenizer:
                 continue
             errs.append(np.abs(r.actions - np.clip(c, -1, 1)).mean())
         per_step = self.horizon * self.action_dim
-        return {"chunks": len(chunks), "tokens_per_chunk_mean": float(np.mean(lengths)),
-                "tokens_per_chunk_max": int(np.max(lengths)), "per_step_binning_tokens": per_step,
-                "compression": float(per_step / np.mean(lengths)),
-                "roundtrip_mae": float(np.mean(errs)) if errs else None, "roundtrip_failures": bad,
-                "vocab_size": self.vocab_size, "scale": self.scale}
+        return {
+            "chunks": len(chunks),
+            "tokens_per_chunk_mean": float(np.mean(lengths)),
+            "tokens_per_chunk_max": int(np.max(lengths)),
+            "per_step_binning_tokens": per_step,
+            "compression": float(per_step / np.mean(lengths)),
+            "roundtrip_mae": float(np.mean(errs)) if errs else None,
+            "roundtrip_failures": bad,
+            "vocab_size": self.vocab_size,
+            "scale": self.scale,
+        }
 
     # ---- persistence ----
     def save(self, d: str | Path) -> None:
         d = Path(d)
         d.mkdir(parents=True, exist_ok=True)
         self.tok.save(str(d / "fast_bpe.json"))
-        (d / "fast.json").write_text(json.dumps({"horizon": self.horizon, "action_dim": self.action_dim,
-                                                 "scale": self.scale, "min_int": self.min_int,
-                                                 "max_int": self.max_int}, indent=1))
+        (d / "fast.json").write_text(
+            json.dumps(
+                {
+                    "horizon": self.horizon,
+                    "action_dim": self.action_dim,
+                    "scale": self.scale,
+                    "min_int": self.min_int,
+                    "max_int": self.max_int,
+                },
+                indent=1,
+            )
+        )
 
     @classmethod
     def load(cls, d: str | Path) -> "FastTokenizer":
@@ -131,8 +155,14 @@ class FastTokenizer:
         if not (d / "fast.json").exists():
             raise SpecError(f"no FAST tokenizer in {d} (missing fast.json)")
         meta = json.loads((d / "fast.json").read_text())
-        return cls(meta["horizon"], meta["action_dim"], meta["scale"], meta["min_int"], meta["max_int"],
-                   Tokenizer.from_file(str(d / "fast_bpe.json")))
+        return cls(
+            meta["horizon"],
+            meta["action_dim"],
+            meta["scale"],
+            meta["min_int"],
+            meta["max_int"],
+            Tokenizer.from_file(str(d / "fast_bpe.json")),
+        )
 
 
 def relaxed_coefficients(tok: FastTokenizer, ids: list[int]) -> tuple[np.ndarray, int]:

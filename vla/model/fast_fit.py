@@ -14,8 +14,17 @@ from vla.model.fast import FastTokenizer
 from vla.spec import ACTION
 
 
-def fit_store(store: str, out: str | Path, *, horizon: int = 50, scale: float = 10.0, vocab: int = 1024,
-              chunks: int = 2000, seed: int = 0, holdout: float = 0.2) -> dict:
+def fit_store(
+    store: str,
+    out: str | Path,
+    *,
+    horizon: int = 50,
+    scale: float = 10.0,
+    vocab: int = 1024,
+    chunks: int = 2000,
+    seed: int = 0,
+    holdout: float = 0.2,
+) -> dict:
     s = EpisodeStore.open(store)
     stats = compute_norm_stats(s)
     ds = WindowDataset(s, horizon, images=False)

@@ -56,21 +56,30 @@ class FastConfig:
         if isinstance(self.backbone, dict):
             object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
         if self.horizon < 1 or self.max_action_tokens < 3:
-            raise SpecError(f"fast: horizon must be >= 1 and max_action_tokens >= 3, got {self.horizon}, "
-                            f"{self.max_action_tokens}")
+            raise SpecError(
+                f"fast: horizon must be >= 1 and max_action_tokens >= 3, got {self.horizon}, {self.max_action_tokens}"
+            )
         object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
 
     def to_dict(self) -> dict:
         return asdict(self)
 
-    def example_batch(self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0,
-                      fast_sizes: dict[str, int] | None = None) -> dict:
+    def example_batch(
+        self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0, fast_sizes: dict[str, int] | None = None
+    ) -> dict:
         """Random model inputs with random FAST token rows ([ACT] ids... [EOS]) in each row's id range."""
         batch = example_inputs(self, batch_size, vocab_size=vocab_size, seed=seed)
         vocab = ActionVocab(vocab_size, fast_sizes or {n: self.fast_vocab_size for n in self.embodiments})
         g = np.random.default_rng(seed)
-        rows = [fast_to_lm_row(list(g.integers(0, vocab.sizes[n], size=g.integers(1, self.max_action_tokens - 1))),
-                               vocab, n, self.max_action_tokens) for n in batch["embodiment"]]
+        rows = [
+            fast_to_lm_row(
+                list(g.integers(0, vocab.sizes[n], size=g.integers(1, self.max_action_tokens - 1))),
+                vocab,
+                n,
+                self.max_action_tokens,
+            )
+            for n in batch["embodiment"]
+        ]
         batch["action_tokens"] = torch.from_numpy(np.stack([r[0] for r in rows]))
         batch["action_token_mask"] = torch.from_numpy(np.stack([r[1] for r in rows]))
         return batch
@@ -90,7 +99,7 @@ class ActionVocab:
 
     def allowed(self, name: str, device=None) -> torch.Tensor:
         m = torch.zeros(self.total, dtype=torch.bool, device=device)
-        m[self.offsets[name]: self.offsets[name] + self.sizes[name]] = True
+        m[self.offsets[name] : self.offsets[name] + self.sizes[name]] = True
         m[self.eos_id] = True
         return m
 
@@ -103,7 +112,9 @@ class FastModel(ActionModel):
         self.cfg, self.vocab, self.tokenizers = cfg, vocab, dict(tokenizers or {})
         self.text_vocab = min(vocab.offsets.values(), default=vocab.act_id)
         self.backbone = Backbone(cfg.backbone, vocab.total, lm_head=True)
-        self.state_in = EmbodimentLinear({k: v[0] for k, v in cfg.embodiments.items()}, self.backbone.width, direction="in")
+        self.state_in = EmbodimentLinear(
+            {k: v[0] for k, v in cfg.embodiments.items()}, self.backbone.width, direction="in"
+        )
 
     # ---- assets: one FAST tokenizer per embodiment ----
     @classmethod
@@ -171,8 +182,14 @@ class FastModel(ActionModel):
         ids, id_mask = batch["action_tokens"], batch["action_token_mask"]  # [b, T]: ACT, fast ids..., EOS, pad
         full = p.extend(self.backbone.embed_tokens(ids), id_mask)
         ar = torch.cat([torch.zeros_like(p.valid, dtype=torch.long), torch.ones_like(ids)], 1)
-        (out,), _ = joint_forward([self._lm()], [full.embeds], make_attn_mask(full.valid, ar), full.positions,
-                                  grad_checkpoint=self.cfg.grad_checkpoint and self.training, layer_adds=full.layer_adds)
+        (out,), _ = joint_forward(
+            [self._lm()],
+            [full.embeds],
+            make_attn_mask(full.valid, ar),
+            full.positions,
+            grad_checkpoint=self.cfg.grad_checkpoint and self.training,
+            layer_adds=full.layer_adds,
+        )
         h = out[:, n_prefix:-1]  # positions of ACT .. last-but-one predict the next token
         logits = self.logits(h).float()
         target, tmask = ids[:, 1:], id_mask[:, 1:].float()
@@ -187,7 +204,9 @@ class FastModel(ActionModel):
         names = batch["embodiment"]
         missing = sorted(set(names) - set(self.tokenizers))
         if missing:
-            raise SpecError(f"fast: no FAST tokenizer for embodiment(s) {missing}; this model has {sorted(self.tokenizers)}")
+            raise SpecError(
+                f"fast: no FAST tokenizer for embodiment(s) {missing}; this model has {sorted(self.tokenizers)}"
+            )
         norm, bad = [], []
         for seq, n in zip(self.generate(batch), names):
             tok = self.tokenizers[n]
@@ -197,8 +216,12 @@ class FastModel(ActionModel):
                 norm.append(r.actions)
             else:
                 acts, got = relaxed_coefficients(tok, ids)
-                log.warning("malformed FAST decode for %s: %d values, expected %d; using a low-pass decode",
-                            n, got, tok.horizon * tok.action_dim)
+                log.warning(
+                    "malformed FAST decode for %s: %d values, expected %d; using a low-pass decode",
+                    n,
+                    got,
+                    tok.horizon * tok.action_dim,
+                )
                 norm.append(acts)
             bad.append(not r.ok)
         out = np.zeros((len(norm), self.cfg.horizon, max(x.shape[1] for x in norm)), np.float32)
@@ -218,8 +241,9 @@ class FastModel(ActionModel):
         x, valid = p.embeds, p.valid
         ar = torch.zeros(valid.shape, dtype=torch.long, device=x.device)
         ar[:, -1] = 1
-        (out,), cache = joint_forward([self._lm()], [x], make_attn_mask(valid, ar), p.positions, keep_kv=True,
-                                      layer_adds=p.layer_adds)
+        (out,), cache = joint_forward(
+            [self._lm()], [x], make_attn_mask(valid, ar), p.positions, keep_kv=True, layer_adds=p.layer_adds
+        )
         allowed = torch.stack([self.vocab.allowed(n, x.device) for n in emb])
         pos = p.next_pos
         seqs: list[list[int]] = [[] for _ in range(b)]
@@ -248,7 +272,9 @@ def lm_ids_to_fast(ids: list[int], vocab: ActionVocab, name: str) -> list[int]:
     return [i - off for i in ids if off <= i < off + size]
 
 
-def fast_to_lm_row(fast_ids: list[int], vocab: ActionVocab, name: str, max_len: int) -> tuple[np.ndarray, np.ndarray, bool]:
+def fast_to_lm_row(
+    fast_ids: list[int], vocab: ActionVocab, name: str, max_len: int
+) -> tuple[np.ndarray, np.ndarray, bool]:
     """[ACT] + ids + [EOS], padded to max_len -> (ids, mask, truncated)."""
     seq = [vocab.act_id] + [vocab.offsets[name] + i for i in fast_ids] + [vocab.eos_id]
     truncated = len(seq) > max_len
@@ -277,8 +303,11 @@ class FastTargets:
             rows.append(r)
             masks.append(m)
             truncated += int(cut)
-        return {"action_tokens": torch.from_numpy(np.stack(rows)), "action_token_mask": torch.from_numpy(np.stack(masks)),
-                COUNT_PREFIX + "fast_truncated": torch.tensor(truncated)}
+        return {
+            "action_tokens": torch.from_numpy(np.stack(rows)),
+            "action_token_mask": torch.from_numpy(np.stack(masks)),
+            COUNT_PREFIX + "fast_truncated": torch.tensor(truncated),
+        }
 
 
 FastPolicy = FastModel  # the name before model types got one contract (vla.model.contract)

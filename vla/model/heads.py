@@ -19,9 +19,9 @@ class EmbodimentLinear(nn.Module):
         super().__init__()
         assert direction in ("in", "out")
         self.direction, self.width, self.dims = direction, width, dict(dims)
-        self.proj = nn.ModuleDict({
-            name: nn.Linear(d, width) if direction == "in" else nn.Linear(width, d) for name, d in dims.items()
-        })
+        self.proj = nn.ModuleDict(
+            {name: nn.Linear(d, width) if direction == "in" else nn.Linear(width, d) for name, d in dims.items()}
+        )
 
     def forward(self, x: torch.Tensor, embodiments: list[str]) -> torch.Tensor:
         """in: x [b, ..., d_max] (padded) -> [b, ..., width];  out: x [b, ..., width] -> [b, ..., d_max]."""

@@ -88,8 +88,10 @@ class Pi0Config:
         if not 0.0 <= self.time_at_one < 1.0:
             raise SpecError(f"pi0: time_at_one must be in [0, 1), got {self.time_at_one}")
         if self.horizon < 1 or self.num_steps < 1 or self.cameras < 1 or self.max_tokens < 1:
-            raise SpecError(f"pi0: horizon, num_steps, cameras and max_tokens must be >= 1 (got {self.horizon}, "
-                            f"{self.num_steps}, {self.cameras}, {self.max_tokens})")
+            raise SpecError(
+                f"pi0: horizon, num_steps, cameras and max_tokens must be >= 1 (got {self.horizon}, "
+                f"{self.num_steps}, {self.cameras}, {self.max_tokens})"
+            )
         if self.shared_head_dim < 0:
             raise SpecError(f"pi0: shared_head_dim must be >= 0, got {self.shared_head_dim}")
         object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
@@ -103,22 +105,28 @@ class Pi0Config:
         if self.attach == "joint":
             for k in ("depth", *heads):
                 if getattr(t, k) != getattr(e, k):
-                    raise SpecError(f"pi0: expert.{k} must equal the backbone's for joint attention: expected "
-                                    f"{getattr(t, k)}, got {getattr(e, k)}; or attach the expert by cross-attention "
-                                    f"(attach = \"cross\", as SmolVLA: expert width, depth and heads free)")
+                    raise SpecError(
+                        f"pi0: expert.{k} must equal the backbone's for joint attention: expected "
+                        f"{getattr(t, k)}, got {getattr(e, k)}; or attach the expert by cross-attention "
+                        f'(attach = "cross", as SmolVLA: expert width, depth and heads free)'
+                    )
         elif self.attach == "cross":
             if t.depth % e.depth:
-                raise SpecError(f"pi0: attach = \"cross\" pairs expert layer j with VLM layer j * (depth ratio): "
-                                f"expert.depth must divide the backbone's {t.depth}, got {e.depth}")
+                raise SpecError(
+                    f'pi0: attach = "cross" pairs expert layer j with VLM layer j * (depth ratio): '
+                    f"expert.depth must divide the backbone's {t.depth}, got {e.depth}"
+                )
             if self.self_attn_every < 0:
                 raise SpecError(f"pi0: self_attn_every must be >= 0, got {self.self_attn_every}")
             for k in heads if self.self_attn_every else ():
                 if getattr(t, k) != getattr(e, k):
-                    raise SpecError(f"pi0: expert.{k} must equal the backbone's for the self-attention layers of "
-                                    f"attach = \"cross\" (every {self.self_attn_every}): expected {getattr(t, k)}, "
-                                    f"got {getattr(e, k)}; or set self_attn_every = 0 (cross-attention only)")
+                    raise SpecError(
+                        f"pi0: expert.{k} must equal the backbone's for the self-attention layers of "
+                        f'attach = "cross" (every {self.self_attn_every}): expected {getattr(t, k)}, '
+                        f"got {getattr(e, k)}; or set self_attn_every = 0 (cross-attention only)"
+                    )
         else:
-            raise SpecError(f"pi0: attach must be \"joint\" or \"cross\", got {self.attach!r}")
+            raise SpecError(f'pi0: attach must be "joint" or "cross", got {self.attach!r}')
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -158,7 +166,9 @@ class Pi0Model(ActionModel):
         self.cross_plan = None
         if cfg.attach == "cross":
             lm = self.backbone.language_model.config
-            kv_width = lm.num_key_value_heads * (getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads)
+            kv_width = lm.num_key_value_heads * (
+                getattr(lm, "head_dim", None) or lm.hidden_size // lm.num_attention_heads
+            )
             self.cross_plan = CrossPlan.make(cfg.backbone.text.depth, cfg.expert.depth, cfg.self_attn_every)
             adapt_expert(self.expert, self.cross_plan, kv_width)
 
@@ -187,9 +197,15 @@ class Pi0Model(ActionModel):
     def prefix_cache(self, prefix: Prefix):
         """The VLM over the prefix alone (bidirectional) -> every layer's keys/values."""
         ar = torch.zeros(prefix.valid.shape, dtype=torch.long, device=prefix.valid.device)
-        _, cache = joint_forward([self.backbone.language_model, None], [prefix.embeds, None],
-                                 make_attn_mask(prefix.valid, ar), prefix.positions, keep_kv=True,
-                                 grad_checkpoint=self.cfg.grad_checkpoint and self.training, layer_adds=prefix.layer_adds)
+        _, cache = joint_forward(
+            [self.backbone.language_model, None],
+            [prefix.embeds, None],
+            make_attn_mask(prefix.valid, ar),
+            prefix.positions,
+            keep_kv=True,
+            grad_checkpoint=self.cfg.grad_checkpoint and self.training,
+            layer_adds=prefix.layer_adds,
+        )
         return cache
 
     def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]):
@@ -227,7 +243,7 @@ class Pi0Model(ActionModel):
         return self.time_mlp_out(nn.functional.silu(hid))
 
     def _suffix_out(self, hidden: torch.Tensor, emb: list[str]) -> torch.Tensor:
-        return self.action_out(hidden[:, int(self.uses_state_token):], emb)  # drop the state token
+        return self.action_out(hidden[:, int(self.uses_state_token) :], emb)  # drop the state token
 
     # ---- training ----
     def sample_time(self, b: int, generator=None, device=None) -> torch.Tensor:
@@ -253,16 +269,22 @@ class Pi0Model(ActionModel):
         suffix = suffix.to(p.embeds.dtype)
         if self.cross_plan is not None:  # the prefix first, then the expert on its keys/values
             ctx = expert_context(self.expert, self.cross_plan, self.prefix_cache(p))
-            out = expert_forward(self.expert, self.cross_plan, suffix, ctx, cond=cond,
-                                 **self._cross_masks(p, s_ar, suffix))
+            out = expert_forward(
+                self.expert, self.cross_plan, suffix, ctx, cond=cond, **self._cross_masks(p, s_ar, suffix)
+            )
         else:
             s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)
             valid = torch.cat([p.valid, s_valid], 1)
             ar = torch.cat([torch.zeros(p.valid.shape, dtype=torch.long, device=s_ar.device), s_ar], 1)
-            (_, out), _ = joint_forward([self.backbone.language_model, self.expert], [p.embeds, suffix],
-                                        make_attn_mask(valid, ar), _positions_with_suffix(p, s_valid),
-                                        grad_checkpoint=self.cfg.grad_checkpoint and self.training, conds=[None, cond],
-                                        layer_adds=p.layer_adds)
+            (_, out), _ = joint_forward(
+                [self.backbone.language_model, self.expert],
+                [p.embeds, suffix],
+                make_attn_mask(valid, ar),
+                _positions_with_suffix(p, s_valid),
+                grad_checkpoint=self.cfg.grad_checkpoint and self.training,
+                conds=[None, cond],
+                layer_adds=p.layer_adds,
+            )
         v = self._suffix_out(out, emb).float()
         dim_mask = self.action_out.dim_mask(emb, device=v.device)[:, None, : v.shape[-1]]
         mask = dim_mask.expand(-1, v.shape[1], -1)
@@ -278,9 +300,12 @@ class Pi0Model(ActionModel):
         s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)
         seen = p.valid[:, None, :].expand(-1, ls, -1)  # every real prefix token
         self_allowed = torch.cat([seen, make_attn_mask(s_valid, s_ar)], 2)
-        return {"self_bias": attn_bias(self_allowed, like.dtype), "cross_bias": attn_bias(seen, like.dtype),
-                "self_rope": rope(self.expert, like, p.after(s_valid)),
-                "cross_rope": rope(self.expert, like, torch.cumsum(s_valid.long(), 1) - 1)}
+        return {
+            "self_bias": attn_bias(self_allowed, like.dtype),
+            "cross_bias": attn_bias(seen, like.dtype),
+            "self_rope": rope(self.expert, like, p.after(s_valid)),
+            "cross_rope": rope(self.expert, like, torch.cumsum(s_valid.long(), 1) - 1),
+        }
 
     def training_draws(self, batch_size: int, batch: dict, generator: torch.Generator) -> dict:
         """Noise and flow times of the whole global batch (each DDP rank takes its rows)."""
@@ -293,8 +318,9 @@ class Pi0Model(ActionModel):
         return torch.randn(len(embodiments), self.cfg.horizon, self.action_width(embodiments), generator=generator)
 
     def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights, use_cache: bool = True) -> ActionSample:
-        x = self._denoise_fn(batch, num_steps=num_steps, noise=noise, use_cache=use_cache, guide=guide,
-                             guide_weights=guide_weights)
+        x = self._denoise_fn(
+            batch, num_steps=num_steps, noise=noise, use_cache=use_cache, guide=guide, guide_weights=guide_weights
+        )
         return ActionSample(x, torch.zeros(x.shape[0], dtype=torch.bool))
 
     @property
@@ -309,9 +335,16 @@ class Pi0Model(ActionModel):
     def decoder_stacks(self) -> list[nn.Module]:
         return [self.backbone.language_model, self.expert]
 
-    def denoise(self, batch: dict, *, num_steps: int | None = None, noise: torch.Tensor | None = None,
-                use_cache: bool = True, guide: torch.Tensor | None = None,
-                guide_weights: torch.Tensor | None = None) -> torch.Tensor:
+    def denoise(
+        self,
+        batch: dict,
+        *,
+        num_steps: int | None = None,
+        noise: torch.Tensor | None = None,
+        use_cache: bool = True,
+        guide: torch.Tensor | None = None,
+        guide_weights: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Denoise a chunk -> [b, h, a] (normalized, padded to the batch's widest action dim).
 
         Inpainting for real-time chunking: `guide` [b, h, a] holds actions the new chunk should
@@ -359,15 +392,16 @@ class Pi0Model(ActionModel):
         times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=x.dtype, device=x.device)
         terms = self._time_terms(times)  # every step's time features at once
         for k in range(steps):
-            suffix, cond = self._suffix_at(state_tok, x, emb, terms[k:k + 1])
+            suffix, cond = self._suffix_at(state_tok, x, emb, terms[k : k + 1])
             if self.cross_plan is not None:  # uncached: the prefix's keys/values recomputed every step
                 c = ctx if use_cache else expert_context(ex, self.cross_plan, self.prefix_cache(p))
                 out = expert_forward(ex, self.cross_plan, suffix, c, cond=cond, **cross)
             elif use_cache:
                 (_, out), _ = joint_forward(stacks, [None, suffix], bias, cos_sin, past=cache, conds=[None, cond])
             else:
-                (_, out), _ = joint_forward(stacks, [prefix, suffix], bias, cos_sin, conds=[None, cond],
-                                            layer_adds=p.layer_adds)
+                (_, out), _ = joint_forward(
+                    stacks, [prefix, suffix], bias, cos_sin, conds=[None, cond], layer_adds=p.layer_adds
+                )
             v = self._suffix_out(out, emb)
             x = x + dt * v[..., : x.shape[-1]]
             if guide is not None:

@@ -31,7 +31,8 @@ class ModelType:
 
 
 MODEL_TYPES: dict[str, ModelType] = {
-    t.name: t for t in (
+    t.name: t
+    for t in (
         ModelType("pi0", Pi0Config, Pi0Model),
         ModelType("pi05", Pi05Config, Pi05Model),
         ModelType("fast", FastConfig, FastModel),

@@ -39,8 +39,11 @@ def delta_dims(emb: Embodiment) -> tuple[np.ndarray, np.ndarray]:
     pairs = []
     if emb.action_mode == "joint_position":
         state = {d.name: (j, d.unit) for j, d in enumerate(emb.state)}
-        pairs = [(i, state[d.name][0]) for i, d in enumerate(emb.actions)
-                 if d.unit in DELTA_UNITS and state.get(d.name, (None, None))[1] == d.unit]
+        pairs = [
+            (i, state[d.name][0])
+            for i, d in enumerate(emb.actions)
+            if d.unit in DELTA_UNITS and state.get(d.name, (None, None))[1] == d.unit
+        ]
     return np.array([p[0] for p in pairs], int), np.array([p[1] for p in pairs], int)
 
 
@@ -82,14 +85,28 @@ def format_prompt(task: str, fmt: str, state: np.ndarray | None = None) -> str:
 
 
 class Transforms:
-    def __init__(self, embodiments: dict[str, Embodiment], stats: dict[str, dict[str, KeyStats]], norm_mode: str,
-                 text: TextTokenizer | None, *, image_size: int, cameras: int, max_tokens: int, horizon: int,
-                 delta_actions: bool = False, targets=None, prompt_format: str = "plain", padded_dim: int = 0):
+    def __init__(
+        self,
+        embodiments: dict[str, Embodiment],
+        stats: dict[str, dict[str, KeyStats]],
+        norm_mode: str,
+        text: TextTokenizer | None,
+        *,
+        image_size: int,
+        cameras: int,
+        max_tokens: int,
+        horizon: int,
+        delta_actions: bool = False,
+        targets=None,
+        prompt_format: str = "plain",
+        padded_dim: int = 0,
+    ):
         """text None: the model runs on token ids only (a converted checkpoint without its
         tokenizer); turning instructions into tokens is then refused. padded_dim > 0: state and
         actions are zero-padded to that width (a shared head, openpi's convention)."""
-        self.missing_stats = sorted(n for n in embodiments
-                                    if n not in stats or STATE not in stats[n] or ACTION not in stats[n])
+        self.missing_stats = sorted(
+            n for n in embodiments if n not in stats or STATE not in stats[n] or ACTION not in stats[n]
+        )
         if prompt_format not in PROMPT_FORMATS:
             raise SpecError(f"prompt_format must be one of {PROMPT_FORMATS}, got {prompt_format!r}")
         self.embodiments, self.stats, self.mode = embodiments, stats, norm_mode
@@ -105,8 +122,10 @@ class Transforms:
 
     def _emb(self, name: str) -> Embodiment:
         if name not in self.embodiments:
-            raise SpecError(f"embodiment {name!r} is not known to this checkpoint (it has norm stats for "
-                            f"{sorted(self.embodiments)})")
+            raise SpecError(
+                f"embodiment {name!r} is not known to this checkpoint (it has norm stats for "
+                f"{sorted(self.embodiments)})"
+            )
         return self.embodiments[name]
 
     def _norm(self, name: str, key: str, x: np.ndarray) -> np.ndarray:
@@ -124,9 +143,11 @@ class Transforms:
 
     def _need_stats(self, name: str) -> None:
         if name in self.missing_stats:
-            raise SpecError(f"no norm stats for embodiment {name!r} in this checkpoint (converted without them?): "
-                            "fine-tune it on your data (vla train --init CKPT), which computes them, or convert "
-                            "from a source that has them")
+            raise SpecError(
+                f"no norm stats for embodiment {name!r} in this checkpoint (converted without them?): "
+                "fine-tune it on your data (vla train --init CKPT), which computes them, or convert "
+                "from a source that has them"
+            )
 
     def _unnorm_chunk(self, name: str, y: np.ndarray, state: np.ndarray | None) -> np.ndarray:
         self._need_stats(name)
@@ -139,8 +160,10 @@ class Transforms:
     def _delta_for(self, name: str, state: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
         ai, si = self.delta.get(name, _NO_DELTA)
         if len(ai) and state is None:
-            raise SpecError(f"embodiment {name!r}: this checkpoint predicts joint actions relative to the state "
-                            "(delta_actions), so converting actions needs the observation's state")
+            raise SpecError(
+                f"embodiment {name!r}: this checkpoint predicts joint actions relative to the state "
+                "(delta_actions), so converting actions needs the observation's state"
+            )
         return ai, si
 
     # ---- common tail: state, text, images ----
@@ -150,9 +173,13 @@ class Transforms:
         for i, (n, s) in enumerate(zip(names, states)):
             state[i, : len(s)] = self._norm(n, STATE, s)
         if self.text is None:
-            raise SpecError("this checkpoint has no text tokenizer (converted without one): convert again with "
-                            "--tokenizer PATH (a tokenizer.json, e.g. PaliGemma's), or send token ids to the model")
-        prompts = [format_prompt(t, self.prompt_format, state[i, : len(s)]) for i, (t, s) in enumerate(zip(tasks, states))]
+            raise SpecError(
+                "this checkpoint has no text tokenizer (converted without one): convert again with "
+                "--tokenizer PATH (a tokenizer.json, e.g. PaliGemma's), or send token ids to the model"
+            )
+        prompts = [
+            format_prompt(t, self.prompt_format, state[i, : len(s)]) for i, (t, s) in enumerate(zip(tasks, states))
+        ]
         ids, mask = self.text.encode(prompts, self.max_tokens)
         images = torch.full((b, self.cameras, 3, self.image_size, self.image_size), -1.0)
         image_mask = torch.zeros(b, self.cameras, dtype=torch.bool)
@@ -161,8 +188,14 @@ class Transforms:
                 if img is not None:
                     images[i, slot] = resize_with_pad(torch.as_tensor(img)[None], self.image_size)[0]
                     image_mask[i, slot] = True
-        return {"images": images, "image_mask": image_mask, "tokens": torch.from_numpy(ids),
-                "token_mask": torch.from_numpy(mask), "state": torch.from_numpy(state), "embodiment": list(names)}
+        return {
+            "images": images,
+            "image_mask": image_mask,
+            "tokens": torch.from_numpy(ids),
+            "token_mask": torch.from_numpy(mask),
+            "state": torch.from_numpy(state),
+            "embodiment": list(names),
+        }
 
     def from_windows(self, batch: dict) -> dict:
         """A collated sampler batch (vla.data.sampler.collate_windows) -> model batch."""
@@ -200,7 +233,9 @@ class Transforms:
         for obs in observations:
             name = obs.get(EMBODIMENT) or default_embodiment
             if name is None:
-                raise SpecError(f"observation has no {EMBODIMENT!r} and the checkpoint knows several: {sorted(self.embodiments)}")
+                raise SpecError(
+                    f"observation has no {EMBODIMENT!r} and the checkpoint knows several: {sorted(self.embodiments)}"
+                )
             emb = self._emb(name)
             s = np.asarray(obs.get(STATE, None) if STATE in obs else None)
             if STATE not in obs or s.shape != (emb.state_dim,):
@@ -215,14 +250,18 @@ class Transforms:
                     raise SpecError(f"embodiment {name!r}: missing camera key {key!r}")
                 img = np.asarray(obs[key])
                 if img.ndim != 3 or img.shape[-1] != 3 or img.dtype != np.uint8:
-                    raise SpecError(f"embodiment {name!r}, key {key!r}: expected uint8 HxWx3, got {img.dtype} {img.shape}")
+                    raise SpecError(
+                        f"embodiment {name!r}, key {key!r}: expected uint8 HxWx3, got {img.dtype} {img.shape}"
+                    )
                 if img.shape != cam.shape:
                     raise SpecError(f"embodiment {name!r}, key {key!r}: expected image {cam.shape}, got {img.shape}")
                 row.append(img)
             task = obs.get(TASK, obs.get("prompt"))
             if not isinstance(task, str):
-                raise SpecError(f"observation needs the instruction as a string under {TASK!r} (or 'prompt'), "
-                                f"got {type(task).__name__}")
+                raise SpecError(
+                    f"observation needs the instruction as a string under {TASK!r} (or 'prompt'), "
+                    f"got {type(task).__name__}"
+                )
             names.append(name)
             states.append(s.astype(np.float32))
             tasks.append(task)
@@ -253,11 +292,30 @@ class Transforms:
         return out
 
 
-def build_transforms(model_cls, cfg, *, embodiments: dict[str, Embodiment], stats, norm_mode: str,
-                     text: TextTokenizer | None, assets: dict, text_vocab: int | None = None) -> Transforms:
+def build_transforms(
+    model_cls,
+    cfg,
+    *,
+    embodiments: dict[str, Embodiment],
+    stats,
+    norm_mode: str,
+    text: TextTokenizer | None,
+    assets: dict,
+    text_vocab: int | None = None,
+) -> Transforms:
     """The Transforms of a model config (`model_cls`: its vla.model.contract.ActionModel class)."""
     vocab = text_vocab or (text.vocab_size if text is not None else 0)
-    return Transforms(embodiments, stats, norm_mode, text, image_size=cfg.backbone.image_size, cameras=cfg.cameras,
-                      max_tokens=cfg.max_tokens, horizon=cfg.horizon, delta_actions=cfg.delta_actions,
-                      targets=model_cls.action_targets(cfg, assets, vocab),
-                      prompt_format=cfg.prompt_format, padded_dim=getattr(cfg, "shared_head_dim", 0))
+    return Transforms(
+        embodiments,
+        stats,
+        norm_mode,
+        text,
+        image_size=cfg.backbone.image_size,
+        cameras=cfg.cameras,
+        max_tokens=cfg.max_tokens,
+        horizon=cfg.horizon,
+        delta_actions=cfg.delta_actions,
+        targets=model_cls.action_targets(cfg, assets, vocab),
+        prompt_format=cfg.prompt_format,
+        padded_dim=getattr(cfg, "shared_head_dim", 0),
+    )

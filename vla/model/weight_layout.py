@@ -50,12 +50,14 @@ _COMMON_LEROBOT = [
     (r"^action_out_proj\.", "action_out.linear."),
 ]
 RULES = {
-    (LEROBOT, "pi0"): _COMMON_LEROBOT + [
+    (LEROBOT, "pi0"): _COMMON_LEROBOT
+    + [
         (r"^state_proj\.", "state_in.linear."),
         (r"^action_time_mlp_in\.", "time_mlp_in."),
         (r"^action_time_mlp_out\.", "time_mlp_out."),
     ],
-    (LEROBOT, "pi05"): _COMMON_LEROBOT + [
+    (LEROBOT, "pi05"): _COMMON_LEROBOT
+    + [
         (r"^time_mlp_in\.", "time_mlp_in."),
         (r"^time_mlp_out\.", "time_mlp_out."),
     ],
@@ -76,7 +78,10 @@ RULES = {
 
 # vla -> openpi / LeRobot (export). The expert's lm_head is written as zeros by the exporter.
 _TO_LEROBOT = [
-    (r"^backbone\.vision_tower\.(?:vision_model\.)?", "paligemma_with_expert.paligemma.model.vision_tower.vision_model."),
+    (
+        r"^backbone\.vision_tower\.(?:vision_model\.)?",
+        "paligemma_with_expert.paligemma.model.vision_tower.vision_model.",
+    ),
     (r"^backbone\.projector\.", "paligemma_with_expert.paligemma.model.multi_modal_projector.linear."),
     (r"^backbone\.language_model\.embed_tokens\.weight$", "paligemma_with_expert.paligemma.lm_head.weight"),
     (r"^backbone\.language_model\.", "paligemma_with_expert.paligemma.model.language_model."),
@@ -96,20 +101,24 @@ def detect(keys) -> tuple[str, str, str]:
     """Source keys -> (layout, model type "pi0" | "pi05", prefix to strip). Unknown -> SpecError."""
     keys = [k for k in keys if not IGNORED.match(k)]
     prefix = "model." if any(k.startswith("model.paligemma_with_expert.") for k in keys) else ""
-    bare = [k[len(prefix):] for k in keys]
+    bare = [k[len(prefix) :] for k in keys]
     if any(k.startswith("paligemma_with_expert.") for k in bare):
         adaptive = any(re.search(r"gemma_expert\.model\.(layers\.\d+\.\w+_layernorm|norm)\.dense\.", k) for k in bare)
         has_time_mlp = any(k.startswith("time_mlp_in.") for k in bare)
         has_pi0 = any(k.startswith(("state_proj.", "action_time_mlp_in.")) for k in bare)
         if (adaptive or has_time_mlp) and has_pi0:
-            raise SpecError("the weights mix pi0 keys (state_proj, action_time_mlp_*) with pi0.5 keys (time_mlp_*, "
-                            "adaptive expert norms): not a checkpoint of either")
+            raise SpecError(
+                "the weights mix pi0 keys (state_proj, action_time_mlp_*) with pi0.5 keys (time_mlp_*, "
+                "adaptive expert norms): not a checkpoint of either"
+            )
         return LEROBOT, ("pi05" if adaptive or has_time_mlp else "pi0"), prefix
     if any(k.startswith("model.vlm.") for k in keys) and any(k.startswith("embed_action_time.") for k in keys):
         return TRANSFORMERS, "pi0", ""
     groups = group_keys(keys)
-    raise SpecError("unknown weight layout: expected openpi/LeRobot (paligemma_with_expert.*) or transformers PI0 "
-                    f"(model.vlm.*, embed_action_time.*) keys; found groups {groups}")
+    raise SpecError(
+        "unknown weight layout: expected openpi/LeRobot (paligemma_with_expert.*) or transformers PI0 "
+        f"(model.vlm.*, embed_action_time.*) keys; found groups {groups}"
+    )
 
 
 def group_keys(keys, n: int = 8) -> list[str]:
@@ -128,7 +137,7 @@ def rename(weights: dict[str, torch.Tensor], rules, *, strip: str = "") -> tuple
     for key, value in weights.items():
         if IGNORED.match(key):
             continue
-        k = key[len(strip):] if strip and key.startswith(strip) else key
+        k = key[len(strip) :] if strip and key.startswith(strip) else key
         for pat, rep in compiled:
             if pat.search(k):
                 if rep is not None:
@@ -148,8 +157,11 @@ def match_module_keys(weights: dict[str, torch.Tensor], expected: set[str]) -> d
     out = {}
     for k, v in weights.items():
         if k not in expected:
-            alt = (k.replace("vision_tower.vision_model.", "vision_tower.", 1) if "vision_tower.vision_model." in k
-                   else k.replace("vision_tower.", "vision_tower.vision_model.", 1))
+            alt = (
+                k.replace("vision_tower.vision_model.", "vision_tower.", 1)
+                if "vision_tower.vision_model." in k
+                else k.replace("vision_tower.", "vision_tower.vision_model.", 1)
+            )
             if alt in expected:
                 k = alt
         out[k] = v

@@ -47,8 +47,10 @@ class ChunkingConfig:
         if not self.execute_s > 0:
             raise SpecError(f"[control] execute_s must be > 0, got {self.execute_s}")
         if self.blend_s < 0 or self.delay_margin < 0 or self.delay_window < 1:
-            raise SpecError("[control] blend_s and delay_margin must be >= 0 and delay_window >= 1; got "
-                            f"{self.blend_s}, {self.delay_margin}, {self.delay_window}")
+            raise SpecError(
+                "[control] blend_s and delay_margin must be >= 0 and delay_window >= 1; got "
+                f"{self.blend_s}, {self.delay_margin}, {self.delay_window}"
+            )
 
 
 def resample(chunk: np.ndarray, policy_hz: float, loop_hz: float) -> np.ndarray:

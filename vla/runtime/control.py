@@ -60,14 +60,25 @@ class ControlConfig:
         if not 0 <= self.rt_priority <= 99:
             raise SpecError(f"[control] rt_priority must be in 0..99 (0 = normal scheduling), got {self.rt_priority}")
         if self.duration_s < 0 or self.episodes < 1 or self.inject_delay_ms < 0:
-            raise SpecError("[control] duration_s and inject_delay_ms must be >= 0 and episodes >= 1; got "
-                            f"{self.duration_s}, {self.inject_delay_ms}, {self.episodes}")
+            raise SpecError(
+                "[control] duration_s and inject_delay_ms must be >= 0 and episodes >= 1; got "
+                f"{self.duration_s}, {self.inject_delay_ms}, {self.episodes}"
+            )
 
 
 class ControlLoop:
-    def __init__(self, robot: Robot, policy, cfg: ControlConfig, safety: SafetyConfig,
-                 chunking: ChunkingConfig, *, policy_embodiment: str | None = None,
-                 recorder=None, status=None):
+    def __init__(
+        self,
+        robot: Robot,
+        policy,
+        cfg: ControlConfig,
+        safety: SafetyConfig,
+        chunking: ChunkingConfig,
+        *,
+        policy_embodiment: str | None = None,
+        recorder=None,
+        status=None,
+    ):
         self.robot, self.policy, self.cfg = robot, policy, cfg
         self.safety_cfg, self.chunking_cfg = safety, chunking
         self.emb = robot.embodiment
@@ -75,12 +86,16 @@ class ControlLoop:
         self.policy_emb = policy_embodiment or self.emb.name
         embs = meta.get("embodiments") or {}
         if embs and self.policy_emb not in embs:
-            raise SpecError(f"the policy has no embodiment {self.policy_emb!r} (it knows {sorted(embs)}); "
-                            "set [policy] embodiment in the launch file")
+            raise SpecError(
+                f"the policy has no embodiment {self.policy_emb!r} (it knows {sorted(embs)}); "
+                "set [policy] embodiment in the launch file"
+            )
         pe = embs.get(self.policy_emb) or {}
         if pe and len(pe.get("actions", [])) != self.emb.action_dim:
-            raise SpecError(f"policy embodiment {self.policy_emb!r} has {len(pe['actions'])} action dims, "
-                            f"the robot {self.emb.name!r} has {self.emb.action_dim}")
+            raise SpecError(
+                f"policy embodiment {self.policy_emb!r} has {len(pe['actions'])} action dims, "
+                f"the robot {self.emb.name!r} has {self.emb.action_dim}"
+            )
         self.policy_hz = float(pe.get("control_hz") or self.emb.control_hz)
         self.horizon = int(meta.get("action_horizon") or 0)
         self.recorder, self.status = recorder, status
@@ -213,8 +228,11 @@ class ControlLoop:
                 overdue = in_flight is not None and now - in_flight[1] > self.safety_cfg.watchdog_s
                 if down_reported or (overdue and raw is not None):
                     if not watchdog_active:
-                        why = "policy unreachable" if down_reported else \
-                            f"no chunk for {now - in_flight[1]:.2f} s (watchdog {self.safety_cfg.watchdog_s} s)"
+                        why = (
+                            "policy unreachable"
+                            if down_reported
+                            else f"no chunk for {now - in_flight[1]:.2f} s (watchdog {self.safety_cfg.watchdog_s} s)"
+                        )
                         safety.hold(k, "watchdog_hold", why)
                         watchdog_active = True
                     if overdue and in_flight is not None:
@@ -231,9 +249,15 @@ class ControlLoop:
                 # last tick, both within the joint limits (a clamp is the safety layer's, not the chunking's).
                 cmd = None if raw is None else np.clip(raw, safety.low, safety.high)
                 ref = prev_cmd if prev_cmd is not None else prev_sent
-                jump = float(np.max(np.abs(cmd - ref))) if (switched and cmd is not None and ref is not None) else float("nan")
+                jump = (
+                    float(np.max(np.abs(cmd - ref)))
+                    if (switched and cmd is not None and ref is not None)
+                    else float("nan")
+                )
                 prev_cmd = cmd if cmd is not None else a
-                change = float(np.max(np.abs(a - prev_sent))) if (a is not None and prev_sent is not None) else float("nan")
+                change = (
+                    float(np.max(np.abs(a - prev_sent))) if (a is not None and prev_sent is not None) else float("nan")
+                )
                 timing.tick(k, t_sent - deadline, t_sent - t_run0, raw is None, switched, jump, change, k == ep_k0 > 0)
                 prev_sent = a
                 # 4. the newest observation, and the frame it makes with this action
@@ -254,8 +278,14 @@ class ControlLoop:
                             pass
                 # 6. a fresh observation for the next tick
                 observer.trigger(k)
-                self.snapshot = {"t": now - t_run0, "k": k, "timing": timing, "safety": safety.counts,
-                                 "delay_ticks": ex.delay_ticks, "episodes": len(episodes)}
+                self.snapshot = {
+                    "t": now - t_run0,
+                    "k": k,
+                    "timing": timing,
+                    "safety": safety.counts,
+                    "delay_ticks": ex.delay_ticks,
+                    "episodes": len(episodes),
+                }
                 # episode end (the robot says so)
                 if got is not None and obs.get(DONE):
                     episodes.append({"success": bool(obs.get(SUCCESS)), "ticks": k})
@@ -293,13 +323,21 @@ class ControlLoop:
                 self.recorder.end_episode(task, None)  # the episode in progress, outcome unknown
         summary = timing.summary()
         rec_error = getattr(self.recorder, "error", None)  # a failed recorder never stops the loop; report it
-        summary.update({
-            "outcome": outcome, "mode": self.chunking_cfg.mode, "hz": cfg.hz,
-            "inject_delay_ms": cfg.inject_delay_ms, "episodes": episodes,
-            "successes": sum(e["success"] for e in episodes),
-            "safety": dict(safety.counts), "interventions": safety.interventions,
-            "executor": dict(ex.stats), "delay_estimate_ticks": ex.delay_ticks, "observer_busy_ticks": observer.busy,
-            "recorder_error": None if rec_error is None else f"{type(rec_error).__name__}: {rec_error}",
-        })
+        summary.update(
+            {
+                "outcome": outcome,
+                "mode": self.chunking_cfg.mode,
+                "hz": cfg.hz,
+                "inject_delay_ms": cfg.inject_delay_ms,
+                "episodes": episodes,
+                "successes": sum(e["success"] for e in episodes),
+                "safety": dict(safety.counts),
+                "interventions": safety.interventions,
+                "executor": dict(ex.stats),
+                "delay_estimate_ticks": ex.delay_ticks,
+                "observer_busy_ticks": observer.busy,
+                "recorder_error": None if rec_error is None else f"{type(rec_error).__name__}: {rec_error}",
+            }
+        )
         self.timing, self.safety = timing, safety
         return summary

@@ -45,8 +45,10 @@ class PolicyConfig:
 
     def __post_init__(self):
         if bool(self.checkpoint) == bool(self.url):
-            raise SpecError("[policy]: give exactly one of checkpoint = \"<dir>\" or url = \"ws://host:port\"; "
-                            f"got checkpoint={self.checkpoint!r}, url={self.url!r}")
+            raise SpecError(
+                '[policy]: give exactly one of checkpoint = "<dir>" or url = "ws://host:port"; '
+                f"got checkpoint={self.checkpoint!r}, url={self.url!r}"
+            )
         if self.url and not self.url.startswith(("ws://", "wss://")):
             raise SpecError(f"[policy] url: expected ws://host:port, got {self.url!r}")
 
@@ -108,7 +110,9 @@ def parse_launch(d: dict, *, source: str = "launch") -> LaunchConfig:
     sections = {"policy", "robot", "control", "safety", "record"}
     top = set(d) - sections - {"name", "description"}
     if top:
-        raise SpecError(f"{source}: unknown keys {sorted(top)}; expected name, description and sections {sorted(sections)}")
+        raise SpecError(
+            f"{source}: unknown keys {sorted(top)}; expected name, description and sections {sorted(sections)}"
+        )
     for s in sections & set(d):
         if not isinstance(d[s], dict):
             raise SpecError(f"{source}: [{s}] must be a table, got {type(d[s]).__name__}")
@@ -116,13 +120,20 @@ def parse_launch(d: dict, *, source: str = "launch") -> LaunchConfig:
     c_keys, k_keys = _fields(ControlConfig), _fields(ChunkingConfig)
     unknown = set(control) - c_keys - k_keys
     if unknown:
-        raise SpecError(f"{source}: [control] unknown keys {sorted(unknown)}; expected some of {sorted(c_keys | k_keys)}")
-    for s, cls in (("policy", PolicyConfig), ("robot", RobotConfig), ("safety", SafetyConfig), ("record", RecordConfig)):
+        raise SpecError(
+            f"{source}: [control] unknown keys {sorted(unknown)}; expected some of {sorted(c_keys | k_keys)}"
+        )
+    for s, cls in (
+        ("policy", PolicyConfig),
+        ("robot", RobotConfig),
+        ("safety", SafetyConfig),
+        ("record", RecordConfig),
+    ):
         unknown = set(d.get(s, {})) - _fields(cls)
         if unknown:
             raise SpecError(f"{source}: [{s}] unknown keys {sorted(unknown)}; expected some of {sorted(_fields(cls))}")
     if "policy" not in d:
-        raise SpecError(f"{source}: missing the [policy] section (checkpoint = \"<dir>\" or url = \"ws://host:port\")")
+        raise SpecError(f'{source}: missing the [policy] section (checkpoint = "<dir>" or url = "ws://host:port")')
     robot = dict(d.get("robot", {}))
     if "driver" in robot and "type" not in robot:
         robot["type"] = "driver"

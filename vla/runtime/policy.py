@@ -32,14 +32,17 @@ log = logging.getLogger(__name__)
 
 
 class Policy:
-    def __init__(self, path: str | Path, *, device: str | None = None, num_steps: int | None = None,
-                 compile: bool = False):
+    def __init__(
+        self, path: str | Path, *, device: str | None = None, num_steps: int | None = None, compile: bool = False
+    ):
         self.ckpt = Checkpoint(path)
         self.model, self.tf, self.cfg = build_from_checkpoint(self.ckpt)
         if self.tf.missing_stats:  # e.g. converted without stats: actions in robot units are undefined
-            raise SpecError(f"{self.ckpt.path} has no norm stats for {self.tf.missing_stats}, so it cannot run a "
-                            "robot: fine-tune it on your data first (vla train PRESET --init CKPT --data STORE), "
-                            "which computes them")
+            raise SpecError(
+                f"{self.ckpt.path} has no norm stats for {self.tf.missing_stats}, so it cannot run a "
+                "robot: fine-tune it on your data first (vla train PRESET --init CKPT --data STORE), "
+                "which computes them"
+            )
         self.kind = self.ckpt.resolved.model_type
         self.device = torch.device(device or "cpu")
         self.model.to(self.device)
@@ -65,7 +68,9 @@ class Policy:
     def metadata(self) -> dict:
         """What a client needs to know (sent first on every server connection)."""
         return {
-            "policy_type": self.kind, "checkpoint": str(self.ckpt.path), "step": self.ckpt.resolved.step,
+            "policy_type": self.kind,
+            "checkpoint": str(self.ckpt.path),
+            "step": self.ckpt.resolved.step,
             "action_horizon": self.cfg.horizon,
             "embodiments": {n: e.to_dict() for n, e in self.ckpt.embodiments.items()},
         }
@@ -73,21 +78,36 @@ class Policy:
     def reset(self) -> None:
         """Stateless between calls; kept for the PolicyLike contract."""
 
-    def infer(self, obs: dict, *, noise: np.ndarray | None = None, guide: np.ndarray | None = None,
-              guide_weights: np.ndarray | None = None) -> dict:
+    def infer(
+        self,
+        obs: dict,
+        *,
+        noise: np.ndarray | None = None,
+        guide: np.ndarray | None = None,
+        guide_weights: np.ndarray | None = None,
+    ) -> dict:
         """One observation -> {"actions": float32 [h, a] in robot units, "malformed", "policy_timing"}.
 
         guide / guide_weights: real-time chunking, for models that support guidance (pi0).
         `guide` [h, a] in robot units is the plan the new chunk should agree with,
         `guide_weights` [h] in [0, 1] how strongly. Other models ignore them.
         """
-        return self.infer_batch([obs], noise=None if noise is None else noise[None],
-                                guide=None if guide is None else guide[None],
-                                guide_weights=None if guide_weights is None else guide_weights[None])[0]
+        return self.infer_batch(
+            [obs],
+            noise=None if noise is None else noise[None],
+            guide=None if guide is None else guide[None],
+            guide_weights=None if guide_weights is None else guide_weights[None],
+        )[0]
 
     @torch.inference_mode()
-    def infer_batch(self, observations: list[dict], *, noise: np.ndarray | None = None,
-                    guide: np.ndarray | None = None, guide_weights: np.ndarray | None = None) -> list[dict]:
+    def infer_batch(
+        self,
+        observations: list[dict],
+        *,
+        noise: np.ndarray | None = None,
+        guide: np.ndarray | None = None,
+        guide_weights: np.ndarray | None = None,
+    ) -> list[dict]:
         t0 = time.perf_counter()
         batch = self.tf.from_observations(observations, self._default)
         names = batch[EMBODIMENT]
@@ -99,10 +119,13 @@ class Policy:
             nz = torch.as_tensor(noise, dtype=torch.float32)
         g = gw = None
         if guide is not None and self.model.supports_guidance:
-            g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names, states)).to(self.device)
+            g = torch.from_numpy(self.tf.normalize_actions(np.asarray(guide, np.float32), names, states)).to(
+                self.device
+            )
             gw = torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device)
-        out = self.model.sample(batch, num_steps=self.num_steps, noise=None if nz is None else nz.to(self.device),
-                                guide=g, guide_weights=gw)
+        out = self.model.sample(
+            batch, num_steps=self.num_steps, noise=None if nz is None else nz.to(self.device), guide=g, guide_weights=gw
+        )
         actions = self.tf.to_actions(out.actions, names, states)
         malformed = [bool(m) for m in out.malformed.tolist()]
         dt = (time.perf_counter() - t0) * 1000

@@ -34,8 +34,16 @@ _END, _STOP = "end", "stop"
 
 
 class EpisodeRecorder:
-    def __init__(self, store_path: str | Path, emb: Embodiment, loop_hz: float, *, source: str = "deploy",
-                 codecs=None, max_queue: int = 256):
+    def __init__(
+        self,
+        store_path: str | Path,
+        emb: Embodiment,
+        loop_hz: float,
+        *,
+        source: str = "deploy",
+        codecs=None,
+        max_queue: int = 256,
+    ):
         from vla.data.codecs import default_codec
         from vla.data.store import EpisodeStore
 
@@ -71,8 +79,12 @@ class EpisodeRecorder:
             now = time.monotonic()
             if now - self._last_drop_log > 1.0:  # one line a second at most, with the running count
                 self._last_drop_log = now
-                log.warning("recorder: writer is %d frames behind, frame at t=%.3f s dropped (%d dropped so far)",
-                            self.q.maxsize, t, self.dropped)
+                log.warning(
+                    "recorder: writer is %d frames behind, frame at t=%.3f s dropped (%d dropped so far)",
+                    self.q.maxsize,
+                    t,
+                    self.dropped,
+                )
 
     def end_episode(self, task: str, success: bool | None) -> None:
         if self.error is None:
@@ -100,8 +112,9 @@ class EpisodeRecorder:
         if self.dropped:
             log.warning("recorder: %d frames were dropped in this run (the writer fell behind)", self.dropped)
         if self._thread.is_alive() and self.error is None:
-            self.error = TimeoutError(f"the recorder did not finish within {timeout_s:.0f} s; "
-                                      "the last episode may be missing")
+            self.error = TimeoutError(
+                f"the recorder did not finish within {timeout_s:.0f} s; the last episode may be missing"
+            )
         if self.error is not None:
             log.error("recording failed: %s", self.error)
         return self.episodes
@@ -118,8 +131,15 @@ class EpisodeRecorder:
                     elif item[0] == _END:
                         if n:
                             i = w.end_episode(task=item[1] or "", success=item[2])
-                            self.episodes.append({"index": i, "frames": n, "task": item[1], "success": item[2],
-                                                  "dropped_frames": item[3]})
+                            self.episodes.append(
+                                {
+                                    "index": i,
+                                    "frames": n,
+                                    "task": item[1],
+                                    "success": item[2],
+                                    "dropped_frames": item[3],
+                                }
+                            )
                             log.info("recorded episode %d (%d frames, %d dropped) into %s", i, n, item[3], self.path)
                         n = 0
                     else:

@@ -111,8 +111,15 @@ class RobotConfig:
 class SimRobotClient(Robot):
     """The control process's side of a `vla sim-robot` process (length-prefixed msgpack over TCP)."""
 
-    def __init__(self, host: str = "127.0.0.1", port: int = 9100, *, connect_timeout_s: float = 60.0,
-                 io_timeout_s: float = 10.0, alive=None):
+    def __init__(
+        self,
+        host: str = "127.0.0.1",
+        port: int = 9100,
+        *,
+        connect_timeout_s: float = 60.0,
+        io_timeout_s: float = 10.0,
+        alive=None,
+    ):
         """`alive`: optional callable; connecting gives up early when it returns False (process died)."""
         self.host, self.port = host, port
         self.alive = alive
@@ -129,7 +136,9 @@ class SimRobotClient(Robot):
                 break
             except OSError as e:
                 if time.monotonic() >= deadline or (self.alive is not None and not self.alive()):
-                    raise RobotError(f"no sim robot at {self.host}:{self.port} after {self.connect_timeout_s} s: {e}") from None
+                    raise RobotError(
+                        f"no sim robot at {self.host}:{self.port} after {self.connect_timeout_s} s: {e}"
+                    ) from None
                 time.sleep(0.1)
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         hello = self._recv(sock)

@@ -43,8 +43,13 @@ def child_process(args: list[str], log_path: Path, what: str):
     """A `vla ...` child process whose output goes to log_path; terminated on exit."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "w") as out:
-        proc = subprocess.Popen([sys.executable, "-c", _CLI, *args], stdout=out, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", _CLI, *args],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.info("started %s (pid %d), log %s", what, proc.pid, log_path)
         try:
             yield proc
@@ -82,7 +87,7 @@ class StatusLine:
         if not s:
             return "starting..."
         timing = s["timing"]
-        recent = timing.ticks[-max(2, int(self.loop.cfg.hz * 2)):]
+        recent = timing.ticks[-max(2, int(self.loop.cfg.hz * 2)) :]
         sent = np.array([t[2] for t in recent])
         per = np.diff(sent) * 1000 if len(sent) > 1 else np.zeros(1)
         rate = 1000 / per.mean() if per.mean() > 0 else 0.0
@@ -90,9 +95,11 @@ class StatusLine:
         lat = [x[2] for x in timing.inference[-10:] if x[4]]
         misses = sum(1 for t in timing.ticks if t[1] > timing.miss_tolerance_s * 1000) + timing.skipped
         holds = sum(1 for t in recent if t[3])
-        return (f"t {s['t']:6.1f}s | {rate:5.1f} Hz | jitter p99 {jit:5.2f} ms | misses {misses} | "
-                f"infer {np.median(lat) if lat else float('nan'):5.0f} ms (delay {s['delay_ticks']} ticks) | "
-                f"holding {holds}/{len(recent)} | safety {sum(s['safety'].values())} | episodes {s['episodes']}")
+        return (
+            f"t {s['t']:6.1f}s | {rate:5.1f} Hz | jitter p99 {jit:5.2f} ms | misses {misses} | "
+            f"infer {np.median(lat) if lat else float('nan'):5.0f} ms (delay {s['delay_ticks']} ticks) | "
+            f"holding {holds}/{len(recent)} | safety {sum(s['safety'].values())} | episodes {s['episodes']}"
+        )
 
     def _run(self) -> None:
         n = 0
@@ -160,8 +167,11 @@ def _signals(loop):
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    handlers = {signal.SIGINT: lambda *_: loop.request_stop(), signal.SIGTERM: lambda *_: loop.request_stop(),
-                signal.SIGUSR1: lambda *_: loop.request_estop()}
+    handlers = {
+        signal.SIGINT: lambda *_: loop.request_stop(),
+        signal.SIGTERM: lambda *_: loop.request_stop(),
+        signal.SIGUSR1: lambda *_: loop.request_estop(),
+    }
     old = {s: signal.signal(s, h) for s, h in handlers.items()}
     try:
         yield
@@ -192,8 +202,11 @@ def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
 
         return load
     port = free_port()
-    args = ["serve", p.checkpoint, "--host", "127.0.0.1", "--port", str(port)] + (["--device", p.device] if p.device else []) \
+    args = (
+        ["serve", p.checkpoint, "--host", "127.0.0.1", "--port", str(port)]
+        + (["--device", p.device] if p.device else [])
         + (["--compile"] if p.compile else [])
+    )
     proc = stack.enter_context(child_process(args, out / "policy_server.log", "policy server"))
 
     def connect():
@@ -203,8 +216,9 @@ def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
                 return stack.enter_context(RemotePolicy(f"ws://127.0.0.1:{port}", wait_s=1.0))
             except PolicyUnavailable:
                 if proc.poll() is not None or time.monotonic() > deadline:
-                    raise PolicyUnavailable(f"the policy server for {p.checkpoint} did not come up:\n"
-                                            f"{_tail(out / 'policy_server.log')}") from None
+                    raise PolicyUnavailable(
+                        f"the policy server for {p.checkpoint} did not come up:\n{_tail(out / 'policy_server.log')}"
+                    ) from None
 
     return connect
 
@@ -216,8 +230,21 @@ def _robot(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
     proc = None
     if r.type == "sim" and r.spawn:
         port = r.port or free_port()
-        args = ["sim-robot", "--env", r.env, "--host", "127.0.0.1", "--port", str(port), "--image-size",
-                str(r.image_size), "--seed", str(r.seed), "--physics-hz", str(r.physics_hz)]
+        args = [
+            "sim-robot",
+            "--env",
+            r.env,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--image-size",
+            str(r.image_size),
+            "--seed",
+            str(r.seed),
+            "--physics-hz",
+            str(r.physics_hz),
+        ]
         proc = stack.enter_context(child_process(args, out / "sim_robot.log", "sim robot"))
         r = replace(r, port=port, host="127.0.0.1")
     robot = make_robot(r)
@@ -232,8 +259,9 @@ def _robot(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
     return robot
 
 
-def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | None = None,
-                   status: bool = True) -> dict:
+def run_deployment(
+    launch, *, overrides: dict | None = None, out: str | Path | None = None, status: bool = True
+) -> dict:
     """Run a deployment; returns the summary (timing, safety, episodes) with `files` and `store`.
 
     `launch`: a launch TOML path, a name in launch/, or a dict of the same layout.
@@ -254,8 +282,15 @@ def run_deployment(launch, *, overrides: dict | None = None, out: str | Path | N
         policy = connect_policy()
         store = Path(cfg.record.store) if cfg.record.store else out / "episodes"
         recorder = EpisodeRecorder(store, robot.embodiment, cfg.control.hz) if cfg.record.enabled else None
-        loop = ControlLoop(robot, policy, cfg.control, cfg.safety, cfg.chunking,
-                           policy_embodiment=cfg.policy.embodiment or None, recorder=recorder)
+        loop = ControlLoop(
+            robot,
+            policy,
+            cfg.control,
+            cfg.safety,
+            cfg.chunking,
+            policy_embodiment=cfg.policy.embodiment or None,
+            recorder=recorder,
+        )
         status_line = StatusLine(loop, cfg.control.status_every_s).start() if status else None
         keys = KeyWatcher(cfg.safety.estop_key, loop.request_estop).start()
         try:

@@ -61,14 +61,16 @@ def per_dim(value, emb: Embodiment, what: str) -> np.ndarray:
     if isinstance(value, dict):
         unknown = set(value) - set(names) - {"default"}
         if unknown:
-            raise SpecError(f"[safety] {what}: unknown action names {sorted(unknown)}; embodiment "
-                            f"{emb.name!r} has {names}")
+            raise SpecError(
+                f"[safety] {what}: unknown action names {sorted(unknown)}; embodiment {emb.name!r} has {names}"
+            )
         default = value.get("default", math.inf)
         return np.array([value.get(n, default) for n in names], np.float64)
     if isinstance(value, (list, tuple)):
         if len(value) != len(names):
-            raise SpecError(f"[safety] {what}: expected {len(names)} values (one per action dim of "
-                            f"{emb.name!r}), got {len(value)}")
+            raise SpecError(
+                f"[safety] {what}: expected {len(names)} values (one per action dim of {emb.name!r}), got {len(value)}"
+            )
         return np.array(value, np.float64)
     return np.full(len(names), float(value))
 
@@ -94,7 +96,9 @@ class SafetyFilter:
         self.amax = per_dim(cfg.max_acceleration, emb, "max_acceleration")
         self.counts = {k: 0 for k in KINDS}
         self.events: list[Intervention] = []
-        self.last: np.ndarray | None = None if initial is None else np.clip(np.asarray(initial, np.float64), self.low, self.high)
+        self.last: np.ndarray | None = (
+            None if initial is None else np.clip(np.asarray(initial, np.float64), self.low, self.high)
+        )
         self.vel = np.zeros(emb.action_dim)
 
     def _record(self, tick: int, kind: str, dims=(), detail: str = "") -> None:
@@ -102,8 +106,14 @@ class SafetyFilter:
         if len(self.events) < MAX_EVENTS:
             self.events.append(Intervention(tick, kind, [int(d) for d in dims], detail))
         level = logging.WARNING if self.counts[kind] == 1 else logging.DEBUG
-        log.log(level, "safety: %s at tick %d%s%s", kind, tick, f" dims {list(dims)}" if len(dims) else "",
-                f" ({detail})" if detail else "")
+        log.log(
+            level,
+            "safety: %s at tick %d%s%s",
+            kind,
+            tick,
+            f" dims {list(dims)}" if len(dims) else "",
+            f" ({detail})" if detail else "",
+        )
 
     @property
     def interventions(self) -> int:

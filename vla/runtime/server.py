@@ -81,7 +81,9 @@ def decode_observation(msg, max_bytes: int) -> tuple[dict, np.ndarray | None, np
         if guide.ndim != 2 or not np.issubdtype(guide.dtype, np.floating):
             raise BadRequest(f"key {GUIDE!r}: expected float [h, a], got {guide.dtype} {guide.shape}")
         if weights.shape != (guide.shape[0],) or not np.issubdtype(weights.dtype, np.floating):
-            raise BadRequest(f"key {GUIDE_WEIGHTS!r}: expected float [{guide.shape[0]}], got {weights.dtype} {weights.shape}")
+            raise BadRequest(
+                f"key {GUIDE_WEIGHTS!r}: expected float [{guide.shape[0]}], got {weights.dtype} {weights.shape}"
+            )
         if not (np.isfinite(guide).all() and np.isfinite(weights).all()):
             raise BadRequest(f"key {GUIDE!r}/{GUIDE_WEIGHTS!r}: non-finite values")
     return obs, guide, weights
@@ -120,10 +122,13 @@ class PolicyServer:
             got = request.headers.get("Authorization", "")
             if not hmac.compare_digest(got.encode(), f"Api-Key {key}".encode()):
                 self.counters["refused"] += 1
-                log.warning("refused a connection from %s: %s API key", connection.remote_address,
-                            "wrong" if got else "no")
-                return connection.respond(http.HTTPStatus.UNAUTHORIZED,
-                                          "missing or wrong API key; send the header 'Authorization: Api-Key KEY'\n")
+                log.warning(
+                    "refused a connection from %s: %s API key", connection.remote_address, "wrong" if got else "no"
+                )
+                return connection.respond(
+                    http.HTTPStatus.UNAUTHORIZED,
+                    "missing or wrong API key; send the header 'Authorization: Api-Key KEY'\n",
+                )
         return None
 
     # ---- websocket side ----
@@ -179,11 +184,23 @@ class PolicyServer:
         self._stop = asyncio.Event()
         c = self.config
         # The hard cap only stops absurd frames early; the soft limit (max_message_bytes) gets a text reply.
-        async with serve(self._handler, c.host, c.port, compression=None, max_size=4 * c.max_message_bytes + (1 << 20),
-                         process_request=self._process_request) as server:
+        async with serve(
+            self._handler,
+            c.host,
+            c.port,
+            compression=None,
+            max_size=4 * c.max_message_bytes + (1 << 20),
+            process_request=self._process_request,
+        ) as server:
             self.port = server.sockets[0].getsockname()[1]
-            log.info("policy server on ws://%s:%d (healthz: http://%s:%d/healthz)%s", c.host, self.port, c.host,
-                     self.port, ", API key required" if c.api_key else "")
+            log.info(
+                "policy server on ws://%s:%d (healthz: http://%s:%d/healthz)%s",
+                c.host,
+                self.port,
+                c.host,
+                self.port,
+                ", API key required" if c.api_key else "",
+            )
             self._ready.set()
             await self._stop.wait()
 
@@ -243,8 +260,9 @@ class PolicyServer:
         return f"ws://{self.config.host}:{self.port}"
 
 
-def serve(checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None,
-          compile: bool = False) -> None:
+def serve(
+    checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None, compile: bool = False
+) -> None:
     """Load a checkpoint and serve it until interrupted (`vla serve`)."""
     from vla.runtime.policy import load_policy
 

@@ -51,8 +51,16 @@ def env_pair(env_id: str) -> tuple[str, str]:
 
 
 class SimRobotServer:
-    def __init__(self, env_id: str, *, host: str = "127.0.0.1", port: int = 9100, image_size: int = 64,
-                 seed: int = 0, physics_hz: float = 100.0):
+    def __init__(
+        self,
+        env_id: str,
+        *,
+        host: str = "127.0.0.1",
+        port: int = 9100,
+        image_size: int = 64,
+        seed: int = 0,
+        physics_hz: float = 100.0,
+    ):
         from vla.sim import make_env  # first: importing vla.sim chooses offscreen GL before mujoco loads
 
         # isort: split
@@ -107,8 +115,9 @@ class SimRobotServer:
             from vla.sim.env import check_action
 
             try:
-                self.target = check_action(req.get("action"), (self.emb.action_dim,),
-                                           f"sim robot {self.env_id} key 'action'")
+                self.target = check_action(
+                    req.get("action"), (self.emb.action_dim,), f"sim robot {self.env_id} key 'action'"
+                )
             except ValueError as e:
                 self.stats["errors"] += 1
                 self.pending_error = str(e)
@@ -129,8 +138,14 @@ class SimRobotServer:
         lsock = socket.create_server((self.host, self.port))
         self.port = lsock.getsockname()[1]
         lsock.setblocking(False)
-        log.info("sim robot %s (%s, physics %.0f Hz) on %s:%d", self.env_id, self.emb.name, self.physics_hz,
-                 self.host, self.port)
+        log.info(
+            "sim robot %s (%s, physics %.0f Hz) on %s:%d",
+            self.env_id,
+            self.emb.name,
+            self.physics_hz,
+            self.host,
+            self.port,
+        )
         if ready is not None:
             ready(self.port)
         clients: list = []
@@ -148,8 +163,9 @@ class SimRobotServer:
                         conn.close()
                     else:
                         clients.append(conn)
-                        send_frame(conn, {"embodiment": self.emb.to_dict(), "env": self.env_id,
-                                          "physics_hz": self.physics_hz})
+                        send_frame(
+                            conn, {"embodiment": self.emb.to_dict(), "env": self.env_id, "physics_hz": self.physics_hz}
+                        )
                         log.info("controller connected from %s", addr)
                 for c in [c for c in clients if c in r]:
                     if self._serve_one(c) is None:

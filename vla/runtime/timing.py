@@ -23,12 +23,23 @@ def _max(x) -> float | None:
 class TimingLog:
     period_s: float
     miss_tolerance_s: float
-    ticks: list = field(default_factory=list)  # (k, lateness_ms, sent_s, held, switched, raw_jump, sent_change, new_grid)
+    ticks: list = field(
+        default_factory=list
+    )  # (k, lateness_ms, sent_s, held, switched, raw_jump, sent_change, new_grid)
     inference: list = field(default_factory=list)  # (k_obs, k_used, latency_ms, server_ms, ok)
     skipped: int = 0
 
-    def tick(self, k: int, lateness_s: float, sent_s: float, held: bool, switched: bool, raw_jump: float,
-             sent_change: float, new_grid: bool = False) -> None:
+    def tick(
+        self,
+        k: int,
+        lateness_s: float,
+        sent_s: float,
+        held: bool,
+        switched: bool,
+        raw_jump: float,
+        sent_change: float,
+        new_grid: bool = False,
+    ) -> None:
         """new_grid: the first tick after an episode reset (its period to the tick before is not a period)."""
         self.ticks.append((k, lateness_s * 1000, sent_s, held, switched, raw_jump, sent_change, new_grid))
 
@@ -54,18 +65,30 @@ class TimingLog:
         switch_jumps = [t[5] for t in self.ticks if t[4] and math.isfinite(t[5])]
         changes = [t[6] for t in self.ticks if math.isfinite(t[6])]
         return {
-            "ticks": len(self.ticks), "nominal_period_ms": round(nominal, 3),
-            "period_ms": {"p50": _q(per, 0.5), "p99": _q(per, 0.99), "max": _max(per),
-                          "min": None if len(per) == 0 else round(float(per.min()), 3)},
-            "jitter_ms": {"p50": _q(np.abs(per - nominal), 0.5), "p99": _q(np.abs(per - nominal), 0.99),
-                          "max": _max(np.abs(per - nominal))},
+            "ticks": len(self.ticks),
+            "nominal_period_ms": round(nominal, 3),
+            "period_ms": {
+                "p50": _q(per, 0.5),
+                "p99": _q(per, 0.99),
+                "max": _max(per),
+                "min": None if len(per) == 0 else round(float(per.min()), 3),
+            },
+            "jitter_ms": {
+                "p50": _q(np.abs(per - nominal), 0.5),
+                "p99": _q(np.abs(per - nominal), 0.99),
+                "max": _max(np.abs(per - nominal)),
+            },
             "lateness_ms": {"p50": _q(late, 0.5), "p99": _q(late, 0.99), "max": _max(late)},
-            "deadline_misses": misses, "skipped_ticks": self.skipped,
+            "deadline_misses": misses,
+            "skipped_ticks": self.skipped,
             "held_ticks": int(sum(1 for t in self.ticks if t[3])),
-            "inference": {"requests": len(self.inference), "failed": sum(1 for x in self.inference if not x[4]),
-                          "latency_ms": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": _max(lat)},
-                          "server_infer_ms_p50": _q(srv, 0.5),
-                          "delay_ticks": {"p50": _q(delays, 0.5), "max": _max(delays)}},
+            "inference": {
+                "requests": len(self.inference),
+                "failed": sum(1 for x in self.inference if not x[4]),
+                "latency_ms": {"p50": _q(lat, 0.5), "p99": _q(lat, 0.99), "max": _max(lat)},
+                "server_infer_ms_p50": _q(srv, 0.5),
+                "delay_ticks": {"p50": _q(delays, 0.5), "max": _max(delays)},
+            },
             "chunk_switches": len(switch_jumps),
             "boundary_jump": {"p50": _q(switch_jumps, 0.5), "p90": _q(switch_jumps, 0.9), "max": _max(switch_jumps)},
             "max_boundary_jump": _max(switch_jumps),
@@ -89,8 +112,12 @@ class TimingLog:
                 w.writerow([x[0], x[1], f"{x[2]:.3f}", "" if x[3] is None else f"{x[3]:.3f}", int(x[4])])
         summary = summary or self.summary()
         (out / "timing.json").write_text(json.dumps(summary, indent=2) + "\n")
-        return {"ticks_csv": str(out / "ticks.csv"), "inference_csv": str(out / "inference.csv"),
-                "timing_json": str(out / "timing.json"), "histogram_png": str(self.plot(out / "timing.png"))}
+        return {
+            "ticks_csv": str(out / "ticks.csv"),
+            "inference_csv": str(out / "inference.csv"),
+            "timing_json": str(out / "timing.json"),
+            "histogram_png": str(self.plot(out / "timing.png")),
+        }
 
     def plot(self, path: Path) -> Path:
         import matplotlib
@@ -109,7 +136,9 @@ class TimingLog:
             ax.legend()
         ax.set_xlabel("tick period (ms)")
         ax.set_ylabel("ticks")
-        ax.set_title(f"control ticks (p99 jitter {_q(np.abs(per - self.period_s * 1000), 0.99) if len(per) else '-'} ms)")
+        ax.set_title(
+            f"control ticks (p99 jitter {_q(np.abs(per - self.period_s * 1000), 0.99) if len(per) else '-'} ms)"
+        )
         ax = axes[1]
         if lat:
             ax.hist(lat, bins=40, color="tab:orange")

@@ -50,8 +50,11 @@ class InferenceWorker:
                 continue
             res = _Result(k_obs, t_sent)
             try:
-                out = (self.policy.infer(obs) if guide is None else
-                       self.policy.infer(obs, guide=guide[0], guide_weights=guide[1]))
+                out = (
+                    self.policy.infer(obs)
+                    if guide is None
+                    else self.policy.infer(obs, guide=guide[0], guide_weights=guide[1])
+                )
                 if out.get("malformed"):
                     raise RemotePolicyError("the policy reported a malformed chunk")
                 res.actions = np.asarray(out["actions"], np.float32)

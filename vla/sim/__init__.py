@@ -44,5 +44,15 @@ def list_suites() -> list[str]:
     return _list()
 
 
-__all__ = ["builtin_pairs", "collect", "env_id", "evaluate", "list_robots", "list_suites", "list_tasks", "make_env",
-           "make_expert", "register_all"]
+__all__ = [
+    "builtin_pairs",
+    "collect",
+    "env_id",
+    "evaluate",
+    "list_robots",
+    "list_suites",
+    "list_tasks",
+    "make_env",
+    "make_expert",
+    "register_all",
+]

@@ -79,11 +79,17 @@ def load_recipe(name_or_path: str | Path) -> RecipeConfig:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")
     name = d.get("name", p.stem)
     tasks = parse_tasks(name, d, "recipe", int(d.get("episodes", 50)))
-    return RecipeConfig(name=name, image_size=int(d.get("image_size", 96)), seed=int(d.get("seed", 0)),
-                        keep_failed=bool(d.get("keep_failed", False)),
-                        after_success=int(d.get("after_success", 0)), description=d.get("description", ""),
-                        tasks=tuple(RecipeTask(t["robot"], t["task"], t["episodes"], float(t.get("noise", d.get("noise", 0.0))))
-                                    for t in tasks))
+    return RecipeConfig(
+        name=name,
+        image_size=int(d.get("image_size", 96)),
+        seed=int(d.get("seed", 0)),
+        keep_failed=bool(d.get("keep_failed", False)),
+        after_success=int(d.get("after_success", 0)),
+        description=d.get("description", ""),
+        tasks=tuple(
+            RecipeTask(t["robot"], t["task"], t["episodes"], float(t.get("noise", d.get("noise", 0.0)))) for t in tasks
+        ),
+    )
 
 
 # ---- worker side ----
@@ -109,8 +115,15 @@ def _collect_job(context: dict, job: dict) -> dict:
 
 
 # ---- parent side ----
-def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: int = 1, keep_failed: bool | None = None,
-            progress: bool = True) -> dict:
+def collect(
+    recipe_or_spec,
+    out_store,
+    *,
+    episodes: int | None = None,
+    workers: int = 1,
+    keep_failed: bool | None = None,
+    progress: bool = True,
+) -> dict:
     """Run a recipe (name, TOML path or RecipeConfig) into `out_store` (created, or appended to)."""
     recipe = recipe_or_spec if isinstance(recipe_or_spec, RecipeConfig) else load_recipe(recipe_or_spec)
     if episodes is not None:
@@ -122,10 +135,15 @@ def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: 
     store = EpisodeStore.create(out_store, list(embs.values()), exist_ok=True)
     for emb in embs.values():
         store.add_embodiment(emb)
-    jobs = [{"robot": t.robot, "task": t.task, "noise": t.noise, "seed": recipe.seed + i * SEED_STRIDE + k}
-            for i, t in enumerate(recipe.tasks) for k in range(t.episodes)]
-    stats = {f"{t.robot}/{t.task}": {"attempted": 0, "succeeded": 0, "kept": 0, "crashed": 0, "frames": 0}
-             for t in recipe.tasks}
+    jobs = [
+        {"robot": t.robot, "task": t.task, "noise": t.noise, "seed": recipe.seed + i * SEED_STRIDE + k}
+        for i, t in enumerate(recipe.tasks)
+        for k in range(t.episodes)
+    ]
+    stats = {
+        f"{t.robot}/{t.task}": {"attempted": 0, "succeeded": 0, "kept": 0, "crashed": 0, "frames": 0}
+        for t in recipe.tasks
+    }
     crashed: list[dict] = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"collect {recipe.name}", unit="ep", disable=not progress)
@@ -157,7 +175,13 @@ def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: 
         bar.close()
     elapsed = time.perf_counter() - t0
     total = sum(x["attempted"] for x in stats.values())
-    return {"recipe": recipe.name, "store": str(out_store), "episodes_attempted": total,
-            "episodes_kept": sum(x["kept"] for x in stats.values()), "seconds": round(elapsed, 2),
-            "episodes_per_min": round(60 * total / elapsed, 1) if elapsed > 0 else None,
-            "per_task": stats, "crashed": crashed}
+    return {
+        "recipe": recipe.name,
+        "store": str(out_store),
+        "episodes_attempted": total,
+        "episodes_kept": sum(x["kept"] for x in stats.values()),
+        "seconds": round(elapsed, 2),
+        "episodes_per_min": round(60 * total / elapsed, 1) if elapsed > 0 else None,
+        "per_task": stats,
+        "crashed": crashed,
+    }

@@ -67,8 +67,15 @@ def check_action(action, shape: tuple[int, ...], who: str) -> np.ndarray:
 class SimEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 20}
 
-    def __init__(self, robot: str = "arm7", task: str = "reach", image_size: int = 96, render_mode: str | None = "rgb_array",
-                 max_steps: int | None = None, task_config=None):
+    def __init__(
+        self,
+        robot: str = "arm7",
+        task: str = "reach",
+        image_size: int = 96,
+        render_mode: str | None = "rgb_array",
+        max_steps: int | None = None,
+        task_config=None,
+    ):
         self.robot: RobotConfig = get_robot(robot)
         task_cls = get_task(task)
         if robot not in task_cls.robots:
@@ -146,8 +153,10 @@ class SimEnv(gym.Env):
             try:
                 self._renderer = mujoco.Renderer(self.model, h, w)
             except mujoco.FatalError as e:
-                raise RuntimeError(f"cannot create an offscreen OpenGL context ({e}). Set MUJOCO_GL=egl (software: Mesa "
-                                   "libEGL) in the environment before anything imports mujoco") from None
+                raise RuntimeError(
+                    f"cannot create an offscreen OpenGL context ({e}). Set MUJOCO_GL=egl (software: Mesa "
+                    "libEGL) in the environment before anything imports mujoco"
+                ) from None
             _track(self)
         self._renderer.update_scene(self.data, camera=cam)
         return self._renderer.render()
@@ -168,8 +177,8 @@ class SimEnv(gym.Env):
         super().reset(seed=seed)
         m, d = self.model, self.data
         mujoco.mj_resetData(m, d)
-        d.qpos[:len(self._home_qpos)] = self._home_qpos
-        d.ctrl[:len(self._home_ctrl)] = self._home_ctrl
+        d.qpos[: len(self._home_qpos)] = self._home_qpos
+        d.ctrl[: len(self._home_ctrl)] = self._home_ctrl
         noise = getattr(self.task.cfg, "home_noise", 0.0)
         if noise > 0:  # a random start pose: the arm's state alone must not give the goal away
             for qadr, act, (lo, hi) in zip(self._arm_qadr, self._arm_act, self._arm_range):
@@ -192,7 +201,7 @@ class SimEnv(gym.Env):
         i = 0
         for k, arm in enumerate(self.robot.arms):
             n = len(arm.joints)
-            self.data.ctrl[self._arm_act[k]] = a[i:i + n]
+            self.data.ctrl[self._arm_act[k]] = a[i : i + n]
             g = float(a[i + n])
             self.data.ctrl[self._finger_act[k]] = arm.finger_open + g * (arm.finger_closed - arm.finger_open)
             i += n + 1

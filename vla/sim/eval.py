@@ -78,10 +78,21 @@ def _keep_video(kept: dict, success: bool, limit: int) -> bool:
     return True
 
 
-def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = None, workers: int = 1,
-             replan_every: int | None = None, image_size: int | None = None, json_out: str | Path | None = None,
-             chart: str | Path | None = None, videos: str | Path | None = None, num_videos: int = 2,
-             progress: bool = True, seed: int | None = None) -> dict:
+def evaluate(
+    policy,
+    suite: str | Path | SuiteConfig,
+    *,
+    episodes: int | None = None,
+    workers: int = 1,
+    replan_every: int | None = None,
+    image_size: int | None = None,
+    json_out: str | Path | None = None,
+    chart: str | Path | None = None,
+    videos: str | Path | None = None,
+    num_videos: int = 2,
+    progress: bool = True,
+    seed: int | None = None,
+) -> dict:
     """Run `policy` on every task of `suite`; see the module docstring. Returns the results dict.
 
     seed: the first episode seed (default: the suite's, 1,000,000 unless it says otherwise; the
@@ -102,10 +113,27 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
         raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
     size = image_size or cfg.image_size
     context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every, "built": {}}
-    jobs = [{"robot": t.robot, "task": t.task, "seed": cfg.seed + i * SEED_STRIDE + k, "video": bool(videos) and num_videos > 0}
-            for i, t in enumerate(cfg.tasks) for k in range(t.episodes)]
-    per: dict[str, dict] = {f"{t.robot}/{t.task}": {"robot": t.robot, "task": t.task, "episodes": 0, "successes": 0,
-                                                     "lengths": [], "errors": []} for t in cfg.tasks}
+    jobs = [
+        {
+            "robot": t.robot,
+            "task": t.task,
+            "seed": cfg.seed + i * SEED_STRIDE + k,
+            "video": bool(videos) and num_videos > 0,
+        }
+        for i, t in enumerate(cfg.tasks)
+        for k in range(t.episodes)
+    ]
+    per: dict[str, dict] = {
+        f"{t.robot}/{t.task}": {
+            "robot": t.robot,
+            "task": t.task,
+            "episodes": 0,
+            "successes": 0,
+            "lengths": [],
+            "errors": [],
+        }
+        for t in cfg.tasks
+    }
     video_files: list[str] = []
     kept = {key: {"n": 0, "success": False, "fail": False} for key in per}
     t0 = time.perf_counter()
@@ -132,18 +160,37 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
     rows = []
     for r in per.values():
         n, s = r["episodes"], r["successes"]
-        rows.append({"robot": r["robot"], "task": r["task"], "episodes": n, "successes": s,
-                     "success_rate": s / n if n else 0.0, "ci95": list(wilson(s, n)),
-                     "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
-                     "errors": r["errors"]})
+        rows.append(
+            {
+                "robot": r["robot"],
+                "task": r["task"],
+                "episodes": n,
+                "successes": s,
+                "success_rate": s / n if n else 0.0,
+                "ci95": list(wilson(s, n)),
+                "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
+                "errors": r["errors"],
+            }
+        )
     n_all = sum(r["episodes"] for r in rows)
     s_all = sum(r["successes"] for r in rows)
-    results = {"policy": _policy_name(policy), "suite": cfg.name, "image_size": size, "seed": cfg.seed,
-               "replan_every": context["replan_every"], "tasks": rows,
-               "overall": {"episodes": n_all, "successes": s_all, "success_rate": s_all / n_all if n_all else 0.0,
-                           "ci95": list(wilson(s_all, n_all)),
-                           "mean_task_success": float(np.mean([r["success_rate"] for r in rows])) if rows else 0.0},
-               "seconds": round(time.perf_counter() - t0, 2), "videos": video_files}
+    results = {
+        "policy": _policy_name(policy),
+        "suite": cfg.name,
+        "image_size": size,
+        "seed": cfg.seed,
+        "replan_every": context["replan_every"],
+        "tasks": rows,
+        "overall": {
+            "episodes": n_all,
+            "successes": s_all,
+            "success_rate": s_all / n_all if n_all else 0.0,
+            "ci95": list(wilson(s_all, n_all)),
+            "mean_task_success": float(np.mean([r["success_rate"] for r in rows])) if rows else 0.0,
+        },
+        "seconds": round(time.perf_counter() - t0, 2),
+        "videos": video_files,
+    }
     if json_out:  # written before the chart, so a plotting problem never loses the numbers
         results["json"] = str(write_json(results, json_out))
     if chart or json_out:
@@ -156,15 +203,19 @@ def evaluate(policy, suite: str | Path | SuiteConfig, *, episodes: int | None = 
 
 def format_results(results: dict) -> str:
     """A plain-text table of the results."""
-    lines = [f"policy {results['policy']}  suite {results['suite']}  seeds from {results.get('seed')}  ({results['seconds']} s)",
-             f"{'robot/task':<34} {'success':>9} {'rate':>6} {'95% CI':>15} {'mean len':>9} {'errors':>6}"]
+    lines = [
+        f"policy {results['policy']}  suite {results['suite']}  seeds from {results.get('seed')}  ({results['seconds']} s)",
+        f"{'robot/task':<34} {'success':>9} {'rate':>6} {'95% CI':>15} {'mean len':>9} {'errors':>6}",
+    ]
     for r in results["tasks"]:
         lo, hi = r["ci95"]
         ml = f"{r['mean_length']:.1f}" if r["mean_length"] is not None else "-"
         ci = f"[{lo:.2f}, {hi:.2f}]"
         name = r["robot"] + "/" + r["task"]
-        lines.append(f"{name:<34} {r['successes']:>4}/{r['episodes']:<4} {r['success_rate']:>6.2f} "
-                     f"{ci:>15} {ml:>9} {len(r['errors']):>6}")
+        lines.append(
+            f"{name:<34} {r['successes']:>4}/{r['episodes']:<4} {r['success_rate']:>6.2f} "
+            f"{ci:>15} {ml:>9} {len(r['errors']):>6}"
+        )
     o = results["overall"]
     ci = "[{:.2f}, {:.2f}]".format(*o["ci95"])
     lines.append(f"{'overall':<34} {o['successes']:>4}/{o['episodes']:<4} {o['success_rate']:>6.2f} {ci:>15}")

@@ -52,8 +52,10 @@ class ScriptedExpert:
     def _start(self) -> None:
         e = self.env
         self.plan: list[list[Segment]] = e.task.plan(e, self.rng, self.noise)
-        self.arms = [_ArmState(cmd=e.grip_pos(i), q=e.arm_q(i), yaw=site_yaw(e.grip_rot(i)), grip=e.gripper_state(i))
-                     for i in range(len(e.robot.arms))]
+        self.arms = [
+            _ArmState(cmd=e.grip_pos(i), q=e.arm_q(i), yaw=site_yaw(e.grip_rot(i)), grip=e.gripper_state(i))
+            for i in range(len(e.robot.arms))
+        ]
         self._ou = np.zeros(e.action_space.shape, np.float64)
         self._episode = e.episode_id
 
@@ -107,7 +109,7 @@ class ScriptedExpert:
         a = np.concatenate(out)
         if self.noise > 0:
             # Ornstein-Uhlenbeck noise with stationary standard deviation `noise`.
-            self._ou = OU_DECAY * self._ou + np.sqrt(1 - OU_DECAY ** 2) * self.noise * self.rng.standard_normal(a.shape)
+            self._ou = OU_DECAY * self._ou + np.sqrt(1 - OU_DECAY**2) * self.noise * self.rng.standard_normal(a.shape)
             a = a + np.concatenate(scale) * self._ou
         return np.clip(a, e.action_space.low, e.action_space.high).astype(np.float32)
 

@@ -25,8 +25,16 @@ class IKConfig:
 class ArmIK:
     """IK for one arm's grip site over that arm's joints, on a scratch MjData (the sim is untouched)."""
 
-    def __init__(self, model: mujoco.MjModel, joints: tuple[str, ...], site: str | None = None, cfg: IKConfig = IKConfig(),
-                 *, body: str | None = None, frame: np.ndarray | None = None):
+    def __init__(
+        self,
+        model: mujoco.MjModel,
+        joints: tuple[str, ...],
+        site: str | None = None,
+        cfg: IKConfig = IKConfig(),
+        *,
+        body: str | None = None,
+        frame: np.ndarray | None = None,
+    ):
         """Track a site, or (for models one cannot edit) a body whose axes map to the site convention
         by `frame` (columns: the site's x, y, z axes in body coordinates)."""
         self.model = model
@@ -66,7 +74,9 @@ class ArmIK:
         p, r = self._pose()
         return p.copy(), r.copy()
 
-    def solve(self, qpos_full: np.ndarray, q0: np.ndarray, pos: np.ndarray, rot: np.ndarray | None = None) -> np.ndarray:
+    def solve(
+        self, qpos_full: np.ndarray, q0: np.ndarray, pos: np.ndarray, rot: np.ndarray | None = None
+    ) -> np.ndarray:
         """Joint positions (this arm) that put the site at `pos` (and near rotation `rot`), starting from q0."""
         cfg, m, d = self.cfg, self.model, self.data
         d.qpos[:] = qpos_full

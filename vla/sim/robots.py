@@ -76,34 +76,79 @@ def check_embodiment(robot: RobotConfig, emb: Embodiment) -> None:
     if emb.name != robot.name:
         raise SpecError(f"robot {robot.name!r}: embodiment TOML names {emb.name!r}")
     if emb.action_dim != robot.action_dim or emb.state_dim != robot.action_dim:
-        raise SpecError(f"robot {robot.name!r}: expected {robot.action_dim} action and state dims in its embodiment "
-                        f"TOML, got {emb.action_dim} actions and {emb.state_dim} states")
+        raise SpecError(
+            f"robot {robot.name!r}: expected {robot.action_dim} action and state dims in its embodiment "
+            f"TOML, got {emb.action_dim} actions and {emb.state_dim} states"
+        )
     if emb.camera_names != robot.cameras:
         raise SpecError(f"robot {robot.name!r}: expected cameras {robot.cameras}, TOML has {emb.camera_names}")
     if emb.control_hz != robot.control_hz:
         raise SpecError(f"robot {robot.name!r}: control_hz {robot.control_hz} in code, {emb.control_hz} in TOML")
 
 
-_PANDA = ArmConfig(joints=tuple(f"joint{i}" for i in range(1, 8)), fingers=("finger_left", "finger_right"),
-                   finger_open=0.04, finger_closed=0.0, site="grip", pad_half=0.024)
-_SO100 = ArmConfig(joints=("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"),
-                   fingers=("finger_left", "finger_right"), finger_open=0.03, finger_closed=0.0, site="grip", pad_half=0.02)
+_PANDA = ArmConfig(
+    joints=tuple(f"joint{i}" for i in range(1, 8)),
+    fingers=("finger_left", "finger_right"),
+    finger_open=0.04,
+    finger_closed=0.0,
+    site="grip",
+    pad_half=0.024,
+)
+_SO100 = ArmConfig(
+    joints=("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll"),
+    fingers=("finger_left", "finger_right"),
+    finger_open=0.03,
+    finger_closed=0.0,
+    site="grip",
+    pad_half=0.02,
+)
 
 
 def _vx300(side: str) -> ArmConfig:
     joints = ("waist", "shoulder", "elbow", "forearm_roll", "wrist_angle", "wrist_rotate")
-    return ArmConfig(joints=tuple(f"{side}/{j}" for j in joints), fingers=(f"{side}/finger_left", f"{side}/finger_right"),
-                     finger_open=0.037, finger_closed=0.0, site=f"{side}/grip", pad_half=0.022, side=side)
+    return ArmConfig(
+        joints=tuple(f"{side}/{j}" for j in joints),
+        fingers=(f"{side}/finger_left", f"{side}/finger_right"),
+        finger_open=0.037,
+        finger_closed=0.0,
+        site=f"{side}/grip",
+        pad_half=0.022,
+        side=side,
+    )
 
 
 ROBOTS: dict[str, RobotConfig] = {
-    "arm7": RobotConfig(name="arm7", env_name="Arm7", arms=(_PANDA,), cameras=("front", "wrist"), control_hz=20.0,
-                        workspace=(0.38, 0.68, -0.25, 0.25), cube_half=0.02, speed=0.4),
-    "arm5": RobotConfig(name="arm5", env_name="Arm5", arms=(_SO100,), cameras=("front", "wrist"), control_hz=20.0,
-                        workspace=(0.12, 0.25, -0.15, 0.15), cube_half=0.0125, speed=0.25, max_reach=0.25),
-    "bimanual": RobotConfig(name="bimanual", env_name="Bimanual", arms=(_vx300("left"), _vx300("right")),
-                            cameras=("front", "wrist_left", "wrist_right"), control_hz=20.0,
-                            workspace=(-0.22, -0.07, -0.06, 0.2), cube_half=0.02, speed=0.4),
+    "arm7": RobotConfig(
+        name="arm7",
+        env_name="Arm7",
+        arms=(_PANDA,),
+        cameras=("front", "wrist"),
+        control_hz=20.0,
+        workspace=(0.38, 0.68, -0.25, 0.25),
+        cube_half=0.02,
+        speed=0.4,
+    ),
+    "arm5": RobotConfig(
+        name="arm5",
+        env_name="Arm5",
+        arms=(_SO100,),
+        cameras=("front", "wrist"),
+        control_hz=20.0,
+        workspace=(0.12, 0.25, -0.15, 0.15),
+        cube_half=0.0125,
+        speed=0.25,
+        max_reach=0.25,
+    ),
+    "bimanual": RobotConfig(
+        name="bimanual",
+        env_name="Bimanual",
+        arms=(_vx300("left"), _vx300("right")),
+        cameras=("front", "wrist_left", "wrist_right"),
+        control_hz=20.0,
+        workspace=(-0.22, -0.07, -0.06, 0.2),
+        cube_half=0.02,
+        speed=0.4,
+    ),
 }
 
 

@@ -15,8 +15,10 @@ class PolicyOutputError(SpecError):
 
 def _chunk(out, action_dim: int, who: str) -> np.ndarray:
     if not isinstance(out, dict) or "actions" not in out:
-        raise PolicyOutputError(f"{who}: infer() must return a dict with 'actions', got {type(out).__name__}"
-                                + (f" with keys {sorted(out)}" if isinstance(out, dict) else ""))
+        raise PolicyOutputError(
+            f"{who}: infer() must return a dict with 'actions', got {type(out).__name__}"
+            + (f" with keys {sorted(out)}" if isinstance(out, dict) else "")
+        )
     a = np.asarray(out["actions"], dtype=np.float32)
     if a.ndim == 1:
         a = a[None]
@@ -25,8 +27,16 @@ def _chunk(out, action_dim: int, who: str) -> np.ndarray:
     return a
 
 
-def run_episode(env, policy, *, seed: int, replan_every: int | None = None, record: bool = False,
-                video: bool = False, after_success: int = 0) -> dict:
+def run_episode(
+    env,
+    policy,
+    *,
+    seed: int,
+    replan_every: int | None = None,
+    record: bool = False,
+    video: bool = False,
+    after_success: int = 0,
+) -> dict:
     """Roll out `policy` (PolicyLike) in `env` from reset(seed). Returns success, length, and (record) frames.
 
     The episode ends at the first success, unless `after_success` > 0: then it goes on for that
@@ -40,16 +50,19 @@ def run_episode(env, policy, *, seed: int, replan_every: int | None = None, reco
     """
     torch = sys.modules.get("torch")  # only if a policy already brought it in; the sim itself needs none
     if torch is None:
-        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video,
-                            after_success=after_success)
+        return _run_episode(
+            env, policy, seed=seed, replan_every=replan_every, record=record, video=video, after_success=after_success
+        )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
-        return _run_episode(env, policy, seed=seed, replan_every=replan_every, record=record, video=video,
-                            after_success=after_success)
+        return _run_episode(
+            env, policy, seed=seed, replan_every=replan_every, record=record, video=video, after_success=after_success
+        )
 
 
-def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bool, video: bool,
-                 after_success: int) -> dict:
+def _run_episode(
+    env, policy, *, seed: int, replan_every: int | None, record: bool, video: bool, after_success: int
+) -> dict:
     emb = env.unwrapped.embodiment
     obs, info = env.reset(seed=seed)
     policy.reset()
@@ -81,5 +94,11 @@ def _run_episode(env, policy, *, seed: int, replan_every: int | None, record: bo
             break
     if video and first_cam is not None:
         images.append(obs[first_cam])
-    return {"success": success, "length": length if success else steps, "task": instruction, "frames": frames, "video": images,
-            "embodiment": emb.name}
+    return {
+        "success": success,
+        "length": length if success else steps,
+        "task": instruction,
+        "frames": frames,
+        "video": images,
+        "embodiment": emb.name,
+    }

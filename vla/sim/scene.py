@@ -18,7 +18,9 @@ GREY = (0.6, 0.6, 0.6, 1.0)
 BOX, CYLINDER, SPHERE = mujoco.mjtGeom.mjGEOM_BOX, mujoco.mjtGeom.mjGEOM_CYLINDER, mujoco.mjtGeom.mjGEOM_SPHERE
 
 
-def add_free_box(spec: mujoco.MjSpec, name: str, half, *, mass: float = 0.05, rgba=GREY, slippery: bool = False) -> None:
+def add_free_box(
+    spec: mujoco.MjSpec, name: str, half, *, mass: float = 0.05, rgba=GREY, slippery: bool = False
+) -> None:
     """A free-floating box (cube or block) that the grippers can pick up.
 
     `slippery` boxes use their own low friction for every contact (priority over table and pads), so
@@ -27,23 +29,39 @@ def add_free_box(spec: mujoco.MjSpec, name: str, half, *, mass: float = 0.05, rg
     body = spec.worldbody.add_body(name=name, pos=[0, 0, 0.2])
     body.add_freejoint(name=name)
     friction, priority = ([0.4, 0.01, 0.001], 2) if slippery else ([1.2, 0.02, 0.001], 0)
-    body.add_geom(name=name, type=BOX, size=list(half), mass=mass, rgba=list(rgba), condim=4, priority=priority,
-                  friction=friction, solref=[0.004, 1], solimp=[0.95, 0.99, 0.001, 0.5, 2])
+    body.add_geom(
+        name=name,
+        type=BOX,
+        size=list(half),
+        mass=mass,
+        rgba=list(rgba),
+        condim=4,
+        priority=priority,
+        friction=friction,
+        solref=[0.004, 1],
+        solimp=[0.95, 0.99, 0.001, 0.5, 2],
+    )
 
 
 def add_marker(spec: mujoco.MjSpec, name: str, size, *, type=CYLINDER, rgba=GREY, collide: bool = False) -> None:
     """A static body on the table (reach target, goal marker); moved at reset through model.body_pos."""
     body = spec.worldbody.add_body(name=name, pos=[0, 0, 0])
-    body.add_geom(name=name, type=type, size=(list(size) + [0, 0])[:3], rgba=list(rgba),
-                  contype=int(collide), conaffinity=int(collide))
+    body.add_geom(
+        name=name,
+        type=type,
+        size=(list(size) + [0, 0])[:3],
+        rgba=list(rgba),
+        contype=int(collide),
+        conaffinity=int(collide),
+    )
 
 
 def set_free_pose(model: mujoco.MjModel, data: mujoco.MjData, name: str, pos, yaw: float = 0.0) -> None:
     adr = model.jnt_qposadr[model.joint(name).id]
-    data.qpos[adr:adr + 3] = pos
-    data.qpos[adr + 3:adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
+    data.qpos[adr : adr + 3] = pos
+    data.qpos[adr + 3 : adr + 7] = [np.cos(yaw / 2), 0.0, 0.0, np.sin(yaw / 2)]
     dadr = model.jnt_dofadr[model.joint(name).id]
-    data.qvel[dadr:dadr + 6] = 0.0
+    data.qvel[dadr : dadr + 6] = 0.0
 
 
 def free_yaw(data: mujoco.MjData, model: mujoco.MjModel, name: str) -> float:
@@ -51,8 +69,9 @@ def free_yaw(data: mujoco.MjData, model: mujoco.MjModel, name: str) -> float:
     return float(np.arctan2(2 * (q[0] * q[3] + q[1] * q[2]), 1 - 2 * (q[2] ** 2 + q[3] ** 2)))
 
 
-def sample_xy(rng: np.random.Generator, n: int, region, min_dist: float, avoid=(), max_reach: float = np.inf,
-              tries: int = 2000) -> np.ndarray:
+def sample_xy(
+    rng: np.random.Generator, n: int, region, min_dist: float, avoid=(), max_reach: float = np.inf, tries: int = 2000
+) -> np.ndarray:
     """n points in region (x_lo, x_hi, y_lo, y_hi) within max_reach of the origin, at least min_dist from
     each other and from `avoid`."""
     x0, x1, y0, y1 = region

@@ -46,7 +46,9 @@ def parse_tasks(name: str, d: dict, what: str, default_episodes: int) -> list[di
             raise SpecError(f"{what} {name!r}: tasks[{i}]: unknown robot {robot!r}; valid robots are {list_robots()}")
         valid = list_tasks(robot)
         if task not in valid:
-            raise SpecError(f"{what} {name!r}: tasks[{i}]: unknown task {task!r} for robot {robot!r}; valid tasks are {valid}")
+            raise SpecError(
+                f"{what} {name!r}: tasks[{i}]: unknown task {task!r} for robot {robot!r}; valid tasks are {valid}"
+            )
         episodes = int(t.get("episodes", default_episodes))
         if episodes < 0:
             raise SpecError(f"{what} {name!r}: tasks[{i}]: episodes must be >= 0, got {episodes}")
@@ -66,6 +68,11 @@ def load_suite(name_or_path: str | Path) -> SuiteConfig:
         raise SpecError(f"{p}: unknown keys {sorted(set(d) - known)}; expected some of {sorted(known)}")
     name = d.get("name", p.stem)
     tasks = parse_tasks(name, d, "suite", int(d.get("episodes", 10)))
-    return SuiteConfig(name=name, tasks=tuple(SuiteTask(t["robot"], t["task"], t["episodes"]) for t in tasks),
-                       image_size=int(d.get("image_size", 96)), replan_every=d.get("replan_every"),
-                       seed=int(d.get("seed", 1_000_000)), description=d.get("description", ""))
+    return SuiteConfig(
+        name=name,
+        tasks=tuple(SuiteTask(t["robot"], t["task"], t["episodes"]) for t in tasks),
+        image_size=int(d.get("image_size", 96)),
+        replan_every=d.get("replan_every"),
+        seed=int(d.get("seed", 1_000_000)),
+        description=d.get("description", ""),
+    )

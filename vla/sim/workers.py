@@ -37,8 +37,9 @@ def _worker(fn, context, tasks, results, threads: int) -> None:
         results.send(out)  # synchronous, on this worker's own pipe: a dying sibling cannot block it
 
 
-def run_jobs(fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, workers: int = 1,
-             poll_s: float = 1.0) -> Iterator[tuple[Any, Any, str | None]]:
+def run_jobs(
+    fn: Callable[[Any, Any], Any], context: Any, jobs: Iterable, *, workers: int = 1, poll_s: float = 1.0
+) -> Iterator[tuple[Any, Any, str | None]]:
     jobs = list(jobs)
     if workers <= 1:
         for job in jobs:

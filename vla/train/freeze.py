@@ -45,6 +45,12 @@ def set_trainable(model: nn.Module, freeze: str, lora: LoraSpec, *, report: bool
         raise SpecError(f"freeze={freeze!r} with this LoRA setting leaves no parameter to train")
     if counts["frozen"] and report:
         total = counts["trainable"] + counts["frozen"]
-        log.info("training %s of %s parameters (%.1f%%; freeze=%s, lora rank %d)", f"{counts['trainable']:,}",
-                 f"{total:,}", 100 * counts["trainable"] / total, freeze, lora.rank)
+        log.info(
+            "training %s of %s parameters (%.1f%%; freeze=%s, lora rank %d)",
+            f"{counts['trainable']:,}",
+            f"{total:,}",
+            100 * counts["trainable"] / total,
+            freeze,
+            lora.rank,
+        )
     return counts

@@ -49,16 +49,20 @@ LAUNCH_HINT = "torchrun --nproc_per_node N $(which vla) train PRESET --fsdp ..."
 
 def require_torchrun() -> None:
     if "WORLD_SIZE" not in os.environ or "RANK" not in os.environ:
-        raise SpecError(f"--fsdp shards the model over processes started by torchrun; launch as: {LAUNCH_HINT} "
-                        "(one process per GPU; gloo on the CPU)")
+        raise SpecError(
+            f"--fsdp shards the model over processes started by torchrun; launch as: {LAUNCH_HINT} "
+            "(one process per GPU; gloo on the CPU)"
+        )
 
 
 def _decoder_units(layer: nn.Module) -> list[list[nn.Module]]:
     """A decoder layer's two units (see the module docstring); the value projection and the MLP last."""
     attn = layer.self_attn
     norms = [m for m in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)) if m is not None]
-    units = [[layer.input_layernorm, *norms, attn.q_proj, attn.k_proj, attn.v_proj],
-             [attn.o_proj, layer.post_attention_layernorm, layer.mlp]]
+    units = [
+        [layer.input_layernorm, *norms, attn.q_proj, attn.k_proj, attn.v_proj],
+        [attn.o_proj, layer.post_attention_layernorm, layer.mlp],
+    ]
     covered = {id(p) for u in units for m in u for p in m.parameters()}
     left = [n for n, p in layer.named_parameters() if id(p) not in covered]
     assert not left, f"a decoder layer has parameters outside the modules vla calls: {left}"
@@ -69,8 +73,13 @@ def _vision_layers(model: nn.Module) -> list[nn.Module]:
     tower = getattr(getattr(model, "backbone", None), "vision_tower", None)
     if tower is None:
         return []
-    return [layer for m in tower.modules() for name in ("layers", "blocks")
-            if isinstance(getattr(m, name, None), nn.ModuleList) for layer in getattr(m, name)]
+    return [
+        layer
+        for m in tower.modules()
+        for name in ("layers", "blocks")
+        if isinstance(getattr(m, name, None), nn.ModuleList)
+        for layer in getattr(m, name)
+    ]
 
 
 def shard(model: nn.Module, device: torch.device, *, bf16: bool) -> nn.Module:
@@ -79,8 +88,11 @@ def shard(model: nn.Module, device: torch.device, *, bf16: bool) -> nn.Module:
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
     mesh = init_device_mesh(device.type, (dist.get_world_size(),))
-    mp = MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32) \
-        if device.type == "cuda" and bf16 else MixedPrecisionPolicy()
+    mp = (
+        MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
+        if device.type == "cuda" and bf16
+        else MixedPrecisionPolicy()
+    )
     for stack in model.decoder_stacks():
         for layer in stack.layers:
             for unit in _decoder_units(layer):

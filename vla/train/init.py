@@ -32,11 +32,14 @@ HEAD_KEY = re.compile(r"^(state_in|action_in|action_out)\.proj\.([^.]+)\.")
 def check_same_type(ck: Checkpoint, preset: Preset) -> None:
     rc = ck.resolved
     if rc.model_type != preset.type:
-        raise SpecError(f"{ck.path} is a {rc.model_type} checkpoint but preset {preset.name!r} is {preset.type}: "
-                        f"use a {rc.model_type} preset")
+        raise SpecError(
+            f"{ck.path} is a {rc.model_type} checkpoint but preset {preset.name!r} is {preset.type}: "
+            f"use a {rc.model_type} preset"
+        )
     if rc.norm_mode != preset.norm_mode:
-        log.warning("using the checkpoint's norm mode %r (preset %r says %r)", rc.norm_mode, preset.name,
-                    preset.norm_mode)
+        log.warning(
+            "using the checkpoint's norm mode %r (preset %r says %r)", rc.norm_mode, preset.name, preset.norm_mode
+        )
 
 
 # Fields of a model config that are not the checkpoint's geometry: filled from the data, set by
@@ -68,8 +71,10 @@ def init_config(ck: Checkpoint, preset: Preset, mt):
     diff = [d for d in _differences(want, got) if d[0] not in FROM_PRESET]
     if diff:
         rows = "; ".join(f"model.{k}: preset {a!r}, checkpoint {b!r}" for k, a, b in diff)
-        raise SpecError(f"--init {ck.path}: its geometry contradicts preset {preset.name!r} ({rows}). "
-                        "Use a preset that matches the checkpoint (e.g. the one it was converted with).")
+        raise SpecError(
+            f"--init {ck.path}: its geometry contradicts preset {preset.name!r} ({rows}). "
+            "Use a preset that matches the checkpoint (e.g. the one it was converted with)."
+        )
     return replace(got, **{k: getattr(want, k) for k in FROM_PRESET if hasattr(want, k)})
 
 
@@ -78,8 +83,10 @@ def init_inputs(ck: Checkpoint, preset: Preset, embodiments: dict) -> tuple[Text
     text = ck.text()
     if text is None:
         if not preset.text.pretrained:
-            raise SpecError(f"--init {ck.path} has no text tokenizer (converted without --tokenizer): convert again "
-                            "with --tokenizer PATH, or name one in the preset's [text] pretrained")
+            raise SpecError(
+                f"--init {ck.path} has no text tokenizer (converted without --tokenizer): convert again "
+                "with --tokenizer PATH, or name one in the preset's [text] pretrained"
+            )
         text = TextTokenizer.load(preset.text.pretrained)
     assets = ck.assets()
     stats = {n: s for n, s in ck.stats().items() if n in embodiments}
@@ -96,11 +103,13 @@ def load_init_weights(model: torch.nn.Module, ck: Checkpoint) -> None:
     fresh = [k for k in missing if HEAD_KEY.match(k)]
     other = [k for k in missing if k not in fresh]
     if other or unexpected:
-        raise SpecError(f"--init {ck.path}: weights do not fit the model (missing {other[:5]}, unexpected "
-                        f"{unexpected[:5]})")
+        raise SpecError(
+            f"--init {ck.path}: weights do not fit the model (missing {other[:5]}, unexpected {unexpected[:5]})"
+        )
     robots = sorted({HEAD_KEY.match(k).group(2) for k in fresh})
     if robots:
         log.info("--init: new heads (random init) for %s", robots)
     if dropped:
-        log.info("--init: dropped heads of robots not in the data: %s",
-                 sorted({HEAD_KEY.match(k).group(2) for k in dropped}))
+        log.info(
+            "--init: dropped heads of robots not in the data: %s", sorted({HEAD_KEY.match(k).group(2) for k in dropped})
+        )

@@ -92,8 +92,11 @@ def stack_linears(model: nn.Module, name: str) -> dict[str, nn.Linear]:
     """The nn.Linear modules of one stack's repeated layers (`layers`, or a vision tower's
     `blocks`), by full module name."""
     root = model.get_submodule(STACK_PATHS[name])
-    return {f"{STACK_PATHS[name]}.{n}": m for n, m in root.named_modules()
-            if isinstance(m, nn.Linear) and (".layers." in f".{n}" or ".blocks." in f".{n}")}
+    return {
+        f"{STACK_PATHS[name]}.{n}": m
+        for n, m in root.named_modules()
+        if isinstance(m, nn.Linear) and (".layers." in f".{n}" or ".blocks." in f".{n}")
+    }
 
 
 def check_supported(model: nn.Module, kind: str) -> None:
@@ -101,9 +104,11 @@ def check_supported(model: nn.Module, kind: str) -> None:
     missing = [n for n in ("backbone", "expert") if not _has(model, STACK_PATHS[n])]
     if missing:
         linears = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
-        raise SpecError(f"--lora: a {kind} model has no {' / '.join(missing)} stack; LoRA applies to the flow-matching "
-                        f"types (pi0, pi05), whose stacks are {sorted(STACK_PATHS)}. (FAST's action tokens are new rows "
-                        f"of the Gemma token embedding, which LoRA would leave frozen; its Linear modules: {linears})")
+        raise SpecError(
+            f"--lora: a {kind} model has no {' / '.join(missing)} stack; LoRA applies to the flow-matching "
+            f"types (pi0, pi05), whose stacks are {sorted(STACK_PATHS)}. (FAST's action tokens are new rows "
+            f"of the Gemma token embedding, which LoRA would leave frozen; its Linear modules: {linears})"
+        )
 
 
 def _has(model: nn.Module, path: str) -> bool:
@@ -138,10 +143,15 @@ def apply_lora(model: nn.Module, spec: LoraSpec, kind: str) -> dict[str, int]:
 
     check_supported(model, kind)
     targets = target_modules(model, spec)
-    cfg = LoraConfig(r=spec.rank, lora_alpha=spec.alpha * spec.rank, lora_dropout=0.0, bias="none",
-                     target_modules=sorted(targets),
-                     rank_pattern={re.escape(n): r for n, r in targets.items()},
-                     alpha_pattern={re.escape(n): spec.alpha * r for n, r in targets.items()})
+    cfg = LoraConfig(
+        r=spec.rank,
+        lora_alpha=spec.alpha * spec.rank,
+        lora_dropout=0.0,
+        bias="none",
+        target_modules=sorted(targets),
+        rank_pattern={re.escape(n): r for n, r in targets.items()},
+        alpha_pattern={re.escape(n): spec.alpha * r for n, r in targets.items()},
+    )
     inject_adapter_in_model(cfg, model, adapter_name=ADAPTER)
     model._vla_lora_config = cfg
     return targets

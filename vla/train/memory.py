@@ -44,11 +44,13 @@ from vla.train.freeze import set_trainable
 from vla.train.lora import apply_lora
 
 GB = 1e9
-METHOD = ("parameters counted on the model built on the meta device with the setup's LoRA/freezing; activations "
-          "measured by running the training forward on the meta device in bfloat16 at the real token counts with a "
-          "saved-tensor hook (attention as CUDA's memory-efficient kernel keeps it), per layer from 1- and 2-layer "
-          "runs, with per-layer gradient checkpointing; float32 trainable weights, gradients, AdamW moments and EMA; "
-          "frozen weights bfloat16 (float32 sharded under FSDP); not counted: CUDA context, fragmentation")
+METHOD = (
+    "parameters counted on the model built on the meta device with the setup's LoRA/freezing; activations "
+    "measured by running the training forward on the meta device in bfloat16 at the real token counts with a "
+    "saved-tensor hook (attention as CUDA's memory-efficient kernel keeps it), per layer from 1- and 2-layer "
+    "runs, with per-layer gradient checkpointing; float32 trainable weights, gradients, AdamW moments and EMA; "
+    "frozen weights bfloat16 (float32 sharded under FSDP); not counted: CUDA context, fragmentation"
+)
 
 
 @dataclass(frozen=True)
@@ -159,8 +161,18 @@ def _units(model: nn.Module) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     return units, (sum(p.numel() for p in rest), sum(p.numel() for p in rest if p.requires_grad))
 
 
-def estimate(mt, cfg, text_vocab: int, setup: Setup, lora, *, batch: int = 32, grad_checkpoint: bool = True,
-             ema: bool = True, frozen_bf16: bool = True) -> dict:
+def estimate(
+    mt,
+    cfg,
+    text_vocab: int,
+    setup: Setup,
+    lora,
+    *,
+    batch: int = 32,
+    grad_checkpoint: bool = True,
+    ema: bool = True,
+    frozen_bf16: bool = True,
+) -> dict:
     """One setup -> {"trainable_params", "batch_per_gpu", bytes per kind, "total"} (bytes per GPU)."""
     lora = replace(lora, rank=setup.lora_rank)
     model = _build(mt, cfg, text_vocab, lora, setup.freeze)
@@ -179,8 +191,15 @@ def estimate(mt, cfg, text_vocab: int, setup: Setup, lora, *, batch: int = 32, g
         weights = 4 * train + frozen_bytes * (total - train) + 2 * train
         grads = 4 * train
     acts = _activations(mt, cfg, text_vocab, lora, setup.freeze, b, grad_checkpoint)
-    out = {"trainable_params": train, "batch_per_gpu": b, "weights": weights, "gradients": grads,
-           "optimizer": 8 * train / n, "ema": 4 * train / n if ema else 0.0, "activations": acts}
+    out = {
+        "trainable_params": train,
+        "batch_per_gpu": b,
+        "weights": weights,
+        "gradients": grads,
+        "optimizer": 8 * train / n,
+        "ema": 4 * train / n if ema else 0.0,
+        "activations": acts,
+    }
     out["total"] = sum(out[k] for k in ("weights", "gradients", "optimizer", "ema", "activations"))
     return out
 

@@ -33,8 +33,18 @@ OPT_BY_NAME = "by_name"  # train_state["optimizer_format"]: keyed by parameter n
 
 
 class Trainee:
-    def __init__(self, model: nn.Module, tcfg, device: torch.device, *, rank: int = 0, world: int = 1,
-                 fsdp: bool = False, kind: str = "", state: dict | None = None):
+    def __init__(
+        self,
+        model: nn.Module,
+        tcfg,
+        device: torch.device,
+        *,
+        rank: int = 0,
+        world: int = 1,
+        fsdp: bool = False,
+        kind: str = "",
+        state: dict | None = None,
+    ):
         self.tcfg, self.dev, self.rank, self.world, self.fsdp = tcfg, device, rank, world, fsdp
         self.lora = tcfg.lora.enabled
         if self.lora:
@@ -50,16 +60,20 @@ class Trainee:
             fs.shard(model, device, bf16=tcfg.bf16)
             self.wrapped = model
         elif world > 1:  # heads of embodiments absent from a rank's slice get no gradient in that step
-            self.wrapped = nn.parallel.DistributedDataParallel(model.to(device), find_unused_parameters=True,
-                                                               gradient_as_bucket_view=True)
+            self.wrapped = nn.parallel.DistributedDataParallel(
+                model.to(device), find_unused_parameters=True, gradient_as_bucket_view=True
+            )
         else:
             self.wrapped = model.to(device)
         self.model = model
         self.trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}
         decay = [p for n, p in self.trainable.items() if p.ndim >= 2 and "embed" not in n]
         no_decay = [p for n, p in self.trainable.items() if not (p.ndim >= 2 and "embed" not in n)]
-        self.opt = torch.optim.AdamW([{"params": decay, "weight_decay": tcfg.weight_decay},
-                                      {"params": no_decay, "weight_decay": 0.0}], lr=tcfg.lr, betas=tcfg.betas)
+        self.opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": tcfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+            lr=tcfg.lr,
+            betas=tcfg.betas,
+        )
         self.ema = {n: p.detach().clone() for n, p in self.trainable.items()} if tcfg.ema > 0 else None
         if state is not None:
             self._load(state)

@@ -83,7 +83,9 @@ class TrainConfig:
                 raise SpecError(f"train.lora: {e}") from None
         check_mode(self.freeze)
         if self.steps < 1 or self.batch_size < 1 or self.lr <= 0:
-            raise SpecError(f"train: steps, batch_size and lr must be positive (got {self.steps}, {self.batch_size}, {self.lr})")
+            raise SpecError(
+                f"train: steps, batch_size and lr must be positive (got {self.steps}, {self.batch_size}, {self.lr})"
+            )
         if not 0 <= self.ema < 1:
             raise SpecError(f"train: ema must be in [0, 1), got {self.ema}")
 
@@ -101,7 +103,9 @@ def lr_at(step: int, cfg: TrainConfig, time_frac: float = 0.0) -> float:
 class StepBatches(Sampler):
     """Yields, for steps [start, steps), this rank's slice of the global batch of that step."""
 
-    def __init__(self, probs: np.ndarray, batch_size: int, start: int, steps: int, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self, probs: np.ndarray, batch_size: int, start: int, steps: int, seed: int, rank: int = 0, world: int = 1
+    ):
         self.probs, self.bs, self.start, self.steps = probs, batch_size, start, steps
         self.seed, self.rank, self.world = seed, rank, world
 
@@ -111,7 +115,7 @@ class StepBatches(Sampler):
 
     def __iter__(self):
         for step in range(self.start, self.steps):
-            yield self.batch_indices(step)[self.rank::self.world].tolist()
+            yield self.batch_indices(step)[self.rank :: self.world].tolist()
 
     def __len__(self):
         return max(0, self.steps - self.start)
@@ -136,10 +140,22 @@ def _dist_info(fsdp: bool = False) -> tuple[int, int]:
     return (dist.get_rank(), dist.get_world_size()) if dist.is_initialized() else (0, 1)
 
 
-def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None = None, weights: list[float] | None = None,
-          resume: bool = False, device: str | None = None, progress: bool = True, on_save=None,
-          max_seconds: float | None = None, init: str | Path | None = None, fsdp: bool = False,
-          lora_rank: int | None = None) -> Path:
+def train(
+    preset: Preset,
+    data: list[str],
+    out: str | Path,
+    *,
+    steps: int | None = None,
+    weights: list[float] | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    progress: bool = True,
+    on_save=None,
+    max_seconds: float | None = None,
+    init: str | Path | None = None,
+    fsdp: bool = False,
+    lora_rank: int | None = None,
+) -> Path:
     """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
 
     init: start from that checkpoint's weights, geometry, tokenizer and stats (vla.train.init).
@@ -171,8 +187,9 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     if resume:
         tcfg = _resumed_finetune(tcfg, source, lora_rank, preset.train.get("freeze"))
     # sizes checked before any data; --init: the checkpoint's geometry, which must agree with the preset's
-    base_cfg = source.resolved.model if resume else init_config(source, preset, mt) if init else \
-        mt.make_config(preset.model)
+    base_cfg = (
+        source.resolved.model if resume else init_config(source, preset, mt) if init else mt.make_config(preset.model)
+    )
     norm_mode = source.resolved.norm_mode if source else preset.norm_mode
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and world > 1:
@@ -181,8 +198,11 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     # Frames decoded and resized to the model's input in the DataLoader workers (issue 16).
     ds = WindowDataset(stores, base_cfg.horizon, weights=weights, image_size=(base_cfg.backbone.image_size,) * 2)
     embodiments = ds.embodiments
-    model_cfg = replace(base_cfg, grad_checkpoint=tcfg.grad_checkpoint,
-                        embodiments={n: (e.state_dim, e.action_dim) for n, e in embodiments.items()})
+    model_cfg = replace(
+        base_cfg,
+        grad_checkpoint=tcfg.grad_checkpoint,
+        embodiments={n: (e.state_dim, e.action_dim) for n, e in embodiments.items()},
+    )
 
     state = None
     if resume:
@@ -197,12 +217,23 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
             stats = {**stats, **{n: computed[n] for n in new}}
     else:
         stats = compute_norm_stats(stores, progress=progress and rank == 0)
-        text = TextTokenizer.load(preset.text.pretrained) if preset.text.pretrained else \
-            TextTokenizer.train([i.task for s in stores for i in s.infos()], preset.text.vocab_size)
+        text = (
+            TextTokenizer.load(preset.text.pretrained)
+            if preset.text.pretrained
+            else TextTokenizer.train([i.task for s in stores for i in s.infos()], preset.text.vocab_size)
+        )
         assets = mt.model.fit_assets(model_cfg, ds, stats, norm_mode, seed=tcfg.seed, chunks=tcfg.fast_fit_chunks)
     text_vocab = source.resolved.text_vocab if source and source.resolved.text_vocab else text.vocab_size
-    tf = build_transforms(mt.model, model_cfg, embodiments=embodiments, stats=stats, norm_mode=norm_mode,
-                          text=text, assets=assets, text_vocab=text_vocab)
+    tf = build_transforms(
+        mt.model,
+        model_cfg,
+        embodiments=embodiments,
+        stats=stats,
+        norm_mode=norm_mode,
+        text=text,
+        assets=assets,
+        text_vocab=text_vocab,
+    )
 
     torch.manual_seed(tcfg.seed)
     model = mt.build(model_cfg, text_vocab=text_vocab, assets=assets)
@@ -220,13 +251,28 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     sampler = StepBatches(ds.sample_probs(), tcfg.batch_size, start, tcfg.steps, tcfg.seed, rank, world)
     if tcfg.workers > 0:
         torch.multiprocessing.set_sharing_strategy("file_system")
-    loader = DataLoader(ds, batch_sampler=sampler, num_workers=tcfg.workers, collate_fn=_Collate(tf),
-                        persistent_workers=False, pin_memory=dev.type == "cuda")
+    loader = DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=tcfg.workers,
+        collate_fn=_Collate(tf),
+        persistent_workers=False,
+        pin_memory=dev.type == "cuda",
+    )
 
-    config = CheckpointConfig(preset.type, model_cfg, norm_mode, embodiments, preset=preset.to_dict(),
-                              train=asdict(tcfg), data=[str(p) for p in data], weights=weights,
-                              params=n_params, text_vocab=text_vocab,
-                              source={"init": str(init)} if init else {})
+    config = CheckpointConfig(
+        preset.type,
+        model_cfg,
+        norm_mode,
+        embodiments,
+        preset=preset.to_dict(),
+        train=asdict(tcfg),
+        data=[str(p) for p in data],
+        weights=weights,
+        params=n_params,
+        text_vocab=text_vocab,
+        source={"init": str(init)} if init else {},
+    )
     metrics_path = out.with_name(f".{out.name}.metrics.jsonl")
     out.parent.mkdir(parents=True, exist_ok=True)
     if resume and (out / "metrics.jsonl").exists() and rank == 0:
@@ -241,10 +287,16 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
             return
         served, train_state, extra = payload
         _loss_plot(metrics_path, out.with_name(f".{out.name}.loss.png"))
-        save_checkpoint(out, weights=served, config=replace(config, step=step), stats=stats, text=text, assets=assets,
-                        train_state=train_state,
-                        extra_files={"metrics.jsonl": metrics_path, "loss.png": out.with_name(f".{out.name}.loss.png"),
-                                     **extra})
+        save_checkpoint(
+            out,
+            weights=served,
+            config=replace(config, step=step),
+            stats=stats,
+            text=text,
+            assets=assets,
+            train_state=train_state,
+            extra_files={"metrics.jsonl": metrics_path, "loss.png": out.with_name(f".{out.name}.loss.png"), **extra},
+        )
         shutil.rmtree(scratch, ignore_errors=True)
         if on_save is not None:
             on_save(step, out)
@@ -252,11 +304,17 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
     autocast = dev.type == "cuda" and tcfg.bf16
     model.train()
     if max_seconds:  # the bar counts seconds of the budget: elapsed and "left" are the run's time
-        bar = tqdm(total=round(max_seconds), desc=f"train {preset.name}", unit="s", disable=not progress or rank != 0,
-                   bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining} left{postfix}]")
+        bar = tqdm(
+            total=round(max_seconds),
+            desc=f"train {preset.name}",
+            unit="s",
+            disable=not progress or rank != 0,
+            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining} left{postfix}]",
+        )
     else:
-        bar = tqdm(total=tcfg.steps, initial=start, desc=f"train {preset.name}", unit="step",
-                   disable=not progress or rank != 0)
+        bar = tqdm(
+            total=tcfg.steps, initial=start, desc=f"train {preset.name}", unit="step", disable=not progress or rank != 0
+        )
     t_last, n_last = time.perf_counter(), 0
     step = start
     t_start = time.perf_counter()
@@ -268,7 +326,7 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
             break
         lr = lr_at(step, tcfg, elapsed / max_seconds if max_seconds else 0.0)
         for k in [k for k in batch if k.startswith(COUNT_PREFIX)]:
-            name = k[len(COUNT_PREFIX):]
+            name = k[len(COUNT_PREFIX) :]
             counts[name] = counts.get(name, 0) + int(batch.pop(k))
         batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
         gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
@@ -281,8 +339,13 @@ def train(preset: Preset, data: list[str], out: str | Path, *, steps: int | None
         n_last += tcfg.batch_size
         if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.steps):
             now = time.perf_counter()
-            rec = {"step": step, "loss": loss.item(), "lr": lr, "grad_norm": float(gnorm),
-                   "windows_per_s": n_last / max(now - t_last, 1e-9)}
+            rec = {
+                "step": step,
+                "loss": loss.item(),
+                "lr": lr,
+                "grad_norm": float(gnorm),
+                "windows_per_s": n_last / max(now - t_last, 1e-9),
+            }
             rec.update({k: v for k, v in counts.items() if v})
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
@@ -311,7 +374,9 @@ def _resumed_finetune(tcfg: TrainConfig, ck: Checkpoint, lora_rank: int | None, 
     rec_lora = LoraSpec(**rec["lora"]) if rec.get("lora") else LoraSpec()
     rec_freeze = rec.get("freeze", "none")
     if lora_rank is not None and lora_rank != rec_lora.rank:
-        raise SpecError(f"--resume: {ck.path} was trained with LoRA rank {rec_lora.rank}, this run asks for {lora_rank}")
+        raise SpecError(
+            f"--resume: {ck.path} was trained with LoRA rank {rec_lora.rank}, this run asks for {lora_rank}"
+        )
     if freeze is not None and freeze != rec_freeze:
         raise SpecError(f"--resume: {ck.path} was trained with freeze={rec_freeze!r}, this run asks for {freeze!r}")
     return replace(tcfg, lora=rec_lora, freeze=rec_freeze)

@@ -33,8 +33,15 @@ class RemotePolicyError(RuntimeError):
 
 
 class RemotePolicy:
-    def __init__(self, url: str, api_key: str | None = None, *, connect_timeout_s: float = 10.0,
-                 timeout_s: float = 30.0, wait_s: float = 0.0):
+    def __init__(
+        self,
+        url: str,
+        api_key: str | None = None,
+        *,
+        connect_timeout_s: float = 10.0,
+        timeout_s: float = 30.0,
+        wait_s: float = 0.0,
+    ):
         """Connect to `url` (ws://host:port). `wait_s` > 0 keeps retrying that long (server still starting)."""
         if not url.startswith(("ws://", "wss://")):
             url = "ws://" + url
@@ -61,8 +68,13 @@ class RemotePolicy:
         headers = {"Authorization": f"Api-Key {self.api_key}"} if self.api_key else None
         try:
             # Entered by hand: the connection outlives this call (closed in close()).
-            ws = connect(self.url, compression=None, max_size=None, additional_headers=headers,
-                         open_timeout=self.connect_timeout_s).__enter__()
+            ws = connect(
+                self.url,
+                compression=None,
+                max_size=None,
+                additional_headers=headers,
+                open_timeout=self.connect_timeout_s,
+            ).__enter__()
         except websockets.InvalidStatus as e:
             status = e.response.status_code
             body = e.response.body.decode(errors="replace").strip() if e.response.body else ""

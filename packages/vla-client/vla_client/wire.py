@@ -18,8 +18,16 @@ import struct
 import msgpack
 import numpy as np
 
-__all__ = ["MAX_ARRAY_DIMS", "MAX_MESSAGE_BYTES", "WireError", "packb", "recv_frame", "send_frame", "str_keys",
-           "unpackb"]
+__all__ = [
+    "MAX_ARRAY_DIMS",
+    "MAX_MESSAGE_BYTES",
+    "WireError",
+    "packb",
+    "recv_frame",
+    "send_frame",
+    "str_keys",
+    "unpackb",
+]
 
 # The policy server's defaults; the server checks the size before unpacking.
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
@@ -35,8 +43,12 @@ def _pack_default(obj):
     if isinstance(obj, (np.ndarray, np.generic)) and obj.dtype.kind in _BAD_KINDS:
         raise WireError(f"cannot send dtype {obj.dtype} (object, void and complex arrays are refused)")
     if isinstance(obj, np.ndarray):
-        return {b"__ndarray__": True, b"data": np.ascontiguousarray(obj).tobytes(), b"dtype": obj.dtype.str,
-                b"shape": obj.shape}
+        return {
+            b"__ndarray__": True,
+            b"data": np.ascontiguousarray(obj).tobytes(),
+            b"dtype": obj.dtype.str,
+            b"shape": obj.shape,
+        }
     if isinstance(obj, np.generic):
         return {b"__npgeneric__": True, b"data": obj.item(), b"dtype": obj.dtype.str}
     raise WireError(f"cannot send an object of type {type(obj).__name__}")
@@ -64,8 +76,11 @@ def _unpack_hook(d: dict):
     if _has(d, "__ndarray__"):
         dt = _dtype(_get(d, "dtype"))
         shape, data = _get(d, "shape"), _get(d, "data")
-        if not isinstance(shape, (list, tuple)) or len(shape) > MAX_ARRAY_DIMS or \
-                not all(isinstance(n, int) and n >= 0 for n in shape):
+        if (
+            not isinstance(shape, (list, tuple))
+            or len(shape) > MAX_ARRAY_DIMS
+            or not all(isinstance(n, int) and n >= 0 for n in shape)
+        ):
             raise WireError(f"array shape must be a list of at most {MAX_ARRAY_DIMS} non-negative ints, got {shape!r}")
         if not isinstance(data, bytes):
             raise WireError(f"array data must be bytes, got {type(data).__name__}")

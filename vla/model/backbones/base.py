@@ -41,8 +41,13 @@ from vla.spec import SpecError
 log = logging.getLogger(__name__)
 
 # Hugging Face `model_type` of a checkpoint's config.json -> our family.
-MODEL_TYPES = {"paligemma": "paligemma", "smolvlm": "smolvlm", "qwen2_5_vl": "qwen2_5_vl", "qwen3_vl": "qwen3_vl",
-               "qwen3_vl_moe": "qwen3_vl_moe"}
+MODEL_TYPES = {
+    "paligemma": "paligemma",
+    "smolvlm": "smolvlm",
+    "qwen2_5_vl": "qwen2_5_vl",
+    "qwen3_vl": "qwen3_vl",
+    "qwen3_vl_moe": "qwen3_vl_moe",
+}
 
 
 @dataclass
@@ -60,10 +65,18 @@ class Prefix:
         pos = self.next_pos[:, None] + torch.cumsum(valid.long(), dim=1) - 1
         if self.positions.dim() == 3:
             pos = pos[None].expand(3, -1, -1)
-        adds = None if self.layer_adds is None else \
-            [torch.cat([a, a.new_zeros(a.shape[0], embeds.shape[1], a.shape[2])], 1) for a in self.layer_adds]
-        return Prefix(torch.cat([self.embeds, embeds.to(self.embeds.dtype)], 1), torch.cat([self.valid, valid], 1),
-                      torch.cat([self.positions, pos], -1), self.next_pos + valid.sum(1), adds)
+        adds = (
+            None
+            if self.layer_adds is None
+            else [torch.cat([a, a.new_zeros(a.shape[0], embeds.shape[1], a.shape[2])], 1) for a in self.layer_adds]
+        )
+        return Prefix(
+            torch.cat([self.embeds, embeds.to(self.embeds.dtype)], 1),
+            torch.cat([self.valid, valid], 1),
+            torch.cat([self.positions, pos], -1),
+            self.next_pos + valid.sum(1),
+            adds,
+        )
 
     def after(self, valid: torch.Tensor) -> torch.Tensor:
         """Text-like positions [b, n] of n tokens that follow the prefix (the action expert's suffix)."""
@@ -74,12 +87,15 @@ def family_of(path: Path) -> str:
     """The family of a local Hugging Face checkpoint dir, from its config.json's model_type."""
     cfg = Path(path) / "config.json"
     if not cfg.exists():
-        raise SpecError(f"pretrained backbone dir {path} has no config.json (expected a Hugging Face checkpoint of "
-                        f"one of the families {list(FAMILIES)})")
+        raise SpecError(
+            f"pretrained backbone dir {path} has no config.json (expected a Hugging Face checkpoint of "
+            f"one of the families {list(FAMILIES)})"
+        )
     found = json.loads(cfg.read_text()).get("model_type")
     if found not in MODEL_TYPES:
-        raise SpecError(f"pretrained backbone dir {path} holds a {found!r} model; supported backbone families: "
-                        f"{list(FAMILIES)}")
+        raise SpecError(
+            f"pretrained backbone dir {path} holds a {found!r} model; supported backbone families: {list(FAMILIES)}"
+        )
     return MODEL_TYPES[found]
 
 
@@ -100,8 +116,10 @@ class VLMBackbone(nn.Module):
             path = Path(cfg.pretrained)
             found = family_of(path)
             if found != self.family:
-                raise SpecError(f"pretrained backbone dir {path} holds a {found!r} model but the preset's "
-                                f"backbone.family is {self.family!r}; set family = {found!r} and its sizes")
+                raise SpecError(
+                    f"pretrained backbone dir {path} holds a {found!r} model but the preset's "
+                    f"backbone.family is {self.family!r}; set family = {found!r} and its sizes"
+                )
             self._load(path, lm_head)
             self._check_loaded(path)
             if vocab_size and vocab_size > self.language_model.embed_tokens.num_embeddings:
@@ -151,8 +169,9 @@ class VLMBackbone(nn.Module):
         std = torch.tensor(self.pixel_std, dtype=pixels.dtype, device=pixels.device).view(shape)
         return ((pixels + 1) * 0.5 - mean) / std
 
-    def embed_prefix(self, images: torch.Tensor, image_mask: torch.Tensor, tokens: torch.Tensor,
-                     token_mask: torch.Tensor) -> Prefix:
+    def embed_prefix(
+        self, images: torch.Tensor, image_mask: torch.Tensor, tokens: torch.Tensor, token_mask: torch.Tensor
+    ) -> Prefix:
         """[image tokens of every camera slot][text tokens] with validity and positions."""
         img, deep = self.encode_images(images)
         per = img.shape[1] // images.shape[1]
@@ -167,8 +186,9 @@ class VLMBackbone(nn.Module):
             adds = [torch.cat([d.to(img.dtype), pad], 1) for d in deep]
         return Prefix(embeds, valid, positions, next_pos, adds)
 
-    def prefix_positions(self, image_mask: torch.Tensor, per_image: int,
-                         token_mask: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def prefix_positions(
+        self, image_mask: torch.Tensor, per_image: int, token_mask: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """1D: each real token's position is the count of real tokens before it. -> ([b, lp], next [b])."""
         valid = torch.cat([image_mask.repeat_interleave(per_image, dim=1), token_mask], 1)
         return torch.cumsum(valid.long(), dim=1) - 1, valid.sum(1)
@@ -191,8 +211,12 @@ class VLMBackbone(nn.Module):
         """Width and heads must match the preset; extra decoder layers are dropped (the first
         `text.depth` are used); fewer is an error."""
         c, t = self.language_model.config, self.cfg.text
-        got = {"width": c.hidden_size, "heads": c.num_attention_heads, "kv_heads": c.num_key_value_heads,
-               "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads}
+        got = {
+            "width": c.hidden_size,
+            "heads": c.num_attention_heads,
+            "kv_heads": c.num_key_value_heads,
+            "head_dim": getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads,
+        }
         want = {k: getattr(t, k) for k in got}
         if got != want:
             raise SpecError(f"pretrained backbone {path}: decoder {got} != preset {want}")
@@ -209,8 +233,9 @@ class VLMBackbone(nn.Module):
         self.language_model.resize_token_embeddings(vocab_size)
         if self.lm_head is not None and self.lm_head.out_features < vocab_size:
             old = self.lm_head
-            self.lm_head = nn.Linear(old.in_features, vocab_size, bias=False, device=old.weight.device,
-                                     dtype=old.weight.dtype)
+            self.lm_head = nn.Linear(
+                old.in_features, vocab_size, bias=False, device=old.weight.device, dtype=old.weight.dtype
+            )
             with torch.no_grad():
                 nn.init.normal_(self.lm_head.weight, std=0.02)
                 self.lm_head.weight[: old.out_features] = old.weight

@@ -23,10 +23,16 @@ class PaliGemmaBackbone(VLMBackbone):
 
     def _build(self, vocab_size: int, lm_head: bool) -> None:
         cfg = self.cfg
-        vis = SiglipVisionConfig(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                                 num_hidden_layers=cfg.vision_depth, num_attention_heads=cfg.vision_heads,
-                                 image_size=cfg.image_size, patch_size=cfg.patch_size, vision_use_head=False,
-                                 attn_implementation="sdpa")
+        vis = SiglipVisionConfig(
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_hidden_layers=cfg.vision_depth,
+            num_attention_heads=cfg.vision_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+            vision_use_head=False,
+            attn_implementation="sdpa",
+        )
         self.vision_tower = SiglipVisionModel(vis)
         if cfg.vision_pos_init == "sincos":
             with torch.no_grad():

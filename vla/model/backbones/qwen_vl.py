@@ -56,24 +56,42 @@ class QwenVLBackbone(VLMBackbone):
 
     def text_config(self, vocab_size: int) -> dict:
         t, cfg = self.cfg.text, self.cfg
-        rope = {"rope_type": "default", "rope_theta": cfg.rope_theta,
-                "mrope_section": mrope_sections(t.head_dim, self.interleaved_mrope)}
+        rope = {
+            "rope_type": "default",
+            "rope_theta": cfg.rope_theta,
+            "mrope_section": mrope_sections(t.head_dim, self.interleaved_mrope),
+        }
         if self.interleaved_mrope:
             rope["mrope_interleaved"] = True
-        return dict(vocab_size=vocab_size, hidden_size=t.width, intermediate_size=t.mlp, num_hidden_layers=t.depth,
-                    num_attention_heads=t.heads, num_key_value_heads=t.kv_heads, head_dim=t.head_dim,
-                    max_position_embeddings=8192, rope_parameters=rope, bos_token_id=None, eos_token_id=None,
-                    **t.init_kwargs())
+        return dict(
+            vocab_size=vocab_size,
+            hidden_size=t.width,
+            intermediate_size=t.mlp,
+            num_hidden_layers=t.depth,
+            num_attention_heads=t.heads,
+            num_key_value_heads=t.kv_heads,
+            head_dim=t.head_dim,
+            max_position_embeddings=8192,
+            rope_parameters=rope,
+            bos_token_id=None,
+            eos_token_id=None,
+            **t.init_kwargs(),
+        )
 
     def vision_config(self) -> dict:
         raise NotImplementedError
 
     def hf_config(self, vocab_size: int):
         config_cls = self.hf_classes()[0]
-        return config_cls(text_config=self.text_config(vocab_size), vision_config=self.vision_config(),
-                          image_token_id=vocab_size - 1, video_token_id=vocab_size - 2,
-                          vision_start_token_id=vocab_size - 3, vision_end_token_id=vocab_size - 4,
-                          attn_implementation="sdpa")
+        return config_cls(
+            text_config=self.text_config(vocab_size),
+            vision_config=self.vision_config(),
+            image_token_id=vocab_size - 1,
+            video_token_id=vocab_size - 2,
+            vision_start_token_id=vocab_size - 3,
+            vision_end_token_id=vocab_size - 4,
+            attn_implementation="sdpa",
+        )
 
     # ---- build / load ----
     def _build(self, vocab_size: int, lm_head: bool) -> None:
@@ -92,8 +110,10 @@ class QwenVLBackbone(VLMBackbone):
             self.lm_head = full.lm_head
         merge, patch = self.vision_tower.spatial_merge_size, self.vision_tower.patch_size
         if (merge, patch) != (self.cfg.token_merge, self.cfg.patch_size):
-            raise SpecError(f"pretrained backbone {path}: (patch merge, patch size) {(merge, patch)} != preset "
-                            f"{(self.cfg.token_merge, self.cfg.patch_size)}")
+            raise SpecError(
+                f"pretrained backbone {path}: (patch merge, patch size) {(merge, patch)} != preset "
+                f"{(self.cfg.token_merge, self.cfg.patch_size)}"
+            )
 
     # ---- the interface ----
     def encode_images(self, pixels: torch.Tensor):
@@ -104,7 +124,7 @@ class QwenVLBackbone(VLMBackbone):
         grid = torch.tensor([[1, g, g]], device=pixels.device).expand(b * c, 3)
         dtype = next(self.vision_tower.parameters()).dtype
         out = self.vision_tower(x.flatten(0, 1).to(dtype), grid_thw=grid)
-        per = g * g // merge ** 2
+        per = g * g // merge**2
         tokens = out.pooler_output.reshape(b, c * per, -1)
         deep = getattr(out, "deepstack_features", None)
         return tokens, ([d.reshape(b, c * per, -1) for d in deep] if deep else None)
@@ -116,7 +136,7 @@ class QwenVLBackbone(VLMBackbone):
         (or the text) starts at s + g. Missing cameras take no positions (as padding in
         get_rope_index); text continues 1D over its real tokens."""
         b, c = image_mask.shape
-        g = int(round(per_image ** 0.5))
+        g = int(round(per_image**0.5))
         cams = image_mask.long()
         start = (torch.cumsum(cams, 1) - cams) * g  # [b, c] start of each camera's block
         rows = torch.arange(g, device=cams.device).repeat_interleave(g)
@@ -143,13 +163,20 @@ class Qwen25VLBackbone(QwenVLBackbone):
 
     def vision_config(self) -> dict:
         cfg = self.cfg
-        return dict(depth=cfg.vision_depth, hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                    num_heads=cfg.vision_heads, patch_size=cfg.patch_size, spatial_merge_size=cfg.token_merge,
-                    temporal_patch_size=TEMPORAL_PATCH, out_hidden_size=cfg.text.width,
-                    # windows of 4 x 4 merged tokens (112 px at patch 14), full attention every 8th
-                    # block from the 8th (Qwen2.5-VL: 7, 15, 23, 31), the last one at least
-                    window_size=4 * cfg.token_merge * cfg.patch_size,
-                    fullatt_block_indexes=list(range(min(7, cfg.vision_depth - 1), cfg.vision_depth, 8)))
+        return dict(
+            depth=cfg.vision_depth,
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_heads=cfg.vision_heads,
+            patch_size=cfg.patch_size,
+            spatial_merge_size=cfg.token_merge,
+            temporal_patch_size=TEMPORAL_PATCH,
+            out_hidden_size=cfg.text.width,
+            # windows of 4 x 4 merged tokens (112 px at patch 14), full attention every 8th
+            # block from the 8th (Qwen2.5-VL: 7, 15, 23, 31), the last one at least
+            window_size=4 * cfg.token_merge * cfg.patch_size,
+            fullatt_block_indexes=list(range(min(7, cfg.vision_depth - 1), cfg.vision_depth, 8)),
+        )
 
 
 class Qwen3VLBackbone(QwenVLBackbone):
@@ -164,17 +191,26 @@ class Qwen3VLBackbone(QwenVLBackbone):
     def vision_config(self) -> dict:
         cfg = self.cfg
         grid = cfg.image_size // cfg.patch_size
-        return dict(depth=cfg.vision_depth, hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp,
-                    num_heads=cfg.vision_heads, patch_size=cfg.patch_size, spatial_merge_size=cfg.token_merge,
-                    temporal_patch_size=TEMPORAL_PATCH, out_hidden_size=cfg.text.width,
-                    num_position_embeddings=grid * grid, deepstack_visual_indexes=list(cfg.deepstack))
+        return dict(
+            depth=cfg.vision_depth,
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_heads=cfg.vision_heads,
+            patch_size=cfg.patch_size,
+            spatial_merge_size=cfg.token_merge,
+            temporal_patch_size=TEMPORAL_PATCH,
+            out_hidden_size=cfg.text.width,
+            num_position_embeddings=grid * grid,
+            deepstack_visual_indexes=list(cfg.deepstack),
+        )
 
     def _load(self, path: Path, lm_head: bool) -> None:
         super()._load(path, lm_head)
         got = tuple(self.vision_tower.deepstack_visual_indexes)
         if got != self.cfg.deepstack:
-            raise SpecError(f"pretrained backbone {path}: deepstack layers {list(got)} != preset "
-                            f"{list(self.cfg.deepstack)}")
+            raise SpecError(
+                f"pretrained backbone {path}: deepstack layers {list(got)} != preset {list(self.cfg.deepstack)}"
+            )
 
 
 class Qwen3VLMoeBackbone(Qwen3VLBackbone):
@@ -187,8 +223,12 @@ class Qwen3VLMoeBackbone(Qwen3VLBackbone):
 
     def text_config(self, vocab_size: int) -> dict:
         cfg = self.cfg
-        return dict(super().text_config(vocab_size), num_experts=cfg.moe_experts, num_experts_per_tok=cfg.moe_top_k,
-                    moe_intermediate_size=cfg.moe_mlp)
+        return dict(
+            super().text_config(vocab_size),
+            num_experts=cfg.moe_experts,
+            num_experts_per_tok=cfg.moe_top_k,
+            moe_intermediate_size=cfg.moe_mlp,
+        )
 
     def _check_loaded(self, path: Path) -> None:
         super()._check_loaded(path)

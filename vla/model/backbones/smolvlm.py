@@ -23,11 +23,21 @@ from vla.spec import SpecError
 
 
 def llama_config(size: GemmaSize, vocab_size: int, rope_theta: float, **kw) -> LlamaConfig:
-    return LlamaConfig(vocab_size=vocab_size, hidden_size=size.width, intermediate_size=size.mlp,
-                       num_hidden_layers=size.depth, num_attention_heads=size.heads, num_key_value_heads=size.kv_heads,
-                       head_dim=size.head_dim, max_position_embeddings=8192, rms_norm_eps=1e-5,
-                       rope_parameters={"rope_type": "default", "rope_theta": rope_theta}, attn_implementation="sdpa",
-                       **size.init_kwargs(), **kw)
+    return LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=size.width,
+        intermediate_size=size.mlp,
+        num_hidden_layers=size.depth,
+        num_attention_heads=size.heads,
+        num_key_value_heads=size.kv_heads,
+        head_dim=size.head_dim,
+        max_position_embeddings=8192,
+        rms_norm_eps=1e-5,
+        rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
+        attn_implementation="sdpa",
+        **size.init_kwargs(),
+        **kw,
+    )
 
 
 class SmolVLMBackbone(VLMBackbone):
@@ -37,10 +47,21 @@ class SmolVLMBackbone(VLMBackbone):
         """The transformers config of a randomly initialized backbone of this preset's sizes."""
         cfg = self.cfg
         text = llama_config(cfg.text, vocab_size, cfg.rope_theta).to_dict()
-        vision = dict(hidden_size=cfg.vision_width, intermediate_size=cfg.vision_mlp, num_hidden_layers=cfg.vision_depth,
-                      num_attention_heads=cfg.vision_heads, image_size=cfg.image_size, patch_size=cfg.patch_size)
-        return SmolVLMConfig(text_config=text, vision_config=vision, scale_factor=cfg.token_merge,
-                             image_token_id=vocab_size - 1, attn_implementation="sdpa")
+        vision = dict(
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_hidden_layers=cfg.vision_depth,
+            num_attention_heads=cfg.vision_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+        )
+        return SmolVLMConfig(
+            text_config=text,
+            vision_config=vision,
+            scale_factor=cfg.token_merge,
+            image_token_id=vocab_size - 1,
+            attn_implementation="sdpa",
+        )
 
     def _build(self, vocab_size: int, lm_head: bool) -> None:
         core = SmolVLMModel(self.hf_config(vocab_size))
@@ -57,8 +78,10 @@ class SmolVLMBackbone(VLMBackbone):
         if lm_head and not full.config.tie_word_embeddings:
             self.lm_head = full.lm_head
         if core.connector.scale_factor != self.cfg.token_merge:
-            raise SpecError(f"pretrained backbone {path}: pixel shuffle {core.connector.scale_factor} != preset "
-                            f"token_merge {self.cfg.token_merge}")
+            raise SpecError(
+                f"pretrained backbone {path}: pixel shuffle {core.connector.scale_factor} != preset "
+                f"token_merge {self.cfg.token_merge}"
+            )
 
     def encode_images(self, pixels: torch.Tensor):
         b, c = pixels.shape[:2]

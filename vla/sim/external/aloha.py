@@ -43,15 +43,24 @@ def embodiment(image_size: int = 96):
 
 def _lean_observation(self, physics):
     """gym-aloha's observation without its three full-size renders."""
-    return {"qpos": self.get_qpos(physics), "qvel": self.get_qvel(physics), "env_state": self.get_env_state(physics),
-            "images": {}}
+    return {
+        "qpos": self.get_qpos(physics),
+        "qvel": self.get_qvel(physics),
+        "env_state": self.get_env_state(physics),
+        "images": {},
+    }
 
 
 class AlohaSimEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
 
-    def __init__(self, task: str = "transfer-cube", image_size: int = 96, render_mode: str | None = "rgb_array",
-                 max_steps: int | None = None):
+    def __init__(
+        self,
+        task: str = "transfer-cube",
+        image_size: int = 96,
+        render_mode: str | None = "rgb_array",
+        max_steps: int | None = None,
+    ):
         if task not in TASKS:
             raise SpecError(f"unknown ALOHA task {task!r}; valid tasks are {list_tasks()}")
         from gym_aloha.env import AlohaEnv
@@ -87,7 +96,9 @@ class AlohaSimEnv(gym.Env):
         from gym_aloha.utils import sample_box_pose, sample_insertion_pose
 
         s = int(self.np_random.integers(2**31 - 1)) if seed is None else int(seed)
-        BOX_POSE[0] = sample_box_pose(s) if self.task_name == "transfer-cube" else np.concatenate(sample_insertion_pose(s))
+        BOX_POSE[0] = (
+            sample_box_pose(s) if self.task_name == "transfer-cube" else np.concatenate(sample_insertion_pose(s))
+        )
         self._dm.task.random.seed(s)
         self._dm.reset()
         self.steps = 0

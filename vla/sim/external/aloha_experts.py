@@ -45,8 +45,16 @@ class AlohaExpert:
         self.noise = float(noise)
         self.rng = np.random.default_rng(seed)
         m = self.env.model
-        self.iks = [ArmIK(m, tuple(f"vx300s_{s}/{j}" for j in JOINTS), body=f"vx300s_{s}/camera_focus", frame=FRAME,
-                          cfg=IKConfig(iters=10)) for s in ("left", "right")]
+        self.iks = [
+            ArmIK(
+                m,
+                tuple(f"vx300s_{s}/{j}" for j in JOINTS),
+                body=f"vx300s_{s}/camera_focus",
+                frame=FRAME,
+                cfg=IKConfig(iters=10),
+            )
+            for s in ("left", "right")
+        ]
         self._episode = None
 
     def reset(self) -> None:
@@ -71,20 +79,24 @@ class AlohaExpert:
         grasp = cube + tilt[:, 2] * 0.012
         grasp[2] = max(grasp[2], 0.012)
         held = lambda e: self._tip(1)[0] - self._pos("box")  # noqa: E731  # tip relative to the cube
-        right = [(90, grasp - tilt[:, 2] * 0.08 + jitter(0.01), tilt, OPEN),
-                 (130, grasp, tilt, OPEN),
-                 (160, grasp, tilt, CLOSED),
-                 (200, grasp + np.array([0, 0, 0.1]), tilt, CLOSED),
-                 (230, lambda e: meet + held(e), tilt, CLOSED),
-                 (320, lambda e: meet + held(e), tilt, CLOSED),
-                 (335, lambda e: self._tip(1)[0], tilt, OPEN),
-                 (380, lambda e: self._tip(1)[0] - tilt[:, 2] * 0.1, tilt, OPEN)]
-        left = [(150, meet + np.array([-0.12, 0, 0]) + jitter(0.01), HORIZONTAL_LEFT, OPEN),
-                (250, lambda e: self._pos("box") + np.array([-0.12, 0, 0]), HORIZONTAL_LEFT, OPEN),
-                (290, lambda e: self._pos("box") + np.array([0.004, 0, 0]), HORIZONTAL_LEFT, OPEN),
-                (310, lambda e: self._tip(0)[0], HORIZONTAL_LEFT, CLOSED),
-                (340, lambda e: self._tip(0)[0], HORIZONTAL_LEFT, CLOSED),
-                (380, lambda e: self._tip(0)[0] + np.array([-0.08, 0, 0.03]), HORIZONTAL_LEFT, CLOSED)]
+        right = [
+            (90, grasp - tilt[:, 2] * 0.08 + jitter(0.01), tilt, OPEN),
+            (130, grasp, tilt, OPEN),
+            (160, grasp, tilt, CLOSED),
+            (200, grasp + np.array([0, 0, 0.1]), tilt, CLOSED),
+            (230, lambda e: meet + held(e), tilt, CLOSED),
+            (320, lambda e: meet + held(e), tilt, CLOSED),
+            (335, lambda e: self._tip(1)[0], tilt, OPEN),
+            (380, lambda e: self._tip(1)[0] - tilt[:, 2] * 0.1, tilt, OPEN),
+        ]
+        left = [
+            (150, meet + np.array([-0.12, 0, 0]) + jitter(0.01), HORIZONTAL_LEFT, OPEN),
+            (250, lambda e: self._pos("box") + np.array([-0.12, 0, 0]), HORIZONTAL_LEFT, OPEN),
+            (290, lambda e: self._pos("box") + np.array([0.004, 0, 0]), HORIZONTAL_LEFT, OPEN),
+            (310, lambda e: self._tip(0)[0], HORIZONTAL_LEFT, CLOSED),
+            (340, lambda e: self._tip(0)[0], HORIZONTAL_LEFT, CLOSED),
+            (380, lambda e: self._tip(0)[0] + np.array([-0.08, 0, 0.03]), HORIZONTAL_LEFT, CLOSED),
+        ]
         return [left, right]
 
     def _plan_insertion(self):
@@ -104,22 +116,27 @@ class AlohaExpert:
                 p, s = self._pos("peg"), self._pos("socket")
                 want = s + np.array([0.06 - gap + 0.06, 0, 0])
                 return self._tip(1)[0] + (want - p)
+
             return target
 
-        left = [(90, s_grasp + np.array([0, 0, 0.08]) + jitter(0.005), DOWN, OPEN),
-                (130, s_grasp, DOWN, OPEN),
-                (160, s_grasp, DOWN, CLOSED),
-                (200, s_grasp + np.array([0, 0, 0.12]), DOWN, CLOSED),
-                (240, socket_at_meet, DOWN, CLOSED),
-                (400, socket_at_meet, DOWN, CLOSED)]
-        right = [(90, p_grasp + np.array([0, 0, 0.08]) + jitter(0.005), DOWN, OPEN),
-                 (130, p_grasp, DOWN, OPEN),
-                 (160, p_grasp, DOWN, CLOSED),
-                 (200, p_grasp + np.array([0, 0, 0.12]), DOWN, CLOSED),
-                 (250, lambda e: meet + np.array([0.12, 0, 0]) + (self._tip(1)[0] - self._pos("peg")), DOWN, CLOSED),
-                 (290, peg_before(0.03), DOWN, CLOSED),
-                 (340, peg_before(-0.035), DOWN, CLOSED),
-                 (400, peg_before(-0.035), DOWN, CLOSED)]
+        left = [
+            (90, s_grasp + np.array([0, 0, 0.08]) + jitter(0.005), DOWN, OPEN),
+            (130, s_grasp, DOWN, OPEN),
+            (160, s_grasp, DOWN, CLOSED),
+            (200, s_grasp + np.array([0, 0, 0.12]), DOWN, CLOSED),
+            (240, socket_at_meet, DOWN, CLOSED),
+            (400, socket_at_meet, DOWN, CLOSED),
+        ]
+        right = [
+            (90, p_grasp + np.array([0, 0, 0.08]) + jitter(0.005), DOWN, OPEN),
+            (130, p_grasp, DOWN, OPEN),
+            (160, p_grasp, DOWN, CLOSED),
+            (200, p_grasp + np.array([0, 0, 0.12]), DOWN, CLOSED),
+            (250, lambda e: meet + np.array([0.12, 0, 0]) + (self._tip(1)[0] - self._pos("peg")), DOWN, CLOSED),
+            (290, peg_before(0.03), DOWN, CLOSED),
+            (340, peg_before(-0.035), DOWN, CLOSED),
+            (400, peg_before(-0.035), DOWN, CLOSED),
+        ]
         return [left, right]
 
     def _start(self) -> None:

@@ -24,7 +24,9 @@ def strip_render_costs(model: mujoco.MjModel) -> None:
 class CameraRenderer:
     """One mujoco.Renderer for several named cameras of a model, created on first use."""
 
-    def __init__(self, model: mujoco.MjModel, size: tuple[int, int], cameras: dict[str, str], flip: tuple[str, ...] = ()):
+    def __init__(
+        self, model: mujoco.MjModel, size: tuple[int, int], cameras: dict[str, str], flip: tuple[str, ...] = ()
+    ):
         self.model, self.size, self.cameras, self.flip = model, size, cameras, set(flip)
         self._r = None
 
@@ -44,12 +46,18 @@ class CameraRenderer:
 
 def observation_space(emb: Embodiment) -> gym.spaces.Dict:
     spaces = {image_key(c.name): gym.spaces.Box(0, 255, c.shape, np.uint8) for c in emb.cameras}
-    spaces[STATE] = gym.spaces.Box(np.array([d.low for d in emb.state], np.float32),
-                                   np.array([d.high for d in emb.state], np.float32), dtype=np.float32)
+    spaces[STATE] = gym.spaces.Box(
+        np.array([d.low for d in emb.state], np.float32),
+        np.array([d.high for d in emb.state], np.float32),
+        dtype=np.float32,
+    )
     spaces[TASK] = gym.spaces.Text(max_length=256, min_length=1, charset=TEXT_CHARSET)
     return gym.spaces.Dict(spaces)
 
 
 def action_space(emb: Embodiment) -> gym.spaces.Box:
-    return gym.spaces.Box(np.array([d.low for d in emb.actions], np.float32),
-                          np.array([d.high for d in emb.actions], np.float32), dtype=np.float32)
+    return gym.spaces.Box(
+        np.array([d.low for d in emb.actions], np.float32),
+        np.array([d.high for d in emb.actions], np.float32),
+        dtype=np.float32,
+    )

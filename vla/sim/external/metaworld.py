@@ -35,8 +35,18 @@ INSTRUCTIONS = {
     "window-open": "open the window",
     "window-close": "close the window",
 }
-MT10 = ("reach-v3", "push-v3", "pick-place-v3", "door-open-v3", "drawer-open-v3", "drawer-close-v3",
-        "button-press-topdown-v3", "peg-insert-side-v3", "window-open-v3", "window-close-v3")
+MT10 = (
+    "reach-v3",
+    "push-v3",
+    "pick-place-v3",
+    "door-open-v3",
+    "drawer-open-v3",
+    "drawer-close-v3",
+    "button-press-topdown-v3",
+    "peg-insert-side-v3",
+    "window-open-v3",
+    "window-close-v3",
+)
 
 
 def list_tasks() -> list[str]:
@@ -62,8 +72,13 @@ def embodiment(image_size: int = 96):
 class MetaWorldEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 80}
 
-    def __init__(self, task: str = "reach-v3", image_size: int = 96, render_mode: str | None = "rgb_array",
-                 max_steps: int | None = None):
+    def __init__(
+        self,
+        task: str = "reach-v3",
+        image_size: int = 96,
+        render_mode: str | None = "rgb_array",
+        max_steps: int | None = None,
+    ):
         import metaworld
 
         if task not in list_tasks():
@@ -81,7 +96,10 @@ class MetaWorldEnv(gym.Env):
         self._cams = CameraRenderer(self.model, (image_size, image_size), CAMERAS, flip=("front",))
         self.bench_cameras = list(CAMERAS.values())
         self.max_steps = max_steps or int(self._env.max_path_length)
-        self.metadata = {**self.metadata, "render_fps": int(round(1 / (self._env.frame_skip * self.model.opt.timestep)))}
+        self.metadata = {
+            **self.metadata,
+            "render_fps": int(round(1 / (self._env.frame_skip * self.model.opt.timestep))),
+        }
         self.action_space = action_space(self.embodiment)
         self.observation_space = observation_space(self.embodiment)
         self.instruction = instruction(task)

@@ -89,5 +89,3 @@ def via_point(rng: np.random.Generator, start, end, noise: float, lift: float = 
     p[:2] += side * rng.normal(0.0, 0.03 + noise)
     p[2] = max(start[2], end[2]) + rng.uniform(0.0, lift)
     return p
-
-

@@ -115,7 +115,9 @@ class HandoverTask(Task):
             return float(nearest_yaw(site_yaw(e.grip_rot(1)), y, np.pi))
 
         right_segs = [
-            Segment(meet + np.array([OFFSET + 0.05, 0.0, 0.1]), tol=None, speed=sp(), start_when=lambda e, p: p[0] >= 4),
+            Segment(
+                meet + np.array([OFFSET + 0.05, 0.0, 0.1]), tol=None, speed=sp(), start_when=lambda e, p: p[0] >= 4
+            ),
             Segment(r_above, yaw=r_yaw, tol=0.01, start_when=lambda e, p: p[0] >= 6, noise=0.0),
             Segment(r_grasp, yaw=r_yaw, speed=0.4, tol=0.008, hold=2, noise=0.0),
             Segment(r_grasp, grip=1.0, tol=None, hold=8, noise=0.0),

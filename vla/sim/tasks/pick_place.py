@@ -31,11 +31,18 @@ def add_bin(spec, name: str, inner: float, height: float, wall: float = 0.005) -
     """An open square bin: a floor and four walls, all static, moved through model.body_pos."""
     body = spec.worldbody.add_body(name=name, pos=[0, 0, 0])
     t = wall / 2
-    body.add_geom(name=f"{name}_floor", type=BOX, size=[inner + wall, inner + wall, t], pos=[0, 0, t], rgba=list(BIN_RGBA))
+    body.add_geom(
+        name=f"{name}_floor", type=BOX, size=[inner + wall, inner + wall, t], pos=[0, 0, t], rgba=list(BIN_RGBA)
+    )
     for k, (dx, dy) in enumerate(((1, 0), (-1, 0), (0, 1), (0, -1))):
         size = [t, inner + wall, height / 2] if dx else [inner + wall, t, height / 2]
-        body.add_geom(name=f"{name}_wall{k}", type=BOX, size=size, pos=[dx * (inner + t), dy * (inner + t), height / 2],
-                      rgba=list(BIN_RGBA))
+        body.add_geom(
+            name=f"{name}_wall{k}",
+            type=BOX,
+            size=size,
+            pos=[dx * (inner + t), dy * (inner + t), height / 2],
+            rgba=list(BIN_RGBA),
+        )
 
 
 class PickPlaceTask(Task):
@@ -59,8 +66,9 @@ class PickPlaceTask(Task):
         self.cube_geoms = [model.geom(f"cube{i}").id for i in range(n)]
         self.bin_body = model.body("bin").id
         arm = self.robot.arms[0]
-        self.pad_geoms = [model.geom(g).id for g in range(model.ngeom)
-                          if model.body(model.geom_bodyid[g]).name in arm.fingers]
+        self.pad_geoms = [
+            model.geom(g).id for g in range(model.ngeom) if model.body(model.geom_bodyid[g]).name in arm.fingers
+        ]
 
     def reset(self, model, data, rng):
         from vla.sim.scene import set_free_pose
@@ -109,14 +117,16 @@ class PickPlaceTask(Task):
         drop[:2] += rng.uniform(-0.3, 0.3, 2) * (inner - h)
         carry = np.array([drop[0], drop[1], lift])
         sp = lambda: rng.uniform(0.8, 1.2)  # noqa: E731
-        return [[
-            Segment(via_point(rng, env.grip_pos(0), above, noise), yaw=yaw, tol=None, speed=sp()),
-            Segment(above, yaw=yaw, speed=sp(), tol=0.02, noise=0.3),
-            Segment(grasp, yaw=yaw, speed=0.5, tol=0.008, hold=2, noise=0.0),
-            Segment(grasp, grip=1.0, yaw=yaw, tol=None, hold=8, noise=0.0),
-            Segment(np.array([cube[0], cube[1], lift]), grip=1.0, speed=0.7, tol=None),
-            Segment(carry, grip=1.0, speed=sp(), tol=0.02),
-            Segment(drop, grip=1.0, speed=0.6, tol=0.015, hold=2, noise=0.3),
-            Segment(drop, grip=0.0, tol=None, hold=10, noise=0.0),
-            Segment(drop + np.array([0, 0, 0.05]), grip=0.0, tol=None, hold=20),
-        ]]
+        return [
+            [
+                Segment(via_point(rng, env.grip_pos(0), above, noise), yaw=yaw, tol=None, speed=sp()),
+                Segment(above, yaw=yaw, speed=sp(), tol=0.02, noise=0.3),
+                Segment(grasp, yaw=yaw, speed=0.5, tol=0.008, hold=2, noise=0.0),
+                Segment(grasp, grip=1.0, yaw=yaw, tol=None, hold=8, noise=0.0),
+                Segment(np.array([cube[0], cube[1], lift]), grip=1.0, speed=0.7, tol=None),
+                Segment(carry, grip=1.0, speed=sp(), tol=0.02),
+                Segment(drop, grip=1.0, speed=0.6, tol=0.015, hold=2, noise=0.3),
+                Segment(drop, grip=0.0, tol=None, hold=10, noise=0.0),
+                Segment(drop + np.array([0, 0, 0.05]), grip=0.0, tol=None, hold=20),
+            ]
+        ]

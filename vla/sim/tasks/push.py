@@ -58,7 +58,9 @@ class PushTask(Task):
             goal = start + rng.uniform(self.cfg.min_push, self.cfg.max_push) * h * np.array([np.cos(ang), np.sin(ang)])
             behind = start - (h + 0.03) * np.array([np.cos(ang), np.sin(ang)])
             x0, x1, y0, y1 = ws
-            if not (x0 <= goal[0] <= x1 and y0 <= goal[1] <= y1 and np.hypot(*goal) <= reach and np.hypot(*behind) <= reach):
+            if not (
+                x0 <= goal[0] <= x1 and y0 <= goal[1] <= y1 and np.hypot(*goal) <= reach and np.hypot(*behind) <= reach
+            ):
                 continue
             try:
                 others = sample_xy(rng, n - 1, ws, min_dist=5 * h, avoid=[start, goal], max_reach=reach)
@@ -113,6 +115,7 @@ class PushTask(Task):
                 rest = np.linalg.norm(goal[:2] - b[:2])
                 p = b[:2] + d * (frac * rest - h - 0.008)
                 return np.array([p[0], p[1], z])
+
             return target
 
         def back_off(env):
@@ -128,14 +131,18 @@ class PushTask(Task):
         pre = behind(env)
         above = pre + np.array([0, 0, rng.uniform(0.05, 0.08)])
         segs = [
-            Segment(via_point(rng, env.grip_pos(0), above, noise), grip=1.0, yaw=yaw, tol=None, speed=rng.uniform(0.8, 1.2)),
+            Segment(
+                via_point(rng, env.grip_pos(0), above, noise), grip=1.0, yaw=yaw, tol=None, speed=rng.uniform(0.8, 1.2)
+            ),
             Segment(above, grip=1.0, yaw=yaw, tol=0.02),
             Segment(behind, grip=1.0, speed=0.5, tol=0.008, noise=0.0),
         ]
         # Push in stages, re-aiming behind the block before each, so sideways drift does not build up.
         for i, frac in enumerate((0.6, 1.0, 1.0)):
             if i:
-                segs += [Segment(back_off, grip=1.0, speed=0.5, tol=None, noise=0.0),
-                         Segment(behind, grip=1.0, yaw=yaw, speed=0.5, tol=0.006, noise=0.0)]
+                segs += [
+                    Segment(back_off, grip=1.0, speed=0.5, tol=None, noise=0.0),
+                    Segment(behind, grip=1.0, yaw=yaw, speed=0.5, tol=0.006, noise=0.0),
+                ]
             segs.append(Segment(push_to(frac), grip=1.0, speed=0.3, tol=None, hold=3, noise=0.0))
         return [segs]

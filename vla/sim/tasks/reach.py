@@ -79,9 +79,11 @@ class ReachTask(Task):
         goal = self.info["target_pos"] + np.array([0, 0, 0.012])
         start = env.grip_pos(0)
         above = goal + np.array([0, 0, rng.uniform(0.05, 0.1)])
-        segs = [Segment(via_point(rng, start, above, noise), tol=None, speed=rng.uniform(0.8, 1.2)),
-                Segment(above, tol=None, speed=rng.uniform(0.8, 1.2)),
-                Segment(goal, speed=0.6, hold=20, noise=0.2)]
+        segs = [
+            Segment(via_point(rng, start, above, noise), tol=None, speed=rng.uniform(0.8, 1.2)),
+            Segment(above, tol=None, speed=rng.uniform(0.8, 1.2)),
+            Segment(goal, speed=0.6, hold=20, noise=0.2),
+        ]
         return [segs]
 
 
@@ -99,7 +101,9 @@ class ReachGoalTask(ReachTask):
     def __init__(self, robot, config=None):
         super().__init__(robot, config)
         if self.cfg.num_targets > len(self.COLOR_ORDER):
-            raise SpecError(f"reach-goal has spots for {len(self.COLOR_ORDER)} colours, got num_targets={self.cfg.num_targets}")
+            raise SpecError(
+                f"reach-goal has spots for {len(self.COLOR_ORDER)} colours, got num_targets={self.cfg.num_targets}"
+            )
 
     def spots(self) -> np.ndarray:
         """[num_targets, 2] x/y of each colour's spot: a row across the middle of the workspace."""
