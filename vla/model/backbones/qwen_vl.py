@@ -79,7 +79,18 @@ class QwenVLBackbone(VLMBackbone):
         )
 
     def vision_config(self) -> dict:
-        raise NotImplementedError
+        """The vision tower's config fields both Qwen-VL generations share; each adds its own."""
+        cfg = self.cfg
+        return dict(
+            depth=cfg.vision_depth,
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_heads=cfg.vision_heads,
+            patch_size=cfg.patch_size,
+            spatial_merge_size=cfg.token_merge,
+            temporal_patch_size=TEMPORAL_PATCH,
+            out_hidden_size=cfg.text.width,
+        )
 
     def hf_config(self, vocab_size: int):
         config_cls = self.hf_classes()[0]
@@ -164,14 +175,7 @@ class Qwen25VLBackbone(QwenVLBackbone):
     def vision_config(self) -> dict:
         cfg = self.cfg
         return dict(
-            depth=cfg.vision_depth,
-            hidden_size=cfg.vision_width,
-            intermediate_size=cfg.vision_mlp,
-            num_heads=cfg.vision_heads,
-            patch_size=cfg.patch_size,
-            spatial_merge_size=cfg.token_merge,
-            temporal_patch_size=TEMPORAL_PATCH,
-            out_hidden_size=cfg.text.width,
+            super().vision_config(),
             # windows of 4 x 4 merged tokens (112 px at patch 14), full attention every 8th
             # block from the 8th (Qwen2.5-VL: 7, 15, 23, 31), the last one at least
             window_size=4 * cfg.token_merge * cfg.patch_size,
@@ -192,14 +196,7 @@ class Qwen3VLBackbone(QwenVLBackbone):
         cfg = self.cfg
         grid = cfg.image_size // cfg.patch_size
         return dict(
-            depth=cfg.vision_depth,
-            hidden_size=cfg.vision_width,
-            intermediate_size=cfg.vision_mlp,
-            num_heads=cfg.vision_heads,
-            patch_size=cfg.patch_size,
-            spatial_merge_size=cfg.token_merge,
-            temporal_patch_size=TEMPORAL_PATCH,
-            out_hidden_size=cfg.text.width,
+            super().vision_config(),
             num_position_embeddings=grid * grid,
             deepstack_visual_indexes=list(cfg.deepstack),
         )
