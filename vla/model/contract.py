@@ -1,4 +1,4 @@
-"""The one contract every model type meets (pi0, FAST, and whatever comes next).
+"""The one contract every model type meets (pi0, pi0.5, FAST, and whatever comes next).
 
 Training, checkpoints and the runtime talk to a model only through these methods, so a new
 model type is one config dataclass + one `ActionModel` subclass + one line in
