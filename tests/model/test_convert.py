@@ -505,13 +505,10 @@ def test_transformers_pi0_dir_converts_with_its_own_geometry(tmp_path):
     assert (model.sample_actions(vla, num_steps=10, noise=noise) - want).abs().max() <= 1e-4
 
 
-def test_lerobot_config_geometry_is_read():
-    import tempfile
-    from pathlib import Path
-
+def test_lerobot_config_geometry_is_read(tmp_path):
     from vla.model.convert import source_geometry
 
-    d = Path(tempfile.mkdtemp())
+    d = tmp_path
     (d / "config.json").write_text(
         json.dumps(
             {
