@@ -11,6 +11,9 @@ Layout (diffusion-policy replay buffer, extended to several embodiments):
     <embodiment>/observation/state  float32 [t, s]   indexed by global frame index; only the frames
     <embodiment>/action             float32 [t, a]   of this embodiment's episodes are written
     <embodiment>/timestamp          float32 [t]
+    <embodiment>/observation/environment_state  float32 [t, d]  optional (vla.spec.ENV_STATE): training-
+                                    only scene facts; made by the first episode that has them, NaN rows
+                                    for the embodiment's episodes without them (earlier ones included)
     <embodiment>/observation/images/<cam>  uint8 [t, H, W, 3] in shard files of 1,024 frames, each
                                     frame encoded by the camera's codec (vla.data.frame_files)
 
@@ -39,7 +42,7 @@ from zarr.codecs import BloscCodec
 
 from vla.data.codecs import ImageCodec
 from vla.data.frame_files import FrameFiles, LegacyFrames, StoreError, image_array_kwargs
-from vla.spec import ACTION, STATE, TIMESTAMP, Embodiment, SpecError, image_key
+from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Embodiment, SpecError, image_key
 
 if TYPE_CHECKING:
     from vla.data.writer import EpisodeWriter
@@ -51,6 +54,13 @@ VERSION = 2
 LEGACY_VERSIONS = (1,)  # readable, not appendable: migrate them
 META_KEYS = ("episode_ends", "episode_embodiment", "episode_task", "episode_success", "episode_source")
 LOWDIM_CHUNK = 4096
+
+
+def _lowdim_kwargs(fill_value=None) -> dict:
+    kw = dict(dtype="float32", compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4)])
+    if fill_value is not None:
+        kw["fill_value"] = fill_value
+    return kw
 
 
 @dataclass(frozen=True)
@@ -100,6 +110,7 @@ class EpisodeStore:
         self._load_meta()
         self._frames: dict[tuple[str, str], FrameFiles | LegacyFrames] = {}
         self._lowdim: dict[tuple[str, str], np.ndarray] = {}  # committed prefix of each low-dim array
+        self._env_dims: dict[str, int | None] = {}
 
     # ---- construction ----
     @classmethod
@@ -148,7 +159,7 @@ class EpisodeStore:
         if emb.name == "meta":
             raise SpecError("embodiment name 'meta' is reserved by the store layout")
         eg = self._g.require_group(emb.name)
-        lowdim = dict(dtype="float32", compressors=[BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=4)])
+        lowdim = _lowdim_kwargs()
         eg.create_array(STATE, shape=(0, emb.state_dim), chunks=(LOWDIM_CHUNK, emb.state_dim), **lowdim)
         eg.create_array(ACTION, shape=(0, emb.action_dim), chunks=(LOWDIM_CHUNK, emb.action_dim), **lowdim)
         eg.create_array(TIMESTAMP, shape=(0,), chunks=(LOWDIM_CHUNK,), **lowdim)
@@ -227,6 +238,7 @@ class EpisodeStore:
         written over them)."""
         self._g = _open_group(self.path, mode="r" if self._g.read_only else "r+")
         self._frames.clear()
+        self._env_dims.clear()
         self._attrs = dict(self._g.attrs)
         self.embodiments = {name: Embodiment.from_dict(d) for name, d in self._attrs.get("embodiments", {}).items()}
         self._load_meta()
@@ -300,12 +312,41 @@ class EpisodeStore:
             cached = self._lowdim[(embodiment, key)] = arr[:committed]
         return cached[start:end].copy()
 
+    def env_state_dim(self, embodiment: str) -> int | None:
+        """Dim d of the embodiment's ENV_STATE array (training-only scene facts), None when it has none.
+        Rows of episodes recorded without it are NaN."""
+        if embodiment not in self._env_dims:
+            path = f"{embodiment}/{ENV_STATE}"
+            self._env_dims[embodiment] = int(self._g[path].shape[1]) if path in self._g else None
+        return self._env_dims[embodiment]
+
+    def _create_env_state(self, embodiment: str, dim: int) -> zarr.Array:
+        """The writer makes the ENV_STATE array on the first episode that has it; NaN where never written."""
+        eg = self._g[embodiment]
+        arr = eg.create_array(ENV_STATE, shape=(0, dim), chunks=(LOWDIM_CHUNK, dim), **_lowdim_kwargs(np.nan))
+        self._env_dims[embodiment] = dim
+        return arr
+
+    def _drop_env_state(self, embodiment: str) -> None:
+        """Undo _create_env_state (a failed first commit)."""
+        del self._g[embodiment][ENV_STATE]
+        self._env_dims.pop(embodiment, None)
+        self._lowdim.pop((embodiment, ENV_STATE), None)
+
+    def lowdim_keys(self, embodiment: str) -> tuple[str, ...]:
+        """The embodiment's low-dim frame keys: STATE, ACTION, TIMESTAMP and ENV_STATE when it has one."""
+        keys = (STATE, ACTION, TIMESTAMP)
+        return keys + (ENV_STATE,) if self.env_state_dim(embodiment) is not None else keys
+
     def episode(self, i: int, *, images: bool = True, image_size: tuple[int, int] | None = None) -> dict:
         """Episode i as {frame key: array [t, ...]} plus task, embodiment, success, source.
+        ENV_STATE [t, d] is there when the embodiment has one (NaN rows: this episode has none).
         image_size=(h, w): frames resized as the loader does (vla.data.resize)."""
         info = self.info(i)
         emb = self.embodiments[info.embodiment]
-        out = {key: self.lowdim(info.embodiment, key, info.start, info.end) for key in (STATE, ACTION, TIMESTAMP)}
+        out = {
+            key: self.lowdim(info.embodiment, key, info.start, info.end) for key in self.lowdim_keys(info.embodiment)
+        }
         if images:
             for cam in emb.camera_names:
                 out[image_key(cam)] = self.frames(info.embodiment, cam).read(range(info.start, info.end), image_size)
@@ -330,6 +371,7 @@ class EpisodeStore:
                 "control_hz": emb.control_hz,
                 "action_mode": emb.action_mode,
                 "keys": {k: {"shape": list(s), "dtype": d} for k, (s, d) in emb.frame_shapes().items()},
+                **({"env_state_dim": self.env_state_dim(name)} if self.env_state_dim(name) is not None else {}),
                 "codecs": {cam: str(self.codec(name, cam)) for cam in emb.camera_names},
             }
         tasks = {}

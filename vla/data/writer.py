@@ -9,7 +9,9 @@ Images are encoded by their camera's codec (in a small thread pool: JPEG and blo
 GIL) and appended to the camera's shard file every `flush_every` frames, so long episodes do
 not pile up in memory; on object stores (fsspec URLs) the encoded frames are kept until
 `end_episode` and written once per shard. Low-dim keys are buffered and written at
-`end_episode`, right before the commit. On entering, the writer clears whatever a killed
+`end_episode`, right before the commit. A frame may also carry ENV_STATE (float32 [d], training-only
+scene facts): every frame of an episode or none; the store makes the array on first use and
+writes NaN rows for episodes without it. On entering, the writer clears whatever a killed
 writer left past the last committed episode (vla.data.frame_files.FrameFiles.recover).
 """
 
@@ -24,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from vla.data.frame_files import StoreError
-from vla.spec import ACTION, IMAGE_PREFIX, STATE, TASK, TIMESTAMP, Embodiment, SpecError
+from vla.spec import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, TASK, TIMESTAMP, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -129,6 +131,7 @@ class EpisodeWriter:
     def _reset_episode(self) -> None:
         self._start = self.store.num_frames
         self._lowdim: dict[str, list[np.ndarray]] = {STATE: [], ACTION: [], TIMESTAMP: []}
+        self._env: list[np.ndarray] | None = None  # ENV_STATE rows; None: the episode has none
         self._images: dict[str, list[np.ndarray]] = {c: [] for c in self.emb.camera_names}
         self._blobs: dict[str, list[bytes]] = {c: [] for c in self.emb.camera_names}  # encoded, not yet written
         self._encoded = 0  # image frames of this episode already encoded
@@ -145,7 +148,7 @@ class EpisodeWriter:
         if not self._open:
             raise StoreError("use the writer as a context manager: `with store.writer() as w:`")
         expected = set(self._shapes)
-        got = {k for k in frame if k not in (TIMESTAMP, TASK)}
+        got = {k for k in frame if k not in (TIMESTAMP, TASK, ENV_STATE)}
         if got != expected:
             missing, extra = sorted(expected - got), sorted(got - expected)
             raise FrameError(
@@ -181,6 +184,11 @@ class EpisodeWriter:
         ts = self._n / self.emb.control_hz if ts is None else float(np.asarray(ts).reshape(()))
         if not math.isfinite(ts):
             raise FrameError(f"frame {self._n}: timestamp {ts} is not finite")
+        env = self._check_env_state(frame)
+        if self._n == 0:
+            self._env = None if env is None else []
+        if env is not None:
+            self._env.append(env)
         self._lowdim[STATE].append(checked[STATE])
         self._lowdim[ACTION].append(checked[ACTION])
         self._lowdim[TIMESTAMP].append(np.float32(ts))
@@ -191,6 +199,32 @@ class EpisodeWriter:
             self._encode()
             if not self._remote:
                 self._write_images()
+
+    def _check_env_state(self, frame: dict) -> np.ndarray | None:
+        """The frame's ENV_STATE row, checked against the episode's earlier frames and the store's array."""
+        where = f"embodiment {self.emb.name!r}, frame {self._n}, key {ENV_STATE!r}"
+        has = ENV_STATE in frame
+        if self._n and has != (self._env is not None):
+            first = "has" if self._env is not None else "lacks"
+            raise FrameError(f"{where}: the episode's first frame {first} it; every frame must have it or none")
+        if not has:
+            return None
+        v = np.asarray(frame[ENV_STATE])
+        if v.ndim != 1 or not np.issubdtype(v.dtype, np.number):
+            raise FrameError(f"{where}: expected a float vector [d], got shape {v.shape} dtype {v.dtype}")
+        v = v.astype(np.float32)
+        want = self._env[0].shape if self._n else self._store_env_shape()
+        if want is not None and v.shape != want:
+            what = "earlier frames" if self._n else f"the store's {self.emb.name}/{ENV_STATE} array"
+            raise FrameError(f"{where}: shape {v.shape} does not match {what}, shape {want}")
+        if not np.isfinite(v).all():
+            bad = np.flatnonzero(~np.isfinite(v)).tolist()
+            raise FrameError(f"{where}: non-finite values (NaN/Inf) at dims {bad}")
+        return v
+
+    def _store_env_shape(self) -> tuple[int] | None:
+        d = self.store.env_state_dim(self.emb.name)
+        return None if d is None else (d,)
 
     def _encode(self) -> None:
         """Encode the buffered raw frames of every camera (in parallel)."""
@@ -246,18 +280,36 @@ class EpisodeWriter:
         self._encode()
         self._write_images()
         rows = {key: np.stack(v) for key, v in self._lowdim.items()}
+        if self._env is not None:
+            rows[ENV_STATE] = np.stack(self._env)
         return self._commit(rows, task, success, self.source)
 
     def _commit(self, rows: dict[str, np.ndarray], task: str, success: bool | None, source: str) -> int:
         store, emb = self.store, self.emb
         start, end = self._start, self._start + self._n
-        for key, v in rows.items():
-            arr = store.array(emb.name, key)
-            if arr.shape[0] < end:
-                arr.resize((end + GROW, *arr.shape[1:]))
-            arr[start:end] = v
-        success = -1 if success is None else int(bool(success))
-        i = store.commit_episode(emb.name, task, success, source, end)  # the commit point
+        d = store.env_state_dim(emb.name)
+        if ENV_STATE in rows and d is not None and rows[ENV_STATE].shape[1:] != (d,):
+            raise FrameError(
+                f"embodiment {emb.name!r}: {ENV_STATE} rows have shape {rows[ENV_STATE].shape[1:]}, "
+                f"the store's {emb.name}/{ENV_STATE} array has shape ({d},)"
+            )
+        if ENV_STATE not in rows and d is not None:
+            rows = {**rows, ENV_STATE: np.full((self._n, d), np.nan, np.float32)}  # overwrite leftovers too
+        created = ENV_STATE in rows and d is None
+        try:
+            if created:
+                store._create_env_state(emb.name, rows[ENV_STATE].shape[1])
+            for key, v in rows.items():
+                arr = store.array(emb.name, key)
+                if arr.shape[0] < end:
+                    arr.resize((end + GROW, *arr.shape[1:]))
+                arr[start:end] = v
+            success = -1 if success is None else int(bool(success))
+            i = store.commit_episode(emb.name, task, success, source, end)  # the commit point
+        except BaseException:
+            if created and store.num_frames < end:  # not committed: the new array goes again
+                store._drop_env_state(emb.name)
+            raise
         self._reset_episode()
         return i
 
@@ -271,7 +323,8 @@ class EpisodeWriter:
         source: str | None = None,
     ) -> int:
         """Append and commit a whole episode whose frames are already encoded with this store's codecs
-        (copying between stores without re-encoding). rows: state [n, s], action [n, a], timestamp [n]."""
+        (copying between stores without re-encoding). rows: state [n, s], action [n, a], timestamp [n],
+        optionally ENV_STATE [n, d] (finite; an episode without it leaves it out)."""
         if not self._open:
             raise StoreError("use the writer as a context manager: `with store.writer() as w:`")
         if self._n:
@@ -289,9 +342,20 @@ class EpisodeWriter:
             )
         if n == 0:
             raise StoreError("add_encoded_episode() with no frames")
+        env = None
+        if rows.get(ENV_STATE) is not None:
+            env = np.asarray(rows[ENV_STATE], np.float32)
+            d = self.store.env_state_dim(self.emb.name)
+            if env.ndim != 2 or len(env) != n or (d is not None and env.shape[1] != d):
+                want = f"({n}, {d})" if d is not None else f"({n}, d)"
+                raise FrameError(f"embodiment {self.emb.name!r}: {ENV_STATE} has shape {env.shape}, expected {want}")
+            if not np.isfinite(env).all():
+                raise FrameError(f"embodiment {self.emb.name!r}: {ENV_STATE} has non-finite values (NaN/Inf)")
         self._n = self._encoded = n
         for cam in self.emb.camera_names:
             self._blobs[cam] = list(blobs[cam])
         self._write_images()
         rows = {k: np.asarray(rows[k], np.float32) for k in (STATE, ACTION, TIMESTAMP)}
+        if env is not None:
+            rows[ENV_STATE] = env
         return self._commit(rows, task, success, self.source if source is None else source)
