@@ -172,6 +172,11 @@ class SimEnv(gym.Env):
         obs[TASK] = self.task.instruction
         return obs
 
+    def environment_state(self) -> np.ndarray | None:
+        """The task's training-only scene facts now (vla.spec.ENV_STATE), or None. Never part of the
+        observation: policies must not see it; vla.sim.rollout records it beside recorded frames."""
+        return self.task.environment_state(self.model, self.data)
+
     # ---- gymnasium API ----
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

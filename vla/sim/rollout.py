@@ -6,7 +6,7 @@ import sys
 
 import numpy as np
 
-from vla.spec import ACTION, EMBODIMENT, TASK, SpecError
+from vla.spec import ACTION, EMBODIMENT, ENV_STATE, TASK, SpecError
 
 
 class PolicyOutputError(SpecError):
@@ -43,7 +43,8 @@ def run_episode(
     many more steps (or to the time limit), so a recorded demonstration shows the robot settling
     at the goal instead of stopping at the edge of the success region.
 
-    Recorded frames are store-ready: image keys, `observation/state`, and the executed `action`;
+    Recorded frames are store-ready: image keys, `observation/state`, and the executed `action`,
+    plus ENV_STATE (training-only scene facts, taken with the observation) when the env has one;
     `video` keeps the first camera's images. A local torch policy's sampling noise comes from
     torch's global generator, which is seeded with `seed` for the episode (and restored after),
     so the same checkpoint on the same seeds gives the same rollouts.
@@ -71,6 +72,7 @@ def _run_episode(
     images: list[np.ndarray] = []
     first_cam = f"observation/images/{emb.cameras[0].name}" if emb.cameras else None
     queue: list[np.ndarray] = []
+    env_state = getattr(env.unwrapped, "environment_state", None) if record else None
     success, steps, length = False, 0, 0
     while True:
         if not queue:
@@ -83,6 +85,9 @@ def _run_episode(
         if record:
             f = {k: v for k, v in obs.items() if k != TASK}
             f[ACTION] = action
+            es = env_state() if env_state is not None else None  # the sim has not stepped since obs
+            if es is not None:
+                f[ENV_STATE] = np.asarray(es, np.float32)
             frames.append(f)
         if video and first_cam is not None:
             images.append(obs[first_cam])

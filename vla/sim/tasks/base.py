@@ -71,8 +71,18 @@ class Task:
         """Expert segments per arm for the episode that was just reset."""
         raise NotImplementedError
 
+    def environment_state(self, model: mujoco.MjModel, data: mujoco.MjData) -> np.ndarray | None:
+        """Training-only scene facts, float32 [6] in vla.spec.ENV_STATE_LAYOUT (named object xyz, goal xyz,
+        world metres), or None (nothing recorded). Policies never see it."""
+        return None
+
     def max_steps(self) -> int:
         return int(round(self.cfg.horizon_s * self.robot.control_hz))
+
+
+def env_state(obj, goal) -> np.ndarray:
+    """ENV_STATE_LAYOUT: object xyz then goal xyz."""
+    return np.concatenate([np.asarray(obj, np.float64)[:3], np.asarray(goal, np.float64)[:3]]).astype(np.float32)
 
 
 def phrase(rng: np.random.Generator, templates, **kw) -> str:

@@ -12,7 +12,7 @@ import numpy as np
 
 from vla.sim.ik import nearest_yaw, site_yaw
 from vla.sim.scene import COLORS, add_free_box, free_yaw, geom_contacts, pick_colors, sample_xy, set_free_pose
-from vla.sim.tasks.base import Segment, Task, TaskConfig, phrase, via_point
+from vla.sim.tasks.base import Segment, Task, TaskConfig, env_state, phrase, via_point
 
 TEMPLATES = (
     "hand the {c} block from the left arm to the right arm",
@@ -47,6 +47,7 @@ class HandoverTask(Task):
         n = self.cfg.num_blocks
         self.bar_bodies = [model.body(f"bar{i}").id for i in range(n)]
         self.bar_geoms = [model.geom(f"bar{i}").id for i in range(n)]
+        self.right_grip = model.site(self.robot.arms[1].site).id  # where the bar must end up
         self.pads = []
         for arm in self.robot.arms:
             self.pads.append([g for g in range(model.ngeom) if model.body(model.geom_bodyid[g]).name in arm.fingers])
@@ -67,6 +68,9 @@ class HandoverTask(Task):
     def bar_pose(self, data, model) -> tuple[np.ndarray, float]:
         k = self.info["bar"]
         return data.xpos[self.bar_bodies[k]].copy(), free_yaw(data, model, f"bar{k}")
+
+    def environment_state(self, model, data):
+        return env_state(data.xpos[self.bar_bodies[self.info["bar"]]], data.site_xpos[self.right_grip])
 
     def success(self, model, data):
         k = self.info["bar"]

@@ -9,7 +9,7 @@ import numpy as np
 from vla.sim.expert import grasp_yaw
 from vla.sim.ik import site_yaw
 from vla.sim.scene import BOX, COLORS, add_free_box, free_yaw, geom_contacts, pick_colors, sample_xy
-from vla.sim.tasks.base import Segment, Task, TaskConfig, phrase, via_point
+from vla.sim.tasks.base import Segment, Task, TaskConfig, env_state, phrase, via_point
 
 TEMPLATES = (
     "put the {c} cube in the bin",
@@ -94,6 +94,9 @@ class PickPlaceTask(Task):
 
     def cube_pos(self, data) -> np.ndarray:
         return data.xpos[self.cube_bodies[self.info["cube"]]].copy()
+
+    def environment_state(self, model, data):
+        return env_state(self.cube_pos(data), self.info["bin_pos"])
 
     def success(self, model, data):
         h, inner, height = self._dims()

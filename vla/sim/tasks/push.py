@@ -8,7 +8,7 @@ import numpy as np
 
 from vla.sim.ik import nearest_yaw, site_yaw
 from vla.sim.scene import COLORS, CYLINDER, add_free_box, add_marker, pick_colors, sample_xy, set_free_pose
-from vla.sim.tasks.base import Segment, Task, TaskConfig, phrase, via_point
+from vla.sim.tasks.base import Segment, Task, TaskConfig, env_state, phrase, via_point
 
 TEMPLATES = (
     "push the {c} block to the goal",
@@ -88,6 +88,9 @@ class PushTask(Task):
 
     def block_pos(self, data) -> np.ndarray:
         return data.xpos[self.block_bodies[self.info["block"]]].copy()
+
+    def environment_state(self, model, data):
+        return env_state(self.block_pos(data), self.info["goal_pos"])
 
     def success(self, model, data):
         d = np.linalg.norm(self.block_pos(data)[:2] - self.info["goal_pos"][:2])

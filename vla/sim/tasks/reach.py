@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla.sim.scene import COLORS, CYLINDER, add_marker, pick_colors, sample_xy
-from vla.sim.tasks.base import Segment, Task, TaskConfig, phrase, via_point
+from vla.sim.tasks.base import Segment, Task, TaskConfig, env_state, phrase, via_point
 from vla.spec import SpecError
 
 TEMPLATES = (
@@ -74,6 +74,10 @@ class ReachTask(Task):
 
     def success(self, model, data):
         return bool(np.linalg.norm(data.site_xpos[self.grip] - self.info["target_pos"]) < self.cfg.threshold)
+
+    def environment_state(self, model, data):
+        p = data.xpos[self.bodies[self.info["target"]]]  # the named target is object and goal at once
+        return env_state(p, p)
 
     def plan(self, env, rng, noise):
         goal = self.info["target_pos"] + np.array([0, 0, 0.012])
