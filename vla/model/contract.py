@@ -146,6 +146,11 @@ class ActionModel(nn.Module):
     def decoder_stacks(self) -> list[nn.Module]:
         return [self.backbone.language_model]
 
+    def loss_terms(self) -> dict[str, float]:
+        """The separate terms of the last compute_loss (batch means), for the training log; {} when
+        the loss has one term."""
+        return {}
+
     def enable_compile(self) -> bool:
         """Compile the sampler with torch.compile where the type supports it; -> whether it does."""
         return False

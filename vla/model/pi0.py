@@ -39,6 +39,7 @@ from vla.model.backbone import Backbone, BackboneConfig, GemmaSize
 from vla.model.backbones import Prefix
 from vla.model.contract import ActionModel, ActionSample, example_inputs
 from vla.model.cross_attention import CrossPlan, adapt_expert, expert_context, expert_forward
+from vla.model.grounding import Grounding
 from vla.model.heads import make_head
 from vla.spec import SpecError
 
@@ -78,6 +79,15 @@ class Pi0Config:
     # attach = "cross": expert layers 0, n, 2n, ... self-attend jointly, the others cross-attend
     # (SmolVLA: 2); 0: every layer cross-attends.
     self_attn_every: int = 2
+    # Early fusion (vla.model.grounding): K > 0 grounding tokens, the image tokens pooled by
+    # instruction-conditioned queries, join the prefix (and, in pi0, the state token); 0 is pi0
+    # as published.
+    grounding_tokens: int = 0
+    # Weight of the auxiliary loss that regresses the training-only scene facts
+    # (vla.spec.ENV_STATE, z-scored) from the grounding tokens; rows without them add nothing.
+    # 0: no auxiliary loss (the grounding tokens then learn from the flow loss alone).
+    env_state_loss: float = 0.0
+    env_state_dim: int = 6  # len(vla.spec.ENV_STATE_LAYOUT), the built-in tasks' layout
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -94,6 +104,15 @@ class Pi0Config:
             )
         if self.shared_head_dim < 0:
             raise SpecError(f"pi0: shared_head_dim must be >= 0, got {self.shared_head_dim}")
+        if self.grounding_tokens < 0 or self.env_state_loss < 0 or self.env_state_dim < 1:
+            raise SpecError(
+                f"pi0: grounding_tokens and env_state_loss must be >= 0 and env_state_dim >= 1 (got "
+                f"{self.grounding_tokens}, {self.env_state_loss}, {self.env_state_dim})"
+            )
+        if self.env_state_loss and not self.grounding_tokens:
+            raise SpecError(
+                "pi0: env_state_loss regresses the scene facts from the grounding tokens: set grounding_tokens > 0"
+            )
         object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
         wide = {k: v for k, v in self.embodiments.items() if self.shared_head_dim and max(v) > self.shared_head_dim}
         if wide:
@@ -163,6 +182,14 @@ class Pi0Model(ActionModel):
         self.action_out = make_head(acts, w, direction="out", shared=shared)
         self.time_mlp_in = nn.Linear(w if self.adaptive_time else 2 * w, w)
         self.time_mlp_out = nn.Linear(w, w)
+        self.grounding = None
+        if cfg.grounding_tokens:
+            d = self.backbone.width
+            env_dim = cfg.env_state_dim if cfg.env_state_loss else 0
+            self.grounding = Grounding(d, cfg.grounding_tokens, heads=cfg.backbone.text.heads, env_dim=env_dim)
+            if self.uses_state_token:
+                self.grounding_to_state = nn.Linear(cfg.grounding_tokens * d, w)
+        self._loss_terms: dict[str, torch.Tensor] = {}
         self.cross_plan = None
         if cfg.attach == "cross":
             lm = self.backbone.language_model.config
@@ -187,7 +214,18 @@ class Pi0Model(ActionModel):
     # ---- embeddings ----
     def prefix(self, batch: dict) -> Prefix:
         """The observation's tokens, validity and positions (vla.model.backbones.base.Prefix)."""
-        return self.backbone.embed_prefix(batch["images"], batch["image_mask"], batch["tokens"], batch["token_mask"])
+        return self.observe(batch)[0]
+
+    def observe(self, batch: dict) -> tuple[Prefix, torch.Tensor | None]:
+        """-> the prefix (with the grounding tokens at its end) and the grounding tokens [b, K, d]
+        (None without grounding)."""
+        p = self.backbone.embed_prefix(batch["images"], batch["image_mask"], batch["tokens"], batch["token_mask"])
+        if self.grounding is None:
+            return p, None
+        n_img = p.embeds.shape[1] - batch["tokens"].shape[1]  # [image tokens][text tokens]
+        g = self.grounding(p.embeds[:, :n_img], p.valid[:, :n_img], p.embeds[:, n_img:], batch["token_mask"])
+        valid = torch.ones(g.shape[:2], dtype=torch.bool, device=g.device)
+        return p.extend(g, valid), g
 
     def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens [b, lp, d], valid [b, lp]."""
@@ -208,9 +246,10 @@ class Pi0Model(ActionModel):
         )
         return cache
 
-    def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str]):
+    def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str], grounding=None):
         """-> tokens [b, n_state + h, w], ar [b, n_state + h], adaptive-norm condition [b, w] or None."""
-        tokens, cond = self._suffix_at(self._state_token(state, emb, x_t.dtype), x_t, emb, self._time_terms(t))
+        state_tok = self._state_token(state, emb, x_t.dtype, grounding)
+        tokens, cond = self._suffix_at(state_tok, x_t, emb, self._time_terms(t))
         return tokens, self._suffix_ar(x_t.shape[0], x_t.shape[1], x_t.device), cond
 
     def _suffix_ar(self, b: int, h: int, device) -> torch.Tensor:
@@ -220,8 +259,11 @@ class Pi0Model(ActionModel):
         ar[:, : n + 1] = 1
         return ar
 
-    def _state_token(self, state: torch.Tensor, emb: list[str], dtype) -> torch.Tensor | None:
-        return self.state_in(state.to(dtype), emb)[:, None]
+    def _state_token(self, state: torch.Tensor, emb: list[str], dtype, grounding=None) -> torch.Tensor | None:
+        tok = self.state_in(state.to(dtype), emb)
+        if grounding is not None:  # what the instruction picked out of the images, one hop from the actions
+            tok = tok + self.grounding_to_state(grounding.flatten(1).to(tok.dtype))
+        return tok[:, None]
 
     def _time_terms(self, t: torch.Tensor) -> torch.Tensor:
         """Per flow time what the suffix needs of it: here the time half of the action MLP's
@@ -264,8 +306,8 @@ class Pi0Model(ActionModel):
         t = t.to(actions.dtype)
         x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
         target = noise - actions
-        p = self.prefix(batch)
-        suffix, s_ar, cond = self.embed_suffix(batch["state"], x_t, t, emb)
+        p, g = self.observe(batch)
+        suffix, s_ar, cond = self.embed_suffix(batch["state"], x_t, t, emb, g)
         suffix = suffix.to(p.embeds.dtype)
         if self.cross_plan is not None:  # the prefix first, then the expert on its keys/values
             ctx = expert_context(self.expert, self.cross_plan, self.prefix_cache(p))
@@ -292,7 +334,15 @@ class Pi0Model(ActionModel):
             mask = mask & ~batch["action_is_pad"][:, :, None]
         mask = mask.float()
         err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
-        return err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+        loss = err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
+        if self.cfg.env_state_loss and "env_state" in batch:
+            aux = self.grounding.env_loss(g, batch["env_state"], batch["env_state_valid"])
+            self._loss_terms = {"flow_loss": loss.detach().mean(), "env_state_loss": aux.detach().mean()}
+            loss = loss + self.cfg.env_state_loss * aux
+        return loss
+
+    def loss_terms(self) -> dict[str, float]:
+        return {k: float(v) for k, v in self._loss_terms.items()}
 
     def _cross_masks(self, p: Prefix, s_ar: torch.Tensor, like: torch.Tensor) -> dict:
         """Masks and RoPE tables of attach = "cross" (vla.model.cross_attention.expert_forward)."""
@@ -358,7 +408,7 @@ class Pi0Model(ActionModel):
         b = len(emb)
         self._check_embodiments(emb)
         a_dim = self.action_width(emb)
-        p = self.prefix(batch)
+        p, g = self.observe(batch)
         prefix, p_valid = p.embeds, p.valid
         x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)
         x = x.to(prefix.device, prefix.dtype)
@@ -388,7 +438,7 @@ class Pi0Model(ActionModel):
             stacks, cos_sin = [lm, ex], self.backbone.rope(x, _positions_with_suffix(p, s_valid))
         if self.cross_plan is None:
             bias = attn_bias(allowed, x.dtype)
-        state_tok = self._state_token(batch["state"], emb, x.dtype)  # the same at every step
+        state_tok = self._state_token(batch["state"], emb, x.dtype, g)  # the same at every step
         times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=x.dtype, device=x.device)
         terms = self._time_terms(times)  # every step's time features at once
         for k in range(steps):

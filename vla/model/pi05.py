@@ -35,7 +35,7 @@ class Pi05Model(Pi0Model):
         super().__init__(cfg, vocab_size)
         make_adaptive(self.expert)
 
-    def _state_token(self, state, emb, dtype):
+    def _state_token(self, state, emb, dtype, grounding=None):
         return None  # the state is in the prompt
 
     def _time_terms(self, t: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 
 from vla.data.stats import KeyStats
 from vla.model.text import TextTokenizer
-from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, STATE, TASK, Embodiment, SpecError, image_key
+from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, ENV_STATE, STATE, TASK, Embodiment, SpecError, image_key
 
 log = logging.getLogger(__name__)
 
@@ -225,7 +225,22 @@ class Transforms:
         out["action_is_pad"] = batch[ACTION_IS_PAD]
         if self.targets is not None:
             out.update(self.targets(names, actions))
+        if ENV_STATE in batch:
+            out.update(self._env_state(names, np.asarray(batch[ENV_STATE], np.float32)))
         return out
+
+    def _env_state(self, names: list[str], env: np.ndarray) -> dict:
+        """Training-only scene facts [b, e] (NaN: unknown) -> `env_state` z-scored with the
+        embodiment's stats (whatever the norm mode: they are regression targets, never inputs)
+        and `env_state_valid` [b] (False where a row has no facts or its embodiment no stats)."""
+        out = np.zeros(env.shape, np.float32)
+        valid = np.zeros(len(names), bool)
+        for i, n in enumerate(names):
+            st = self.stats.get(n, {}).get(ENV_STATE)
+            if st is None or st.mean.shape != env.shape[1:] or not np.isfinite(env[i]).all():
+                continue
+            out[i], valid[i] = st.normalize(env[i], "zscore"), True
+        return {"env_state": torch.from_numpy(out), "env_state_valid": torch.from_numpy(valid)}
 
     def from_observations(self, observations: list[dict], default_embodiment: str | None = None) -> dict:
         """Robot/env observations (frame keys + task + embodiment) -> model batch; validates each."""

@@ -347,6 +347,7 @@ def train(
                 "windows_per_s": n_last / max(now - t_last, 1e-9),
             }
             rec.update({k: v for k, v in counts.items() if v})
+            rec.update(trainee.model.loss_terms())
             with open(metrics_path, "a") as f:
                 f.write(json.dumps(rec) + "\n")
             bar.set_postfix(step=step, loss=f"{rec['loss']:.4f}", wps=f"{rec['windows_per_s']:.0f}")
