@@ -7,7 +7,8 @@ destination or the whole one. Sources are locked for the duration (the writer's 
 store another process is writing is refused, and no writer can start on it mid-edit.
 Encoded frames are copied as they are (no re-encoding, no further loss) when the destination
 camera has the source's codec; otherwise they are decoded and encoded again. When a source has
-a `norm_stats.json`, the destination gets one recomputed from its own episodes.
+a `norm_stats.json`, the destination gets one recomputed from its own episodes. ENV_STATE rows
+(training-only scene facts) go along with the episodes that have them.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from vla.data.codecs import ImageCodec
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.writer import _Lock
-from vla.spec import ACTION, STATE, TIMESTAMP, SpecError
+from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -171,6 +172,10 @@ def _copy_one(src: EpisodeStore, i: int, w) -> int:
     out = w.store
     emb = src.embodiments[info.embodiment]
     rows = {k: src.lowdim(info.embodiment, k, info.start, info.end) for k in (STATE, ACTION, TIMESTAMP)}
+    if src.env_state_dim(info.embodiment) is not None:
+        env = src.lowdim(info.embodiment, ENV_STATE, info.start, info.end)
+        if not np.isnan(env).all():  # all NaN: recorded without it, and stays so
+            rows[ENV_STATE] = env
     blobs = {}
     for cam in emb.camera_names:
         frames = src.frames(info.embodiment, cam)

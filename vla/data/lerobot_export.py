@@ -4,7 +4,9 @@ Writes what LeRobot 0.4's `LeRobotDataset(repo_id, root=DIR)` reads: meta/info.j
 meta/stats.json, meta/tasks.parquet (task string as the pandas index), meta/episodes/...
 (per-episode file pointers and stats), data/chunk-000/file-XXX.parquet and, per camera,
 videos/<key>/chunk-000/file-XXX.mp4 (AV1, yuv420p, as LeRobot encodes) or, for cameras too
-small for the encoder, PNG frames inside the parquet (feature dtype "image"). Files roll
+small for the encoder, PNG frames inside the parquet (feature dtype "image"). ENV_STATE, when the
+store has it, becomes `observation.environment_state` (NaN rows for episodes without it; their
+stats count 0 frames). Files roll
 over at LeRobot's default caps (100 MB data, 200 MB video). Written to a temporary folder
 and renamed at the end.
 """
@@ -22,12 +24,17 @@ import pyarrow.parquet as pq
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoWriter, encode_png, video_codec_for
-from vla.spec import ACTION, STATE, image_key
+from vla.spec import ACTION, ENV_STATE, ENV_STATE_LAYOUT, STATE, image_key
 
 DATA_CAP_MB, VIDEO_CAP_MB, CHUNKS_SIZE = 100, 200, 1000
 QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 LR_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 LR_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
+LR_ENV_STATE = "observation.environment_state"
+
+
+def env_state_names(dim: int) -> list[str]:
+    return list(ENV_STATE_LAYOUT) if dim == len(ENV_STATE_LAYOUT) else [f"env_state_{i}" for i in range(dim)]
 
 
 def _stats(x: np.ndarray) -> dict:
@@ -39,6 +46,15 @@ def _stats(x: np.ndarray) -> dict:
     for name, q in QUANTILES.items():
         out[name] = np.quantile(x, q, axis=0)
     return out
+
+
+def _finite_stats(x: np.ndarray) -> dict:
+    """_stats over the rows of x [n, d] without NaN; all NaN: NaN stats with count 0 (left out by _aggregate)."""
+    x = x[np.isfinite(x).all(axis=1)]
+    if len(x):
+        return _stats(x)
+    nan = np.full(x.shape[1], np.nan)
+    return {**{k: nan for k in ("min", "max", "mean", "std", *QUANTILES)}, "count": np.array([0])}
 
 
 def _image_stats(imgs: np.ndarray) -> dict:
@@ -60,6 +76,7 @@ def _image_stats(imgs: np.ndarray) -> dict:
 
 def _aggregate(per_episode: list[dict]) -> dict:
     """Weighted merge of per-episode stats (quantiles: count-weighted mean, as LeRobot does)."""
+    per_episode = [s for s in per_episode if s["count"][0] > 0] or per_episode[:1]
     counts = np.array([float(s["count"][0]) for s in per_episode])
     w = counts / counts.sum()
     mean = sum(wi * s["mean"] for wi, s in zip(w, per_episode))
@@ -80,7 +97,7 @@ def _tolist(d: dict) -> dict:
     return {k: np.asarray(v).tolist() for k, v in d.items()}
 
 
-def _hf_features(emb, image_cams) -> dict:
+def _hf_features(emb, image_cams, env_dim: int | None) -> dict:
     def seq(n):
         return {"feature": {"dtype": "float32", "_type": "Value"}, "length": n, "_type": "List"}
 
@@ -88,6 +105,7 @@ def _hf_features(emb, image_cams) -> dict:
     feats.update(
         {
             "observation.state": seq(emb.state_dim),
+            **({LR_ENV_STATE: seq(env_dim)} if env_dim else {}),
             "action": seq(emb.action_dim),
             "timestamp": {"dtype": "float32", "_type": "Value"},
         }
@@ -139,6 +157,7 @@ def export_lerobot(
         codecs[cam.name] = None if images == "image" else codec
     video_cams = [c for c in emb.camera_names if codecs[c]]
     image_cams = [c for c in emb.camera_names if not codecs[c]]
+    env_dim = store.env_state_dim(embodiment)
     task_list = sorted({i.task for i in infos})
     task_index = {t: k for k, t in enumerate(task_list)}
 
@@ -146,7 +165,7 @@ def export_lerobot(
     shutil.rmtree(tmp, ignore_errors=True)
     try:
         tmp.mkdir(parents=True)
-        hf_meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(emb, image_cams)}}).encode()}
+        hf_meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(emb, image_cams, env_dim)}}).encode()}
         data_file, data_writer, data_bytes = 0, None, 0
         vid = {c: {"file": 0, "writer": None, "frames": 0, "bytes": 0} for c in video_cams}
         ep_rows, ep_stats, global_index = [], [], 0
@@ -158,6 +177,15 @@ def export_lerobot(
             cols = {
                 "observation.state": pa.FixedSizeListArray.from_arrays(
                     pa.array(ep[STATE].reshape(-1), pa.float32()), emb.state_dim
+                ),
+                **(
+                    {
+                        LR_ENV_STATE: pa.FixedSizeListArray.from_arrays(
+                            pa.array(ep[ENV_STATE].reshape(-1), pa.float32()), env_dim
+                        )
+                    }
+                    if env_dim
+                    else {}
                 ),
                 "action": pa.FixedSizeListArray.from_arrays(
                     pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim
@@ -223,6 +251,7 @@ def export_lerobot(
             # ---- per-episode stats ----
             st = {
                 "observation.state": _stats(ep[STATE]),
+                **({LR_ENV_STATE: _finite_stats(ep[ENV_STATE])} if env_dim else {}),
                 "action": _stats(ep[ACTION]),
                 "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps),
                 "frame_index": _stats(np.arange(n)[:, None]),
@@ -256,6 +285,7 @@ def export_lerobot(
             video_cams,
             image_cams,
             codecs,
+            env_dim,
         )
         tmp.rename(dst)
     except BaseException:
@@ -265,7 +295,18 @@ def export_lerobot(
 
 
 def _write_meta(
-    root: Path, emb, robot_type, fps, ep_rows, ep_stats, task_list, total_frames, video_cams, image_cams, codecs
+    root: Path,
+    emb,
+    robot_type,
+    fps,
+    ep_rows,
+    ep_stats,
+    task_list,
+    total_frames,
+    video_cams,
+    image_cams,
+    codecs,
+    env_dim=None,
 ) -> None:
     meta = root / "meta"
     (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
@@ -337,6 +378,8 @@ def _write_meta(
                 "names": ["height", "width", "channels"],
             }
     features["observation.state"] = {"dtype": "float32", "shape": [emb.state_dim], "names": [d.name for d in emb.state]}
+    if env_dim:
+        features[LR_ENV_STATE] = {"dtype": "float32", "shape": [env_dim], "names": env_state_names(env_dim)}
     features["action"] = {"dtype": "float32", "shape": [emb.action_dim], "names": [d.name for d in emb.actions]}
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for k in ("frame_index", "episode_index", "index", "task_index"):

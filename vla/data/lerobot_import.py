@@ -10,7 +10,9 @@ Image features are either PNG bytes inside the parquet (dtype "image") or mp4 (d
 
 Mapping: `observation.state` -> observation/state, `action` -> action,
 `observation.images.<cam>` (or any other image/video feature `observation.<cam>`) ->
-observation/images/<cam>, `timestamp` -> timestamp; the episode's task string -> task.
+observation/images/<cam>, `timestamp` -> timestamp, `observation.environment_state` (when the
+dataset has it) -> observation/environment_state (an episode whose rows are all NaN gets none);
+the episode's task string -> task.
 The import writes into a temporary folder beside the destination and renames it at the end,
 so a failed import leaves nothing behind.
 
@@ -37,12 +39,12 @@ from vla.data.codecs import ImageCodec, default_codec
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoCursor, decode_png
-from vla.spec import ACTION, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key, load_embodiment
+from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key, load_embodiment
 
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("v2.1", "v3.0")
-LR_STATE, LR_ACTION = "observation.state", "action"
+LR_STATE, LR_ACTION, LR_ENV_STATE = "observation.state", "action", "observation.environment_state"
 
 
 class LeRobotFormatError(StoreError):
@@ -248,6 +250,9 @@ def import_lerobot(
 
     cols = [LR_STATE, LR_ACTION, "timestamp", "frame_index", "episode_index", "task_index"]
     cols += [k for k in cams if info["features"][k]["dtype"] == "image"]
+    has_env = LR_ENV_STATE in info["features"]
+    if has_env:
+        cols.append(LR_ENV_STATE)
     tables = _TableCache(cols)
     cursors: dict[tuple[str, Path], VideoCursor] = {}
     tmp = dst.with_name(dst.name + ".importing")
@@ -263,6 +268,10 @@ def import_lerobot(
                 state = np.asarray(cols_ep[LR_STATE].to_pylist(), np.float32)[order]
                 action = np.asarray(cols_ep[LR_ACTION].to_pylist(), np.float32)[order]
                 ts = np.asarray(cols_ep["timestamp"], np.float64)[order]
+                env = None
+                if has_env:
+                    env = np.asarray(cols_ep[LR_ENV_STATE].to_pylist(), np.float32)[order]
+                    env = None if np.isnan(env).all() else env.reshape(ep.length, -1)
                 images = {}
                 for key, cam in cams.items():
                     if info["features"][key]["dtype"] == "image":
@@ -280,6 +289,8 @@ def import_lerobot(
                 task = tasks.get(task_idx) or (ep.tasks[0] if ep.tasks else "")
                 for j in range(ep.length):
                     frame = {STATE: state[j], ACTION: action[j], TIMESTAMP: ts[j]}
+                    if env is not None:
+                        frame[ENV_STATE] = env[j]
                     for cam in emb.camera_names:
                         frame[image_key(cam)] = images[cam][j]
                     try:

@@ -17,6 +17,8 @@ Sample keys (history = 0):
     observation/images/<cam>  uint8 [H, W, 3]      observation/state  float32 [s]
     action  float32 [h, a]     action_is_pad  bool [h]     task  str     embodiment  str
 With history k > 0 the observation keys get a leading time dim of k+1 and `obs_is_pad` [k+1].
+When any chosen episode's store has ENV_STATE (training-only scene facts), every window also gets
+    observation/environment_state  float32 [d] at frame t only (never history); NaN where unknown
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
 from vla.data.resize import parse_size
 from vla.data.store import EpisodeStore
-from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, IMAGE_PREFIX, STATE, TASK, SpecError, image_key
+from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, ENV_STATE, IMAGE_PREFIX, STATE, TASK, SpecError, image_key
 
 
 class WindowDataset(Dataset):
@@ -66,11 +68,15 @@ class WindowDataset(Dataset):
         # Flat index over every frame of every selected episode.
         ep_rows, store_of, frames = [], [], []
         self._state, self._action, self._task, self._emb, self._start, self._len = [], [], [], [], [], []
+        self._env: list[np.ndarray | None] = []  # ENV_STATE rows per episode (None: it has none)
+        self.env_state_dim = self._env_dim(embodiments)  # None: no window has the key
         self.embodiments = {}
         for si, store in enumerate(self._stores):
             for info in store.infos():
                 if embodiments is not None and info.embodiment not in embodiments:
                     continue
+                has_env = self.env_state_dim is not None and store.env_state_dim(info.embodiment) is not None
+                self._env.append(store.lowdim(info.embodiment, ENV_STATE, info.start, info.end) if has_env else None)
                 self.embodiments.setdefault(info.embodiment, store.embodiments[info.embodiment])
                 e = len(self._len)
                 self._state.append(store.lowdim(info.embodiment, STATE, info.start, info.end))
@@ -88,6 +94,20 @@ class WindowDataset(Dataset):
         self._ep_store = np.asarray(store_of, np.int64)
         self._ep = np.concatenate(ep_rows)
         self._t = np.concatenate(frames)
+
+    def _env_dim(self, embodiments) -> int | None:
+        """The ENV_STATE dim shared by every store/embodiment that has one (None: none has)."""
+        dims = {}
+        for store in self._stores:
+            for name in {i.embodiment for i in store.infos()}:
+                if embodiments is not None and name not in embodiments:
+                    continue
+                d = store.env_state_dim(name)
+                if d is not None:
+                    dims[f"{store.path}:{name}"] = d
+        if len(set(dims.values())) > 1:
+            raise SpecError(f"{ENV_STATE}: dims differ across stores/embodiments: {dims}; they must agree")
+        return next(iter(dims.values()), None)
 
     def __getstate__(self):
         d = self.__dict__.copy()
@@ -144,6 +164,9 @@ class WindowDataset(Dataset):
             out[STATE] = self._state[e][np.maximum(obs_t, 0)]
         else:
             out[STATE] = self._state[e][t]
+        if self.env_state_dim is not None:
+            env = self._env[e]
+            out[ENV_STATE] = env[t] if env is not None else np.full(self.env_state_dim, np.nan, np.float32)
         return out
 
     def _obs_frames(self, i: int) -> list[int]:
@@ -183,7 +206,8 @@ def collate_windows(samples: list[dict], *, stack_images: bool = True) -> dict:
     `state_dim_is_pad` / `action_dim_is_pad` [b, dim] marking padding. A camera missing from
     some samples is zero-filled there, with `image_mask/<cam>` [b] False for those samples.
     With stack_images=False, images stay a list per camera (None where missing), for batches
-    whose embodiments use different image sizes under one camera name.
+    whose embodiments use different image sizes under one camera name. ENV_STATE, when present,
+    is stacked to float32 [b, d] with its NaN (unknown) rows kept.
     """
     out: dict = {TASK: [s[TASK] for s in samples], EMBODIMENT: [s[EMBODIMENT] for s in samples]}
     for key, pad_key in ((STATE, "state_dim_is_pad"), (ACTION, "action_dim_is_pad")):
@@ -200,6 +224,10 @@ def collate_windows(samples: list[dict], *, stack_images: bool = True) -> dict:
         for k, a in enumerate(arrs):
             mask[k, : a.shape[-1]] = False
         out[pad_key] = torch.from_numpy(mask)
+    if any(ENV_STATE in s for s in samples):  # NaN (unknown) survives: auxiliary losses mask it
+        d = next(s[ENV_STATE].shape[-1] for s in samples if ENV_STATE in s)
+        nan = np.full(d, np.nan, np.float32)
+        out[ENV_STATE] = torch.from_numpy(np.stack([np.asarray(s.get(ENV_STATE, nan), np.float32) for s in samples]))
     for key in (ACTION_IS_PAD, "obs_is_pad"):
         if key in samples[0]:
             out[key] = torch.from_numpy(np.stack([s[key] for s in samples]))

@@ -8,6 +8,9 @@ exact to within (max - min) / bins.
 Two normalization modes (the policy preset picks one, the checkpoint records it):
     zscore:   (x - mean) / (std + eps)                 pi0
     quantile: (x - q01) / (q99 - q01 + eps) * 2 - 1    FAST / pi0.5, clipped to [-1, 1] by callers
+
+ENV_STATE (training-only scene facts) gets stats too, for each embodiment that has it, over its
+finite rows only (NaN rows: episodes recorded without it); absent where no row is known.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
-from vla.spec import ACTION, STATE, SpecError
+from vla.spec import ACTION, ENV_STATE, STATE, SpecError
 
 EPS = 1e-6
 MODES = ("zscore", "quantile")
@@ -143,9 +146,10 @@ def compute_stats_from_chunks(chunks_factory, dim: int, bins: int = 5000) -> Key
 
 
 def compute_norm_stats(
-    stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION), bins: int = 5000, progress: bool = False
+    stores: Iterable, keys: tuple[str, ...] = (STATE, ACTION, ENV_STATE), bins: int = 5000, progress: bool = False
 ) -> NormStats:
-    """Stats per embodiment and key over every committed episode of the given stores."""
+    """Stats per embodiment and key over every committed episode of the given stores. ENV_STATE is
+    optional: computed over finite rows where an embodiment has it, left out where it has none."""
     from tqdm import tqdm
 
     stores = list(stores) if isinstance(stores, (list, tuple)) else [stores]
@@ -156,21 +160,39 @@ def compute_norm_stats(
             by_emb.setdefault(info.embodiment, []).append((store, info))
             emb = store.embodiments[info.embodiment]
             d = {STATE: emb.state_dim, ACTION: emb.action_dim}
-            if info.embodiment in dims and dims[info.embodiment] != d:
+            if info.embodiment in dims and {k: dims[info.embodiment][k] for k in d} != d:
                 raise SpecError(
                     f"embodiment {info.embodiment!r} has different dims across stores: {dims[info.embodiment]} vs {d}"
                 )
+            d = {**dims.get(info.embodiment, {}), **d}
+            env = store.env_state_dim(info.embodiment)
+            if env is not None:
+                if d.get(ENV_STATE, env) != env:
+                    raise SpecError(
+                        f"embodiment {info.embodiment!r}: {ENV_STATE} dims differ across stores: {d[ENV_STATE]} vs {env}"
+                    )
+                d[ENV_STATE] = env
             dims[info.embodiment] = d
     out: NormStats = {}
     for name, eps in by_emb.items():
         out[name] = {}
         for key in keys:
+            if key not in dims[name]:
+                if key == ENV_STATE:
+                    continue  # optional: this embodiment has none
+                raise SpecError(f"norm stats: unknown key {key!r} (known: {sorted(dims[name])})")
+            optional = key == ENV_STATE
 
-            def chunks(eps=eps, key=key, name=name):
+            def chunks(eps=eps, key=key, name=name, optional=optional):
                 it = tqdm(eps, desc=f"stats {name} {key}", disable=not progress, leave=False)
                 for store, info in it:
-                    yield store.lowdim(name, key, info.start, info.end)
+                    if optional and store.env_state_dim(name) is None:
+                        continue
+                    x = store.lowdim(name, key, info.start, info.end)
+                    yield x[np.isfinite(x).all(axis=1)] if optional else x
 
+            if optional and not any(len(x) for x in chunks()):
+                continue  # every row unknown
             out[name][key] = compute_stats_from_chunks(chunks, dims[name][key], bins)
     return out
 
