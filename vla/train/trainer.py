@@ -155,6 +155,7 @@ def train(
     init: str | Path | None = None,
     fsdp: bool = False,
     lora_rank: int | None = None,
+    snapshot_seconds: tuple[float, ...] = (),
 ) -> Path:
     """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
 
@@ -165,6 +166,8 @@ def train(
     max_seconds: a wall-clock budget; training stops (and checkpoints) at the first step past it.
         Without `steps` the preset's step count does not cap it: the run takes the whole budget
         (the progress bar then counts time).
+    snapshot_seconds: at the first step past each of these training times a copy of the
+        checkpoint is kept beside `out`, named `<out>@<seconds>s` (learning curves from one run).
     """
     from tqdm import tqdm
 
@@ -319,8 +322,16 @@ def train(
     step = start
     t_start = time.perf_counter()
     counts: dict[str, int] = {}  # batch counters (count/...): summed here, since workers only see copies
+    snapshots = sorted(float(x) for x in snapshot_seconds)
     for batch in loader:
-        elapsed = _elapsed(t_start, world, dev) if max_seconds else 0.0
+        elapsed = _elapsed(t_start, world, dev) if max_seconds or snapshots else 0.0
+        while snapshots and elapsed >= snapshots[0]:
+            at = snapshots.pop(0)
+            save(step)
+            if rank == 0:
+                snapshot_path(out, at).parent.mkdir(parents=True, exist_ok=True)
+                shutil.rmtree(snapshot_path(out, at), ignore_errors=True)
+                shutil.copytree(out, snapshot_path(out, at))
         if max_seconds and elapsed > max_seconds:
             log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
             break
@@ -381,6 +392,12 @@ def _resumed_finetune(tcfg: TrainConfig, ck: Checkpoint, lora_rank: int | None, 
     if freeze is not None and freeze != rec_freeze:
         raise SpecError(f"--resume: {ck.path} was trained with freeze={rec_freeze!r}, this run asks for {freeze!r}")
     return replace(tcfg, lora=rec_lora, freeze=rec_freeze)
+
+
+def snapshot_path(out: str | Path, seconds: float) -> Path:
+    """Where `train(..., snapshot_seconds=...)` keeps the checkpoint it had after `seconds`."""
+    out = Path(out)
+    return out.with_name(f"{out.name}@{int(round(seconds))}s")
 
 
 def _elapsed(t_start: float, world: int, dev: torch.device) -> float:
