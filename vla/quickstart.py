@@ -1,10 +1,12 @@
 """The embedded default run behind `vla quickstart` / `launch/quickstart.sh`.
 
-    1 collect   scripted demos: arm7 + arm5 language-conditioned reach-goal (datasets/quickstart.toml)
+    1 collect   scripted demos: arm7 + arm5 language-conditioned reach-goal and pick-place
+                (datasets/quickstart.toml)
     2 inspect   dataset summary, norm stats, contact sheet
     3 train     pi0-tiny on the demos (CPU)
     4 eval      the policy and the scripted expert on held-out seeds (suite `quickstart`), with
-                videos, plus the language-shuffle check
+                videos, plus the language-shuffle check on reach-goal (the instruction is the
+                only cue there to which target)
     5 deploy    `vla serve` + `vla sim-robot` + `vla run` for a short real-time run
     6 report    runs/<name>/report.html
 Each step writes its outputs under the run folder and is skipped when they exist
@@ -29,6 +31,7 @@ log = logging.getLogger(__name__)
 
 RECIPE = "datasets/quickstart.toml"
 SUITE = "quickstart"
+LANGUAGE_TASK = "reach-goal"  # the suite's tasks the language-shuffle check runs on (listed first)
 
 
 class _Steps:
@@ -148,8 +151,8 @@ def run_quickstart(
         log.info(format_results(pol))
         exp = evaluate("expert", SUITE, episodes=episodes, workers=workers, json_out=ev / "expert.json")
         log.info(format_results(exp))
-        pool = EpisodeStore.open(demos).tasks
-        lang = language_check(ckpt, SUITE, pool, episodes=episodes, workers=workers, normal=pol)
+        lang_suite, pool, normal = _language_subset(pol, demos)
+        lang = language_check(ckpt, lang_suite, pool, episodes=episodes, workers=workers, normal=normal)
         _json(ev / "language.json", {**lang, "probe": reliance_probe(ckpt, demos), "goal": goal_error(ckpt, demos)})
     pol = json.loads((ev / "policy.json").read_text())
     exp = json.loads((ev / "expert.json").read_text())
@@ -200,6 +203,25 @@ def run_quickstart(
         "language": lang,
         "control": control,
     }
+
+
+def _language_subset(pol: dict, demos: Path):
+    """The suite's LANGUAGE_TASK tasks (the same seeds as in the full suite: they come first),
+    the demos' instructions of that task, and the policy's success on them."""
+    from dataclasses import replace
+
+    from vla.bench.learn import task_pools
+    from vla.sim.suites import load_suite
+
+    suite = load_suite(SUITE)
+    n = sum(t.task == LANGUAGE_TASK for t in suite.tasks)
+    if [t.task for t in suite.tasks[:n]] != [LANGUAGE_TASK] * n:
+        raise ValueError(f"suite {SUITE!r}: the {LANGUAGE_TASK} tasks must come first (their seeds are shared)")
+    pools = task_pools(str(demos))
+    pool = sorted({i for t in suite.tasks[:n] for i in pools.get(f"{t.robot}/{t.task}", [])})
+    rows = [r for r in pol["tasks"] if r["task"] == LANGUAGE_TASK]
+    normal = {"overall": {"success_rate": sum(r["success_rate"] for r in rows) / len(rows)}}
+    return replace(suite, tasks=suite.tasks[:n]), pool, normal
 
 
 def _pick_videos(videos: list[str]) -> list[str]:

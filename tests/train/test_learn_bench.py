@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from vla.bench.learn import TARGETS, _task_pools, judge_targets, plot_curves
+from vla.bench.learn import TARGETS, judge_targets, plot_curves, task_pools
 from vla.config import load_preset
 from vla.data import EpisodeStore
 from vla.model.checkpoint import Checkpoint
@@ -21,7 +21,7 @@ def test_snapshots_keep_the_checkpoint_of_each_curve_point(tmp_path, two_stores)
     assert not snapshot_path(ck, 3600.0).exists()  # the run ended before that point
 
 
-def test_task_pools_group_instructions_by_source(tmp_path):
+def testtask_pools_group_instructions_by_source(tmp_path):
     emb = tiny_embodiment("armA", s=3, a=2)
     st = EpisodeStore.create(tmp_path / "s", [emb])
     for ep, (source, task) in enumerate(
@@ -36,7 +36,7 @@ def test_task_pools_group_instructions_by_source(tmp_path):
             for t in range(3):
                 w.add_frame(make_frame(emb, ep, t))
             w.end_episode(task=task)
-    assert _task_pools(str(tmp_path / "s")) == {"armA/reach": ["touch blue", "touch red"], "armA/push": ["push red"]}
+    assert task_pools(str(tmp_path / "s")) == {"armA/reach": ["touch blue", "touch red"], "armA/push": ["push red"]}
 
 
 def _point(success: dict, lang: dict | None = None) -> dict:

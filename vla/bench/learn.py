@@ -234,7 +234,7 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
     return {"per_embodiment": out, "samples": samples}
 
 
-def _task_pools(store: str) -> dict[str, list[str]]:
+def task_pools(store: str) -> dict[str, list[str]]:
     """Instructions of the demos per task ("robot/task", from each episode's source)."""
     from vla.data.store import EpisodeStore
 
@@ -367,7 +367,7 @@ def run(
     if not data.exists():
         collect(recipe, str(data), workers=workers)
     collect_s = time.perf_counter() - t0
-    pools = _task_pools(str(data))
+    pools = task_pools(str(data))
     results = {
         "benchmark": "learn",
         "recipe": recipe,

@@ -1,0 +1,33 @@
+"""The quickstart's language check runs on reach-goal only, with reach-goal's instructions."""
+
+from vla.data import EpisodeStore
+from vla.quickstart import LANGUAGE_TASK, _language_subset
+
+from helpers import make_frame, tiny_embodiment
+
+
+def test_language_check_uses_the_reach_goal_tasks_and_their_instructions(tmp_path):
+    emb = tiny_embodiment("arm7", s=3, a=2)
+    st = EpisodeStore.create(tmp_path / "s", [emb])
+    demos = [
+        ("arm7/reach-goal", "touch the red target"),
+        ("arm7/pick-place", "put the red cube in the bin"),
+        ("arm5/reach-goal", "reach the blue target"),
+    ]
+    for ep, (src, task) in enumerate(demos):
+        with st.writer("arm7", source=f"sim:expert:{src}") as w:
+            for t in range(3):
+                w.add_frame(make_frame(emb, ep, t))
+            w.end_episode(task=task)
+    pol = {
+        "tasks": [
+            {"robot": "arm7", "task": "reach-goal", "success_rate": 1.0},
+            {"robot": "arm5", "task": "reach-goal", "success_rate": 0.5},
+            {"robot": "arm7", "task": "pick-place", "success_rate": 0.0},
+            {"robot": "arm5", "task": "pick-place", "success_rate": 0.0},
+        ]
+    }
+    suite, pool, normal = _language_subset(pol, tmp_path / "s")
+    assert [t.task for t in suite.tasks] == [LANGUAGE_TASK, LANGUAGE_TASK]
+    assert pool == ["reach the blue target", "touch the red target"]
+    assert normal["overall"]["success_rate"] == 0.75
