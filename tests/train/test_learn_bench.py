@@ -66,3 +66,15 @@ def test_curves_png(tmp_path):
     curve = {15.0: _point({"arm7/reach": 0.2, "arm5/reach": 0.1}), 30.0: _point({"arm7/reach": 0.6, "arm5/reach": 0.4})}
     plot_curves({"pi0-tiny": curve}, tmp_path / "c.png")
     assert (tmp_path / "c.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and (tmp_path / "c.png").stat().st_size > 5000
+
+
+def test_a_new_model_gets_as_many_camera_slots_as_the_data_needs(tmp_path, two_stores):
+    from vla.data.synthetic import write_synthetic
+
+    emb = tiny_embodiment("tri", s=4, a=3, cams=(("front", 16, 16), ("left", 16, 16), ("right", 16, 16)))
+    store = EpisodeStore.create(tmp_path / "tri", [emb])
+    write_synthetic(store, emb, episodes=2, length=12, seed=3)
+    preset = load_preset(write_preset(tmp_path / "p.toml"))  # 2 camera slots
+    assert preset.model["cameras"] == 2
+    ck = train(preset, [*two_stores, str(tmp_path / "tri")], tmp_path / "ck", steps=2, progress=False)
+    assert Checkpoint(ck).config["policy"]["config"]["cameras"] == 3

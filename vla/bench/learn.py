@@ -379,7 +379,7 @@ def run(
     }
     curves = {}
     for name in presets:
-        preset = load_preset(name)
+        preset = load_preset(name)  # camera slots widen to the data's (the bimanual robot's 3) in train()
         ck = out / f"ckpt-{Path(name).stem}"
         t1 = time.perf_counter()
         budget = minutes[-1] * 60
@@ -402,6 +402,7 @@ def run(
             "train_seconds": round(train_s, 1),
             "steps": cfg.step,
             "params": cfg.params,
+            "camera_slots": cfg.model.cameras,
             "curve": {f"{m:g}": p for m, p in curve.items()},
             "targets": judge_targets(curve),
         }

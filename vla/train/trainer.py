@@ -201,6 +201,11 @@ def train(
     # Frames decoded and resized to the model's input in the DataLoader workers (issue 16).
     ds = WindowDataset(stores, base_cfg.horizon, weights=weights, image_size=(base_cfg.backbone.image_size,) * 2)
     embodiments = ds.embodiments
+    cams = max(len(e.cameras) for e in embodiments.values())
+    if not (resume or init) and cams > base_cfg.cameras:  # a new model: as many camera slots as the data needs
+        wide = sorted(n for n, e in embodiments.items() if len(e.cameras) == cams)
+        log.info("camera slots: %d (the preset has %d; %s has %d cameras)", cams, base_cfg.cameras, wide, cams)
+        base_cfg = replace(base_cfg, cameras=cams)
     model_cfg = replace(
         base_cfg,
         grad_checkpoint=tcfg.grad_checkpoint,
