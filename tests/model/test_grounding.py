@@ -110,3 +110,20 @@ def test_transforms_zscore_env_state_and_mark_unknown_rows():
     np.testing.assert_allclose(out["env_state"][0].numpy(), 1.0, rtol=1e-5)
     no_stats = Transforms({"a": emb}, {"a": {}}, "zscore", None, image_size=32, cameras=1, max_tokens=4, horizon=2)
     assert not no_stats._env_state(["a"], env[:1])["env_state_valid"].any()
+
+
+def test_env_state_input_feeds_the_predicted_facts_to_the_state_token():
+    with pytest.raises(SpecError, match="set env_state_loss > 0"):
+        tiny_pi0(grounding_tokens=K, env_state_input=True)
+    cfg, m = _model(env_state_loss=1.0, env_state_input=True)
+    batch = cfg.example_batch(2, vocab_size=64)
+    _, g = m.observe(batch)
+    tok = m._state_token(batch["state"], batch["embodiment"], torch.float32, g)
+    with torch.no_grad():
+        m.grounding.env_head.bias.add_(1.0)  # other predicted facts -> another state token
+    assert not torch.allclose(m._state_token(batch["state"], batch["embodiment"], torch.float32, g), tok)
+    # The flow loss does not train the facts' head (the gradient is stopped); the aux loss does.
+    m.zero_grad()
+    m.compute_loss(batch).sum().backward()
+    assert m.grounding.env_head.weight.grad is None or not m.grounding.env_head.weight.grad.any()
+    assert m.env_state_in.weight.grad.abs().sum() > 0

@@ -64,12 +64,16 @@ class Grounding(nn.Module):
         g = q + pooled
         return g + self.mlp(g)
 
+    def predict(self, g: torch.Tensor) -> torch.Tensor:
+        """Grounding tokens [b, K, d] -> the z-scored scene facts they encode [b, e]."""
+        if self.env_head is None:
+            raise RuntimeError("this grounding module has no env-state head (env_dim = 0)")
+        return self.env_head(g.flatten(1).float())
+
     def env_loss(self, g: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
         """Per-sample MSE [b] of the scene facts predicted from grounding tokens g [b, K, d]
         against z-scored `target` [b, e]; 0 where `valid` [b] is False."""
-        if self.env_head is None:
-            raise RuntimeError("this grounding module has no env-state head (env_dim = 0)")
-        pred = self.env_head(g.flatten(1).float())
+        pred = self.predict(g)
         if pred.shape[-1] != target.shape[-1]:
             raise ValueError(
                 f"env-state loss: the model predicts {pred.shape[-1]} dims, the data has {target.shape[-1]} "

@@ -88,6 +88,11 @@ class Pi0Config:
     # 0: no auxiliary loss (the grounding tokens then learn from the flow loss alone).
     env_state_loss: float = 0.0
     env_state_dim: int = 6  # len(vla.spec.ENV_STATE_LAYOUT), the built-in tasks' layout
+    # pi0: the scene facts the grounding tokens predict (z-scored, gradient stopped) also enter
+    # the state token through their own projection, so the expert reads the named object's and
+    # the goal's positions as numbers, as a policy on privileged state would, but predicted
+    # from the images and the instruction.
+    env_state_input: bool = False
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -109,6 +114,8 @@ class Pi0Config:
                 f"pi0: grounding_tokens and env_state_loss must be >= 0 and env_state_dim >= 1 (got "
                 f"{self.grounding_tokens}, {self.env_state_loss}, {self.env_state_dim})"
             )
+        if self.env_state_input and not self.env_state_loss:
+            raise SpecError("pi0: env_state_input feeds the predicted scene facts: set env_state_loss > 0")
         if self.env_state_loss and not self.grounding_tokens:
             raise SpecError(
                 "pi0: env_state_loss regresses the scene facts from the grounding tokens: set grounding_tokens > 0"
@@ -189,6 +196,12 @@ class Pi0Model(ActionModel):
             self.grounding = Grounding(d, cfg.grounding_tokens, heads=cfg.backbone.text.heads, env_dim=env_dim)
             if self.uses_state_token:
                 self.grounding_to_state = nn.Linear(cfg.grounding_tokens * d, w)
+                if cfg.env_state_input:
+                    self.env_state_in = nn.Linear(cfg.env_state_dim, w)
+            elif cfg.env_state_input:
+                raise SpecError(
+                    f"{type(self).__name__}: env_state_input needs a state token (pi0), this model has none"
+                )
         self._loss_terms: dict[str, torch.Tensor] = {}
         self.cross_plan = None
         if cfg.attach == "cross":
@@ -263,6 +276,9 @@ class Pi0Model(ActionModel):
         tok = self.state_in(state.to(dtype), emb)
         if grounding is not None:  # what the instruction picked out of the images, one hop from the actions
             tok = tok + self.grounding_to_state(grounding.flatten(1).to(tok.dtype))
+            if self.cfg.env_state_input:
+                facts = self.grounding.predict(grounding).detach()
+                tok = tok + self.env_state_in(facts.to(tok.dtype))
         return tok[:, None]
 
     def _time_terms(self, t: torch.Tensor) -> torch.Tensor:
