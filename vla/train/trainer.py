@@ -41,6 +41,7 @@ from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import Transforms, build_transforms
 from vla.spec import SpecError
+from vla.train.augment import random_shift
 from vla.train.freeze import check_mode
 from vla.train.fsdp import require_torchrun
 from vla.train.init import check_same_type, init_config, init_inputs, load_init_weights
@@ -73,6 +74,7 @@ class TrainConfig:
     freeze: str = "none"  # vla.train.freeze: "none", "vision", "vlm" (expert-only, as SmolVLA)
     frozen_bf16: bool = True  # on CUDA with bf16: frozen weights stored in bfloat16 (vla.train.trainee)
     lora: LoraSpec = field(default_factory=LoraSpec)  # vla.train.lora; rank 0 = off
+    image_shift: int = 0  # pixels of random shift of every training image (vla.train.augment); 0 = off
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -86,6 +88,8 @@ class TrainConfig:
             raise SpecError(
                 f"train: steps, batch_size and lr must be positive (got {self.steps}, {self.batch_size}, {self.lr})"
             )
+        if self.image_shift < 0:
+            raise SpecError(f"train: image_shift must be >= 0, got {self.image_shift}")
         if not 0 <= self.ema < 1:
             raise SpecError(f"train: ema must be in [0, 1), got {self.ema}")
 
@@ -348,6 +352,9 @@ def train(
         gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
         for k, v in model.training_draws(tcfg.batch_size, batch, gen).items():  # global batch; this rank's rows
             batch[k] = v[rank::world].to(dev)
+        if tcfg.image_shift and "images" in batch:
+            shifts = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step) + 1)
+            batch["images"] = random_shift(batch["images"], tcfg.image_shift, shifts, rank=rank, world=world)
         with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
             loss = trainee.loss(batch, gen)
         gnorm = trainee.step(loss, lr)
