@@ -78,3 +78,26 @@ def test_a_new_model_gets_as_many_camera_slots_as_the_data_needs(tmp_path, two_s
     assert preset.model["cameras"] == 2
     ck = train(preset, [*two_stores, str(tmp_path / "tri")], tmp_path / "ck", steps=2, progress=False)
     assert Checkpoint(ck).config["policy"]["config"]["cameras"] == 3
+
+
+def test_grounding_error_per_task_on_recorded_scene_facts(tmp_path, two_stores):
+    import pytest
+
+    from vla.bench.learn import grounding_error
+    from vla.sim import collect
+    from vla.sim.collect import RecipeConfig, RecipeTask
+    from vla.spec import SpecError
+
+    recipe = RecipeConfig("g", (RecipeTask("arm7", "reach", 2), RecipeTask("arm7", "pick-place", 1)), image_size=32)
+    collect(recipe, tmp_path / "demos", progress=False)
+    text = write_preset(tmp_path / "p.toml").read_text()
+    (tmp_path / "g.toml").write_text(text.replace("[model]\n", "[model]\ngrounding_tokens = 2\nenv_state_loss = 1.0\n"))
+    ck = train(load_preset(tmp_path / "g.toml"), [str(tmp_path / "demos")], tmp_path / "ck", steps=2, progress=False)
+    got = grounding_error(ck, tmp_path / "demos", windows=8)
+    assert set(got) == {"arm7/reach", "arm7/pick-place"}
+    for row in got.values():
+        assert row["windows"] == 8 and all(np.isfinite(row[k]) and row[k] >= 0 for k in ("object_cm", "goal_cm"))
+    plain = train(load_preset(write_preset(tmp_path / "q.toml")), [str(tmp_path / "demos")], tmp_path / "plain",
+                  steps=1, progress=False)  # fmt: skip
+    with pytest.raises(SpecError, match="no env-state head"):
+        grounding_error(plain, tmp_path / "demos")
