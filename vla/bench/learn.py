@@ -320,6 +320,7 @@ def evaluate_point(ckpt: str | Path, suite, pools: dict, *, episodes: int, worke
 
     cfg = load_suite(suite)
     factory = functools.partial(load_policy, str(ckpt))
+    factory.name = Path(ckpt).name  # shown in the eval JSON and chart
     res = evaluate(factory, cfg, episodes=episodes, workers=workers, progress=False, json_out=out)
     tasks = {f"{r['robot']}/{r['task']}": r for r in res["tasks"]}
     lang = {}
