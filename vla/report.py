@@ -161,8 +161,8 @@ def build_report(
         verdict = language.get("verdict", "")
         cls = "ok" if language.get("passed") else "bad"
         parts.append(
-            f"<p>Same checkpoint, same scenes, instructions shuffled across episodes (the named colour is "
-            f"the only cue): success {language['normal']:.0%} with the right instruction vs "
+            f"<p>On reach-goal (the named colour is the only cue to which target): same checkpoint, same "
+            f"scenes, instructions shuffled across episodes: success {language['normal']:.0%} with the right instruction vs "
             f"{language['shuffled']:.0%} shuffled; chance is about {language['chance']:.0%}. "
             f"<span class='{cls}'>{html.escape(verdict)}</span></p>"
         )
