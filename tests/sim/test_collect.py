@@ -105,3 +105,12 @@ def test_recipes_load_and_bad_ones_say_why(tmp_path):
         load_recipe(bad)
     with pytest.raises(SpecError, match="recipe not found"):
         load_recipe("no-such-recipe")
+
+
+def test_the_package_collect_stays_the_function_after_its_module_is_imported():
+    import importlib
+
+    importlib.import_module("vla.sim.collect")
+    from vla.sim import collect as fn
+
+    assert callable(fn) and fn.__module__ == "vla.sim.collect"

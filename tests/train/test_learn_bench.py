@@ -84,8 +84,7 @@ def test_grounding_error_per_task_on_recorded_scene_facts(tmp_path, two_stores):
     import pytest
 
     from vla.bench.learn import grounding_error
-    from vla.sim import collect
-    from vla.sim.collect import RecipeConfig, RecipeTask
+    from vla.sim.collect import RecipeConfig, RecipeTask, collect
     from vla.spec import SpecError
 
     recipe = RecipeConfig("g", (RecipeTask("arm7", "reach", 2), RecipeTask("arm7", "pick-place", 1)), image_size=32)

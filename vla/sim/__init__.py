@@ -19,17 +19,15 @@ from vla.sim.registry import builtin_pairs, env_id, list_robots, list_tasks, mak
 
 register_all()
 
+# Imported here, not wrapped lazily: the submodule vla.sim.collect would otherwise replace the
+# package's `collect` function with itself the first time anything imports it.
+from vla.sim.collect import collect  # noqa: E402
+
 
 def make_expert(env, *, noise: float = 0.0, seed: int | None = None):
     from vla.sim.expert import make_expert as _make
 
     return _make(env, noise=noise, seed=seed)
-
-
-def collect(recipe_or_spec, out_store, *, episodes: int | None = None, workers: int = 1, **kwargs) -> dict:
-    from vla.sim.collect import collect as _collect
-
-    return _collect(recipe_or_spec, out_store, episodes=episodes, workers=workers, **kwargs)
 
 
 def evaluate(policy, suite, **kwargs) -> dict:
