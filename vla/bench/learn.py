@@ -270,8 +270,7 @@ def grounding_error(ckpt: str | Path, store: str | Path, *, windows: int = 48, s
         b = tf.from_windows(collate_windows(ws, stack_images=False))
         with torch.no_grad():
             pred = model.grounding.predict(model.observe(b)[1]).numpy()
-        s = tf.stats[b["embodiment"][0]][ENV_STATE]
-        pred = pred * (s.std + 1e-6) + s.mean
+        pred = tf.stats[b["embodiment"][0]][ENV_STATE].unnormalize(pred, "zscore")
         true = np.stack([w[ENV_STATE] for w in ws])
         out[task] = {
             "object_cm": round(100 * float(np.linalg.norm(pred[:, :2] - true[:, :2], axis=1).mean()), 2),
