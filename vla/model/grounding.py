@@ -19,6 +19,10 @@ scene facts (vla.spec.ENV_STATE: the named object's and the goal's positions, z-
 grounding tokens, so the vision tower and the instruction pool learn to find the named object
 from a regression gradient instead of only through the flow-matching loss. Policies never read
 ENV_STATE: at inference the tokens are computed from images and instruction alone.
+
+With a keypoint stem (stem = "keypoints", vla.model.keypoints) the queries also carry where the
+instruction-conditioned heatmaps of every camera peak, through an MLP with a per-embodiment bias
+(each robot's cameras sit elsewhere, so the same pixel means another place).
 """
 
 from __future__ import annotations
@@ -26,9 +30,21 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from vla.model.keypoints import Keypoints
+
 
 class Grounding(nn.Module):
-    def __init__(self, width: int, tokens: int, *, heads: int = 4, env_dim: int = 0):
+    def __init__(
+        self,
+        width: int,
+        tokens: int,
+        *,
+        heads: int = 4,
+        env_dim: int = 0,
+        keypoints: int = 0,
+        cameras: int = 1,
+        embodiments: int = 1,
+    ):
         super().__init__()
         if width % heads:
             heads = 1
@@ -47,11 +63,27 @@ class Grounding(nn.Module):
             nn.LayerNorm(width), nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width)
         )
         self.env_head = nn.Linear(tokens * width, env_dim) if env_dim else None
+        self.keypoints = None
+        if keypoints:
+            self.keypoints = Keypoints(width, keypoints)
+            hidden = 4 * width
+            self.kp_in = nn.Linear(self.keypoints.out_dim(cameras), hidden)
+            self.kp_embodiment = nn.Embedding(embodiments, hidden)
+            self.kp_out = nn.Sequential(nn.GELU(), nn.Linear(hidden, tokens * width))
 
     def forward(
-        self, image: torch.Tensor, image_valid: torch.Tensor, text: torch.Tensor, text_valid: torch.Tensor
+        self,
+        image: torch.Tensor,
+        image_valid: torch.Tensor,
+        text: torch.Tensor,
+        text_valid: torch.Tensor,
+        pixels: torch.Tensor | None = None,
+        pixel_mask: torch.Tensor | None = None,
+        embodiment: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """image [b, n, d] + valid [b, n], text embeddings [b, l, d] + valid [b, l] -> [b, K, d]."""
+        """image tokens [b, n, d] + valid [b, n], text embeddings [b, l, d] + valid [b, l] -> [b, K, d].
+        With a keypoint stem also the camera images `pixels` [b, c, 3, S, S] in [-1, 1], their
+        `pixel_mask` [b, c] and each row's `embodiment` index [b] (long)."""
         b = image.shape[0]
         dtype = self.queries.dtype
         image, text = image.to(dtype), text.to(dtype)
@@ -59,6 +91,12 @@ class Grounding(nn.Module):
         lang, _ = self.text_pool(self.text_query.expand(b, -1, -1), t, t, key_padding_mask=_ignored(text_valid))
         gamma, beta = self.film(lang).chunk(2, dim=-1)  # [b, 1, d] each
         q = self.queries * (1 + gamma) + beta
+        if self.keypoints is not None:
+            if pixels is None or pixel_mask is None or embodiment is None:
+                raise ValueError("grounding with a keypoint stem needs the images, their mask and the embodiment")
+            kp = self.keypoints(pixels, pixel_mask, lang[:, 0])
+            hid = self.kp_in(kp.to(dtype)) + self.kp_embodiment(embodiment)
+            q = q + self.kp_out(hid).view(b, self.tokens, self.width)
         k = self.image_norm(image)
         pooled, _ = self.image_pool(q, k, k, key_padding_mask=_ignored(image_valid))
         g = q + pooled

@@ -93,6 +93,9 @@ class Pi0Config:
     # the goal's positions as numbers, as a policy on privileged state would, but predicted
     # from the images and the instruction.
     env_state_input: bool = False
+    # M > 0: the grounding tokens also carry M instruction-conditioned spatial-softmax keypoints
+    # per camera from a small conv stem (vla.model.keypoints); 0: image tokens only.
+    grounding_keypoints: int = 0
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -113,6 +116,11 @@ class Pi0Config:
             raise SpecError(
                 f"pi0: grounding_tokens and env_state_loss must be >= 0 and env_state_dim >= 1 (got "
                 f"{self.grounding_tokens}, {self.env_state_loss}, {self.env_state_dim})"
+            )
+        if self.grounding_keypoints < 0 or (self.grounding_keypoints and not self.grounding_tokens):
+            raise SpecError(
+                f"pi0: grounding_keypoints feed the grounding tokens: set grounding_tokens > 0 and keypoints >= 0 "
+                f"(got {self.grounding_keypoints} keypoints, {self.grounding_tokens} tokens)"
             )
         if self.env_state_input and not self.env_state_loss:
             raise SpecError("pi0: env_state_input feeds the predicted scene facts: set env_state_loss > 0")
@@ -193,7 +201,15 @@ class Pi0Model(ActionModel):
         if cfg.grounding_tokens:
             d = self.backbone.width
             env_dim = cfg.env_state_dim if cfg.env_state_loss else 0
-            self.grounding = Grounding(d, cfg.grounding_tokens, heads=cfg.backbone.text.heads, env_dim=env_dim)
+            self.grounding = Grounding(
+                d,
+                cfg.grounding_tokens,
+                heads=cfg.backbone.text.heads,
+                env_dim=env_dim,
+                keypoints=cfg.grounding_keypoints,
+                cameras=cfg.cameras,
+                embodiments=len(cfg.embodiments) + 1,  # + one for an embodiment the config does not name
+            )
             if self.uses_state_token:
                 self.grounding_to_state = nn.Linear(cfg.grounding_tokens * d, w)
                 if cfg.env_state_input:
@@ -236,9 +252,21 @@ class Pi0Model(ActionModel):
         if self.grounding is None:
             return p, None
         n_img = p.embeds.shape[1] - batch["tokens"].shape[1]  # [image tokens][text tokens]
-        g = self.grounding(p.embeds[:, :n_img], p.valid[:, :n_img], p.embeds[:, n_img:], batch["token_mask"])
+        extra = {}
+        if self.grounding.keypoints is not None:
+            extra = {
+                "pixels": batch["images"],
+                "pixel_mask": batch["image_mask"],
+                "embodiment": self._embodiment_index(batch["embodiment"], batch["images"].device),
+            }
+        g = self.grounding(p.embeds[:, :n_img], p.valid[:, :n_img], p.embeds[:, n_img:], batch["token_mask"], **extra)
         valid = torch.ones(g.shape[:2], dtype=torch.bool, device=g.device)
         return p.extend(g, valid), g
+
+    def _embodiment_index(self, names: list[str], device) -> torch.Tensor:
+        known = sorted(self.cfg.embodiments)
+        index = [known.index(n) if n in known else len(known) for n in names]
+        return torch.tensor(index, dtype=torch.long, device=device)
 
     def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens [b, lp, d], valid [b, lp]."""
