@@ -370,7 +370,7 @@ def plot_curves(curves: dict[str, dict[float, dict]], png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, len(curves), figsize=(6.5 * len(curves), 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(curves), figsize=(8.5 * len(curves), 4.5), squeeze=False)
     for ax, (name, curve) in zip(axes[0], curves.items()):
         xs = sorted(curve)
         tasks = sorted({t for p in curve.values() for t in p["success"]})
@@ -390,7 +390,7 @@ def plot_curves(curves: dict[str, dict[float, dict]], png: Path) -> None:
         ax.set_xticks(xs)
         ax.set_title(name)
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left")
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the curves, not on them
     fig.tight_layout()
     fig.savefig(png, dpi=110)
     plt.close(fig)
