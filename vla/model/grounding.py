@@ -20,9 +20,9 @@ grounding tokens, so the vision tower and the instruction pool learn to find the
 from a regression gradient instead of only through the flow-matching loss. Policies never read
 ENV_STATE: at inference the tokens are computed from images and instruction alone.
 
-With a keypoint stem (stem = "keypoints", vla.model.keypoints) the queries also carry where the
-instruction-conditioned heatmaps of every camera peak, through an MLP with a per-embodiment bias
-(each robot's cameras sit elsewhere, so the same pixel means another place).
+With a keypoint stem (`grounding_keypoints = M`, vla.model.keypoints) the queries also carry
+where the instruction-conditioned heatmaps of every camera peak, through an MLP with a
+per-embodiment bias (each robot's cameras sit elsewhere, so the same pixel means another place).
 """
 
 from __future__ import annotations
