@@ -86,7 +86,6 @@ def test_pi0_with_keypoints_reads_the_pixels_and_any_embodiment():
     cfg = tiny_pi0(grounding_tokens=2, env_state_loss=1.0, grounding_keypoints=3)
     m = Pi0Model(cfg, 64)
     batch = cfg.example_batch(2, vocab_size=64)
-    g = m.observe(batch)[1]
     with torch.no_grad():  # the keypoint path alone (the image tokens unchanged) moves the tokens
         m.grounding.keypoints.maps.weight.normal_(0, 1.0)
         g = m.observe(batch)[1]

@@ -26,12 +26,12 @@ from torch import nn
 PER_KEYPOINT = 3  # x, y, peak
 
 
+def _norm(channels: int) -> nn.GroupNorm:
+    return nn.GroupNorm(min(8, channels // 4), channels)
+
+
 def _block(c_in: int, c_out: int, kernel: int, stride: int) -> list[nn.Module]:
-    return [
-        nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2),
-        nn.GroupNorm(min(8, c_out // 4), c_out),
-        nn.GELU(),
-    ]
+    return [nn.Conv2d(c_in, c_out, kernel, stride=stride, padding=kernel // 2), _norm(c_out), nn.GELU()]
 
 
 class Keypoints(nn.Module):
@@ -45,7 +45,7 @@ class Keypoints(nn.Module):
         self.film = nn.Linear(cond_width, 2 * channels)
         nn.init.zeros_(self.film.weight)  # starts unconditioned; the instruction's say grows from 0
         nn.init.zeros_(self.film.bias)
-        self.head = nn.Sequential(nn.GroupNorm(min(8, channels // 4), channels), nn.GELU())
+        self.head = nn.Sequential(_norm(channels), nn.GELU())
         self.maps = nn.Conv2d(channels, keypoints, 1)
         self.log_temperature = nn.Parameter(torch.zeros(()))
 

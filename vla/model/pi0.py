@@ -198,6 +198,7 @@ class Pi0Model(ActionModel):
         self.time_mlp_in = nn.Linear(w if self.adaptive_time else 2 * w, w)
         self.time_mlp_out = nn.Linear(w, w)
         self.grounding = None
+        self._embodiment_ids = {n: i for i, n in enumerate(sorted(cfg.embodiments))}
         if cfg.grounding_tokens:
             d = self.backbone.width
             env_dim = cfg.env_state_dim if cfg.env_state_loss else 0
@@ -264,9 +265,10 @@ class Pi0Model(ActionModel):
         return p.extend(g, valid), g
 
     def _embodiment_index(self, names: list[str], device) -> torch.Tensor:
-        known = sorted(self.cfg.embodiments)
-        index = [known.index(n) if n in known else len(known) for n in names]
-        return torch.tensor(index, dtype=torch.long, device=device)
+        """Each row's index into the grounding's embodiment bias; one past the last for a name
+        the config does not know."""
+        unknown = len(self._embodiment_ids)
+        return torch.tensor([self._embodiment_ids.get(n, unknown) for n in names], dtype=torch.long, device=device)
 
     def embed_prefix(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
         """-> tokens [b, lp, d], valid [b, lp]."""
