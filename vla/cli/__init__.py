@@ -19,8 +19,29 @@ app = typer.Typer(
     add_completion=False,
     no_args_is_help=True,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help texts as written: Rich markup would eat every "[default: ...]"
+    context_settings={"help_option_names": ["-h", "--help"]},
     help="vla: vision-language-action robotics stack. Data, training, simulation, deployment.",
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        import vla
+
+        typer.echo(f"vla {vla.__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(
+        False, "--version", "-V", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """vla: vision-language-action robotics stack. Data, training, simulation, deployment."""
+
+
 app.add_typer(data.app, name="data")
 app.add_typer(bench_app, name="bench")
 app.command("collect")(sim.collect_command)

@@ -10,12 +10,15 @@ from typing import Optional
 
 import typer
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks; each prints JSON and can save it with --json OUT.")
+bench_app = typer.Typer(
+    no_args_is_help=True, rich_markup_mode=None, help="Benchmarks; each prints JSON and can save it with --json OUT."
+)
 
 
-def fail(msg: str) -> None:
+def fail(msg: str, code: int = 2) -> None:
+    """One line on stderr that names the fix, and a non-zero exit: how a user's mistake ends."""
     typer.secho(f"error: {msg}", fg=typer.colors.RED, err=True)
-    raise typer.Exit(2)
+    raise typer.Exit(code)
 
 
 class _StdoutHandler(logging.StreamHandler):

@@ -11,7 +11,9 @@ import typer
 from vla.cli.common import bench_app, emit, fail, user_errors
 
 app = typer.Typer(
-    no_args_is_help=True, help="Episode stores: inspect, compute stats, edit, migrate, LeRobot import/export."
+    no_args_is_help=True,
+    rich_markup_mode=None,
+    help="Episode stores: inspect, compute stats, edit, migrate, LeRobot import/export.",
 )
 
 
@@ -32,8 +34,11 @@ def data_info(
     from vla.data.stats import compute_norm_stats, stats_to_json
     from vla.data.store import EpisodeStore
     from vla.data.viz import contact_sheet
+    from vla.outputs import check_file_output
 
     try:
+        if sheet is not None and not no_sheet:
+            check_file_output(sheet, "--sheet", (".png",))
         s = EpisodeStore.open(store)
         summary = s.summary()
         summary["norm_stats"] = stats_to_json(compute_norm_stats(s)) if s.num_episodes else {}
@@ -87,11 +92,13 @@ def data_stats(
     """Compute norm stats (mean, std, min, max, q01, q99) per embodiment and key, streaming."""
     from vla.data.stats import compute_norm_stats, save_stats, stats_to_json
     from vla.data.store import EpisodeStore
+    from vla.outputs import check_file_output
 
     try:
+        target = out or Path(store) / "norm_stats.json"
+        check_file_output(target, "--out", (".json",))
         s = EpisodeStore.open(store)
         stats = compute_norm_stats(s, progress=True)
-        target = out or Path(store) / "norm_stats.json"
         save_stats(stats, target)
     except user_errors() as e:
         fail(str(e))
@@ -99,6 +106,33 @@ def data_stats(
         for key, st in per.items():
             typer.echo(f"{emb} {key}: n={st['count']} mean={_fmt(st['mean'])} std={_fmt(st['std'])}")
     typer.echo(f"wrote {target}")
+
+
+@app.command("verify")
+def data_verify(
+    store: str = typer.Argument(..., help="Path or fsspec URL of an episode store."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+):
+    """Read every frame of every episode (low-dim arrays and each camera frame) and name the corrupt
+    ones. Exits 1 when any is found; training skips such frames (and stops past a cap)."""
+    from vla.data.verify import verify_store
+
+    try:
+        r = verify_store(store, progress=not as_json)
+    except user_errors() as e:
+        fail(str(e))
+    if as_json:
+        typer.echo(json.dumps(r, indent=2))
+    else:
+        for c in r["corrupt"]:
+            where = f"frame {c['frame']}" if c["frame"] is not None else "all frames"
+            typer.echo(f"corrupt: episode {c['episode']} [{c['embodiment']}] {c['key']} {where}: {c['error']}")
+        typer.echo(
+            f"{r['store']}: {r['episodes']} episodes, {r['frames']} frames, {r['images_checked']} images read, "
+            f"{r['problems']} corrupt"
+        )
+    if r["problems"]:
+        raise typer.Exit(1)
 
 
 @app.command("import-lerobot")

@@ -30,15 +30,24 @@ def collect_command(
     keep_failed: Optional[bool] = typer.Option(
         None, "--keep-failed/--drop-failed", help="Keep unsuccessful episodes [default: the recipe's, usually no]."
     ),
+    seed: Optional[int] = typer.Option(
+        None,
+        help="First scene seed [default: the recipe's for a new store; after the last seed already "
+        "collected into an existing one, so appended episodes are new scenes].",
+    ),
     json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
 ):
-    """Fill a store with scripted-expert demonstrations in simulation."""
+    """Fill a store with scripted-expert demonstrations in simulation (a new store, or more
+    episodes appended to one that collect wrote)."""
+    from vla.outputs import check_file_output
     from vla.sim.collect import collect, load_recipe
 
     try:
+        if json_out:
+            check_file_output(json_out, "--json", (".json",))
         rec = load_recipe(recipe)
         out = out or Path("data") / rec.name
-        r = collect(rec, out, episodes=episodes, workers=workers, keep_failed=keep_failed)
+        r = collect(rec, out, episodes=episodes, workers=workers, keep_failed=keep_failed, seed=seed)
     except _sim_errors() as e:
         fail(str(e))
     for name, s in r["per_task"].items():
@@ -48,7 +57,11 @@ def collect_command(
         )
     for c in r["crashed"]:
         typer.echo(f"crashed: {c['robot']}/{c['task']} seed {c['seed']}: {c['error']}", err=True)
-    typer.echo(f"{r['episodes_kept']} episodes into {out} in {r['seconds']} s ({r['episodes_per_min']} episodes/min)")
+    seeds = ", ".join(f"{n} from {s}" for n, s in r["first_seed"].items())
+    typer.echo(
+        f"{r['episodes_kept']} episodes into {out} in {r['seconds']} s ({r['episodes_per_min']} episodes/min); "
+        f"seeds: {seeds}"
+    )
     if json_out:
         emit(r, json_out)
 

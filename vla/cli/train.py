@@ -10,7 +10,7 @@ import typer
 
 from vla.cli.common import bench_app, emit, fail, user_errors
 
-tokenizer_app = typer.Typer(no_args_is_help=True, help="FAST action tokenizers.")
+tokenizer_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAST action tokenizers.")
 
 
 def _split(s: str | None) -> list[str]:
@@ -24,7 +24,11 @@ def train_command(
         "fast-tiny, pi0-paligemma, pi05-paligemma, fast-paligemma) or a .toml path.",
     ),
     data: str = typer.Option(..., help="Episode store(s), comma-separated."),
-    out: Path = typer.Option(..., help="Checkpoint directory to write (atomically)."),
+    out: Path = typer.Option(
+        ...,
+        help="Checkpoint directory to write (atomically). It must not exist, unless it is a checkpoint "
+        "and --resume or --overwrite says what to do with it; nothing is written beside it.",
+    ),
     steps: Optional[int] = typer.Option(None, help="Training steps [default: the preset's]."),
     minutes: Optional[float] = typer.Option(
         None,
@@ -37,6 +41,9 @@ def train_command(
     workers: Optional[int] = typer.Option(None, help="DataLoader worker processes [default: the preset's]."),
     save_every: Optional[int] = typer.Option(None, help="Also checkpoint every N steps."),
     resume: bool = typer.Option(False, help="Continue from OUT's train_state.pt up to --steps."),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="Replace the checkpoint at OUT (never anything that is not a checkpoint)."
+    ),
     init: Optional[Path] = typer.Option(
         None,
         help="Start from this checkpoint (e.g. from vla convert): its weights, "
@@ -68,12 +75,23 @@ def train_command(
     """Train a policy on episode stores. Multi-GPU/CPU: torchrun --nproc_per_node N $(which vla) train ...
     [--fsdp]. Fine-tune a converted pi0 on one GPU: vla train pi0-paligemma --init CKPT --lora 16 ..."""
     from vla.config import load_preset
-    from vla.train.trainer import train
+    from vla.train.trainer import TrainingInterrupted, train
 
     if eval_every and not eval_suite:
         fail("--eval-every needs --eval-suite")
     if minutes is not None and minutes <= 0:
         fail(f"--minutes must be > 0, got {minutes}")
+    if steps is not None and steps < 1:
+        fail(f"--steps must be >= 1, got {steps} (leave it out for the preset's)")
+    if resume and overwrite:
+        fail("give --resume (continue the checkpoint at OUT) or --overwrite (replace it), not both")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    for name, v in {"--workers": workers, "--save-every": save_every, "--eval-every": eval_every}.items():
+        if v is not None and v < 0:
+            fail(f"{name} must be >= 0, got {v}")
+    if lr is not None and lr <= 0:
+        fail(f"--lr must be > 0, got {lr}")
     save_every = eval_every or save_every
     overrides = {
         k: v
@@ -104,7 +122,10 @@ def train_command(
             init=init,
             fsdp=fsdp,
             lora_rank=lora,
+            overwrite=overwrite,
         )
+    except TrainingInterrupted as e:
+        fail(str(e), code=130)
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"checkpoint: {ckpt}  (loss curve: {ckpt / 'loss.png'}, metrics: {ckpt / 'metrics.jsonl'})")

@@ -23,6 +23,7 @@ When any chosen episode's store has ENV_STATE (training-only scene facts), every
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
 from typing import Sequence
 
@@ -30,12 +31,21 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, WeightedRandomSampler
 
+from vla.data.frame_files import CorruptFrameError, StoreError
 from vla.data.resize import parse_size
 from vla.data.store import EpisodeStore
 from vla.spec import ACTION, ACTION_IS_PAD, EMBODIMENT, ENV_STATE, IMAGE_PREFIX, STATE, TASK, SpecError, image_key
 
+log = logging.getLogger(__name__)
+
+CORRUPT = "corrupt_skipped"  # sample key (skip_corrupt): 1 when this window stands in for a corrupt one
+SUBSTITUTE_TRIES = 8  # windows tried in place of a corrupt one before the store is called broken
+
 
 class WindowDataset(Dataset):
+    """skip_corrupt: a window with a corrupt frame is logged and replaced by another window (marked
+    with CORRUPT: 1), rather than stopping the loader; the trainer counts and caps these."""
+
     def __init__(
         self,
         stores: Sequence[str | EpisodeStore] | str | EpisodeStore,
@@ -46,6 +56,7 @@ class WindowDataset(Dataset):
         embodiments: Sequence[str] | None = None,
         images: bool = True,
         image_size: int | tuple[int, int] | None = None,
+        skip_corrupt: bool = False,
     ):
         if horizon < 1:
             raise SpecError(f"horizon must be >= 1, got {horizon}")
@@ -61,6 +72,7 @@ class WindowDataset(Dataset):
         if weights is not None and (min(weights) < 0 or sum(weights) <= 0):
             raise SpecError(f"mixture weights must be >= 0 with a positive sum, got {list(weights)}")
         self.horizon, self.history, self.images = horizon, history, images
+        self.skip_corrupt = skip_corrupt
         self.image_size = parse_size(image_size)
         self.weights = list(weights) if weights is not None else None
         self._stores = [s if isinstance(s, EpisodeStore) else EpisodeStore.open(s) for s in stores]
@@ -180,6 +192,31 @@ class WindowDataset(Dataset):
 
     def __getitems__(self, indices) -> list[dict]:
         indices = [int(i) for i in indices]
+        if not self.skip_corrupt:
+            return self._read(indices)
+        try:
+            return self._read(indices)
+        except CorruptFrameError:
+            return [self._read_or_substitute(i) for i in indices]
+
+    def _read_or_substitute(self, i: int) -> dict:
+        """Window i, or (its frame being corrupt) the first readable of a fixed sequence of others."""
+        for k in range(SUBSTITUTE_TRIES + 1):
+            j = i if k == 0 else (i + k * 7919) % len(self)
+            try:
+                sample = self._read([j])[0]
+            except CorruptFrameError as e:
+                log.warning("skipping a training window: %s", e)
+                continue
+            if k:
+                sample[CORRUPT] = 1
+            return sample
+        raise StoreError(
+            f"window {i} and {SUBSTITUTE_TRIES} others all have corrupt frames: the store is broken; "
+            "`vla data verify STORE` names the frames"
+        )
+
+    def _read(self, indices: list[int]) -> list[dict]:
         samples = [self.lowdim(i) for i in indices]
         if not self.images:
             return samples

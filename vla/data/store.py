@@ -170,6 +170,14 @@ class EpisodeStore:
         self._set_attrs(embodiments=embs)
         self.embodiments[emb.name] = emb
 
+    def notes(self) -> dict:
+        """Small JSON facts a tool keeps with the store (`vla collect`: the next seed per task)."""
+        return dict(self._attrs.get("notes", {}))
+
+    def set_note(self, key: str, value) -> None:
+        """Record one note (JSON-able) in the root attributes (one atomic write)."""
+        self._set_attrs(notes={**self.notes(), key: value})
+
     def _set_attrs(self, **changes) -> None:
         new = {**self._attrs, **changes}
         self._g.attrs.put(new)  # one atomic write of the root zarr.json

@@ -31,6 +31,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla.data.store import EpisodeStore
+from vla.outputs import check_output, is_store
 from vla.resources import load_toml
 from vla.sim.registry import embodiment_for, make_env
 from vla.sim.rollout import run_episode
@@ -41,6 +42,7 @@ from vla.spec import SpecError
 log = logging.getLogger(__name__)
 
 SEED_STRIDE = 100_000  # seeds of task i are seed + i * SEED_STRIDE + episode
+SEED_NOTE = "collect_next_seed"  # store note: robot/task -> the first seed not yet collected
 
 
 @dataclass(frozen=True)
@@ -123,23 +125,37 @@ def collect(
     workers: int = 1,
     keep_failed: bool | None = None,
     progress: bool = True,
+    seed: int | None = None,
 ) -> dict:
-    """Run a recipe (name, TOML path or RecipeConfig) into `out_store` (created, or appended to)."""
+    """Run a recipe (name, TOML path or RecipeConfig) into `out_store` (created, or appended to).
+
+    Seeds: task i of the recipe runs seeds seed + i * SEED_STRIDE + k. Appending to a store goes on
+    after the last seed collected into it for that robot/task (kept in the store's notes), so new
+    episodes are new scenes; `seed` starts at that seed instead (the recipe's seed otherwise)."""
     recipe = recipe_or_spec if isinstance(recipe_or_spec, RecipeConfig) else load_recipe(recipe_or_spec)
     if episodes is not None:
         if episodes < 1:
             raise SpecError(f"episodes must be >= 1, got {episodes}")
         recipe = replace(recipe, tasks=tuple(replace(t, episodes=episodes) for t in recipe.tasks))
+    if workers < 1:
+        raise SpecError(f"workers must be >= 1, got {workers}")
+    if seed is not None and seed < 0:
+        raise SpecError(f"seed must be >= 0, got {seed}")
+    check_output(
+        out_store, "an episode store", own=is_store, overwrite=True
+    )  # append to a store, never to other things
     keep = recipe.keep_failed if keep_failed is None else keep_failed
     embs = {t.robot: embodiment_for(t.robot, recipe.image_size) for t in recipe.tasks}
     store = EpisodeStore.create(out_store, list(embs.values()), exist_ok=True)
     for emb in embs.values():
         store.add_embodiment(emb)
-    jobs = [
-        {"robot": t.robot, "task": t.task, "noise": t.noise, "seed": recipe.seed + i * SEED_STRIDE + k}
-        for i, t in enumerate(recipe.tasks)
-        for k in range(t.episodes)
-    ]
+    done = store.notes().get(SEED_NOTE, {}) if seed is None else {}
+    first = recipe.seed if seed is None else seed
+    jobs = []
+    for i, t in enumerate(recipe.tasks):
+        start = max(first + i * SEED_STRIDE, int(done.get(f"{t.robot}/{t.task}", 0)))
+        jobs += [{"robot": t.robot, "task": t.task, "noise": t.noise, "seed": start + k} for k in range(t.episodes)]
+    next_seed = dict(store.notes().get(SEED_NOTE, {}))
     stats = {
         f"{t.robot}/{t.task}": {"attempted": 0, "succeeded": 0, "kept": 0, "crashed": 0, "frames": 0}
         for t in recipe.tasks
@@ -150,8 +166,10 @@ def collect(
     try:
         context = {"image_size": recipe.image_size, "after_success": recipe.after_success}
         for job, ep, err in run_jobs(_collect_job, context, jobs, workers=workers):
-            s = stats[f"{job['robot']}/{job['task']}"]
+            name = f"{job['robot']}/{job['task']}"
+            s = stats[name]
             s["attempted"] += 1
+            next_seed[name] = max(int(next_seed.get(name, 0)), job["seed"] + 1)
             bar.update(1)
             if err is not None:
                 s["crashed"] += 1
@@ -168,11 +186,13 @@ def collect(
                 for i in range(n):
                     w.add_frame({k: v[i] for k, v in arrays.items()})
                 w.end_episode(task=ep["task"], success=bool(ep["success"]))
+            store.set_note(SEED_NOTE, next_seed)
             s["kept"] += 1
             s["frames"] += n
             bar.set_postfix(kept=sum(x["kept"] for x in stats.values()))
     finally:
         bar.close()
+        store.set_note(SEED_NOTE, next_seed)
     elapsed = time.perf_counter() - t0
     total = sum(x["attempted"] for x in stats.values())
     return {
@@ -180,6 +200,7 @@ def collect(
         "store": str(out_store),
         "episodes_attempted": total,
         "episodes_kept": sum(x["kept"] for x in stats.values()),
+        "first_seed": {f"{j['robot']}/{j['task']}": j["seed"] for j in reversed(jobs)},
         "seconds": round(elapsed, 2),
         "episodes_per_min": round(60 * total / elapsed, 1) if elapsed > 0 else None,
         "per_task": stats,

@@ -22,6 +22,8 @@ import logging
 import math
 import os
 import shutil
+import signal
+import tempfile
 import time
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -32,7 +34,8 @@ import torch.distributed as dist
 from torch.utils.data import DataLoader, Sampler
 
 from vla.config import Preset
-from vla.data.sampler import WindowDataset, collate_windows
+from vla.data.frame_files import StoreError
+from vla.data.sampler import CORRUPT, WindowDataset, collate_windows
 from vla.data.stats import compute_norm_stats
 from vla.data.store import EpisodeStore
 from vla.model.checkpoint import Checkpoint, CheckpointConfig, save_checkpoint
@@ -40,6 +43,7 @@ from vla.model.contract import COUNT_PREFIX
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import Transforms, build_transforms
+from vla.outputs import check_output, check_parent, is_checkpoint
 from vla.spec import SpecError
 from vla.train.augment import random_shift
 from vla.train.freeze import check_mode
@@ -51,6 +55,11 @@ from vla.train.trainee import Trainee
 log = logging.getLogger(__name__)
 
 UNCAPPED_STEPS = 10**9  # the step count of a run limited by time alone
+MAX_CORRUPT_WINDOWS = 100  # windows skipped for corrupt frames before a run stops: the store is broken
+
+
+class TrainingInterrupted(SpecError):
+    """SIGINT/SIGTERM stopped training; the checkpoint at the step reached was written first."""
 
 
 @dataclass(frozen=True)
@@ -126,13 +135,62 @@ class StepBatches(Sampler):
 
 
 class _Collate:
-    """Runs in the DataLoader workers: collate windows, then the model's input transforms."""
+    """Runs in the DataLoader workers: collate windows, then the model's input transforms. Windows
+    that stood in for ones with a corrupt frame (WindowDataset, skip_corrupt) are counted."""
 
     def __init__(self, tf: Transforms):
         self.tf = tf
 
     def __call__(self, samples):
-        return self.tf.from_windows(collate_windows(samples, stack_images=False))
+        skipped = sum(int(s.pop(CORRUPT, 0)) for s in samples)
+        batch = self.tf.from_windows(collate_windows(samples, stack_images=False))
+        batch[COUNT_PREFIX + "corrupt_windows"] = torch.tensor(skipped)
+        return batch
+
+
+def _ignore_stop_signals(_worker_id: int) -> None:
+    """DataLoader workers leave Ctrl-C (sent to the whole process group) to the trainer, which
+    finishes its step and writes a checkpoint while they keep serving batches."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class _StopSignals:
+    """SIGINT/SIGTERM set a flag the loop reads at the next step (a checkpoint is written there);
+    a second signal stops at once."""
+
+    def __init__(self):
+        self.signum = 0
+        self._old: dict = {}
+
+    def __enter__(self):
+        import threading
+
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._old[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def _handle(self, signum, frame):
+        if self.signum:  # the second one: the user insists
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        self.signum = signum
+        log.warning(
+            "%s: stopping after this step and writing a checkpoint (again to stop now)", signal.Signals(signum).name
+        )
+
+    def __exit__(self, *exc):
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+        return False
+
+    def agreed(self, world: int, dev: torch.device) -> int:
+        """The signal number if any rank got one (every rank stops at the same step)."""
+        if world == 1:
+            return self.signum
+        x = torch.tensor([self.signum], dtype=torch.int64, device=dev)
+        dist.all_reduce(x, op=dist.ReduceOp.MAX)
+        return int(x.item())
 
 
 def _dist_info(fsdp: bool = False) -> tuple[int, int]:
@@ -160,6 +218,7 @@ def train(
     fsdp: bool = False,
     lora_rank: int | None = None,
     snapshot_seconds: tuple[float, ...] = (),
+    overwrite: bool = False,
 ) -> Path:
     """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
 
@@ -172,9 +231,22 @@ def train(
         (the progress bar then counts time).
     snapshot_seconds: at the first step past each of these training times a copy of the
         checkpoint is kept beside `out`, named `<out>@<seconds>s` (learning curves from one run).
+    overwrite: replace a checkpoint already at `out` (never anything else: vla.outputs).
+
+    SIGINT/SIGTERM write the checkpoint of the step reached, then raise TrainingInterrupted.
     """
     from tqdm import tqdm
 
+    if steps is not None and steps < 1:
+        raise SpecError(f"steps must be >= 1, got {steps} (leave it out for the preset's)")
+    if max_seconds is not None and max_seconds <= 0:
+        raise SpecError(f"the time budget must be > 0 seconds, got {max_seconds}")
+    check_parent(out)
+    if resume:
+        if not is_checkpoint(out):
+            raise SpecError(f"--resume: {out} is not a vla checkpoint to continue (no checkpoint config.json there)")
+    else:
+        check_output(out, "a vla checkpoint", own=is_checkpoint, overwrite=overwrite, more="--resume to continue it")
     if fsdp:
         require_torchrun()
     rank, world = _dist_info(fsdp)
@@ -203,7 +275,9 @@ def train(
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     stores = [EpisodeStore.open(p) for p in data]
     # Frames decoded and resized to the model's input in the DataLoader workers (issue 16).
-    ds = WindowDataset(stores, base_cfg.horizon, weights=weights, image_size=(base_cfg.backbone.image_size,) * 2)
+    ds = WindowDataset(
+        stores, base_cfg.horizon, weights=weights, image_size=(base_cfg.backbone.image_size,) * 2, skip_corrupt=True
+    )
     embodiments = ds.embodiments
     cams = max(len(e.cameras) for e in embodiments.values())
     if not (resume or init) and cams > base_cfg.cameras:  # a new model: as many camera slots as the data needs
@@ -270,6 +344,7 @@ def train(
         collate_fn=_Collate(tf),
         persistent_workers=False,
         pin_memory=dev.type == "cuda",
+        worker_init_fn=_ignore_stop_signals,
     )
 
     config = CheckpointConfig(
@@ -285,7 +360,10 @@ def train(
         text_vocab=text_vocab,
         source={"init": str(init)} if init else {},
     )
-    metrics_path = out.with_name(f".{out.name}.metrics.jsonl")
+    # The log and the adapter files live in a private scratch folder until each save copies them
+    # into the checkpoint: nothing is ever left beside OUT.
+    work = Path(tempfile.mkdtemp(prefix="vla-train-"))
+    metrics_path = work / "metrics.jsonl"
     out.parent.mkdir(parents=True, exist_ok=True)
     if resume and (out / "metrics.jsonl").exists() and rank == 0:
         metrics_path.write_text((out / "metrics.jsonl").read_text())
@@ -293,12 +371,12 @@ def train(
         metrics_path.write_text("")
 
     def save(step: int) -> None:
-        scratch = out.with_name(f".{out.name}.adapter")
+        scratch = work / "adapter"
         payload = trainee.checkpoint(step, scratch)  # every rank: FSDP gathers the shards
         if payload is None:
             return
         served, train_state, extra = payload
-        _loss_plot(metrics_path, out.with_name(f".{out.name}.loss.png"))
+        _loss_plot(metrics_path, work / "loss.png")
         save_checkpoint(
             out,
             weights=served,
@@ -307,85 +385,104 @@ def train(
             text=text,
             assets=assets,
             train_state=train_state,
-            extra_files={"metrics.jsonl": metrics_path, "loss.png": out.with_name(f".{out.name}.loss.png"), **extra},
+            extra_files={"metrics.jsonl": metrics_path, "loss.png": work / "loss.png", **extra},
         )
         shutil.rmtree(scratch, ignore_errors=True)
         if on_save is not None:
             on_save(step, out)
 
-    autocast = dev.type == "cuda" and tcfg.bf16
-    model.train()
-    if max_seconds:  # the bar counts seconds of the budget: elapsed and "left" are the run's time
-        bar = tqdm(
-            total=round(max_seconds),
-            desc=f"train {preset.name}",
-            unit="s",
-            disable=not progress or rank != 0,
-            bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining} left{postfix}]",
-        )
-    else:
-        bar = tqdm(
-            total=tcfg.steps, initial=start, desc=f"train {preset.name}", unit="step", disable=not progress or rank != 0
-        )
-    t_last, n_last = time.perf_counter(), 0
-    step = start
-    t_start = time.perf_counter()
-    counts: dict[str, int] = {}  # batch counters (count/...): summed here, since workers only see copies
-    snapshots = sorted(float(x) for x in snapshot_seconds)
-    for batch in loader:
-        elapsed = _elapsed(t_start, world, dev) if max_seconds or snapshots else 0.0
-        while snapshots and elapsed >= snapshots[0]:
-            at = snapshots.pop(0)
+    try:
+        with _StopSignals() as stop:
+            autocast = dev.type == "cuda" and tcfg.bf16
+            model.train()
+            if max_seconds:  # the bar counts seconds of the budget: elapsed and "left" are the run's time
+                bar = tqdm(
+                    total=round(max_seconds),
+                    desc=f"train {preset.name}",
+                    unit="s",
+                    disable=not progress or rank != 0,
+                    bar_format="{l_bar}{bar}| {n:.0f}/{total:.0f} s [{elapsed}<{remaining} left{postfix}]",
+                )
+            else:
+                bar = tqdm(
+                    total=tcfg.steps,
+                    initial=start,
+                    desc=f"train {preset.name}",
+                    unit="step",
+                    disable=not progress or rank != 0,
+                )
+            t_last, n_last = time.perf_counter(), 0
+            step = start
+            t_start = time.perf_counter()
+            counts: dict[str, int] = {}  # batch counters (count/...): summed here, since workers only see copies
+            snapshots = sorted(float(x) for x in snapshot_seconds)
+            for batch in loader:
+                signum = stop.agreed(world, dev)
+                if signum:
+                    save(step)
+                    raise TrainingInterrupted(
+                        f"{signal.Signals(signum).name} at step {step}: checkpoint written to {out}; continue with --resume"
+                    )
+                elapsed = _elapsed(t_start, world, dev) if max_seconds or snapshots else 0.0
+                while snapshots and elapsed >= snapshots[0]:
+                    at = snapshots.pop(0)
+                    save(step)
+                    if rank == 0:
+                        snapshot_path(out, at).parent.mkdir(parents=True, exist_ok=True)
+                        shutil.rmtree(snapshot_path(out, at), ignore_errors=True)
+                        shutil.copytree(out, snapshot_path(out, at))
+                if max_seconds and elapsed > max_seconds:
+                    log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
+                    break
+                lr = lr_at(step, tcfg, elapsed / max_seconds if max_seconds else 0.0)
+                for k in [k for k in batch if k.startswith(COUNT_PREFIX)]:
+                    name = k[len(COUNT_PREFIX) :]
+                    counts[name] = counts.get(name, 0) + int(batch.pop(k))
+                if counts.get("corrupt_windows", 0) > MAX_CORRUPT_WINDOWS:
+                    raise StoreError(
+                        f"{counts['corrupt_windows']} training windows had corrupt frames (more than "
+                        f"{MAX_CORRUPT_WINDOWS}): the store is broken; `vla data verify STORE` names the frames"
+                    )
+                batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+                gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
+                for k, v in model.training_draws(tcfg.batch_size, batch, gen).items():  # global batch; this rank's rows
+                    batch[k] = v[rank::world].to(dev)
+                if tcfg.image_shift and "images" in batch:
+                    shifts = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step) + 1)
+                    batch["images"] = random_shift(batch["images"], tcfg.image_shift, shifts, rank=rank, world=world)
+                with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
+                    loss = trainee.loss(batch, gen)
+                gnorm = trainee.step(loss, lr)
+                step += 1
+                n_last += tcfg.batch_size
+                if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.steps):
+                    now = time.perf_counter()
+                    rec = {
+                        "step": step,
+                        "loss": loss.item(),
+                        "lr": lr,
+                        "grad_norm": float(gnorm),
+                        "windows_per_s": n_last / max(now - t_last, 1e-9),
+                    }
+                    rec.update({k: v for k, v in counts.items() if v})
+                    rec.update(trainee.model.loss_terms())
+                    with open(metrics_path, "a") as f:
+                        f.write(json.dumps(rec) + "\n")
+                    bar.set_postfix(step=step, loss=f"{rec['loss']:.4f}", wps=f"{rec['windows_per_s']:.0f}")
+                    t_last, n_last = now, 0
+                if max_seconds:
+                    bar.update(min(round(elapsed), bar.total) - bar.n)
+                else:
+                    bar.update(1)
+                if tcfg.save_every and step % tcfg.save_every == 0 and step < tcfg.steps:
+                    save(step)
+            bar.close()
+            for name, n in counts.items():
+                if n:
+                    log.warning("%s: %d over this run (see metrics.jsonl)", name, n)
             save(step)
-            if rank == 0:
-                snapshot_path(out, at).parent.mkdir(parents=True, exist_ok=True)
-                shutil.rmtree(snapshot_path(out, at), ignore_errors=True)
-                shutil.copytree(out, snapshot_path(out, at))
-        if max_seconds and elapsed > max_seconds:
-            log.info("time budget of %.0f s reached at step %d of %d", max_seconds, step, tcfg.steps)
-            break
-        lr = lr_at(step, tcfg, elapsed / max_seconds if max_seconds else 0.0)
-        for k in [k for k in batch if k.startswith(COUNT_PREFIX)]:
-            name = k[len(COUNT_PREFIX) :]
-            counts[name] = counts.get(name, 0) + int(batch.pop(k))
-        batch = {k: (v.to(dev, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
-        gen = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step))
-        for k, v in model.training_draws(tcfg.batch_size, batch, gen).items():  # global batch; this rank's rows
-            batch[k] = v[rank::world].to(dev)
-        if tcfg.image_shift and "images" in batch:
-            shifts = torch.Generator().manual_seed(int(tcfg.seed * 1_000_003 + step) + 1)
-            batch["images"] = random_shift(batch["images"], tcfg.image_shift, shifts, rank=rank, world=world)
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=autocast):
-            loss = trainee.loss(batch, gen)
-        gnorm = trainee.step(loss, lr)
-        step += 1
-        n_last += tcfg.batch_size
-        if rank == 0 and (step % tcfg.log_every == 0 or step == tcfg.steps):
-            now = time.perf_counter()
-            rec = {
-                "step": step,
-                "loss": loss.item(),
-                "lr": lr,
-                "grad_norm": float(gnorm),
-                "windows_per_s": n_last / max(now - t_last, 1e-9),
-            }
-            rec.update({k: v for k, v in counts.items() if v})
-            rec.update(trainee.model.loss_terms())
-            with open(metrics_path, "a") as f:
-                f.write(json.dumps(rec) + "\n")
-            bar.set_postfix(step=step, loss=f"{rec['loss']:.4f}", wps=f"{rec['windows_per_s']:.0f}")
-            t_last, n_last = now, 0
-        if max_seconds:
-            bar.update(min(round(elapsed), bar.total) - bar.n)
-        else:
-            bar.update(1)
-        if tcfg.save_every and step % tcfg.save_every == 0 and step < tcfg.steps:
-            save(step)
-    bar.close()
-    for name, n in counts.items():
-        if n:
-            log.warning("%s: %d over this run (see metrics.jsonl)", name, n)
-    save(step)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
     if world > 1:
         dist.barrier()
     return out
