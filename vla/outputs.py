@@ -136,3 +136,29 @@ def set_modes(root: str | Path) -> None:
     files = [root] if root.is_file() else [p for p in root.rglob("*") if p.is_file()]
     for f in files:
         os.chmod(f, mode)
+
+
+RUN_MARKER = ".vla-run.json"  # in a work folder a command made: {"purpose": ...}
+
+
+def claim_folder(path: str | Path, purpose: str, *, flag: str = "--out", legacy=None) -> Path:
+    """A work folder a command fills over several runs (quickstart, benchmarks, deployments): made
+    and marked when free; reused when its marker names the same purpose (or `legacy(path)` says an
+    older vla made it); anything else is refused. Returns the folder."""
+    p = Path(path)
+    check_parent(p, flag)
+    if not is_free(p):
+        marker = p / RUN_MARKER
+        try:
+            mine = json.loads(marker.read_text()).get("purpose") == purpose
+        except (OSError, ValueError, AttributeError):
+            mine = False
+        if not (mine or (p.is_dir() and legacy is not None and legacy(p))):
+            raise OutputError(
+                f"{flag} {p} already exists and is {describe(p)}, not a {purpose} folder vla made; "
+                f"vla never writes into what it did not make: choose another {flag}"
+            )
+    p.mkdir(parents=True, exist_ok=True)
+    if not (p / RUN_MARKER).exists():
+        (p / RUN_MARKER).write_text(json.dumps({"purpose": purpose}) + "\n")
+    return p

@@ -24,6 +24,7 @@ import shutil
 import time
 from pathlib import Path
 
+from vla.outputs import claim_folder
 from vla.report import build_report
 from vla.resources import content_dir
 
@@ -90,10 +91,10 @@ def run_quickstart(
     from vla.sim.eval import format_results
     from vla.train.trainer import train
 
-    out = Path(out)
-    if force and out.exists():
+    out = claim_folder(out, "quickstart", legacy=lambda p: (p / "timings.json").exists())
+    if force:  # redo every step: the folder is the quickstart's own (checked above)
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
+        claim_folder(out, "quickstart")
     t0 = time.perf_counter()
     step = _Steps(out, force, 6)
     demos, ckpt, ev = out / "data" / "demos", out / "ckpt", out / "eval"

@@ -24,6 +24,7 @@ import platform
 import time
 from pathlib import Path
 
+from vla.outputs import claim_folder
 from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -97,8 +98,7 @@ def run(
             f"no checkpoint at {ckpt!r}: pass --ckpt, e.g. one made by `vla quickstart` or "
             "`vla train pi0-tiny --data <arm7 reach store> --out <dir>`"
         )
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out, "bench control", legacy=lambda p: (p / "policy_server.log").exists())
     rows, t0 = [], time.perf_counter()
     with contextlib.ExitStack() as stack:
         pport, rport = free_port(), free_port()

@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
+from vla.outputs import claim_folder
 from vla.spec import STATE, TASK
 
 
@@ -419,8 +420,7 @@ def run(
     minutes = sorted(float(m) for m in minutes)
     if not minutes or minutes[0] <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out, "bench learn", legacy=lambda p: (p / "demos" / "zarr.json").exists())
     data = out / "demos"
     t0 = time.perf_counter()
     if not data.exists():
@@ -447,7 +447,7 @@ def run(
         ck = out / f"ckpt-{Path(name).stem}"
         t1 = time.perf_counter()
         budget = minutes[-1] * 60
-        train(preset, [str(data)], ck, steps=steps, max_seconds=budget, progress=True,
+        train(preset, [str(data)], ck, steps=steps, max_seconds=budget, progress=True, overwrite=True,
               snapshot_seconds=tuple(m * 60 for m in minutes[:-1]))  # fmt: skip
         train_s = time.perf_counter() - t1
         curve, steps_at = {}, {}

@@ -55,6 +55,19 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (StoreError, SpecError, FileNotFoundError)
 
 
+def json_path(value: Optional[Path]) -> Optional[Path]:
+    """--json FILE, checked when the command line is parsed (before any slow work): a folder or a
+    file that is not an earlier JSON result is refused, never replaced."""
+    if value is not None:
+        from vla.outputs import OutputError, check_file_output
+
+        try:
+            check_file_output(value, "--json", (".json",))
+        except OutputError as e:
+            fail(str(e))
+    return value
+
+
 def emit(result: dict, json_out: Optional[Path]) -> None:
     text = json.dumps(result, indent=2)
     typer.echo(text)

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +47,8 @@ def serve_command(
         serve(checkpoint, cfg, device=device, compile=compile)
     except (ValueError, *user_errors()) as e:
         fail(str(e))
+    except OSError as e:  # the port was taken between the check and the bind
+        fail(f"cannot serve on {host}:{port}: {e}; pick another --port")
     except KeyboardInterrupt:
         pass
 
@@ -55,7 +57,9 @@ def sim_robot_command(
     env: str = typer.Option("vla/Arm7-Reach-v0", help="Gymnasium id, vla/<Robot>-<Task>-v0."),
     port: int = typer.Option(9100, help="TCP port (0 picks a free one)."),
     host: str = typer.Option("127.0.0.1", help="Interface to bind."),
-    image_size: int = typer.Option(64, help="Camera image size (must match the policy's embodiment)."),
+    image_size: int = typer.Option(
+        96, help="Camera image size: the size the policy was trained on (the built-in recipes and pi0-tiny: 96)."
+    ),
     seed: int = typer.Option(0, help="Seed of the first scene."),
     physics_hz: float = typer.Option(100.0, help="Real-time physics update rate."),
     seconds: Optional[float] = typer.Option(None, help="Exit after this long [default: run until stopped]."),
@@ -83,7 +87,9 @@ def run_command(
         None, help="Override [robot]: connect to a running `vla sim-robot` on this port instead of starting one."
     ),
     out: Optional[Path] = typer.Option(None, help="Run folder [default: the launch file's record.out]."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the summary to this JSON file.", callback=json_path
+    ),
 ):
     """Run the real-time control loop of a deployment: robot + policy + safety, recorded."""
     from vla.runtime.run import run_deployment
@@ -124,13 +130,20 @@ def run_command(
     typer.echo(f"  timing log {r['files']['timing_json']}, histogram {r['files']['histogram_png']}")
     if json_out:
         emit(r, json_out)
+    if inf["requests"] and inf["failed"] == inf["requests"]:
+        fail(
+            f"every one of the {inf['requests']} inference requests failed, so the robot only held "
+            f"position; the last error: {inf.get('last_error')}"
+        )
     if r.get("recorder_error"):
         fail(f"the episode recorder failed ({r['recorder_error']}): the run's episodes were not all recorded")
 
 
 @bench_app.command("control")
 def bench_control(
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
     checkpoint: Optional[str] = typer.Option(
         None,
         "--ckpt",

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -35,16 +35,15 @@ def collect_command(
         help="First scene seed [default: the recipe's for a new store; after the last seed already "
         "collected into an existing one, so appended episodes are new scenes].",
     ),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the summary to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the summary to this JSON file.", callback=json_path
+    ),
 ):
     """Fill a store with scripted-expert demonstrations in simulation (a new store, or more
     episodes appended to one that collect wrote)."""
-    from vla.outputs import check_file_output
     from vla.sim.collect import collect, load_recipe
 
     try:
-        if json_out:
-            check_file_output(json_out, "--json", (".json",))
         rec = load_recipe(recipe)
         out = out or Path("data") / rec.name
         r = collect(rec, out, episodes=episodes, workers=workers, keep_failed=keep_failed, seed=seed)
@@ -118,7 +117,7 @@ def eval_command(
         help="Execute this many actions of each chunk before replanning [default: the suite's, else half the chunk].",
     ),
     json_out: Optional[Path] = typer.Option(
-        None, "--json", help="Write results JSON here (and the bar chart PNG beside it)."
+        None, "--json", help="Write results JSON here (and the bar chart PNG beside it).", callback=json_path
     ),
     videos: Optional[Path] = typer.Option(None, help="Folder for mp4 videos of the first rollouts of each task."),
     num_videos: int = typer.Option(
@@ -129,10 +128,28 @@ def eval_command(
         help="First episode seed: another block of held-out scenes (default: "
         "the suite's, 1000000; collection recipes use seeds from 0).",
     ),
+    image_size: Optional[int] = typer.Option(
+        None, help="Camera image size to render [default: the suite's]; must be what the policy was trained on."
+    ),
 ):
-    """Success rate per task (95% CI), mean episode length, a bar chart and videos."""
-    from vla.sim.eval import evaluate, format_results
+    """Success rate per task (95% CI), mean episode length, a bar chart and videos. The suite's robots
+    and camera sizes are checked against the policy before the first episode."""
+    from vla.outputs import check_output
+    from vla.sim.eval import check_policy_robots, evaluate, format_results
+    from vla.sim.suites import load_suite
 
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    try:
+        if videos:
+            check_output(videos, "a folder of eval videos", own=_videos_folder, overwrite=True, flag="--videos")
+        cfg = load_suite(suite)
+        if Path(policy).is_dir() and workers > 1:  # loaded in the workers: check its robots here first
+            from vla.model.checkpoint import Checkpoint
+
+            check_policy_robots(Checkpoint(policy, verify=False).embodiments, cfg, image_size or cfg.image_size)
+    except _sim_errors() as e:
+        fail(str(e))
     pol = resolve_policy(policy, workers)
     try:
         r = evaluate(
@@ -145,6 +162,7 @@ def eval_command(
             videos=videos,
             num_videos=num_videos,
             seed=seed,
+            image_size=image_size,
         )
     except _sim_errors() as e:
         fail(str(e))
@@ -155,9 +173,15 @@ def eval_command(
         typer.echo(f"videos: {len(r['videos'])} in {videos}")
 
 
+def _videos_folder(p: Path) -> bool:
+    return p.is_dir() and all(f.suffix == ".mp4" for f in p.iterdir())
+
+
 @bench_app.command("sim")
 def bench_sim(
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
     quick: bool = typer.Option(False, help="Fewer iterations (a smoke run, not for reporting)."),
     external: bool = typer.Option(True, help="Include the Meta-World and ALOHA suites."),
     collect_episodes: int = typer.Option(100, help="arm7 reach episodes for the collection timing."),

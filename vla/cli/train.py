@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, user_errors
 
 tokenizer_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAST action tokenizers.")
 
@@ -164,8 +164,10 @@ def tokenizer_fit(
 ):
     """Fit FAST (DCT + scale/round + BPE) on a store's quantile-normalized action chunks; report quality."""
     from vla.model.fast_fit import fit_store
+    from vla.outputs import check_output
 
     try:
+        check_output(out, "a folder of FAST tokenizers")
         report = fit_store(store, out, horizon=horizon, scale=scale, vocab=vocab, chunks=chunks)
     except user_errors() as e:
         fail(str(e))
@@ -174,7 +176,9 @@ def tokenizer_fit(
 
 @bench_app.command("infer")
 def bench_infer(
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
     threads: int = typer.Option(2, help="torch CPU threads."),
     reps: int = typer.Option(20, help="Timed repetitions (median reported)."),
     compile: bool = typer.Option(
@@ -192,7 +196,9 @@ def bench_infer(
 
 @bench_app.command("learn")
 def bench_learn(
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
     out: Path = typer.Option(Path("runs/bench-learn"), help="Work folder (demos, checkpoints, eval JSON, curves)."),
     minutes: str = typer.Option(
         "15,30,60",
@@ -220,8 +226,8 @@ def bench_learn(
         fail(f"--minutes must be comma-separated numbers, got {minutes!r}")
     if not points or min(points) <= 0:
         fail(f"--minutes must be positive, got {minutes!r}")
-    emit(
-        run(
+    try:
+        result = run(
             out,
             presets=tuple(_split(presets)),
             minutes=points,
@@ -230,9 +236,10 @@ def bench_learn(
             episodes=episodes,
             steps=steps,
             probe=probe,
-        ),  # fmt: skip
-        json_out,
-    )
+        )
+    except user_errors() as e:
+        fail(str(e))
+    emit(result, json_out)
 
 
 @bench_app.command("memory")
@@ -249,7 +256,9 @@ def bench_memory(
         "(CUDA if available): step time and peak memory allocated, beside the estimate.",
     ),
     steps: int = typer.Option(3, help="Timed steps per setup with --measure (after one warm-up step)."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
 ):
     """GPU memory per GPU to train a preset: weights, gradients, AdamW, EMA and activations for a full
     fine-tune (one GPU or DDP; FSDP over 2/4/8), LoRA and a frozen VLM, computed from the model built on
@@ -275,7 +284,9 @@ def bench_probe(
     ckpt: Path = typer.Argument(..., help="Checkpoint directory."),
     data: Path = typer.Option(..., help="Episode store to take windows from (e.g. the training demos)."),
     windows: int = typer.Option(256, help="Windows to average the loss over."),
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
 ):
     """Does a checkpoint use its camera images and its instruction? Training loss on fixed windows
     as recorded vs with another episode's images vs another episode's instruction (no simulation;

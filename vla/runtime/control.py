@@ -210,7 +210,7 @@ class ControlLoop:
                     if not ok:
                         policy_down_until = now + cfg.retry_s
                         if not down_reported or res.error != last_error:
-                            log.warning("policy unavailable, holding position: %s", res.error)
+                            log.warning("inference failed, holding position: %s", res.error)
                         down_reported, last_error = True, res.error
                         continue
                     if down_reported:
@@ -322,6 +322,7 @@ class ControlLoop:
             if self.recorder is not None and outcome != "episodes":
                 self.recorder.end_episode(task, None)  # the episode in progress, outcome unknown
         summary = timing.summary()
+        summary["inference"]["last_error"] = last_error or None
         rec_error = getattr(self.recorder, "error", None)  # a failed recorder never stops the loop; report it
         summary.update(
             {

@@ -25,6 +25,7 @@ import time
 from dataclasses import replace
 from pathlib import Path
 
+from vla.outputs import check_output, claim_folder, is_store
 from vla.runtime.launch import LaunchConfig, load_launch
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,10 @@ def _robot(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
     return robot
 
 
+def _old_run_folder(p: Path) -> bool:
+    return (p / "summary.json").exists() or (p / "episodes" / "zarr.json").exists()
+
+
 def run_deployment(
     launch, *, overrides: dict | None = None, out: str | Path | None = None, status: bool = True
 ) -> dict:
@@ -270,8 +275,9 @@ def run_deployment(
     from vla.runtime.recorder import EpisodeRecorder
 
     cfg = load_launch(launch, overrides)
-    out = Path(out) if out is not None else cfg.out
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim_folder(out if out is not None else cfg.out, "deployment run", legacy=_old_run_folder)
+    if cfg.record.enabled and cfg.record.store:
+        check_output(cfg.record.store, "an episode store", own=is_store, overwrite=True, flag="[record] store")
     # Short GIL slices: the control thread gets the interpreter back within ~1 ms from any worker thread.
     old_switch = sys.getswitchinterval()
     sys.setswitchinterval(0.0005)

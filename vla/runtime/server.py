@@ -35,6 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from vla.runtime.wire import MAX_MESSAGE_BYTES, WireError, packb, str_keys, unpackb
+from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
 logging.getLogger("websockets.server").setLevel(logging.WARNING)  # one INFO line per HTTP response otherwise
@@ -260,12 +261,36 @@ class PolicyServer:
         return f"ws://{self.config.host}:{self.port}"
 
 
+def check_port(host: str, port: int) -> None:
+    """Raise SpecError, naming the fix, when (host, port) cannot be bound now."""
+    import socket
+
+    if port == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    except socket.gaierror as e:
+        raise SpecError(f"--host {host!r} is not an address of this machine: {e}") from None
+    family, _, _, _, addr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind(addr)
+        except OSError as e:
+            raise SpecError(
+                f"cannot listen on {host}:{port} ({e.strerror}): another process (another vla serve?) has it; "
+                "pick another --port, or --port 0 for a free one"
+            ) from None
+
+
 def serve(
     checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None, compile: bool = False
 ) -> None:
-    """Load a checkpoint and serve it until interrupted (`vla serve`)."""
+    """Load a checkpoint and serve it until interrupted (`vla serve`). The port is checked first:
+    a port in use is reported before seconds of loading."""
     from vla.runtime.policy import load_policy
 
+    check_port(config.host, config.port)
     policy = load_policy(checkpoint, device=device, compile=compile)
     if policy.compiled:
         log.info("compiling the policy before serving (minutes the first time on this machine, then cached)")

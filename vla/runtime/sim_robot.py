@@ -57,7 +57,7 @@ class SimRobotServer:
         *,
         host: str = "127.0.0.1",
         port: int = 9100,
-        image_size: int = 64,
+        image_size: int = 96,
         seed: int = 0,
         physics_hz: float = 100.0,
     ):

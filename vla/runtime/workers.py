@@ -61,8 +61,10 @@ class InferenceWorker:
                 res.server_ms = (out.get("server_timing") or out.get("policy_timing") or {}).get("infer_ms")
                 if self.inject_delay_s:
                     time.sleep(self.inject_delay_s)
-            except (PolicyUnavailable, RemotePolicyError, SpecError, ValueError, KeyError) as e:
-                res.error = str(e)
+            except PolicyUnavailable as e:
+                res.error = f"policy unavailable: {e}"
+            except (RemotePolicyError, SpecError, ValueError, KeyError) as e:  # it answered: the request was refused
+                res.error = f"the policy refused the observation: {e}"
             except Exception as e:  # a broken policy must not kill the loop: it holds instead
                 log.exception("inference failed")
                 res.error = f"{type(e).__name__}: {e}"

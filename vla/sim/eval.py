@@ -78,6 +78,32 @@ def _keep_video(kept: dict, success: bool, limit: int) -> bool:
     return True
 
 
+def check_policy_robots(known: dict, cfg: SuiteConfig, image_size: int) -> None:
+    """Before the first episode: every robot of the suite is an embodiment the policy knows, with
+    the cameras it was trained on. `known`: embodiment name -> Embodiment or its dict."""
+    from vla.sim.registry import embodiment_for
+
+    missing, sizes = [], []
+    for robot in dict.fromkeys(t.robot for t in cfg.tasks):
+        emb = embodiment_for(robot, image_size)
+        if emb.name not in known:
+            missing.append(emb.name)
+            continue
+        have = known[emb.name]
+        cams = have.get("cameras", []) if isinstance(have, dict) else [vars(c) for c in have.cameras]
+        want = {c.name: (c.height, c.width) for c in emb.cameras}
+        got = {c["name"]: (c["height"], c["width"]) for c in cams if "name" in c}
+        if want != got:
+            sizes.append(f"{emb.name}: the suite renders {want}, the policy takes {got}")
+    if missing:
+        raise SpecError(
+            f"suite {cfg.name!r} runs robots {missing} that the policy was not trained on (it knows "
+            f"{sorted(known)}): evaluate it on a suite of those robots, or train on data of these"
+        )
+    if sizes:
+        raise SpecError(f"camera sizes differ ({'; '.join(sizes)}): pass the policy's size with --image-size")
+
+
 def evaluate(
     policy,
     suite: str | Path | SuiteConfig,
@@ -112,6 +138,9 @@ def evaluate(
     if workers > 1 and not isinstance(policy, str) and hasattr(policy, "infer"):
         raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
     size = image_size or cfg.image_size
+    meta = getattr(policy, "metadata", None)
+    if isinstance(meta, dict) and isinstance(meta.get("embodiments"), dict):
+        check_policy_robots(meta["embodiments"], cfg, size)
     context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every, "built": {}}
     jobs = [
         {

@@ -1,0 +1,151 @@
+"""Every command, walked with the mistakes a user makes: each ends with exit code != 0, one
+`error:` line that names the fix, no traceback, and nothing created or changed on disk."""
+
+import hashlib
+import os
+import socket
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from vla.cli import app
+from vla.data import EpisodeStore
+from vla.data.synthetic import write_synthetic
+
+from helpers import FIXTURES, tiny_embodiment
+
+sys.path.insert(0, str(FIXTURES.parent))
+from train.conftest import write_preset  # noqa: E402
+
+# (name, argv with {placeholders}, a fragment the one error line must contain)
+MISTAKES = [
+    ("train into a store", "train {preset} --data {store} --steps 1 --out {store}", "an episode store"),
+    ("train into a file", "train {preset} --data {store} --steps 1 --out {file}", "a file of"),
+    ("train into a folder", "train {preset} --data {store} --steps 1 --out {folder}", "a folder with"),
+    ("train over a checkpoint", "train {preset} --data {store} --steps 1 --out {ckpt}", "--overwrite"),
+    ("overwrite a store", "train {preset} --data {store} --steps 1 --out {store} --overwrite", "never replaces"),
+    ("zero steps", "train {preset} --data {store} --steps 0 --out {new}", "--steps must be >= 1"),
+    ("zero minutes", "train {preset} --data {store} --minutes 0 --out {new}", "--minutes must be > 0"),
+    ("missing store", "train {preset} --data {new} --steps 1 --out {new2}", "not an episode store"),
+    ("a file as store", "train {preset} --data {file} --steps 1 --out {new}", "not an episode store"),
+    ("unknown preset", "train pi0-nonexistent --data {store} --steps 1 --out {new}", "pi0-nonexistent"),
+    ("resume nothing", "train {preset} --data {store} --steps 1 --out {new} --resume", "not a vla checkpoint"),
+    ("resume a store", "train {preset} --data {store} --steps 1 --out {store} --resume", "not a vla checkpoint"),
+    ("init from a store", "train {preset} --data {store} --steps 1 --out {new} --init {store}", "checkpoint"),
+    ("bad mixture", "train {preset} --data {store} --weights 1,2 --steps 1 --out {new}", "mixture weights"),
+    ("collect into a file", "collect quickstart --out {file} --episodes 1", "a file of"),
+    ("collect into a folder", "collect quickstart --out {folder} --episodes 1", "a folder with"),
+    ("collect into a checkpoint", "collect quickstart --out {ckpt} --episodes 1", "a vla checkpoint"),
+    ("collect unknown recipe", "collect no-such-recipe --out {new}", "no-such-recipe"),
+    ("collect zero episodes", "collect quickstart --out {new} --episodes 0", "episodes must be >= 1"),
+    ("collect negative seed", "collect quickstart --out {new} --episodes 1 --seed -3", "seed must be >= 0"),
+    ("eval unknown suite", "eval {ckpt} --suite no-such-suite", "no-such-suite"),
+    ("eval robots it lacks", "eval {ckpt} --suite quickstart --episodes 1", "not trained on"),
+    ("eval robots it lacks, workers", "eval {ckpt} --suite quickstart --episodes 1 --workers 2", "not trained on"),
+    ("eval a missing policy", "eval {new} --suite quickstart", "none of these"),
+    ("eval zero episodes", "eval expert --suite quickstart --episodes 0", "episodes must be >= 1"),
+    ("eval json into a folder", "eval expert --suite quickstart --json {folder}", "is a folder"),
+    ("eval json over a file", "eval expert --suite quickstart --json {file}", "not a .json file"),
+    ("serve a missing checkpoint", "serve {new}", "not a checkpoint"),
+    ("serve on a taken port", "serve {ckpt} --port {busy_port}", "pick another --port"),
+    ("convert a missing source", "convert {new} {new2}", "{new}"),
+    ("convert into a file", "convert {ckpt} {file}", "exists"),
+    ("export a missing checkpoint", "export-weights {new} {new2}", "not a checkpoint"),
+    ("export into a store", "export-weights {ckpt} {store}", "exists"),
+    ("info of nothing", "data info {new}", "not an episode store"),
+    ("info of a file", "data info {file}", "not an episode store"),
+    ("info sheet over a file", "data info {store} --sheet {file}", "not a .png file"),
+    ("stats over a folder", "data stats {store} --out {folder}", "is a folder"),
+    ("verify nothing", "data verify {new}", "not an episode store"),
+    ("import a store", "data import-lerobot {store} {new}", "info.json"),
+    ("import into a store", "data import-lerobot {lerobot} {store}", "already exists"),
+    ("export into a folder", "data export-lerobot {store} {folder}", "already exists"),
+    ("keep into itself", "data keep {store} {store} --episodes 0", "already exists"),
+    ("keep bad indices", "data keep {store} {new} --episodes abc", "abc"),
+    ("keep bad outcome", "data keep {store} {new} --success maybe", "maybe"),
+    ("merge into a file", "data merge {file} {store} {store}", "already exists"),
+    ("split into a file", "data split {store} {file} {new}", "already exists"),
+    ("migrate into a folder", "data migrate {store} {folder}", "already exists"),
+    ("migrate bad codec", "data migrate {store} {new} --codec gif", "gif"),
+    ("run a missing launch", "run no-such-launch", "no-such-launch"),
+    ("run with both policies", "run arm7-reach-sim --checkpoint {ckpt} --url ws://127.0.0.1:1", "not both"),
+    ("run into a file", "run arm7-reach-sim --checkpoint {ckpt} --out {file}", "a file of"),
+    ("sim-robot unknown env", "sim-robot --env vla/Nope-Nope-v0 --port 0 --seconds 1", "Nope"),
+    ("bench learn zero minutes", "bench learn --minutes 0 --out {new}", "--minutes must be positive"),
+    ("bench learn into a store", "bench learn --minutes 1 --out {store}", "an episode store"),
+    ("bench json into a folder", "bench sim --quick --json {folder}", "is a folder"),
+    ("tokenizer into a file", "tokenizer fit {store} --out {file}", "a file of"),
+    ("quickstart into a store", "quickstart --out {store}", "an episode store"),
+    ("quickstart --force on a folder", "quickstart --out {folder} --force", "a folder with"),
+]
+
+
+def _tree(root: Path) -> dict:
+    out = {}
+    for p in sorted(root.rglob("*")):
+        rel = str(p.relative_to(root))
+        if p.is_file():
+            out[rel] = (hashlib.sha256(p.read_bytes()).hexdigest(), p.stat().st_mode)
+        else:
+            out[rel] = "dir"
+    return out
+
+
+@pytest.fixture(scope="module")
+def sandbox(tmp_path_factory):
+    root = tmp_path_factory.mktemp("user")
+    emb = tiny_embodiment("armA", s=4, a=3, cams=(("front", 16, 16),))
+    store = EpisodeStore.create(root / "demos", [emb])
+    write_synthetic(store, emb, episodes=3, length=12, seed=0)
+    preset = write_preset(root / "p.toml")
+    r = CliRunner().invoke(
+        app, ["train", str(preset), "--data", str(root / "demos"), "--steps", "1", "--out", str(root / "ckpt")]
+    )
+    assert r.exit_code == 0, r.output
+    (root / "notes.txt").write_text("my notes\n")
+    (root / "results").mkdir()
+    (root / "results" / "table.csv").write_text("a,b\n1,2\n")
+    import shutil
+
+    shutil.copytree(FIXTURES / "lerobot" / "aloha_image", root / "lerobot")
+    return root
+
+
+@pytest.mark.parametrize("name, argv, expect", MISTAKES, ids=[m[0] for m in MISTAKES])
+def test_a_mistake_gets_one_line_and_changes_nothing(sandbox, name, argv, expect, monkeypatch):
+    busy = socket.socket()
+    busy.bind(("127.0.0.1", 0))
+    busy.listen(1)
+    names = {
+        "preset": sandbox / "p.toml",
+        "store": sandbox / "demos",
+        "ckpt": sandbox / "ckpt",
+        "file": sandbox / "notes.txt",
+        "folder": sandbox / "results",
+        "lerobot": sandbox / "lerobot",
+        "new": sandbox / "new-out",
+        "new2": sandbox / "new-out-2",
+        "busy_port": busy.getsockname()[1],
+    }
+    monkeypatch.chdir(sandbox)
+    before = _tree(sandbox)
+    args = [a.format(**names) for a in argv.split()]
+    try:
+        r = CliRunner().invoke(app, args)
+    finally:
+        busy.close()
+    text = r.output
+    assert r.exit_code not in (0, None), f"{name}: exit 0\n{text}"
+    assert r.exception is None or isinstance(r.exception, SystemExit), f"{name}: raised {r.exception!r}\n{text}"
+    assert "Traceback" not in text, text
+    errors = [line for line in text.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1, f"{name}: expected one error line\n{text}"
+    assert expect.format(**names) in errors[0], f"{name}: {errors[0]!r} lacks {expect!r}"
+    assert _tree(sandbox) == before, f"{name}: the user's files changed"
+    assert sorted(os.listdir(sandbox)) == sorted(before_top(before))
+
+
+def before_top(tree: dict) -> list[str]:
+    return [k for k in tree if "/" not in k]
