@@ -114,3 +114,27 @@ def test_the_package_collect_stays_the_function_after_its_module_is_imported():
     from vla.sim import collect as fn
 
     assert callable(fn) and fn.__module__ == "vla.sim.collect"
+
+
+def test_collecting_again_into_a_store_continues_the_seeds(tmp_path):
+    """Appending used to restart at the recipe's seed: the new episodes were byte copies of the old."""
+    one = (RecipeTask("arm5", "reach", 2),)
+    first = collect(_recipe(tasks=one), tmp_path / "s", progress=False)
+    again = collect(_recipe(tasks=one), tmp_path / "s", progress=False)
+    assert first["first_seed"] == {"arm5/reach": 0} and again["first_seed"] == {"arm5/reach": 2}
+    s = EpisodeStore.open(tmp_path / "s")
+    actions = [s.episode(i)["action"] for i in range(s.num_episodes)]
+    assert len(actions) == 4
+    for i in range(4):
+        for j in range(i):
+            assert actions[i].shape != actions[j].shape or not np.array_equal(actions[i], actions[j]), (i, j)
+    # An explicit --seed starts where it says (here: the first episode again).
+    again = collect(_recipe(tasks=(RecipeTask("arm5", "reach", 1),)), tmp_path / "s", progress=False, seed=0)
+    np.testing.assert_array_equal(EpisodeStore.open(tmp_path / "s").episode(4)["action"], actions[0])
+
+
+def test_collect_never_appends_to_what_is_not_a_store(tmp_path):
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SpecError, match="a file of 4 bytes"):
+        collect(_recipe(), tmp_path / "notes.txt", progress=False)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
