@@ -1,4 +1,5 @@
-"""`vla convert` and `vla export-weights`: pi0 / pi0.5 weights in from and out to other projects."""
+"""`vla convert` and `vla export-weights`: pi0 / pi0.5 weights in from and out to other projects;
+`vla bench load`: the peak memory of loading a full-size pi0."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import fail, user_errors
+from vla.cli.common import bench_app, emit, fail, user_errors
 
 
 def convert_command(
@@ -63,3 +64,32 @@ def export_weights_command(
     except user_errors() as e:
         fail(str(e))
     typer.echo(f"exported: {path}")
+
+
+@bench_app.command("load")
+def bench_load(
+    out: Path = typer.Option(
+        Path("runs/bench-load"),
+        help="Work folder (made by this bench; the checkpoint is written under it and removed afterwards).",
+    ),
+    size: str = typer.Option(
+        "full", help="full: transformers' default PI0Config (pi0_base, 3.5B, 14 GB fp32); small / tiny: for tests."
+    ),
+    via: str = typer.Option(
+        "direct",
+        help="direct: vla's model built at that geometry; convert: transformers' PI0 written and "
+        "converted with vla convert (twice the disk; reports the conversion's peak too).",
+    ),
+    keep: bool = typer.Option(False, help="Keep the checkpoint under OUT/work."),
+    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+):
+    """Peak resident memory of loading a pi0 checkpoint with random weights (each step in a fresh
+    process), against the target of 1.2x the checkpoint's bytes. Full size needs ~15 GB of RAM
+    and ~15 GB of disk (~30 GB with --via convert), and minutes."""
+    from vla.bench.load import run
+
+    try:
+        result = run(out, size=size, via=via, keep=keep)
+    except user_errors() as e:
+        fail(str(e))
+    emit(result, json_out)

@@ -24,13 +24,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from vla.data.frame_files import StoreError
 from vla.data.stats import NormStats, load_stats, save_stats
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import build_transforms
+from vla.model.weight_io import assign_weights, params_on_meta, read_safetensors
 from vla.model.weight_layout import canonical_keys, match_module_keys
 from vla.spec import Embodiment, SpecError
 
@@ -200,8 +201,10 @@ class Checkpoint:
         self.embodiments = self.resolved.embodiments
 
     def weights(self) -> dict[str, torch.Tensor]:
+        """{key: tensor}, each read into its own fresh memory (vla.model.weight_io: no mapping of
+        the file stays behind, nothing is held twice)."""
         try:
-            return load_file(str(self.path / "model.safetensors"))
+            return read_safetensors(self.path / "model.safetensors")
         except Exception as e:
             raise CheckpointError(f"{self.path}/model.safetensors cannot be read: {e}") from None
 
@@ -237,11 +240,12 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
         raise CheckpointError(
             f"{ckpt.path}: no tokenizer.json and no text_vocab in config.json: the token embedding's size is unknown"
         )
-    model = mt.build(rc.model, text_vocab=vocab, assets=assets)
-    if weights:
-        missing, unexpected = model.load_state_dict(
-            match_module_keys(ckpt.weights(), set(model.state_dict())), strict=False
-        )
+    if not weights:
+        model = mt.build(rc.model, text_vocab=vocab, assets=assets)
+    else:  # one copy of the weights at the peak: parameters built on meta, the file's tensors assigned
+        with params_on_meta():
+            model = mt.build(rc.model, text_vocab=vocab, assets=assets)
+        missing, unexpected = assign_weights(model, match_module_keys(ckpt.weights(), set(model.state_dict())))
         if missing or unexpected:
             raise CheckpointError(
                 f"{ckpt.path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
