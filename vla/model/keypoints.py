@@ -47,7 +47,15 @@ class Keypoints(nn.Module):
         nn.init.zeros_(self.film.bias)
         self.head = nn.Sequential(_norm(channels), nn.GELU())
         self.maps = nn.Conv2d(channels, keypoints, 1)
-        self.log_temperature = nn.Parameter(torch.zeros(()))
+        # [1], not a scalar: FSDP2's fully_shard shards every parameter along dim 0 and refuses 0-dim ones.
+        self.log_temperature = nn.Parameter(torch.zeros(1))
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # Checkpoints written before FSDP support hold a 0-dim log_temperature: the same value.
+        key = prefix + "log_temperature"
+        if key in state_dict and state_dict[key].ndim == 0:
+            state_dict[key] = state_dict[key].reshape(1)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def out_dim(self, cameras: int) -> int:
         return cameras * self.keypoints * PER_KEYPOINT

@@ -138,6 +138,7 @@ def shard_like(full: dict[str, torch.Tensor], like: dict[str, torch.Tensor]) -> 
     out = {}
     for k, v in full.items():
         ref = like[k]
+        v = v.reshape(ref.shape)  # a state saved when the parameter had another shape of its size (0-dim -> [1])
         if isinstance(ref, DTensor):
             out[k] = distribute_tensor(v.to(ref.device, ref.dtype), ref.device_mesh, ref.placements)
         else:
@@ -156,6 +157,13 @@ def load_optimizer_state(model: nn.Module, opt: torch.optim.Optimizer, state: di
     """Load a state from `optimizer_state` (any process count, sharded or not)."""
     from torch.distributed.checkpoint.state_dict import StateDictOptions, set_optimizer_state_dict
 
+    # Moments saved when a parameter had another shape of the same size (Keypoints.log_temperature
+    # was 0-dim; FSDP needs [1]) take the parameter's shape; `step` stays a 0-dim counter.
+    shapes = {n: p.shape for n, p in model.named_parameters()}
+    for name, moments in state.get("state", {}).items():
+        for k, v in moments.items():
+            if k != "step" and name in shapes and torch.is_tensor(v) and v.shape != shapes[name]:
+                moments[k] = v.reshape(shapes[name])
     # strict=False: a parameter that never had a gradient (the VLM's last MLP in pi0: the prefix
     # output is unused) has no state, in one process as under FSDP.
     set_optimizer_state_dict(model, opt, state, options=StateDictOptions(full_state_dict=True, strict=False))
