@@ -559,3 +559,42 @@ def test_convert_and_export_refuse_other_backbones_clearly(tmp_path, converted):
     ck = train(cpu_sized("pi0-smolvlm2-tiny"), [str(tmp_path / "st")], tmp_path / "ck", steps=1, progress=False)
     with pytest.raises(SpecError, match="'smolvlm' backbone"):
         export_weights(ck, tmp_path / "hf")
+
+
+def test_export_of_a_grounding_checkpoint_refuses_in_one_line_and_its_advice_exports(tmp_path):
+    """pi0-tiny (the default CPU preset) has grounding tokens and a keypoint stem, which transformers'
+    PI0 has no place for: `vla export-weights` says so in one line, exits non-zero and writes nothing;
+    the preset it points to (pi0-tiny without its grounding lines) exports and loads in transformers."""
+    from pathlib import Path
+
+    from test_contract import cpu_sized
+    from typer.testing import CliRunner
+
+    from vla.cli import app
+    from vla.data import EpisodeStore
+    from vla.data.synthetic import write_synthetic
+    from vla.train.trainer import train
+
+    from helpers import tiny_embodiment
+
+    emb = tiny_embodiment("armA", s=4, a=3, cams=(("front", 16, 16), ("wrist", 16, 16)))
+    store = EpisodeStore.create(tmp_path / "st", [emb])
+    write_synthetic(store, emb, episodes=2, length=8, seed=0)
+    ck = train(cpu_sized("pi0-tiny"), [str(tmp_path / "st")], tmp_path / "ck", steps=1, progress=False)
+    before = sorted(tmp_path.iterdir())
+    r = CliRunner().invoke(app, ["export-weights", str(ck), str(tmp_path / "hf")])
+    assert r.exit_code != 0 and isinstance(r.exception, SystemExit)
+    assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
+    for said in ("transformers' PI0 has no grounding or keypoint modules", "grounding_keypoints = 8", "vla serve"):
+        assert said in r.output, r.output
+    assert "pi0-small" in r.output and "pi0-tiny.toml without its grounding_* and env_state_* lines" in r.output
+    assert sorted(tmp_path.iterdir()) == before  # nothing written, not even a temp dir
+
+    tiny = (Path(__file__).resolve().parents[2] / "policies" / "pi0-tiny.toml").read_text().splitlines()
+    plain = tmp_path / "pi0-plain.toml"
+    plain.write_text("\n".join(x for x in tiny if not x.startswith(("grounding_", "env_state_"))))
+    ck = train(cpu_sized(str(plain)), [str(tmp_path / "st")], tmp_path / "plain", steps=1, progress=False)
+    r = CliRunner().invoke(app, ["export-weights", str(ck), str(tmp_path / "hf")])
+    assert r.exit_code == 0, r.output
+    _, info = PI0ForConditionalGeneration.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]

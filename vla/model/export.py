@@ -98,6 +98,21 @@ def pi0_config_dict(cfg, text_vocab: int, width: int) -> dict:
     ).to_dict()
 
 
+def _refuse_grounding(path: Path, model_type: str, cfg) -> None:
+    """The published layouts have no grounding tokens or keypoint stem (vla.model.grounding), and
+    the actions depend on them: dropping them would export a different policy."""
+    used = [f"{k} = {getattr(cfg, k)}" for k in ("grounding_tokens", "grounding_keypoints") if getattr(cfg, k, 0)]
+    if not used:
+        return
+    layout = "transformers' PI0" if model_type == "pi0" else "LeRobot's pi05"
+    raise SpecError(
+        f"{path} cannot be exported: {layout} has no grounding or keypoint modules and this checkpoint's "
+        f"actions depend on them ({', '.join(used)}; pi0-tiny has both); vla serve / eval / run take it as it is. "
+        "To export, train a preset without grounding: pi0-small, pi0-paligemma (the published layout), or a "
+        "copy of pi0-tiny.toml without its grounding_* and env_state_* lines"
+    )
+
+
 def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None = None) -> Path:
     ck, out = Checkpoint(ckpt), Path(out)
     rc = ck.resolved
@@ -110,6 +125,7 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
             f"attending expert); {ck.path} has a {cfg.backbone.family!r} backbone with attach="
             f"{cfg.attach!r}, which that layout cannot hold"
         )
+    _refuse_grounding(ck.path, rc.model_type, cfg)
     vocab = rc.text_vocab or (ck.text().vocab_size if ck.text() is not None else 0)
     weights, width = _heads(ck.weights(), cfg, embodiment)
     renamed, unmatched = rename(weights, TO_LEROBOT[rc.model_type])
