@@ -3,13 +3,22 @@
 import logging
 import os
 import time
+from dataclasses import replace
 
 import numpy as np
 import pytest
 
 from vla.data import EpisodeStore, StoreError
 from vla.data import edit as edit_mod
-from vla.data.edit import EpisodeFilter, delete_episodes, keep_episodes, merge_stores, parse_indices, split_store
+from vla.data.edit import (
+    EpisodeFilter,
+    delete_episodes,
+    keep_episodes,
+    merge_stores,
+    parse_indices,
+    spec_differences,
+    split_store,
+)
 from vla.data.stats import load_stats
 from vla.spec import STATE, SpecError, image_key
 
@@ -67,9 +76,36 @@ def test_merge_same_spec_and_refuse_a_different_one(tmp_path, src, emb):
     assert np.abs(img.astype(int) - make_frame(emb, 21, 0)[image_key("front")].astype(int)).mean() < 3
     clash = tiny_embodiment(s=4)
     fill(EpisodeStore.create(tmp_path / "c", [clash]), clash, 1, 3)
-    with pytest.raises(StoreError, match="cannot merge.*different spec"):
+    with pytest.raises(StoreError, match=r"c: cannot merge: embodiment 'tiny' differs from the one in .*src"):
         merge_stores([src.path, tmp_path / "c"], tmp_path / "m2")
     assert not (tmp_path / "m2").exists() and not (tmp_path / "m2.editing").exists()
+
+
+def test_merge_refusal_names_each_differing_field_expected_vs_got(tmp_path, src, emb):
+    other = replace(
+        emb,
+        state=(replace(emb.state[0], unit="deg"), *emb.state[1:]),
+        actions=tuple(replace(d, high=1.0) for d in emb.actions),
+        control_hz=30.0,
+        gripper="last dim: 1=open",
+        cameras=(replace(emb.cameras[0], width=12),),
+    )
+    fill(EpisodeStore.create(tmp_path / "o", [other]), other, 1, 3)
+    with pytest.raises(StoreError) as e:
+        merge_stores([src.path, tmp_path / "o"], tmp_path / "m")
+    msg = str(e.value)
+    for part in (
+        "control_hz: 10.0 vs 30.0",
+        "gripper: '' vs 'last dim: 1=open'",
+        "state unit of 1/3 dims: s0 'rad' vs 'deg'",
+        "actions high of 2/2 dims: a0 5.0 vs 1.0, a1 5.0 vs 1.0",
+        "cameras: [('front', '8x10')] vs [('front', '8x12')]",
+        "Fix: ",
+        "--embodiment tiny",
+    ):
+        assert part in msg, (part, msg)
+    assert "state names" not in msg and "action_mode" not in msg
+    assert spec_differences(emb, emb) == []
 
 
 def test_split_by_episode_and_stats_follow(tmp_path, src, emb):

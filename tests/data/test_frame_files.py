@@ -234,12 +234,13 @@ def test_lerobot_video_import_is_jpeg_and_close_to_the_video(tmp_path):
     fill_photos(EpisodeStore.create(tmp_path / "s", [emb]), emb, 2, 6)
     export_lerobot(tmp_path / "s", tmp_path / "lr", progress=False)
     r = import_lerobot(tmp_path / "lr", tmp_path / "back", progress=False)
-    assert r["codecs"] == {"front": "jpeg:60"}
+    # JPEG at the quality that reaches 38 dB (tests/data/test_camera_quality.py)
+    assert r["codecs"]["front"].startswith("jpeg:")
     back = EpisodeStore.open(tmp_path / "back")
     video = next((tmp_path / "lr" / "videos").rglob("*.mp4"))
     decoded = VideoCursor(video, 10.0).frames_at(np.arange(12) / 10.0)
     got = back.frames("tiny", "front").read(range(12))
-    assert psnr(got, decoded) > 35
+    assert psnr(got, decoded) >= 38
     r = import_lerobot(tmp_path / "lr", tmp_path / "back2", progress=False, codec="lossless")
     np.testing.assert_array_equal(
         EpisodeStore.open(tmp_path / "back2").frames("tiny", "front").read(range(12)), decoded

@@ -6,12 +6,13 @@ import pyarrow.parquet as pq
 import pytest
 
 from vla.data import EpisodeStore, FrameError, StoreError
-from vla.data.lerobot_export import export_lerobot
+from vla.data.edit import merge_stores
+from vla.data.lerobot_export import VLA_INFO_KEY, VLA_SUCCESS, export_lerobot
 from vla.data.lerobot_import import LeRobotFormatError, import_lerobot
 from vla.data.synthetic import write_synthetic
 from vla.spec import ACTION, STATE, TIMESTAMP, SpecError, image_key, load_embodiment
 
-from helpers import FIXTURES
+from helpers import FIXTURES, make_frame
 
 pytestmark = pytest.mark.interop
 
@@ -95,7 +96,7 @@ def test_export_layout_matches_lerobot_written_fixture(tmp_path):
     our_files = sorted(p.relative_to(ours).as_posix() for p in ours.rglob("*") if p.is_file())
     assert our_files == ref_files
     ri, oi = (json.loads((d / "meta" / "info.json").read_text()) for d in (ref, ours))
-    assert set(oi) == set(ri)
+    assert set(oi) == set(ri) | {VLA_INFO_KEY}  # plus our spec, in a key LeRobot ignores
     for k in (
         "codebase_version",
         "fps",
@@ -112,7 +113,10 @@ def test_export_layout_matches_lerobot_written_fixture(tmp_path):
         assert oi["features"][k]["dtype"] == f["dtype"] and oi["features"][k]["shape"] == f["shape"], k
         assert oi["features"][k].get("info", {}).keys() == f.get("info", {}).keys(), k
     for rel in ("data/chunk-000/file-000.parquet", "meta/episodes/chunk-000/file-000.parquet", "meta/tasks.parquet"):
-        assert _schema(ours / rel) == _schema(ref / rel), rel
+        theirs = _schema(ref / rel)
+        if rel.startswith("meta/episodes"):  # plus our success flags, in a column LeRobot ignores
+            theirs[VLA_SUCCESS] = "bool"
+        assert _schema(ours / rel) == theirs, rel
     ref_ep = pq.read_table(ref / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
     our_ep = pq.read_table(ours / "meta/episodes/chunk-000/file-000.parquet").to_pylist()
     for r, o in zip(ref_ep, our_ep):
@@ -178,3 +182,76 @@ def test_import_embodiment_option(tmp_path):
     assert list(EpisodeStore.open(tmp_path / "a").embodiments) == ["my_aloha"]
     with pytest.raises(SpecError, match="does not match the dataset: state dim 8 vs dataset 14"):
         import_lerobot(src, tmp_path / "b", embodiment="toy2d", progress=False)
+
+
+# ---- interchange keeps meaning: the spec and success flags survive a round trip ----
+def _arm7_store(path, successes=(True, False, None)):
+    emb = load_embodiment("arm7")
+    store = EpisodeStore.create(path, [emb])
+    with store.writer() as w:
+        for e, ok in enumerate(successes):
+            for t in range(6):
+                w.add_frame(make_frame(emb, e, t))
+            w.end_episode(task=f"task {e}", success=ok)
+    return store
+
+
+def test_roundtrip_restores_spec_and_success_and_merges(tmp_path):
+    src = _arm7_store(tmp_path / "s")
+    export_lerobot(src.path, tmp_path / "lr", embodiment="arm7", progress=False)
+    info = json.loads((tmp_path / "lr" / "meta" / "info.json").read_text())
+    assert info[VLA_INFO_KEY]["embodiment"]["gripper"].startswith("last dim")
+    r = import_lerobot(tmp_path / "lr", tmp_path / "back", progress=False)
+    back = EpisodeStore.open(tmp_path / "back")
+    assert r["restored_spec"]
+    assert back.embodiments["arm7"].to_dict() == src.embodiments["arm7"].to_dict()  # units, limits, gripper, text
+    assert [i.success for i in back.infos()] == [True, False, None]
+    merge_stores([src.path, back.path], tmp_path / "m")
+    m = EpisodeStore.open(tmp_path / "m")
+    assert m.num_episodes == 6 and [i.success for i in m.infos()] == [True, False, None] * 2
+    # Renaming on import still works on the restored spec.
+    import_lerobot(tmp_path / "lr", tmp_path / "renamed", embodiment="arm7_b", progress=False)
+    renamed = EpisodeStore.open(tmp_path / "renamed").embodiments["arm7_b"]
+    assert renamed.state == src.embodiments["arm7"].state
+
+
+def test_all_unknown_success_stays_a_bool_column(tmp_path):
+    src = _arm7_store(tmp_path / "s", successes=(None, None))
+    export_lerobot(src.path, tmp_path / "lr", progress=False)
+    col = pq.read_table(tmp_path / "lr/meta/episodes/chunk-000/file-000.parquet").column(VLA_SUCCESS)
+    assert str(col.type) == "bool" and col.to_pylist() == [None, None]
+    import_lerobot(tmp_path / "lr", tmp_path / "back", progress=False)
+    assert [i.success for i in EpisodeStore.open(tmp_path / "back").infos()] == [None, None]
+
+
+def test_a_stale_spec_falls_back_to_the_features(tmp_path, caplog):
+    """A dataset edited elsewhere so the spec no longer fits: warn and derive from the features."""
+    export_lerobot(_arm7_store(tmp_path / "s").path, tmp_path / "lr", progress=False)
+    p = tmp_path / "lr" / "meta" / "info.json"
+    info = json.loads(p.read_text())
+    info["features"]["action"]["names"][0] = "shoulder"
+    p.write_text(json.dumps(info))
+    r = import_lerobot(tmp_path / "lr", tmp_path / "back", progress=False)
+    assert not r["restored_spec"] and "no longer matches the dataset" in caplog.text
+    emb = EpisodeStore.open(tmp_path / "back").embodiments["arm7"]
+    assert emb.actions[0].name == "shoulder" and emb.actions[1].unit == ""
+
+
+def test_merge_with_a_spec_less_import_names_the_fields_and_the_fix(tmp_path):
+    src = _arm7_store(tmp_path / "s")
+    export_lerobot(src.path, tmp_path / "lr", progress=False)
+    p = tmp_path / "lr" / "meta" / "info.json"
+    info = json.loads(p.read_text())
+    del info[VLA_INFO_KEY]  # as written by an older vla, or by LeRobot itself
+    p.write_text(json.dumps(info))
+    import_lerobot(tmp_path / "lr", tmp_path / "bare", progress=False)
+    with pytest.raises(StoreError) as e:
+        merge_stores([src.path, tmp_path / "bare"], tmp_path / "m")
+    msg = str(e.value)
+    assert "embodiment 'arm7' differs" in msg and "\n" not in msg
+    assert "gripper: 'last dim: 0=open" in msg and "vs ''" in msg
+    assert "state unit of 8/8 dims: joint1 'rad' vs ''" in msg and "actions high of 8/8 dims" in msg
+    assert "--embodiment arm7" in msg
+    # ... and the fix it names works.
+    import_lerobot(tmp_path / "lr", tmp_path / "fixed", embodiment="arm7", progress=False)
+    merge_stores([src.path, tmp_path / "fixed"], tmp_path / "m")

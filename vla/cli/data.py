@@ -147,21 +147,29 @@ def data_import_lerobot(
     codec: Optional[str] = typer.Option(
         None,
         help="Image codec for every camera: lossless, jpeg or jpeg:QUALITY "
-        "[default: jpeg for video features, lossless for PNG features].",
+        "[default: per camera, jpeg at the smallest quality reaching --psnr for video features, lossless for "
+        "PNG features].",
+    ),
+    psnr: float = typer.Option(
+        38.0, help="Target PSNR (dB) of each video camera against its decoded source; picks its JPEG quality."
     ),
 ):
     """Import a LeRobot dataset (v3.0 or v2.1; images in parquet or mp4 video) into a new store."""
     from vla.data.lerobot_import import import_lerobot
 
     try:
-        r = import_lerobot(src, dst, embodiment=embodiment, codec=codec)
+        r = import_lerobot(src, dst, embodiment=embodiment, codec=codec, psnr=psnr)
     except user_errors() as e:
         fail(str(e))
-    codecs = ", ".join(f"{c} {k}" for c, k in r["codecs"].items()) or "no cameras"
+    from vla.data.camera_quality import describe
+
+    spec = "spec restored from the export" if r["restored_spec"] else "spec from the features"
     typer.echo(
         f"imported {r['episodes']} episodes, {r['frames']} frames (LeRobot {r['version']}, embodiment "
-        f"{r['embodiment']}; {codecs}) into {dst} at {r['frames_per_s']:.0f} frames/s"
+        f"{r['embodiment']}, {spec}) into {dst} at {r['frames_per_s']:.0f} frames/s"
     )
+    for cam, rep in r["cameras"].items():
+        typer.echo("    " + describe(cam, rep))
 
 
 @app.command("export-lerobot")

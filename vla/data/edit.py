@@ -26,7 +26,7 @@ from vla.data.codecs import ImageCodec
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 from vla.data.writer import _Lock
-from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, SpecError
+from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
 
@@ -137,13 +137,14 @@ def copy_episodes(
     with _locked(stores):
         try:
             out = EpisodeStore.create(tmp)
+            origin: dict[str, str] = {}  # embodiment -> the first source that has it
             for s, _ in parts:
                 for name, emb in s.embodiments.items():
+                    if name in out.embodiments and out.embodiments[name] != emb:
+                        raise StoreError(_mismatch(name, origin[name], out.embodiments[name], s.path, emb))
+                    origin.setdefault(name, s.path)
                     codecs = codec if codec is not None else {c: s.codec(name, c) for c in emb.camera_names}
-                    try:
-                        out.add_embodiment(emb, codecs=codecs)
-                    except StoreError as e:
-                        raise StoreError(f"{s.path}: cannot merge: {e}") from None
+                    out.add_embodiment(emb, codecs=codecs)
             bar = tqdm(total=total, desc=f"write {dst.name}", unit="ep", disable=not progress)
             with contextlib.ExitStack() as stack:
                 w = None  # one writer per run of consecutive episodes of one embodiment
@@ -165,6 +166,42 @@ def copy_episodes(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     return {"path": str(dst), "episodes": total, "frames": frames}
+
+
+def spec_differences(expected: Embodiment, got: Embodiment) -> list[str]:
+    """Each field in which two embodiment specs differ, as 'field: expected vs got'."""
+    out = []
+    for f in ("control_hz", "action_mode", "gripper"):
+        a, b = getattr(expected, f), getattr(got, f)
+        if a != b:
+            out.append(f"{f}: {a!r} vs {b!r}")
+    for what in ("state", "actions"):
+        a, b = getattr(expected, what), getattr(got, what)
+        if [d.name for d in a] != [d.name for d in b]:
+            out.append(f"{what} names: {[d.name for d in a]} vs {[d.name for d in b]}")
+            continue
+        for f in ("unit", "low", "high"):
+            bad = [
+                f"{da.name} {getattr(da, f)!r} vs {getattr(db, f)!r}"
+                for da, db in zip(a, b)
+                if getattr(da, f) != getattr(db, f)
+            ]
+            if bad:
+                more = f" (+{len(bad) - 3} more)" if len(bad) > 3 else ""
+                out.append(f"{what} {f} of {len(bad)}/{len(a)} dims: {', '.join(bad[:3])}{more}")
+    if expected.cameras != got.cameras:
+        cams = [[(c.name, f"{c.height}x{c.width}") for c in e.cameras] for e in (expected, got)]
+        out.append(f"cameras: {cams[0]} vs {cams[1]}")
+    return out
+
+
+def _mismatch(name: str, first: str, expected: Embodiment, path: str, got: Embodiment) -> str:
+    return (
+        f"{path}: cannot merge: embodiment {name!r} differs from the one in {first} (expected there vs got "
+        f"here): {'; '.join(spec_differences(expected, got))}. Fix: if it is the same robot, rebuild this store with the "
+        f"other's spec (for a LeRobot import: `vla data import-lerobot DIR NEW --embodiment {name}` with the "
+        f"built-in name or a TOML file of that spec); if not, import it under another name (--embodiment NEW_NAME)"
+    )
 
 
 def _copy_one(src: EpisodeStore, i: int, w) -> int:

@@ -9,6 +9,12 @@ store has it, becomes `observation.environment_state` (NaN rows for episodes wit
 stats count 0 frames). Files roll
 over at LeRobot's default caps (100 MB data, 200 MB video). Written to a temporary folder
 and renamed at the end.
+
+What LeRobot's features cannot say travels in fields its loader ignores (LeRobotDataset 0.4.4
+loads such a folder unchanged, README "Bring your own LeRobot data"), so that `import_lerobot` gives the
+same store back: the whole Embodiment spec (units, limits, action mode, gripper convention,
+description) under `info.json["vla"]["embodiment"]`, and each episode's success flag (true,
+false or null) in a `vla/success` column of meta/episodes.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ QUANTILES = {"q01": 0.01, "q10": 0.10, "q50": 0.50, "q90": 0.90, "q99": 0.99}
 LR_DATA_PATH = "data/chunk-{chunk_index:03d}/file-{file_index:03d}.parquet"
 LR_VIDEO_PATH = "videos/{video_key}/chunk-{chunk_index:03d}/file-{file_index:03d}.mp4"
 LR_ENV_STATE = "observation.environment_state"
+VLA_INFO_KEY = "vla"  # info.json: {"embodiment": Embodiment.to_dict()}
+VLA_SUCCESS = "vla/success"  # meta/episodes column: bool, null when unknown
 
 
 def env_state_names(dim: int) -> list[str]:
@@ -172,7 +180,7 @@ def export_lerobot(
         for new_i, info in enumerate(tqdm(infos, desc=f"export {emb.name}", unit="ep", disable=not progress)):
             ep = store.episode(info.index)
             n = info.length
-            row = {"episode_index": new_i, "tasks": [info.task], "length": n}
+            row = {"episode_index": new_i, "tasks": [info.task], "length": n, VLA_SUCCESS: info.success}
             # ---- frames table ----
             cols = {
                 "observation.state": pa.FixedSizeListArray.from_arrays(
@@ -310,7 +318,11 @@ def _write_meta(
 ) -> None:
     meta = root / "meta"
     (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
-    pq.write_table(pa.Table.from_pylist(ep_rows), meta / "episodes" / "chunk-000" / "file-000.parquet")
+    ep_table = pa.Table.from_pylist(ep_rows)
+    # All-unknown success would infer a null-typed column; keep it boolean so readers see its meaning.
+    i = ep_table.column_names.index(VLA_SUCCESS)
+    ep_table = ep_table.set_column(i, VLA_SUCCESS, ep_table.column(i).cast(pa.bool_()))
+    pq.write_table(ep_table, meta / "episodes" / "chunk-000" / "file-000.parquet")
     # tasks.parquet: LeRobot reads it with pandas, the task string being the index.
     pandas_meta = {
         "index_columns": ["__index_level_0__"],
@@ -398,5 +410,7 @@ def _write_meta(
         "data_path": LR_DATA_PATH,
         "video_path": LR_VIDEO_PATH if video_cams else None,
         "features": features,
+        # Ignored by LeRobot; read back by import_lerobot (the spec LeRobot's features cannot hold).
+        VLA_INFO_KEY: {"embodiment": emb.to_dict()},
     }
     (meta / "info.json").write_text(json.dumps(info, indent=4))

@@ -16,10 +16,16 @@ the episode's task string -> task.
 The import writes into a temporary folder beside the destination and renames it at the end,
 so a failed import leaves nothing behind.
 
-Codecs: video features of 128x128 and up are camera data, stored as JPEG quality 60 (vla.data.codecs.default_codec:
-the frames were already lossy, and JPEG of the decoded video lands at ~2x the AV1 bytes with
-PSNR ~39 dB against the decoded frames, see README "Episode stores"); PNG features stay
-lossless. `codec=` overrides both.
+Codecs: video features of 128x128 and up are camera data, stored as JPEG at the smallest quality
+whose PSNR against the decoded source video reaches `psnr` (38 dB by default), measured per camera
+on a sample of its frames (vla.data.camera_quality); smaller video features (sim renders) and PNG
+features are stored lossless. `codec=` sets one codec for every camera instead. The result reports,
+per camera, the codec, the PSNR of the stored frames against the decoded source, and the bytes
+against the source video's.
+
+A dataset written by `export_lerobot` carries the store's Embodiment spec (info.json "vla") and
+success flags (meta/episodes "vla/success"): the import restores both when the spec still matches
+the dataset's features, so an export -> import round trip gives the same embodiment back.
 """
 
 from __future__ import annotations
@@ -35,8 +41,10 @@ from pathlib import Path
 import numpy as np
 import pyarrow.parquet as pq
 
+from vla.data import camera_quality as cq
 from vla.data.codecs import ImageCodec, default_codec
 from vla.data.frame_files import StoreError
+from vla.data.lerobot_export import VLA_INFO_KEY, VLA_SUCCESS
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoCursor, decode_png
 from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key, load_embodiment
@@ -44,6 +52,7 @@ from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Camera, Dim, Embodimen
 log = logging.getLogger(__name__)
 
 SUPPORTED = ("v2.1", "v3.0")
+DEFAULT_PSNR_DB = 38.0
 LR_STATE, LR_ACTION, LR_ENV_STATE = "observation.state", "action", "observation.environment_state"
 
 
@@ -59,6 +68,7 @@ class _Episode:
     data_file: Path
     rows: tuple[int, int] | None = None  # v3: global [from, to) frame index
     videos: dict[str, tuple[Path, float]] = field(default_factory=dict)  # cam key -> (file, from_timestamp)
+    success: bool | None = None  # from a vla export's "vla/success" column; else unknown
 
 
 def read_info(root: Path) -> dict:
@@ -125,6 +135,39 @@ def embodiment_from_info(info: dict, name: str | None) -> Embodiment:
     )
 
 
+def stored_embodiment(info: dict, derived: Embodiment, cams: dict[str, str]) -> Embodiment | None:
+    """The Embodiment spec a vla export left in info.json, when it still describes the dataset's
+    features (same state/action names, camera keys and shapes, fps); else None, with a warning."""
+    block = info.get(VLA_INFO_KEY)
+    d = block.get("embodiment") if isinstance(block, dict) else None
+    if d is None:
+        return None
+    try:
+        emb = Embodiment.from_dict(d)
+    except SpecError as e:
+        log.warning("meta/info.json %r.embodiment is not a valid spec (%s); using the features only", VLA_INFO_KEY, e)
+        return None
+    shapes = {key: c.shape for key, c in zip(cams, derived.cameras)}
+    problems = []
+    for what, ours, theirs in (
+        ("state names", [x.name for x in emb.state], [x.name for x in derived.state]),
+        ("action names", [x.name for x in emb.actions], [x.name for x in derived.actions]),
+        ("cameras", {f"observation.images.{c.name}": c.shape for c in emb.cameras}, shapes),
+    ):
+        if ours != theirs:
+            problems.append(f"{what} {ours} vs features {theirs}")
+    if not math.isclose(emb.control_hz, derived.control_hz):
+        problems.append(f"control_hz {emb.control_hz} vs fps {derived.control_hz}")
+    if problems:
+        log.warning(
+            "meta/info.json %r.embodiment no longer matches the dataset (%s); using the features only",
+            VLA_INFO_KEY,
+            "; ".join(problems),
+        )
+        return None
+    return emb
+
+
 def _read_tasks(root: Path, version: str) -> dict[int, str]:
     if version == "v3.0":
         p = root / "meta" / "tasks.parquet"
@@ -158,6 +201,7 @@ def _episodes_v3(root: Path, info: dict, cams: dict[str, str]) -> list[_Episode]
                 list(r["tasks"] or []),
                 data_file,
                 rows=(int(r["dataset_from_index"]), int(r["dataset_to_index"])),
+                success=r.get(VLA_SUCCESS),
             )
             for key in cams:
                 if info["features"][key]["dtype"] == "video":
@@ -218,11 +262,18 @@ class _TableCache:
 
 
 def import_lerobot(
-    src: str | Path, dst: str | Path, *, embodiment: str | None = None, progress: bool = True, codec: str | None = None
+    src: str | Path,
+    dst: str | Path,
+    *,
+    embodiment: str | None = None,
+    progress: bool = True,
+    codec: str | None = None,
+    psnr: float = DEFAULT_PSNR_DB,
 ) -> dict:
-    """Import a LeRobot v3.0/v2.1 folder into a new episode store at dst. Returns timing info.
-    codec: image codec for every camera ('lossless', 'jpeg', 'jpeg:90'); default: JPEG for
-    video features, lossless for PNG features."""
+    """Import a LeRobot v3.0/v2.1 folder into a new episode store at dst. Returns timing info and,
+    under "cameras", per camera: codec, PSNR against the decoded source, bytes (and vs the source video).
+    codec: one image codec for every camera ('lossless', 'jpeg', 'jpeg:90'); default: per camera,
+    JPEG at the smallest quality reaching `psnr` dB for video features, lossless for the rest."""
     from tqdm import tqdm
 
     src, dst = Path(src), Path(dst)
@@ -230,23 +281,24 @@ def import_lerobot(
         raise LeRobotFormatError(f"{src}: not a directory")
     if dst.exists():
         raise StoreError(f"{dst}: already exists; import writes a new store")
+    if not psnr > 0:
+        raise SpecError(f"psnr: the target PSNR must be a positive number of dB (e.g. 38), got {psnr}")
     info = read_info(src)
     version = info["codebase_version"]
     cams = camera_features(info["features"])
     emb = embodiment_from_info(info, None)
+    restored = stored_embodiment(info, emb, cams)
+    if restored is not None:
+        cams = {f"observation.images.{c.name}": c.name for c in restored.cameras}
+        emb = restored
     if embodiment is not None:
         emb = _resolve_embodiment(embodiment, emb)
     tasks = _read_tasks(src, version)
     episodes = _episodes_v3(src, info, cams) if version == "v3.0" else _episodes_v21(src, info, cams)
     fps = float(info["fps"])
-    by_name = {cam: key for key, cam in cams.items()}
-    codecs = {}
-    for c in emb.cameras:
-        if codec is not None:
-            codecs[c.name] = ImageCodec.parse(codec)
-        else:
-            is_video = c.name not in by_name or info["features"][by_name[c.name]].get("dtype") == "video"
-            codecs[c.name] = default_codec(c.height, c.width, camera_data=is_video, from_video=is_video)
+    codecs, report = _choose_codecs(emb, cams, info, episodes, fps, codec, psnr)
+    stride = max(1, -(-sum(e.length for e in episodes) // cq.CHECK_FRAMES))  # at most CHECK_FRAMES checked
+    meters = {c: cq.PsnrMeter() for c, k in codecs.items() if k.name != "lossless"}
 
     cols = [LR_STATE, LR_ACTION, "timestamp", "frame_index", "episode_index", "task_index"]
     cols += [k for k in cams if info["features"][k]["dtype"] == "image"]
@@ -293,15 +345,24 @@ def import_lerobot(
                         frame[ENV_STATE] = env[j]
                     for cam in emb.camera_names:
                         frame[image_key(cam)] = images[cam][j]
+                        if cam in meters and (frames + j) % stride == 0:
+                            k = codecs[cam]
+                            meters[cam].add(images[cam][j], k.decode(k.encode(images[cam][j]), images[cam][j].shape))
                     try:
                         w.add_frame(frame)
                     except SpecError as e:
                         raise type(e)(f"{where}: {e}") from None
-                w.end_episode(task=task, success=None)
+                w.end_episode(task=task, success=ep.success)
                 frames += ep.length
         for c in cursors.values():
             c.close()
         tmp.rename(dst)
+        for cam, r in report.items():
+            r["bytes"] = cq.tree_bytes(dst / emb.name / image_key(cam))
+            if r["source_bytes"]:
+                r["bytes_vs_source"] = round(r["bytes"] / r["source_bytes"], 3)
+            if cam in meters:
+                r.update(psnr_db=round(meters[cam].db, 2), checked_frames=meters[cam].frames)
     except BaseException:
         for c in cursors.values():
             c.close()
@@ -316,7 +377,54 @@ def import_lerobot(
         "version": version,
         "embodiment": emb.name,
         "codecs": {c: str(k) for c, k in codecs.items()},
+        "cameras": report,
+        "restored_spec": restored is not None,
     }
+
+
+def _choose_codecs(emb, cams, info, episodes, fps, codec, target_db) -> tuple[dict, dict]:
+    """Codec per camera, and the start of its report entry (see import_lerobot)."""
+    by_name = {cam: key for key, cam in cams.items()}
+    codecs, report = {}, {}
+    for c in emb.cameras:
+        key = by_name.get(c.name)
+        is_video = key is None or info["features"][key].get("dtype") == "video"
+        r = report[c.name] = {"source": "video" if is_video else "png", "target_db": None, "source_bytes": None}
+        if is_video and key is not None:
+            files = {ep.videos[key][0] for ep in episodes}
+            r["source_bytes"] = sum(f.stat().st_size for f in files if f.exists())
+        if codec is not None:
+            codecs[c.name] = ImageCodec.parse(codec)
+        else:
+            codecs[c.name] = default_codec(c.height, c.width, camera_data=is_video, from_video=is_video)
+            if codecs[c.name].name == "jpeg" and key is not None:
+                choice = cq.choose_jpeg(_sample(episodes, key, fps), target_db)
+                codecs[c.name] = choice.codec
+                r.update(
+                    target_db=target_db,
+                    sample_frames=choice.sample_frames,
+                    sample_psnr_db=round(choice.psnr_db, 2),
+                    one_lower_db=None if choice.one_lower_db is None else round(choice.one_lower_db, 2),
+                )
+                log.debug(
+                    "camera %s: %s reaches %.2f dB on %d sampled frames",
+                    c.name,
+                    choice.codec,
+                    choice.psnr_db,
+                    choice.sample_frames,
+                )
+        r["codec"] = str(codecs[c.name])
+        r["quality"] = codecs[c.name].quality
+    return codecs, report
+
+
+def _sample(episodes: list[_Episode], key: str, fps: float) -> np.ndarray:
+    """Decoded frames of one video feature, spread evenly over the dataset."""
+    by_file: dict[Path, list[float]] = {}
+    for e, j in cq.sample_positions([ep.length for ep in episodes]):
+        vf, t_from = episodes[e].videos[key]
+        by_file.setdefault(vf, []).append(t_from + j / fps)
+    return np.concatenate([cq.read_frames_at(vf, sorted(ts), fps) for vf, ts in by_file.items()])
 
 
 def _png(struct: dict | None, root: Path, where: str, key: str) -> np.ndarray:
