@@ -1,11 +1,12 @@
 """`vla bench load`: the peak memory of loading a checkpoint, on a full-size pi0.
 
 The checkpoint: pi0 at the geometry of transformers' default `PI0Config()` (openpi's pi0_base:
-PaliGemma-3B backbone, 300M-class expert; 3.50B parameters, 14.0 GB in fp32) with random
-weights, written under OUT, either by building vla's model at that geometry (`via="direct"`) or
-the way a user gets one, `vla convert` of transformers' `PI0ForConditionalGeneration`
-(`via="convert"`, which measures the conversion too). `size="small"` / `"tiny"` shrink every
-width and depth for a test.
+PaliGemma-3B backbone, 300M-class expert) with random weights, written under OUT, either by
+building vla's model at that geometry (`via="direct"`) or the way a user gets one, `vla convert`
+of transformers' `PI0ForConditionalGeneration` (`via="convert"`, which measures the conversion
+too). Both give the same checkpoint: 3.24B parameters, 12.95 GB in fp32 (transformers' model has
+3.50B, 14.0 GB: convert drops its expert's unused token embedding, 257152 x 1024). `size="small"`
+/ `"tiny"` shrink every width and depth for a test.
 
 Every step runs in a fresh process (`python -m vla.bench.load STEP ARGS`), so each peak is the
 step's own: the high-water mark of the process's resident memory (VmHWM), which counts pages of

@@ -73,7 +73,9 @@ def bench_load(
         help="Work folder (made by this bench; the checkpoint is written under it and removed afterwards).",
     ),
     size: str = typer.Option(
-        "full", help="full: transformers' default PI0Config (pi0_base, 3.5B, 14 GB fp32); small / tiny: for tests."
+        "full",
+        help="full: transformers' default PI0Config (pi0_base: a 3.24B-parameter, 13 GB fp32 checkpoint); "
+        "small / tiny: for tests.",
     ),
     via: str = typer.Option(
         "direct",
