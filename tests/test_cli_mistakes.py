@@ -79,6 +79,30 @@ MISTAKES = [
     ("tokenizer into a file", "tokenizer fit {store} --out {file}", "a file of"),
     ("quickstart into a store", "quickstart --out {store}", "an episode store"),
     ("quickstart --force on a folder", "quickstart --out {folder} --force", "a folder with"),
+    ("quickstart zero minutes", "quickstart --train-minutes 0 --out {new}", "--train-minutes must be > 0"),
+    ("quickstart zero episodes", "quickstart --episodes 0 --out {new}", "--episodes must be >= 1"),
+    ("train bad weights", "train {preset} --data {store} --weights a --out {new}", "--weights must be numbers"),
+    ("train on a missing GPU", "train {preset} --data {store} --device cuda:7 --steps 1 --out {new}", "--device"),
+    (
+        "train on a typo device",
+        "train {preset} --data {store} --device gpu --steps 1 --out {new}",
+        "not a torch device",
+    ),
+    ("train a preset typo", "train {badpreset} --data {store} --steps 1 --out {new}", "unknown [train] keys"),
+    ("train bad freeze", "train {preset} --data {store} --freeze foo --steps 1 --out {new}", "foo"),
+    ("train a corrupt init", "train {preset} --data {store} --init {badck} --steps 1 --out {new}", "corrupt JSON"),
+    ("serve a corrupt checkpoint", "serve {badsha}", "corrupted"),
+    ("serve a bad port", "serve {ckpt} --port 99999", "99999"),
+    ("eval negative videos", "eval expert --suite quickstart --num-videos -1 --videos {new}", "--num-videos"),
+    ("eval replan 0", "eval {ckpt} --suite quickstart --replan-every 0", "replan_every must be >= 1"),
+    ("run a negative duration", "run arm7-reach-sim --checkpoint {ckpt} --duration -5 --out {new}", "duration"),
+    ("run an unknown mode", "run arm7-reach-sim --checkpoint {ckpt} --mode foo --out {new}", "foo"),
+    ("split a bad fraction", "data split {store} {new} {new2} --val-fraction 1.5", "1.5"),
+    ("keep past the end", "data keep {store} {new} --episodes 100", "100"),
+    ("sheet inside a file", "data info {store} --sheet {file}/y.png", "is a file, not a folder"),
+    ("bench learn unknown preset", "bench learn --presets nope --minutes 1 --out {new}", "unknown policy preset"),
+    ("bench infer zero reps", "bench infer --reps 0", "--reps and --threads must be >= 1"),
+    ("probe a missing checkpoint", "bench probe {new} --data {store}", "not a checkpoint"),
 ]
 
 
@@ -110,6 +134,13 @@ def sandbox(tmp_path_factory):
     import shutil
 
     shutil.copytree(FIXTURES / "lerobot" / "aloha_image", root / "lerobot")
+    shutil.copytree(root / "ckpt", root / "bad-ckpt")
+    (root / "bad-ckpt" / "config.json").write_text("{not json")
+    shutil.copytree(root / "ckpt", root / "bad-sha")
+    weights = bytearray((root / "bad-sha" / "model.safetensors").read_bytes())
+    weights[-5] ^= 0xFF
+    (root / "bad-sha" / "model.safetensors").write_bytes(bytes(weights))
+    (root / "bad-preset.toml").write_text(preset.read_text() + "bogus_key = 3\n")  # lands in [train]
     return root
 
 
@@ -127,6 +158,9 @@ def test_a_mistake_gets_one_line_and_changes_nothing(sandbox, name, argv, expect
         "lerobot": sandbox / "lerobot",
         "new": sandbox / "new-out",
         "new2": sandbox / "new-out-2",
+        "badck": sandbox / "bad-ckpt",
+        "badsha": sandbox / "bad-sha",
+        "badpreset": sandbox / "bad-preset.toml",
         "busy_port": busy.getsockname()[1],
     }
     monkeypatch.chdir(sandbox)

@@ -27,6 +27,7 @@ from pathlib import Path
 from vla.outputs import claim_folder
 from vla.report import build_report
 from vla.resources import content_dir
+from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
 
@@ -91,6 +92,12 @@ def run_quickstart(
     from vla.sim.eval import format_results
     from vla.train.trainer import train
 
+    for name, value in {"train_minutes": train_minutes, "deploy_seconds": deploy_seconds}.items():
+        if not value > 0:
+            raise SpecError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    for name, value in {"steps": steps, "episodes": episodes, "workers": workers}.items():
+        if value < 1:
+            raise SpecError(f"--{name} must be >= 1, got {value}")
     out = claim_folder(out, "quickstart", legacy=lambda p: (p / "timings.json").exists())
     if force:  # redo every step: the folder is the quickstart's own (checked above)
         shutil.rmtree(out)

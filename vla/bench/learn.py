@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from vla.outputs import claim_folder
-from vla.spec import STATE, TASK
+from vla.spec import STATE, TASK, SpecError
 
 
 class ShuffledInstructions:
@@ -415,11 +415,18 @@ def run(
     from vla.model.checkpoint import Checkpoint
     from vla.sim import collect
     from vla.sim.collect import load_recipe
+    from vla.sim.suites import load_suite
     from vla.train.trainer import snapshot_path, train
 
     minutes = sorted(float(m) for m in minutes)
     if not minutes or minutes[0] <= 0:
         raise ValueError(f"minutes must be positive, got {minutes}")
+    for name in presets:  # every input checked before minutes of collection
+        load_preset(name)
+    load_recipe(recipe)
+    load_suite(suite)
+    if steps is not None and steps < 1:
+        raise SpecError(f"steps must be >= 1, got {steps}")
     out = claim_folder(out, "bench learn", legacy=lambda p: (p / "demos" / "zarr.json").exists())
     data = out / "demos"
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, user_errors
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -305,7 +305,9 @@ def data_migrate(
 
 @bench_app.command("data")
 def bench_data(
-    json_out: Optional[Path] = typer.Option(None, "--json", help="Also write the results to this JSON file."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
     workload: str = typer.Option(
         "sim",
         help="sim: 2 cams 96x96 sim-like frames (lossless); camera: 2 cams 480x640 "

@@ -140,6 +140,8 @@ def eval_command(
 
     if workers < 1:
         fail(f"--workers must be >= 1, got {workers}")
+    if num_videos < 0:
+        fail(f"--num-videos must be >= 0, got {num_videos}")
     try:
         if videos:
             check_output(videos, "a folder of eval videos", own=_videos_folder, overwrite=True, flag="--videos")

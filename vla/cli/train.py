@@ -107,7 +107,10 @@ def train_command(
     }
     try:
         p = load_preset(preset, {"train": overrides} if overrides else None)
-        w = [float(x) for x in _split(weights)] or None
+        try:
+            w = [float(x) for x in _split(weights)] or None
+        except ValueError:
+            fail(f"--weights must be numbers, one per store, comma-separated (like 3,1), got {weights!r}")
         on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
         ckpt = train(
             p,
@@ -191,6 +194,8 @@ def bench_infer(
     cache (and compiled), FAST decoding latency, peak memory, parameter counts."""
     from vla.bench.infer import run
 
+    if reps < 1 or threads < 1:
+        fail(f"--reps and --threads must be >= 1, got {reps} and {threads}")
     emit(run(threads=threads, reps=reps, compile=compile), json_out)
 
 

@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+from vla.model.device import resolve_device
 from vla.spec import EMBODIMENT, STATE, TASK, SpecError, image_key
 
 log = logging.getLogger(__name__)
@@ -44,7 +45,7 @@ class Policy:
                 "which computes them"
             )
         self.kind = self.ckpt.resolved.model_type
-        self.device = torch.device(device or "cpu")
+        self.device = resolve_device(device, "cpu")
         self.model.to(self.device)
         self.model.prepare_for_inference()
         self.num_steps = num_steps

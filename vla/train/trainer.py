@@ -25,7 +25,7 @@ import shutil
 import signal
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from vla.data.stats import compute_norm_stats
 from vla.data.store import EpisodeStore
 from vla.model.checkpoint import Checkpoint, CheckpointConfig, save_checkpoint
 from vla.model.contract import COUNT_PREFIX
+from vla.model.device import resolve_device
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import Transforms, build_transforms
@@ -252,6 +253,11 @@ def train(
     rank, world = _dist_info(fsdp)
     if max_seconds and not steps:
         steps = UNCAPPED_STEPS  # the clock ends the run
+    unknown = sorted(set(preset.train) - {f.name for f in fields(TrainConfig)})
+    if unknown:
+        raise SpecError(
+            f"preset {preset.name}: unknown [train] keys {unknown}; known: {sorted(f.name for f in fields(TrainConfig))}"
+        )
     tcfg = TrainConfig(**{**preset.train, **({"steps": steps} if steps else {})})
     if lora_rank is not None:
         tcfg = replace(tcfg, lora=replace(tcfg.lora, rank=lora_rank))
@@ -270,7 +276,7 @@ def train(
         source.resolved.model if resume else init_config(source, preset, mt) if init else mt.make_config(preset.model)
     )
     norm_mode = source.resolved.norm_mode if source else preset.norm_mode
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = resolve_device(device)
     if dev.type == "cuda" and world > 1:
         dev = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
     stores = [EpisodeStore.open(p) for p in data]
