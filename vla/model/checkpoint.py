@@ -33,6 +33,7 @@ from vla.model.text import TextTokenizer
 from vla.model.transforms import build_transforms
 from vla.model.weight_io import assign_weights, params_on_meta, read_safetensors
 from vla.model.weight_layout import canonical_keys, match_module_keys
+from vla.outputs import describe, is_checkpoint, is_free, set_modes
 from vla.spec import Embodiment, SpecError
 
 FORMAT, VERSION = "vla-checkpoint", 1
@@ -141,6 +142,8 @@ def save_checkpoint(
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     out = Path(out)
+    if out.exists() and not is_free(out) and not is_checkpoint(out):  # only ever replaces a checkpoint
+        raise CheckpointError(f"{out} is {describe(out)}, not a vla checkpoint: it is never replaced")
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -160,6 +163,7 @@ def save_checkpoint(
                 shutil.copy2(src, tmp / name)
         meta = {**config.to_json(), "files": {"model.safetensors": _sha256(tmp / "model.safetensors")}}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
+        set_modes(tmp)
         old = out.with_name(f".{out.name}.old-{os.getpid()}")
         if out.exists():
             out.rename(old)
