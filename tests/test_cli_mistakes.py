@@ -2,6 +2,7 @@
 `error:` line that names the fix, no traceback, and nothing created or changed on disk."""
 
 import hashlib
+import json
 import os
 import socket
 import sys
@@ -92,6 +93,8 @@ MISTAKES = [
     ("train bad freeze", "train {preset} --data {store} --freeze foo --steps 1 --out {new}", "foo"),
     ("train a corrupt init", "train {preset} --data {store} --init {badck} --steps 1 --out {new}", "corrupt JSON"),
     ("serve a corrupt checkpoint", "serve {badsha}", "corrupted"),
+    ("serve a config that contradicts the weights", "serve {wide}", "policy.config.backbone.text.mlp = 128"),
+    ("eval a config that contradicts", "eval {wide} --suite quickstart", "written with 64"),
     ("serve a bad port", "serve {ckpt} --port 99999", "99999"),
     ("eval negative videos", "eval expert --suite quickstart --num-videos -1 --videos {new}", "--num-videos"),
     ("eval replan 0", "eval {ckpt} --suite quickstart --replan-every 0", "replan_every must be >= 1"),
@@ -140,6 +143,10 @@ def sandbox(tmp_path_factory):
     weights = bytearray((root / "bad-sha" / "model.safetensors").read_bytes())
     weights[-5] ^= 0xFF
     (root / "bad-sha" / "model.safetensors").write_bytes(bytes(weights))
+    shutil.copytree(root / "ckpt", root / "wide-ckpt")  # config.json edited by hand: the MLP doubled
+    cfg = json.loads((root / "wide-ckpt" / "config.json").read_text())
+    cfg["policy"]["config"]["backbone"]["text"]["mlp"] = 128
+    (root / "wide-ckpt" / "config.json").write_text(json.dumps(cfg))
     (root / "bad-preset.toml").write_text(preset.read_text() + "bogus_key = 3\n")  # lands in [train]
     return root
 
@@ -161,6 +168,7 @@ def test_a_mistake_gets_one_line_and_changes_nothing(sandbox, name, argv, expect
         "badck": sandbox / "bad-ckpt",
         "badsha": sandbox / "bad-sha",
         "badpreset": sandbox / "bad-preset.toml",
+        "wide": sandbox / "wide-ckpt",
         "busy_port": busy.getsockname()[1],
     }
     monkeypatch.chdir(sandbox)

@@ -14,9 +14,10 @@ a mapped file as well as private memory. Loading is what every consumer of a che
 `Checkpoint(path)` (with its sha256 check) and `build_from_checkpoint`, then one read of every
 weight, so a loader that left weights unread in a mapped file would still be charged for them.
 The target: that peak <= 1.2x the bytes of model.safetensors (the process's own baseline, torch
-and the libraries, included). Reported beside it, not in it: the peak after the runtime's
-`prepare_for_inference`, whose fused q/k/v and gate/up views copy part of the weights (a CPU
-latency trade, vla.model.attention.FusedLayer).
+and the libraries, included). Reported beside it: the peak after the runtime's
+`prepare_for_inference` (what `vla serve` holds), which fuses q/k/v and gate/up into copies only
+for models of up to vla.model.contract.FUSE_MAX_PARAMS parameters (a CPU latency trade for small
+models, vla.model.attention.FusedLayer), so a full-size pi0 serves at its loading peak.
 """
 
 from __future__ import annotations
@@ -134,7 +135,7 @@ def run(out: str | Path, *, size: str = "full", via: str = "direct", keep: bool 
             "each step in a fresh process; peak = VmHWM (resident high-water mark, private and "
             "file-mapped pages) of Checkpoint() + build_from_checkpoint + one read of every weight, "
             "baseline (torch and libraries imported) included; inference_views_peak_bytes: the same "
-            "process after model.prepare_for_inference(), not part of the target"
+            "process after model.prepare_for_inference(), as vla serve holds it"
         ),
     )
     if keep:

@@ -249,7 +249,11 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
     else:  # one copy of the weights at the peak: parameters built on meta, the file's tensors assigned
         with params_on_meta():
             model = mt.build(rc.model, text_vocab=vocab, assets=assets)
-        missing, unexpected = assign_weights(model, match_module_keys(ckpt.weights(), set(model.state_dict())))
+        loaded = match_module_keys(ckpt.weights(), set(model.state_dict()))
+        wrong = _shape_mismatches(model, loaded)
+        if wrong:
+            raise CheckpointError(f"{ckpt.path}: {_explain_mismatch(mt, rc, vocab, assets, loaded, wrong)}")
+        missing, unexpected = assign_weights(model, loaded)
         if missing or unexpected:
             raise CheckpointError(
                 f"{ckpt.path}: weights do not match the config (missing {missing[:5]}, unexpected {unexpected[:5]})"
@@ -266,3 +270,66 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
         text_vocab=vocab,
     )
     return model, tf, rc.model
+
+
+def _shape_mismatches(model, weights: dict) -> list[tuple[str, tuple, tuple]]:
+    """(key, the config's shape, the file's shape) of every tensor whose shapes differ."""
+    own = model.state_dict()
+    return [
+        (k, tuple(own[k].shape), tuple(v.shape)) for k, v in weights.items() if k in own and own[k].shape != v.shape
+    ]
+
+
+def _int_fields(d: dict, prefix: str = "") -> dict[str, int]:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out.update(_int_fields(v, f"{prefix}{k}."))
+        elif isinstance(v, int) and not isinstance(v, bool):
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _with_field(d: dict, path: str, value) -> dict:
+    d = json.loads(json.dumps(d))
+    node = d
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node[p]
+    node[leaf] = value
+    return d
+
+
+def _explain_mismatch(mt, rc: CheckpointConfig, vocab: int, assets: dict, weights: dict, wrong: list) -> str:
+    """One line naming the config.json field that contradicts the weights: of the fields whose
+    value is one of the differing sizes, the one whose change to the file's size makes the most
+    shapes agree (models rebuilt on the meta device: no memory, no time)."""
+    from vla.model.weight_io import params_on_meta
+
+    key, want, got = wrong[0]
+    base = rc.model.to_dict()
+    fields = _int_fields(base)
+    pairs = {(w, g) for _, ws, gs in wrong if len(ws) == len(gs) for w, g in zip(ws, gs) if w != g}
+    best, best_left = None, len(wrong)
+    for path, value in fields.items():
+        for w, g in pairs:
+            if value != w:
+                continue
+            try:
+                cfg = mt.make_config(_with_field(base, path, g))
+                with params_on_meta():
+                    trial = mt.build(cfg, text_vocab=vocab, assets=assets)
+            except Exception:  # an inconsistent trial config: not this field
+                continue
+            left = len(_shape_mismatches(trial, weights))
+            if left < best_left:
+                best, best_left = (path, w, g), left
+    example = f"e.g. {key}: {list(got)} in model.safetensors, {list(want)} from config.json"
+    if best is None:
+        return f"config.json does not describe model.safetensors ({len(wrong)} tensors differ in shape, {example})"
+    path, w, g = best
+    return (
+        f"config.json says policy.config.{path} = {w}, but model.safetensors was written with {g} "
+        f"({len(wrong)} tensors differ, {example}): restore that field to {g}, or use the config.json written with "
+        "these weights"
+    )

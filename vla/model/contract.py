@@ -38,6 +38,7 @@ class ActionSample:
 # Worker-side hook: (embodiment names, normalized actions [b, h, a_max] numpy) -> extra batch keys.
 ActionTargets = Callable[[list, Any], dict]
 
+FUSE_MAX_PARAMS = 300_000_000  # prepare_for_inference fuses projections of models up to this size
 COUNT_PREFIX = "count/"  # batch keys the trainer sums over steps and logs (e.g. count/fast_truncated)
 
 
@@ -138,9 +139,14 @@ class ActionModel(nn.Module):
         return self.sample(batch, **kwargs).actions
 
     def prepare_for_inference(self) -> None:
-        """Fuse what can be fused for eval (weights unchanged, outputs equal within fp error)."""
+        """Fuse what can be fused for eval (weights unchanged, outputs equal within fp error).
+        Fusion keeps merged copies of the projections beside the originals; it pays where kernel
+        launches bound the latency (small models), so a model of over FUSE_MAX_PARAMS parameters
+        is left unfused: a full-size pi0 would otherwise serve at 1.55x its weights' memory."""
         from vla.model.attention import fuse_for_inference
 
+        if sum(p.numel() for p in self.parameters()) > FUSE_MAX_PARAMS:
+            return
         fuse_for_inference(*self.decoder_stacks())
 
     def decoder_stacks(self) -> list[nn.Module]:
