@@ -22,6 +22,18 @@ def test_help_lists_working_commands():
         assert cmd in r.output
 
 
+def test_help_shows_every_default_and_the_short_flags():
+    """Rich markup used to eat every "[default: ...]" written in a help text."""
+    r = runner.invoke(app, ["train", "-h"])
+    assert r.exit_code == 0
+    text = " ".join(r.output.split())
+    assert "Training steps [default: the preset's]" in text and "Global batch size [default: the preset's]" in text
+    r = runner.invoke(app, ["--version"])
+    assert r.exit_code == 0 and r.output.startswith("vla ")
+    r = runner.invoke(app, ["-h"])
+    assert r.exit_code == 0 and "--version" in r.output
+
+
 def test_data_commands_end_to_end(tmp_path):
     r = runner.invoke(app, ["data", "import-lerobot", str(FIXTURES / "lerobot" / "aloha_image"), str(tmp_path / "s")])
     assert r.exit_code == 0, r.output

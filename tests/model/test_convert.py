@@ -391,6 +391,8 @@ def test_export_loads_in_transformers_with_the_same_actions(converted, tmp_path)
 
     _, outs, _ = converted
     exported = export_weights(outs["hub"], tmp_path / "hf")
+    modes = {f.name: f.stat().st_mode & 0o777 for f in exported.iterdir()}
+    assert len(set(modes.values())) == 1, modes  # model.safetensors was 0600, the rest 0644
     hf, info = PI0ForConditionalGeneration.from_pretrained(exported, output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
     model, _, _ = build_from_checkpoint(Checkpoint(outs["hub"]))

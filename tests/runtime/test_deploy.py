@@ -73,3 +73,34 @@ out = "{tmp_path / "run"}"
 
     store = EpisodeStore.open(tmp_path / "run" / "episodes")
     assert store.num_episodes >= 1 and store.embodiments["arm7"].control_hz == 50
+
+
+def test_a_run_whose_every_request_is_refused_fails_and_says_why(tmp_path, arm7_ckpt):
+    """The robot renders 48 px to a policy trained on 32 px: the server refuses every observation.
+    This run used to print "policy unavailable" and exit 0."""
+    launch = tmp_path / "dep.toml"
+    launch.write_text(f"""
+name = "mismatch"
+[policy]
+checkpoint = "{arm7_ckpt}"
+[robot]
+env = "vla/Arm7-Reach-v0"
+image_size = 48
+port = 0
+[control]
+hz = 50
+duration_s = 2
+[record]
+out = "{tmp_path / "run"}"
+""")
+    r = subprocess.run(
+        [sys.executable, "-c", "from vla.cli import main; main()", "run", str(launch)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert r.returncode != 0, r.stdout[-2000:]
+    errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and "inference requests failed" in errors[0], r.stderr[-3000:]
+    assert "refused the observation" in errors[0] and "expected image" in errors[0], errors[0]
+    assert "Traceback" not in r.stderr

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 
 from vla.model.checkpoint import Checkpoint
 from vla.model.weight_layout import TO_LEROBOT, rename
+from vla.outputs import set_modes
 from vla.spec import SpecError
 
 PADDED = 32  # openpi's state / action width
@@ -157,6 +158,7 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
             shutil.copy2(ck.path / "tokenizer.json", tmp / "tokenizer.json")
         if out.exists():
             raise SpecError(f"{out} exists: choose a new directory")
+        set_modes(tmp)  # safetensors writes 0600, the rest is 0644
         tmp.rename(out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
