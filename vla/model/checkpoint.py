@@ -273,10 +273,13 @@ def build_from_checkpoint(ckpt: Checkpoint, *, weights: bool = True):
 
 
 def _shape_mismatches(model, weights: dict) -> list[tuple[str, tuple, tuple]]:
-    """(key, the config's shape, the file's shape) of every tensor whose shapes differ."""
+    """(key, the config's shape, the file's shape) of every tensor whose shapes differ. One-element
+    tensors are left to the modules' load hooks (a 0-dim scalar saved by an older vla loads as [1])."""
     own = model.state_dict()
     return [
-        (k, tuple(own[k].shape), tuple(v.shape)) for k, v in weights.items() if k in own and own[k].shape != v.shape
+        (k, tuple(own[k].shape), tuple(v.shape))
+        for k, v in weights.items()
+        if k in own and own[k].shape != v.shape and not own[k].numel() == v.numel() == 1
     ]
 
 
