@@ -106,6 +106,14 @@ MISTAKES = [
     ("bench learn unknown preset", "bench learn --presets nope --minutes 1 --out {new}", "unknown policy preset"),
     ("bench infer zero reps", "bench infer --reps 0", "--reps and --threads must be >= 1"),
     ("probe a missing checkpoint", "bench probe {new} --data {store}", "not a checkpoint"),
+    ("sim-robot on a taken port", "sim-robot --port {busy_port} --seconds 1", "pick another --port"),
+    ("bench sim zero episodes", "bench sim --quick --collect-episodes 0", "--collect-episodes must be >= 1"),
+    ("info of a LeRobot dataset", "data info {lerobot}", "vla data import-lerobot"),
+    ("train on a LeRobot dataset", "train {preset} --data {lerobot} --steps 1 --out {new}", "vla data import-lerobot"),
+    ("convert a vla checkpoint", "convert {ckpt} {new}", "already a vla checkpoint"),
+    ("eval an unreachable server", "eval ws://127.0.0.1:1 --suite quickstart --episodes 1", "cannot reach"),
+    ("eval videos into a file", "eval expert --suite quickstart --episodes 1 --videos {file}", "a file of"),
+    ("merge differing specs", "data merge {new} {store} {lerobot_store}", "differs"),
 ]
 
 
@@ -143,6 +151,8 @@ def sandbox(tmp_path_factory):
     weights = bytearray((root / "bad-sha" / "model.safetensors").read_bytes())
     weights[-5] ^= 0xFF
     (root / "bad-sha" / "model.safetensors").write_bytes(bytes(weights))
+    other = tiny_embodiment("armA", s=4, a=3, cams=(("front", 16, 16),), hz=30.0)  # same name, another rate
+    write_synthetic(EpisodeStore.create(root / "armA-other", [other]), other, episodes=1, length=5, seed=1)
     shutil.copytree(root / "ckpt", root / "wide-ckpt")  # config.json edited by hand: the MLP doubled
     cfg = json.loads((root / "wide-ckpt" / "config.json").read_text())
     cfg["policy"]["config"]["backbone"]["text"]["mlp"] = 128
@@ -169,6 +179,7 @@ def test_a_mistake_gets_one_line_and_changes_nothing(sandbox, name, argv, expect
         "badsha": sandbox / "bad-sha",
         "badpreset": sandbox / "bad-preset.toml",
         "wide": sandbox / "wide-ckpt",
+        "lerobot_store": sandbox / "armA-other",
         "busy_port": busy.getsockname()[1],
     }
     monkeypatch.chdir(sandbox)

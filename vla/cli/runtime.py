@@ -72,6 +72,8 @@ def sim_robot_command(
         server.serve_forever(max_seconds=seconds)
     except user_errors() as e:
         fail(str(e))
+    except OSError as e:  # the port
+        fail(f"cannot listen on {host}:{port} ({e.strerror or e}): pick another --port, or --port 0 for a free one")
     except KeyboardInterrupt:
         pass
 

@@ -191,4 +191,6 @@ def bench_sim(
     """Physics steps/s, renders/s per camera (96x96, 224x224), collection episodes/min."""
     from vla.bench.sim import run
 
+    if collect_episodes < 1:
+        fail(f"--collect-episodes must be >= 1, got {collect_episodes}")
     emit(run(quick=quick, external=external, collect_episodes=collect_episodes), json_out)

@@ -141,6 +141,8 @@ class EpisodeStore:
         path = str(path)
         if not _is_url(path) and not (Path(path) / "zarr.json").exists():
             why = "does not exist" if not Path(path).exists() else "has no zarr.json"
+            if (Path(path) / "meta" / "info.json").is_file():
+                why += "; it is a LeRobot dataset: `vla data import-lerobot DIR STORE` makes a store of it"
             raise StoreError(f"{path}: not an episode store ({why})")
         try:
             g = _open_group(path, mode="r" if mode == "r" else "r+")

@@ -29,6 +29,7 @@ from vla.model.checkpoint import CheckpointConfig, save_checkpoint
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.weight_layout import RULES, detect, group_keys, rename
+from vla.outputs import is_checkpoint
 from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, SpecError, load_embodiment
 
 log = logging.getLogger(__name__)
@@ -190,6 +191,8 @@ def convert(
     src, out = Path(src), Path(out)
     if not src.is_dir():
         raise SpecError(f"convert: source {src} is not a directory")
+    if is_checkpoint(src):
+        raise SpecError(f"convert: {src} is already a vla checkpoint: train --init, eval, serve and run take it as is")
     weights = read_weights(src)
     layout, kind, prefix = detect(weights)
     named = source_type(src)
