@@ -66,6 +66,27 @@ class ControlConfig:
             )
 
 
+class _Link:
+    """The control thread's side of the inference worker: the request in flight, the ones given up on, and
+    whether the policy is down. Touched by the control thread only."""
+
+    __slots__ = ("in_flight", "abandoned", "down_until", "down", "last_error", "holding", "first_chunk")
+
+    def __init__(self) -> None:
+        self.in_flight: tuple[int, float] | None = None  # (k_obs, time sent) of the request being computed
+        self.abandoned: set[int] = set()  # k_obs given up on (watchdog, episode reset): their results are dropped
+        self.down_until = 0.0  # no request before this: the last one failed (retry after retry_s)
+        self.down = False  # the policy is unreachable (reported once per distinct error)
+        self.last_error = ""
+        self.holding = False  # the watchdog hold is on
+        self.first_chunk = True  # an episode's first chunk starts from rest: not a chunk boundary
+
+    def abandon(self) -> None:
+        if self.in_flight is not None:
+            self.abandoned.add(self.in_flight[0])
+            self.in_flight = None
+
+
 class ControlLoop:
     def __init__(
         self,
@@ -82,6 +103,8 @@ class ControlLoop:
         self.robot, self.policy, self.cfg = robot, policy, cfg
         self.safety_cfg, self.chunking_cfg = safety, chunking
         self.emb = robot.embodiment
+        # The state is a joint-position command's layout: it seeds the safety filter's last command.
+        self.same_layout = self.emb.action_mode == "joint_position" and self.emb.state_dim == self.emb.action_dim
         meta = getattr(policy, "metadata", {}) or {}
         self.policy_emb = policy_embodiment or self.emb.name
         embs = meta.get("embodiments") or {}
@@ -155,9 +178,8 @@ class ControlLoop:
             self._realtime(False)
 
     def _run(self) -> dict:
-        cfg = self.cfg
-        period = 1.0 / cfg.hz
-        robot = self.robot
+        cfg, robot = self.cfg, self.robot
+        period, watchdog_s = 1.0 / cfg.hz, self.safety_cfg.watchdog_s
         worker = InferenceWorker(self.policy, cfg.inject_delay_ms / 1000)
         observer = Observer(robot)
         self._realtime(True)
@@ -165,14 +187,10 @@ class ControlLoop:
         ex = ChunkExecutor(self.chunking_cfg, cfg.hz, self.policy_hz)
         obs = robot.reset(seed=cfg.seed)
         state = np.asarray(obs["observation/state"], np.float32)
-        same_layout = self.emb.action_mode == "joint_position" and self.emb.state_dim == self.emb.action_dim
-        safety = SafetyFilter(self.emb, self.safety_cfg, period, initial=state if same_layout else None)
+        safety = SafetyFilter(self.emb, self.safety_cfg, period, initial=state if self.same_layout else None)
         task = cfg.task or obs.get(TASK) or ""
-        episodes, outcome = [], "duration"
-        episode_i, in_flight, abandoned = 0, None, set()
-        policy_down_until, down_reported, watchdog_active = 0.0, False, False
-        prev_sent, last_error, first_chunk = safety.last, "", True
-        prev_cmd = None
+        episodes, outcome, link = [], "duration", _Link()
+        prev_sent, prev_cmd = safety.last, None
         observer.latest = (-1, obs)
         t_start = time.monotonic() + period
         t_run0, k, ep_k0 = t_start, 0, 0
@@ -195,50 +213,12 @@ class ControlLoop:
                 if cfg.duration_s and now - t_run0 >= cfg.duration_s:
                     break
                 # 1. chunk arrivals
-                switched = False
-                while True:
-                    try:
-                        res = worker.results.get_nowait()
-                    except queue.Empty:
-                        break
-                    ok = res.actions is not None
-                    timing.infer(res.k_obs, k, now - res.t_sent, res.server_ms, ok)
-                    if res.k_obs in abandoned:  # given up on (watchdog, episode reset); another may be in flight
-                        abandoned.discard(res.k_obs)
-                        continue
-                    in_flight = None
-                    if not ok:
-                        policy_down_until = now + cfg.retry_s
-                        if not down_reported or res.error != last_error:
-                            log.warning("inference failed, holding position: %s", res.error)
-                        down_reported, last_error = True, res.error
-                        continue
-                    if down_reported:
-                        log.info("policy is back; resuming")
-                        down_reported = False
-                    if res.actions.ndim != 2 or res.actions.shape[1] != self.emb.action_dim:
-                        safety.hold(k, "bad_shape", f"chunk of shape {res.actions.shape}")
-                        continue
-                    switched = ex.on_chunk(res.actions, res.k_obs, k)
-                    # An episode's first chunk starts from rest: not a chunk boundary.
-                    switched, first_chunk = switched and not first_chunk, first_chunk and not switched
-                    watchdog_active = False
+                switched = self._take_chunks(worker.results, link, ex, safety, timing, k, now)
                 # 2. watchdog
                 raw = ex.action(k)
-                overdue = in_flight is not None and now - in_flight[1] > self.safety_cfg.watchdog_s
-                if down_reported or (overdue and raw is not None):
-                    if not watchdog_active:
-                        why = (
-                            "policy unreachable"
-                            if down_reported
-                            else f"no chunk for {now - in_flight[1]:.2f} s (watchdog {self.safety_cfg.watchdog_s} s)"
-                        )
-                        safety.hold(k, "watchdog_hold", why)
-                        watchdog_active = True
-                    if overdue and in_flight is not None:
-                        abandoned.add(in_flight[0])
-                        in_flight = None
-                    ex.drop()
+                overdue = link.in_flight is not None and now - link.in_flight[1] > watchdog_s
+                if link.down or (overdue and raw is not None):
+                    self._watchdog_hold(link, ex, safety, k, now, overdue)
                     raw = None
                 # 3. exactly one action
                 a = safety.hold(k) if raw is None else safety.filter(k, raw)
@@ -269,13 +249,8 @@ class ControlLoop:
                     if self.recorder is not None and a is not None:
                         self.recorder.add(obs, a, max(0, k_obs - ep_k0 + 1) * period)
                     # 5. next request
-                    if in_flight is None and now >= policy_down_until and ex.want_request(k_obs):
-                        guide = ex.guide(k_obs, self.horizon) if self.horizon else None
-                        try:
-                            worker.submit(self._policy_obs(obs, task), k_obs, guide)
-                            in_flight = (k_obs, time.monotonic())
-                        except queue.Full:
-                            pass
+                    if link.in_flight is None and now >= link.down_until and ex.want_request(k_obs):
+                        self._request(worker, link, ex, obs, task, k_obs)
                 # 6. a fresh observation for the next tick
                 observer.trigger(k)
                 self.snapshot = {
@@ -288,39 +263,106 @@ class ControlLoop:
                 }
                 # episode end (the robot says so)
                 if got is not None and obs.get(DONE):
-                    episodes.append({"success": bool(obs.get(SUCCESS)), "ticks": k})
-                    if self.recorder is not None:
-                        self.recorder.end_episode(task, bool(obs.get(SUCCESS)))
-                    episode_i += 1
-                    if episode_i >= cfg.episodes:
+                    if self._episode_done(episodes, obs, task, k):  # the last one
                         outcome = "episodes"
                         break
-                    with observer.lock:
-                        obs = robot.reset(seed=cfg.seed + episode_i)
-                        observer.latest = (k, obs)
-                    task = cfg.task or obs.get(TASK) or task
-                    first_chunk = True
-                    ex.drop()
-                    if in_flight is not None:
-                        abandoned.add(in_flight[0])
-                        in_flight = None
-                    st = np.asarray(obs["observation/state"], np.float32)
-                    safety.last = st.astype(np.float64) if same_layout else safety.last
+                    obs, task = self._next_episode(observer, link, ex, safety, k, len(episodes), task)
                     prev_sent, prev_cmd = safety.last, None
                     # The reset took time: restart the grid so that tick k + 1 is one period from now.
                     t_start = time.monotonic() + period - (k + 1) * period
                     ep_k0 = k + 1
                 k += 1
         finally:
-            if outcome in ("interrupted", "estop") or self.stop_requested.is_set():
-                try:
-                    robot.stop()
-                except Exception as e:  # the robot may be the thing that failed
-                    log.error("robot.stop() failed: %s", e)
-            worker.stop()
-            observer.stop()
-            if self.recorder is not None and outcome != "episodes":
-                self.recorder.end_episode(task, None)  # the episode in progress, outcome unknown
+            self._shut_down(outcome, worker, observer, task)
+        self.timing, self.safety = timing, safety
+        return self._summary(outcome, episodes, timing, safety, ex, observer, link.last_error)
+
+    # ---- the loop's steps that need more than a few lines (called from _run) ----
+    def _take_chunks(self, results: queue.Queue, link: _Link, ex: ChunkExecutor, safety, timing, k, now) -> bool:
+        """Install the chunks the worker finished since the last tick; True when a new plan replaced a moving one."""
+        switched = False
+        while True:
+            try:
+                res = results.get_nowait()
+            except queue.Empty:
+                return switched
+            ok = res.actions is not None
+            timing.infer(res.k_obs, k, now - res.t_sent, res.server_ms, ok)
+            if res.k_obs in link.abandoned:  # given up on (watchdog, episode reset); another may be in flight
+                link.abandoned.discard(res.k_obs)
+                continue
+            link.in_flight = None
+            if not ok:
+                link.down_until = now + self.cfg.retry_s
+                if not link.down or res.error != link.last_error:
+                    log.warning("inference failed, holding position: %s", res.error)
+                link.down, link.last_error = True, res.error
+                continue
+            if link.down:
+                log.info("policy is back; resuming")
+                link.down = False
+            if res.actions.ndim != 2 or res.actions.shape[1] != self.emb.action_dim:
+                safety.hold(k, "bad_shape", f"chunk of shape {res.actions.shape}")
+                continue
+            switched = ex.on_chunk(res.actions, res.k_obs, k)
+            # An episode's first chunk starts from rest: not a chunk boundary.
+            switched, link.first_chunk = switched and not link.first_chunk, link.first_chunk and not switched
+            link.holding = False
+
+    def _request(self, worker: InferenceWorker, link: _Link, ex: ChunkExecutor, obs, task, k_obs) -> None:
+        guide = ex.guide(k_obs, self.horizon) if self.horizon else None
+        try:
+            worker.submit(self._policy_obs(obs, task), k_obs, guide)
+            link.in_flight = (k_obs, time.monotonic())
+        except queue.Full:
+            pass
+
+    def _episode_done(self, episodes: list, obs: dict, task: str, k: int) -> bool:
+        """Count and record the episode the robot says is done; True when it was the run's last."""
+        episodes.append({"success": bool(obs.get(SUCCESS)), "ticks": k})
+        if self.recorder is not None:
+            self.recorder.end_episode(task, bool(obs.get(SUCCESS)))
+        return len(episodes) >= self.cfg.episodes
+
+    def _watchdog_hold(self, link: _Link, ex: ChunkExecutor, safety, k: int, now: float, overdue: bool) -> None:
+        """Hold position: the policy is unreachable, or the plan moves and its next chunk is overdue."""
+        if not link.holding:
+            why = (
+                "policy unreachable"
+                if link.down
+                else f"no chunk for {now - link.in_flight[1]:.2f} s (watchdog {self.safety_cfg.watchdog_s} s)"
+            )
+            safety.hold(k, "watchdog_hold", why)
+            link.holding = True
+        if overdue:
+            link.abandon()
+        ex.drop()
+
+    def _next_episode(self, observer, link: _Link, ex: ChunkExecutor, safety, k, episode_i, task):
+        """Reset the robot for the next episode; the plan and the request in flight start over. -> (obs, task)"""
+        with observer.lock:
+            obs = self.robot.reset(seed=self.cfg.seed + episode_i)
+            observer.latest = (k, obs)
+        task = self.cfg.task or obs.get(TASK) or task
+        link.first_chunk = True
+        ex.drop()
+        link.abandon()
+        st = np.asarray(obs["observation/state"], np.float32)
+        safety.last = st.astype(np.float64) if self.same_layout else safety.last
+        return obs, task
+
+    def _shut_down(self, outcome: str, worker: InferenceWorker, observer: Observer, task: str) -> None:
+        if outcome in ("interrupted", "estop") or self.stop_requested.is_set():
+            try:
+                self.robot.stop()
+            except Exception as e:  # the robot may be the thing that failed
+                log.error("robot.stop() failed: %s", e)
+        worker.stop()
+        observer.stop()
+        if self.recorder is not None and outcome != "episodes":
+            self.recorder.end_episode(task, None)  # the episode in progress, outcome unknown
+
+    def _summary(self, outcome, episodes, timing: TimingLog, safety, ex: ChunkExecutor, observer, last_error) -> dict:
         summary = timing.summary()
         summary["inference"]["last_error"] = last_error or None
         rec_error = getattr(self.recorder, "error", None)  # a failed recorder never stops the loop; report it
@@ -328,8 +370,8 @@ class ControlLoop:
             {
                 "outcome": outcome,
                 "mode": self.chunking_cfg.mode,
-                "hz": cfg.hz,
-                "inject_delay_ms": cfg.inject_delay_ms,
+                "hz": self.cfg.hz,
+                "inject_delay_ms": self.cfg.inject_delay_ms,
                 "episodes": episodes,
                 "successes": sum(e["success"] for e in episodes),
                 "safety": dict(safety.counts),
@@ -340,5 +382,4 @@ class ControlLoop:
                 "recorder_error": None if rec_error is None else f"{type(rec_error).__name__}: {rec_error}",
             }
         )
-        self.timing, self.safety = timing, safety
         return summary
