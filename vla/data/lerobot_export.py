@@ -123,6 +123,143 @@ def _hf_features(emb, image_cams, env_dim: int | None) -> dict:
     return feats
 
 
+class _DataFiles:
+    """data/chunk-000/file-XXX.parquet: one episode's frames table at a time, rolled over past DATA_CAP_MB."""
+
+    def __init__(self, root: Path, hf_meta: dict):
+        self.root, self.hf_meta = root, hf_meta
+        self.file, self.writer, self.bytes = 0, None, 0
+
+    def write(self, table: pa.Table) -> int:
+        """-> the index of the file the table went to."""
+        if self.writer is not None and self.bytes > DATA_CAP_MB * 1e6:
+            self.writer.close()
+            self.writer, self.file, self.bytes = None, self.file + 1, 0
+        if self.writer is None:
+            path = self.root / LR_DATA_PATH.format(chunk_index=0, file_index=self.file)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(path, table.schema.with_metadata(self.hf_meta))
+        self.writer.write_table(table.replace_schema_metadata(self.hf_meta))
+        self.bytes += table.nbytes
+        return self.file
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+class _VideoFiles:
+    """One camera's videos/<key>/chunk-000/file-XXX.mp4: episodes appended, rolled over past VIDEO_CAP_MB."""
+
+    def __init__(self, root: Path, cam, fps: int, codec: str):
+        self.root, self.cam, self.fps, self.codec = root, cam, fps, codec
+        self.key = f"observation.images.{cam.name}"
+        self.file, self.writer, self.frames, self.bytes, self.path = 0, None, 0, 0, None
+
+    def add(self, frames: np.ndarray, n: int) -> dict:
+        """Append one episode's n frames; -> its meta/episodes columns (file and time span in it)."""
+        if self.writer is not None and self.bytes > VIDEO_CAP_MB * 1e6:
+            self.writer.close()
+            self.writer, self.file, self.frames, self.bytes = None, self.file + 1, 0, 0
+        if self.writer is None:
+            path = self.root / LR_VIDEO_PATH.format(video_key=self.key, chunk_index=0, file_index=self.file)
+            self.writer = VideoWriter(path, self.fps, self.cam.height, self.cam.width, self.codec)
+            self.path = path
+        start = self.frames / self.fps
+        self.writer.add(frames)
+        self.frames += n
+        self.bytes = self.path.stat().st_size if self.path.exists() else 0
+        return {
+            f"videos/{self.key}/chunk_index": 0,
+            f"videos/{self.key}/file_index": self.file,
+            f"videos/{self.key}/from_timestamp": start,
+            f"videos/{self.key}/to_timestamp": start + n / self.fps,
+        }
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _pick_embodiment(store: EpisodeStore, embodiment: str | None):
+    """The one embodiment to export (a LeRobot dataset has one robot) -> (its name, Embodiment, its episodes)."""
+    if embodiment is None:
+        if len(store.embodiments) != 1:
+            raise StoreError(
+                f"{store.path}: holds {sorted(store.embodiments)}; a LeRobot dataset has one robot, pass --embodiment"
+            )
+        embodiment = next(iter(store.embodiments))
+    if embodiment not in store.embodiments:
+        raise StoreError(f"{store.path}: no embodiment {embodiment!r}; have {sorted(store.embodiments)}")
+    emb = store.embodiments[embodiment]
+    infos = [i for i in store.infos() if i.embodiment == embodiment]
+    if not infos:
+        raise StoreError(f"{store.path}: no episodes of embodiment {embodiment!r}")
+    return embodiment, emb, infos
+
+
+def _video_codecs(emb, images: str) -> dict:
+    """Camera name -> video codec, None for a camera stored as PNG frames in the parquet."""
+    codecs = {}
+    for cam in emb.cameras:
+        codec = video_codec_for(cam.height, cam.width)
+        if images == "video" and codec is None:
+            raise StoreError(
+                f"camera {cam.name!r} {cam.height}x{cam.width} is too small or odd-sized for video; use --images image"
+            )
+        codecs[cam.name] = None if images == "image" else codec
+    return codecs
+
+
+def _frames_table(ep: dict, emb, image_cams, env_dim, fps: int, n: int, ep_i: int, first: int, task_i: int):
+    """One episode's rows of data/*.parquet; `first` is its first frame's dataset-wide index."""
+    cols = {
+        "observation.state": pa.FixedSizeListArray.from_arrays(
+            pa.array(ep[STATE].reshape(-1), pa.float32()), emb.state_dim
+        ),
+        **(
+            {
+                LR_ENV_STATE: pa.FixedSizeListArray.from_arrays(
+                    pa.array(ep[ENV_STATE].reshape(-1), pa.float32()), env_dim
+                )
+            }
+            if env_dim
+            else {}
+        ),
+        "action": pa.FixedSizeListArray.from_arrays(pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim),
+        # Timestamps restart at 0 each episode and follow the frame rate, as LeRobot checks.
+        "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps, pa.float32()),
+        "frame_index": pa.array(np.arange(n), pa.int64()),
+        "episode_index": pa.array(np.full(n, ep_i), pa.int64()),
+        "index": pa.array(np.arange(first, first + n), pa.int64()),
+        "task_index": pa.array(np.full(n, task_i), pa.int64()),
+    }
+    for c in image_cams:
+        cols[f"observation.images.{c}"] = pa.array(
+            [{"bytes": encode_png(img), "path": f"frame-{j:06d}.png"} for j, img in enumerate(ep[image_key(c)])],
+            pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
+        )
+    order = [f"observation.images.{c}" for c in image_cams] + list(cols)[: len(cols) - len(image_cams)]
+    return pa.table({k: cols[k] for k in order})
+
+
+def _episode_stats(ep: dict, emb, env_dim, fps: int, n: int, ep_i: int, first: int, task_i: int) -> dict:
+    """LeRobot's per-episode stats of every feature (meta/episodes columns; merged into meta/stats.json)."""
+    st = {
+        "observation.state": _stats(ep[STATE]),
+        **({LR_ENV_STATE: _finite_stats(ep[ENV_STATE])} if env_dim else {}),
+        "action": _stats(ep[ACTION]),
+        "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps),
+        "frame_index": _stats(np.arange(n)[:, None]),
+        "episode_index": _stats(np.full((n, 1), ep_i)),
+        "index": _stats(np.arange(first, first + n)[:, None]),
+        "task_index": _stats(np.full((n, 1), task_i)),
+    }
+    for c in emb.camera_names:
+        st[f"observation.images.{c}"] = _image_stats(ep[image_key(c)])
+    return st
+
+
 def export_lerobot(
     store_path: str | Path,
     dst: str | Path,
@@ -139,30 +276,12 @@ def export_lerobot(
     dst = Path(dst)
     if dst.exists():
         raise StoreError(f"{dst}: already exists; export writes a new folder")
-    if embodiment is None:
-        if len(store.embodiments) != 1:
-            raise StoreError(
-                f"{store.path}: holds {sorted(store.embodiments)}; a LeRobot dataset has one robot, pass --embodiment"
-            )
-        embodiment = next(iter(store.embodiments))
-    if embodiment not in store.embodiments:
-        raise StoreError(f"{store.path}: no embodiment {embodiment!r}; have {sorted(store.embodiments)}")
-    emb = store.embodiments[embodiment]
-    infos = [i for i in store.infos() if i.embodiment == embodiment]
-    if not infos:
-        raise StoreError(f"{store.path}: no episodes of embodiment {embodiment!r}")
+    embodiment, emb, infos = _pick_embodiment(store, embodiment)
     fps = emb.control_hz
     if abs(fps - round(fps)) > 1e-6:
         raise StoreError(f"LeRobot needs an integer fps; embodiment {emb.name!r} runs at {fps} Hz")
     fps = int(round(fps))
-    codecs = {}
-    for cam in emb.cameras:
-        codec = video_codec_for(cam.height, cam.width)
-        if images == "video" and codec is None:
-            raise StoreError(
-                f"camera {cam.name!r} {cam.height}x{cam.width} is too small or odd-sized for video; use --images image"
-            )
-        codecs[cam.name] = None if images == "image" else codec
+    codecs = _video_codecs(emb, images)
     video_cams = [c for c in emb.camera_names if codecs[c]]
     image_cams = [c for c in emb.camera_names if not codecs[c]]
     env_dim = store.env_state_dim(embodiment)
@@ -174,101 +293,24 @@ def export_lerobot(
     try:
         tmp.mkdir(parents=True)
         hf_meta = {b"huggingface": json.dumps({"info": {"features": _hf_features(emb, image_cams, env_dim)}}).encode()}
-        data_file, data_writer, data_bytes = 0, None, 0
-        vid = {c: {"file": 0, "writer": None, "frames": 0, "bytes": 0} for c in video_cams}
+        data = _DataFiles(tmp, hf_meta)
+        videos = [_VideoFiles(tmp, cam, fps, codecs[cam.name]) for cam in emb.cameras if cam.name in video_cams]
         ep_rows, ep_stats, global_index = [], [], 0
         for new_i, info in enumerate(tqdm(infos, desc=f"export {emb.name}", unit="ep", disable=not progress)):
-            ep = store.episode(info.index)
-            n = info.length
+            ep, n, task_i = store.episode(info.index), info.length, task_index[info.task]
             row = {"episode_index": new_i, "tasks": [info.task], "length": n, VLA_SUCCESS: info.success}
-            # ---- frames table ----
-            cols = {
-                "observation.state": pa.FixedSizeListArray.from_arrays(
-                    pa.array(ep[STATE].reshape(-1), pa.float32()), emb.state_dim
-                ),
-                **(
-                    {
-                        LR_ENV_STATE: pa.FixedSizeListArray.from_arrays(
-                            pa.array(ep[ENV_STATE].reshape(-1), pa.float32()), env_dim
-                        )
-                    }
-                    if env_dim
-                    else {}
-                ),
-                "action": pa.FixedSizeListArray.from_arrays(
-                    pa.array(ep[ACTION].reshape(-1), pa.float32()), emb.action_dim
-                ),
-                # Timestamps restart at 0 each episode and follow the frame rate, as LeRobot checks.
-                "timestamp": pa.array(np.arange(n, dtype=np.float32) / fps, pa.float32()),
-                "frame_index": pa.array(np.arange(n), pa.int64()),
-                "episode_index": pa.array(np.full(n, new_i), pa.int64()),
-                "index": pa.array(np.arange(global_index, global_index + n), pa.int64()),
-                "task_index": pa.array(np.full(n, task_index[info.task]), pa.int64()),
-            }
-            for c in image_cams:
-                cols[f"observation.images.{c}"] = pa.array(
-                    [
-                        {"bytes": encode_png(img), "path": f"frame-{j:06d}.png"}
-                        for j, img in enumerate(ep[image_key(c)])
-                    ],
-                    pa.struct([("bytes", pa.binary()), ("path", pa.string())]),
-                )
-            order = [f"observation.images.{c}" for c in image_cams] + list(cols)[: len(cols) - len(image_cams)]
-            table = pa.table({k: cols[k] for k in order})
-            if data_writer is not None and data_bytes > DATA_CAP_MB * 1e6:
-                data_writer.close()
-                data_writer, data_file, data_bytes = None, data_file + 1, 0
-            if data_writer is None:
-                path = tmp / LR_DATA_PATH.format(chunk_index=0, file_index=data_file)
-                path.parent.mkdir(parents=True, exist_ok=True)
-                data_writer = pq.ParquetWriter(path, table.schema.with_metadata(hf_meta))
-            data_writer.write_table(table.replace_schema_metadata(hf_meta))
-            data_bytes += table.nbytes
+            table = _frames_table(ep, emb, image_cams, env_dim, fps, n, new_i, global_index, task_i)
             row.update(
                 {
                     "data/chunk_index": 0,
-                    "data/file_index": data_file,
+                    "data/file_index": data.write(table),
                     "dataset_from_index": global_index,
                     "dataset_to_index": global_index + n,
                 }
             )
-            # ---- videos ----
-            for c in video_cams:
-                v = vid[c]
-                key = f"observation.images.{c}"
-                if v["writer"] is not None and v["bytes"] > VIDEO_CAP_MB * 1e6:
-                    v["writer"].close()
-                    v.update(writer=None, file=v["file"] + 1, frames=0, bytes=0)
-                if v["writer"] is None:
-                    cam = next(x for x in emb.cameras if x.name == c)
-                    path = tmp / LR_VIDEO_PATH.format(video_key=key, chunk_index=0, file_index=v["file"])
-                    v["writer"] = VideoWriter(path, fps, cam.height, cam.width, codecs[c])
-                    v["path"] = path
-                start = v["frames"] / fps
-                v["writer"].add(ep[image_key(c)])
-                v["frames"] += n
-                v["bytes"] = v["path"].stat().st_size if v["path"].exists() else 0
-                row.update(
-                    {
-                        f"videos/{key}/chunk_index": 0,
-                        f"videos/{key}/file_index": v["file"],
-                        f"videos/{key}/from_timestamp": start,
-                        f"videos/{key}/to_timestamp": start + n / fps,
-                    }
-                )
-            # ---- per-episode stats ----
-            st = {
-                "observation.state": _stats(ep[STATE]),
-                **({LR_ENV_STATE: _finite_stats(ep[ENV_STATE])} if env_dim else {}),
-                "action": _stats(ep[ACTION]),
-                "timestamp": _stats(np.arange(n, dtype=np.float64)[:, None] / fps),
-                "frame_index": _stats(np.arange(n)[:, None]),
-                "episode_index": _stats(np.full((n, 1), new_i)),
-                "index": _stats(np.arange(global_index, global_index + n)[:, None]),
-                "task_index": _stats(np.full((n, 1), task_index[info.task])),
-            }
-            for c in emb.camera_names:
-                st[f"observation.images.{c}"] = _image_stats(ep[image_key(c)])
+            for v in videos:
+                row.update(v.add(ep[image_key(v.cam.name)], n))
+            st = _episode_stats(ep, emb, env_dim, fps, n, new_i, global_index, task_i)
             ep_stats.append(st)
             for feat, s in st.items():
                 for name, val in s.items():
@@ -276,11 +318,9 @@ def export_lerobot(
             row.update({"meta/episodes/chunk_index": 0, "meta/episodes/file_index": 0})
             ep_rows.append(row)
             global_index += n
-        if data_writer is not None:
-            data_writer.close()
-        for v in vid.values():
-            if v["writer"] is not None:
-                v["writer"].close()
+        data.close()
+        for v in videos:
+            v.close()
         _write_meta(
             tmp,
             emb,
@@ -302,28 +342,8 @@ def export_lerobot(
     return {"episodes": len(infos), "frames": global_index, "video_cameras": video_cams, "image_cameras": image_cams}
 
 
-def _write_meta(
-    root: Path,
-    emb,
-    robot_type,
-    fps,
-    ep_rows,
-    ep_stats,
-    task_list,
-    total_frames,
-    video_cams,
-    image_cams,
-    codecs,
-    env_dim=None,
-) -> None:
-    meta = root / "meta"
-    (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
-    ep_table = pa.Table.from_pylist(ep_rows)
-    # All-unknown success would infer a null-typed column; keep it boolean so readers see its meaning.
-    i = ep_table.column_names.index(VLA_SUCCESS)
-    ep_table = ep_table.set_column(i, VLA_SUCCESS, ep_table.column(i).cast(pa.bool_()))
-    pq.write_table(ep_table, meta / "episodes" / "chunk-000" / "file-000.parquet")
-    # tasks.parquet: LeRobot reads it with pandas, the task string being the index.
+def _write_tasks(path: Path, task_list: list[str]) -> None:
+    """meta/tasks.parquet: LeRobot reads it with pandas, the task string being the index."""
     pandas_meta = {
         "index_columns": ["__index_level_0__"],
         "column_indexes": [
@@ -361,9 +381,11 @@ def _write_meta(
             "__index_level_0__": pa.array(task_list, pa.large_string()),
         }
     )
-    pq.write_table(tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), meta / "tasks.parquet")
-    stats = {feat: _tolist(_aggregate([s[feat] for s in ep_stats])) for feat in ep_stats[0]}
-    (meta / "stats.json").write_text(json.dumps(stats, indent=4))
+    pq.write_table(tasks.replace_schema_metadata({b"pandas": json.dumps(pandas_meta).encode()}), path)
+
+
+def _features(emb, video_cams, codecs: dict, fps: int, env_dim) -> dict:
+    """info.json's features: what LeRobot knows of each column (dtype, shape, names; video encoding)."""
     features = {}
     for c in emb.cameras:
         key = f"observation.images.{c.name}"
@@ -396,6 +418,34 @@ def _write_meta(
     features["timestamp"] = {"dtype": "float32", "shape": [1], "names": None}
     for k in ("frame_index", "episode_index", "index", "task_index"):
         features[k] = {"dtype": "int64", "shape": [1], "names": None}
+    return features
+
+
+def _write_meta(
+    root: Path,
+    emb,
+    robot_type,
+    fps,
+    ep_rows,
+    ep_stats,
+    task_list,
+    total_frames,
+    video_cams,
+    image_cams,
+    codecs,
+    env_dim=None,
+) -> None:
+    meta = root / "meta"
+    (meta / "episodes" / "chunk-000").mkdir(parents=True, exist_ok=True)
+    ep_table = pa.Table.from_pylist(ep_rows)
+    # All-unknown success would infer a null-typed column; keep it boolean so readers see its meaning.
+    i = ep_table.column_names.index(VLA_SUCCESS)
+    ep_table = ep_table.set_column(i, VLA_SUCCESS, ep_table.column(i).cast(pa.bool_()))
+    pq.write_table(ep_table, meta / "episodes" / "chunk-000" / "file-000.parquet")
+    _write_tasks(meta / "tasks.parquet", task_list)
+    stats = {feat: _tolist(_aggregate([s[feat] for s in ep_stats])) for feat in ep_stats[0]}
+    (meta / "stats.json").write_text(json.dumps(stats, indent=4))
+    features = _features(emb, video_cams, codecs, fps, env_dim)
     info = {
         "codebase_version": "v3.0",
         "robot_type": robot_type,
