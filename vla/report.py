@@ -70,39 +70,9 @@ def _eval_table(policy: dict | None, expert: dict | None) -> str:
     return "<table>" + "".join(rows) + "</table>"
 
 
-def build_report(
-    out: str | Path,
-    *,
-    title: str,
-    facts: dict | None = None,
-    dataset: dict | None = None,
-    contact_sheet: str | None = None,
-    training: dict | None = None,
-    loss_png: str | None = None,
-    eval_policy: dict | None = None,
-    eval_expert: dict | None = None,
-    eval_chart: str | None = None,
-    videos: list[str] | None = None,
-    language: dict | None = None,
-    control: dict | None = None,
-    control_png: str | None = None,
-) -> Path:
-    out = Path(out)
-    files = out.parent / "report_files"
-    files.mkdir(parents=True, exist_ok=True)
-    parts = [
-        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
-        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
-    ]
-    if facts:
-        parts.append(
-            '<p class="sub">'
-            + " &middot; ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in facts.items())
-            + "</p>"
-        )
-
-    # dataset
-    parts.append('<section id="dataset"><h2>Dataset</h2>')
+def _dataset_section(dataset: dict | None, contact_sheet: str | None) -> list[str]:
+    """Episodes, frames and instructions per embodiment; the contact sheet."""
+    parts = ['<section id="dataset"><h2>Dataset</h2>']
     if dataset:
         emb_rows = "".join(
             f"<tr><td>{html.escape(n)}</td><td>{e['episodes']}</td><td>{e['frames']}</td>"
@@ -117,24 +87,12 @@ def build_report(
     else:
         parts.append(_na("dataset summary"))
     parts.append(_img(contact_sheet, "contact sheet") + "</section>")
+    return parts
 
-    # training
-    parts.append('<section id="training"><h2>Training</h2>')
-    if training:
-        parts.append(
-            "<p>" + ", ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in training.items()) + "</p>"
-        )
-    parts.append(_img(loss_png, "loss curve") + "</section>")
 
-    # eval
-    parts.append('<section id="eval"><h2>Success per task (held-out seeds)</h2>')
-    parts.append(_eval_table(eval_policy, eval_expert))
-    if eval_chart:
-        parts.append(_img(eval_chart, "success chart"))
-    parts.append("</section>")
-
-    # videos
-    parts.append('<section id="videos"><h2>Rollouts</h2>')
+def _videos_section(videos: list[str] | None, files: Path) -> list[str]:
+    """The rollout videos, copied into `files` beside the page."""
+    parts = ['<section id="videos"><h2>Rollouts</h2>']
     if videos:
         figs = []
         for v in videos:
@@ -154,9 +112,12 @@ def build_report(
     else:
         parts.append(_na("rollout videos"))
     parts.append("</section>")
+    return parts
 
-    # language
-    parts.append('<section id="language"><h2>Language check</h2>')
+
+def _language_section(language: dict | None) -> list[str]:
+    """Does the policy use its inputs: instructions shuffled, the offline probe, the goal check."""
+    parts = ['<section id="language"><h2>Language check</h2>']
     if language:
         verdict = language.get("verdict", "")
         cls = "ok" if language.get("passed") else "bad"
@@ -191,6 +152,58 @@ def build_report(
     else:
         parts.append(_na("language-shuffle check"))
     parts.append("</section>")
+    return parts
+
+
+def build_report(
+    out: str | Path,
+    *,
+    title: str,
+    facts: dict | None = None,
+    dataset: dict | None = None,
+    contact_sheet: str | None = None,
+    training: dict | None = None,
+    loss_png: str | None = None,
+    eval_policy: dict | None = None,
+    eval_expert: dict | None = None,
+    eval_chart: str | None = None,
+    videos: list[str] | None = None,
+    language: dict | None = None,
+    control: dict | None = None,
+    control_png: str | None = None,
+) -> Path:
+    out = Path(out)
+    files = out.parent / "report_files"
+    files.mkdir(parents=True, exist_ok=True)
+    parts = [
+        f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
+    if facts:
+        parts.append(
+            '<p class="sub">'
+            + " &middot; ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in facts.items())
+            + "</p>"
+        )
+    parts += _dataset_section(dataset, contact_sheet)
+
+    # training
+    parts.append('<section id="training"><h2>Training</h2>')
+    if training:
+        parts.append(
+            "<p>" + ", ".join(f"{html.escape(k)}: <b>{html.escape(str(v))}</b>" for k, v in training.items()) + "</p>"
+        )
+    parts.append(_img(loss_png, "loss curve") + "</section>")
+
+    # eval
+    parts.append('<section id="eval"><h2>Success per task (held-out seeds)</h2>')
+    parts.append(_eval_table(eval_policy, eval_expert))
+    if eval_chart:
+        parts.append(_img(eval_chart, "success chart"))
+    parts.append("</section>")
+
+    parts += _videos_section(videos, files)
+    parts += _language_section(language)
 
     # control
     parts.append('<section id="control"><h2>Real-time control loop</h2>')
