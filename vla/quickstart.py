@@ -72,6 +72,77 @@ def _json(path: Path, data: dict) -> dict:
     return data
 
 
+def _check_options(train_minutes: float, deploy_seconds: float, steps: int, episodes: int, workers: int) -> None:
+    for name, value in {"train_minutes": train_minutes, "deploy_seconds": deploy_seconds}.items():
+        if not value > 0:
+            raise SpecError(f"--{name.replace('_', '-')} must be > 0, got {value}")
+    for name, value in {"steps": steps, "episodes": episodes, "workers": workers}.items():
+        if value < 1:
+            raise SpecError(f"--{name} must be >= 1, got {value}")
+
+
+def _inspect(demos: Path, out: Path) -> None:
+    """What `vla data info` shows: the summary, the norm stats and a contact sheet."""
+    from vla.data.stats import compute_norm_stats, save_stats
+    from vla.data.store import EpisodeStore
+    from vla.data.viz import contact_sheet
+
+    s = EpisodeStore.open(demos)
+    save_stats(compute_norm_stats(s), out / "norm_stats.json")
+    contact_sheet(s, out / "contact_sheet.png")
+    _json(out / "dataset.json", s.summary())
+
+
+def _training_summary(ckpt: Path) -> dict:
+    from vla.model.checkpoint import Checkpoint
+
+    cfg = Checkpoint(ckpt, verify=False).resolved
+    metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
+    return {
+        "preset": "pi0-tiny",
+        "steps": cfg.step,
+        "parameters": f"{cfg.params / 1e6:.2f}M",
+        "final loss": f"{metrics[-1]['loss']:.4f}" if metrics else "-",
+        "windows/s": f"{sum(m['windows_per_s'] for m in metrics[-10:]) / max(1, len(metrics[-10:])):.0f}",
+    }
+
+
+def _evaluate(ckpt: Path, demos: Path, ev: Path, episodes: int, workers: int) -> None:
+    """The policy and the expert on the suite, the language check and the offline probes -> ev/*.json."""
+    from vla.bench.learn import goal_error, language_check, reliance_probe
+    from vla.runtime.policy import load_policy
+    from vla.sim import evaluate
+    from vla.sim.eval import format_results
+
+    factory = functools.partial(load_policy, str(ckpt))
+    factory.name = "pi0-tiny"  # shown in tables and charts
+    pol = evaluate(
+        factory,
+        SUITE,
+        episodes=episodes,
+        workers=workers,
+        json_out=ev / "policy.json",
+        videos=ev / "videos",
+        num_videos=2,
+    )
+    log.info(format_results(pol))
+    exp = evaluate("expert", SUITE, episodes=episodes, workers=workers, json_out=ev / "expert.json")
+    log.info(format_results(exp))
+    lang_suite, pool, normal = _language_subset(pol, demos)
+    lang = language_check(ckpt, lang_suite, pool, episodes=episodes, workers=workers, normal=normal)
+    _json(ev / "language.json", {**lang, "probe": reliance_probe(ckpt, demos), "goal": goal_error(ckpt, demos)})
+
+
+def _facts(step: _Steps) -> dict:
+    """The report's header line: the machine and the time each step took."""
+    return {
+        "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
+        "python": platform.python_version(),
+        "time per step": ", ".join(f"{k} {v:.0f} s" for k, v in step.times.items()) or "-",
+        "total": f"{step.total:.0f} s",
+    }
+
+
 def run_quickstart(
     out: Path,
     *,
@@ -83,21 +154,10 @@ def run_quickstart(
     workers: int = 2,
 ) -> dict:
     from vla.config import load_preset
-    from vla.data.stats import compute_norm_stats, save_stats
-    from vla.data.store import EpisodeStore
-    from vla.data.viz import contact_sheet
-    from vla.model.checkpoint import Checkpoint
-    from vla.runtime.policy import load_policy
-    from vla.sim import collect, evaluate
-    from vla.sim.eval import format_results
+    from vla.sim import collect
     from vla.train.trainer import train
 
-    for name, value in {"train_minutes": train_minutes, "deploy_seconds": deploy_seconds}.items():
-        if not value > 0:
-            raise SpecError(f"--{name.replace('_', '-')} must be > 0, got {value}")
-    for name, value in {"steps": steps, "episodes": episodes, "workers": workers}.items():
-        if value < 1:
-            raise SpecError(f"--{name} must be >= 1, got {value}")
+    _check_options(train_minutes, deploy_seconds, steps, episodes, workers)
     out = claim_folder(out, "quickstart", legacy=lambda p: (p / "timings.json").exists())
     if force:  # redo every step: the folder is the quickstart's own (checked above)
         shutil.rmtree(out)
@@ -113,10 +173,7 @@ def run_quickstart(
         tmp.rename(demos)
 
     if step("inspect the dataset (vla data info)", out / "dataset.json"):
-        s = EpisodeStore.open(demos)
-        save_stats(compute_norm_stats(s), out / "norm_stats.json")
-        contact_sheet(s, out / "contact_sheet.png")
-        _json(out / "dataset.json", s.summary())
+        _inspect(demos, out)
     dataset = json.loads((out / "dataset.json").read_text())
     log.info(
         f"    {dataset['episodes']} episodes, {dataset['frames']} frames, embodiments {sorted(dataset['embodiments'])}, "
@@ -129,39 +186,13 @@ def run_quickstart(
     ):
         preset = load_preset("pi0-tiny", {"train": {"workers": 1}})
         train(preset, [str(demos)], ckpt, steps=steps, max_seconds=train_minutes * 60)
-    cfg = Checkpoint(ckpt, verify=False).resolved
-    metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]
-    training = {
-        "preset": "pi0-tiny",
-        "steps": cfg.step,
-        "parameters": f"{cfg.params / 1e6:.2f}M",
-        "final loss": f"{metrics[-1]['loss']:.4f}" if metrics else "-",
-        "windows/s": f"{sum(m['windows_per_s'] for m in metrics[-10:]) / max(1, len(metrics[-10:])):.0f}",
-    }
+    training = _training_summary(ckpt)
 
     if step(
         f"evaluate on held-out seeds (suite '{SUITE}', {episodes} episodes per task) + expert + language check",
         ev / "language.json",
     ):
-        from vla.bench.learn import goal_error, language_check, reliance_probe
-
-        factory = functools.partial(load_policy, str(ckpt))
-        factory.name = "pi0-tiny"  # shown in tables and charts
-        pol = evaluate(
-            factory,
-            SUITE,
-            episodes=episodes,
-            workers=workers,
-            json_out=ev / "policy.json",
-            videos=ev / "videos",
-            num_videos=2,
-        )
-        log.info(format_results(pol))
-        exp = evaluate("expert", SUITE, episodes=episodes, workers=workers, json_out=ev / "expert.json")
-        log.info(format_results(exp))
-        lang_suite, pool, normal = _language_subset(pol, demos)
-        lang = language_check(ckpt, lang_suite, pool, episodes=episodes, workers=workers, normal=normal)
-        _json(ev / "language.json", {**lang, "probe": reliance_probe(ckpt, demos), "goal": goal_error(ckpt, demos)})
+        _evaluate(ckpt, demos, ev, episodes, workers)
     pol = json.loads((ev / "policy.json").read_text())
     exp = json.loads((ev / "expert.json").read_text())
     lang = json.loads((ev / "language.json").read_text())
@@ -185,12 +216,7 @@ def run_quickstart(
     report = build_report(
         out / "report.html",
         title="vla quickstart",
-        facts={
-            "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPU cores",
-            "python": platform.python_version(),
-            "time per step": ", ".join(f"{k} {v:.0f} s" for k, v in step.times.items()) or "-",
-            "total": f"{step.total:.0f} s",
-        },
+        facts=_facts(step),
         dataset=dataset,
         contact_sheet=str(out / "contact_sheet.png"),
         training=training,
