@@ -270,6 +270,100 @@ def _record(seconds: float, cams: int, hz: float, tmp: Path, gen: CameraFrames) 
     }
 
 
+def _write_stores(stores: dict, gen: CameraFrames, episodes: int, length: int) -> dict:
+    """The same camera-like episodes into every store; -> seconds each store spent writing."""
+    write_s = dict.fromkeys(stores, 0.0)
+    rng = np.random.default_rng(0)
+    with contextlib.ExitStack() as stack:
+        writers = {v: stack.enter_context(s.writer()) for v, s in stores.items()}
+        for e in range(episodes):
+            imgs = [gen.frames(c, e * length, length) for c in range(2)]
+            lowdim = np.cumsum(rng.normal(0, 0.01, (length, 8)), 0).astype(np.float32)
+            for v, w in writers.items():
+                t0 = time.perf_counter()
+                for j in range(length):
+                    w.add_frame(
+                        {
+                            STATE: lowdim[j],
+                            ACTION: lowdim[j],
+                            image_key("front"): imgs[0][j],
+                            image_key("wrist"): imgs[1][j],
+                        }
+                    )
+                w.end_episode(task="pick up the cup", success=True)
+                write_s[v] += time.perf_counter() - t0
+    return write_s
+
+
+def _codec_figures(s: EpisodeStore, emb, sample, truth, frames, write_s, horizon, batches, batch_size) -> dict:
+    """One codec's store: bytes and files per frame, PSNR of `sample` against `truth`, write and load rates."""
+    cam_dir = Path(s.path) / emb.name / "observation" / "images" / "front"
+    nbytes, nfiles = _tree_bytes(cam_dir, "c.*")
+    psnr = np.mean([_psnr(s.frames(emb.name, cam).read(sample), truth[c]) for c, cam in enumerate(emb.camera_names)])
+    ds = WindowDataset(s.path, horizon, image_size=(224, 224))
+    return {
+        "bytes_per_frame": round(nbytes / frames),
+        "files_per_1000_frames": round(1000 * nfiles / frames, 2),
+        "psnr_db": round(float(psnr), 2),
+        "write_frames_per_s": round(frames / write_s),
+        "windows_per_s_224": {f"workers_{w}": round(_loader_rate(ds, w, batches, batch_size)) for w in (0, 2)},
+        "windows_per_cpu_s_224": round(_windows_per_cpu_s(ds, max(4, batches // 4), batch_size)),
+    }
+
+
+def _lerobot_figures(src: Path, tmp: Path, emb, sample, truth, frames, horizon, lerobot_batches, batch_size):
+    """LeRobot's format of the same frames: AV1 (GOP 2, crf 30, as LeRobot encodes), one mp4 per camera,
+    read as LeRobot reads it. -> (figures, the sample frames decoded per camera, the front camera's video bytes)"""
+    from vla.data.video import VideoCursor
+
+    t0 = time.perf_counter()
+    export_lerobot(src, tmp / "lerobot", progress=False)
+    lr_bytes, lr_files = _tree_bytes(tmp / "lerobot" / "videos" / "observation.images.front", "*.mp4")
+    ts = np.asarray(sample) / emb.control_hz
+    decoded = {
+        c: VideoCursor(
+            next((tmp / "lerobot" / "videos" / f"observation.images.{cam}").rglob("*.mp4")), emb.control_hz
+        ).frames_at(ts)
+        for c, cam in enumerate(emb.camera_names)
+    }
+    lr = _LeRobotPattern(tmp / "lerobot", horizon)
+    lr224 = _LeRobotPattern(tmp / "lerobot", horizon, resize=224)
+    figures = {
+        "format": "LeRobot v3.0, AV1 (libsvtav1 crf 30, GOP 2, yuv420p)",
+        "export_s": round(time.perf_counter() - t0, 1),
+        "bytes_per_frame": round(lr_bytes / frames),
+        "files_per_1000_frames": round(1000 * lr_files / frames, 2),
+        "psnr_db": round(float(np.mean([_psnr(decoded[c], truth[c]) for c in range(2)])), 2),
+        "loader": "PyAV at LeRobot's access pattern (open, seek to keyframe, decode, per window and camera)",
+        "windows_per_s_native": {
+            f"workers_{w}": round(_loader_rate(lr, w, lerobot_batches, batch_size), 1) for w in (0, 2)
+        },
+        "windows_per_s_224_workers_2": round(_loader_rate(lr224, 2, lerobot_batches, batch_size), 1),
+        "windows_per_cpu_s_native": round(_windows_per_cpu_s(lr, max(2, lerobot_batches // 3), batch_size), 1),
+    }
+    return figures, decoded, lr_bytes
+
+
+def _import_figures(tmp: Path, emb, sample, decoded: dict, frames: int, lr_bytes: int) -> dict:
+    """Import of that LeRobot dataset (default codec) against its source video."""
+    imp = import_lerobot(tmp / "lerobot", tmp / "imported", progress=False)
+    st = EpisodeStore.open(tmp / "imported")
+    ib, _ = _tree_bytes(tmp / "imported" / st.infos()[0].embodiment / "observation" / "images" / "front", "c.*")
+    ipsnr = np.mean(
+        [
+            _psnr(st.frames(st.infos()[0].embodiment, cam).read(sample), decoded[c])
+            for c, cam in enumerate(emb.camera_names)
+        ]
+    )
+    return {
+        "codecs": imp["codecs"],
+        "frames_per_s": round(imp["frames_per_s"]),
+        "bytes_per_frame": round(ib / frames),
+        "bytes_vs_lerobot": round(ib / lr_bytes, 2),
+        "psnr_db_vs_source_video": round(float(ipsnr), 2),
+    }
+
+
 def run_camera(
     episodes: int = 8,
     length: int = 128,
@@ -292,95 +386,21 @@ def run_camera(
     with tempfile.TemporaryDirectory(dir=workdir) as tmp:
         tmp = Path(tmp)
         stores = {v: EpisodeStore.create(tmp / v.replace(":", "_q"), [emb], codecs=v) for v in variants}
-        write_s = dict.fromkeys(variants, 0.0)
-        rng = np.random.default_rng(0)
-        with contextlib.ExitStack() as stack:
-            writers = {v: stack.enter_context(s.writer()) for v, s in stores.items()}
-            for e in range(episodes):
-                imgs = [gen.frames(c, e * length, length) for c in range(2)]
-                lowdim = np.cumsum(rng.normal(0, 0.01, (length, 8)), 0).astype(np.float32)
-                for v, w in writers.items():
-                    t0 = time.perf_counter()
-                    for j in range(length):
-                        w.add_frame(
-                            {
-                                STATE: lowdim[j],
-                                ACTION: lowdim[j],
-                                image_key("front"): imgs[0][j],
-                                image_key("wrist"): imgs[1][j],
-                            }
-                        )
-                    w.end_episode(task="pick up the cup", success=True)
-                    write_s[v] += time.perf_counter() - t0
+        write_s = _write_stores(stores, gen, episodes, length)
         sample = list(range(0, frames, max(1, frames // 48)))
         truth = {c: np.stack([gen.frame(c, t) for t in sample]) for c in range(2)}
         for v, s in stores.items():
-            cam_dir = Path(s.path) / emb.name / "observation" / "images" / "front"
-            nbytes, nfiles = _tree_bytes(cam_dir, "c.*")
-            psnr = np.mean(
-                [_psnr(s.frames(emb.name, cam).read(sample), truth[c]) for c, cam in enumerate(emb.camera_names)]
-            )
-            ds = WindowDataset(s.path, horizon, image_size=(224, 224))
-            out["codecs"][v] = {
-                "bytes_per_frame": round(nbytes / frames),
-                "files_per_1000_frames": round(1000 * nfiles / frames, 2),
-                "psnr_db": round(float(psnr), 2),
-                "write_frames_per_s": round(frames / write_s[v]),
-                "windows_per_s_224": {f"workers_{w}": round(_loader_rate(ds, w, batches, batch_size)) for w in (0, 2)},
-                "windows_per_cpu_s_224": round(_windows_per_cpu_s(ds, max(4, batches // 4), batch_size)),
-            }
+            out["codecs"][v] = _codec_figures(s, emb, sample, truth, frames, write_s[v], horizon, batches, batch_size)
         default = str(default_codec(480, 640, camera_data=True))
         if default in stores:  # the issue's figure at native size: 684 windows/s on per-frame lossless files
             native = WindowDataset(stores[default].path, horizon)
             out["codecs"][default]["windows_per_s_native_workers_2"] = round(
                 _loader_rate(native, 2, max(2, batches // 2), batch_size)
             )
-
-        # LeRobot's format of the same frames: AV1 (GOP 2, crf 30, as LeRobot encodes), one mp4 per camera.
-        t0 = time.perf_counter()
-        export_lerobot(stores["lossless"].path, tmp / "lerobot", progress=False)
-        lr_bytes, lr_files = _tree_bytes(tmp / "lerobot" / "videos" / "observation.images.front", "*.mp4")
-        from vla.data.video import VideoCursor
-
-        ts = np.asarray(sample) / emb.control_hz
-        decoded = {
-            c: VideoCursor(
-                next((tmp / "lerobot" / "videos" / f"observation.images.{cam}").rglob("*.mp4")), emb.control_hz
-            ).frames_at(ts)
-            for c, cam in enumerate(emb.camera_names)
-        }
-        lr = _LeRobotPattern(tmp / "lerobot", horizon)
-        lr224 = _LeRobotPattern(tmp / "lerobot", horizon, resize=224)
-        out["lerobot"] = {
-            "format": "LeRobot v3.0, AV1 (libsvtav1 crf 30, GOP 2, yuv420p)",
-            "export_s": round(time.perf_counter() - t0, 1),
-            "bytes_per_frame": round(lr_bytes / frames),
-            "files_per_1000_frames": round(1000 * lr_files / frames, 2),
-            "psnr_db": round(float(np.mean([_psnr(decoded[c], truth[c]) for c in range(2)])), 2),
-            "loader": "PyAV at LeRobot's access pattern (open, seek to keyframe, decode, per window and camera)",
-            "windows_per_s_native": {
-                f"workers_{w}": round(_loader_rate(lr, w, lerobot_batches, batch_size), 1) for w in (0, 2)
-            },
-            "windows_per_s_224_workers_2": round(_loader_rate(lr224, 2, lerobot_batches, batch_size), 1),
-            "windows_per_cpu_s_native": round(_windows_per_cpu_s(lr, max(2, lerobot_batches // 3), batch_size), 1),
-        }
-        # Import of that LeRobot dataset (default codec) against its source video.
-        imp = import_lerobot(tmp / "lerobot", tmp / "imported", progress=False)
-        st = EpisodeStore.open(tmp / "imported")
-        ib, _ = _tree_bytes(tmp / "imported" / st.infos()[0].embodiment / "observation" / "images" / "front", "c.*")
-        ipsnr = np.mean(
-            [
-                _psnr(st.frames(st.infos()[0].embodiment, cam).read(sample), decoded[c])
-                for c, cam in enumerate(emb.camera_names)
-            ]
+        out["lerobot"], decoded, lr_bytes = _lerobot_figures(
+            stores["lossless"].path, tmp, emb, sample, truth, frames, horizon, lerobot_batches, batch_size
         )
-        out["import"] = {
-            "codecs": imp["codecs"],
-            "frames_per_s": round(imp["frames_per_s"]),
-            "bytes_per_frame": round(ib / frames),
-            "bytes_vs_lerobot": round(ib / lr_bytes, 2),
-            "psnr_db_vs_source_video": round(float(ipsnr), 2),
-        }
+        out["import"] = _import_figures(tmp, emb, sample, decoded, frames, lr_bytes)
         out["recording"] = _record(record_s, 3, 30.0, tmp, gen)
     lr_rate = out["lerobot"]["windows_per_s_native"]["workers_2"]
     lr_cpu = out["lerobot"]["windows_per_cpu_s_native"]
