@@ -77,6 +77,40 @@ def _targets(rows: list[dict]) -> dict:
     return out
 
 
+def _wait_for_server(url: str, server) -> dict:
+    """Connect to the policy server child until it answers (or dies, or 300 s pass); -> its metadata."""
+    from vla.runtime.client import RemotePolicy
+
+    deadline = time.monotonic() + 300
+    while True:
+        try:
+            with RemotePolicy(url, wait_s=1.0) as p:
+                return p.metadata
+        except ConnectionError:
+            if server.poll() is not None or time.monotonic() > deadline:
+                raise
+
+
+def _launch(name, url, rport, image_size, env, hz, mode, seconds, delay, rt_priority, record: Path) -> dict:
+    """One run's deployment: the shared server and sim robot, this mode and injected delay."""
+    return {
+        "name": name,
+        "policy": {"url": url},
+        "robot": {"type": "sim", "spawn": False, "port": rport, "image_size": image_size, "env": env},
+        "control": {
+            "hz": hz,
+            "mode": mode,
+            "duration_s": seconds,
+            "episodes": 10_000,
+            "inject_delay_ms": delay,
+            "rt_priority": rt_priority,
+            "execute_s": 0.5,
+        },
+        "safety": {"watchdog_s": 1.0},
+        "record": {"out": str(record)},
+    }
+
+
 def run(
     *,
     checkpoint: str | None = None,
@@ -89,7 +123,6 @@ def run(
     image_size: int = 64,
     rt_priority: int = 50,
 ) -> dict:
-    from vla.runtime.client import RemotePolicy
     from vla.runtime.run import child_process, free_port, run_deployment
 
     ckpt = checkpoint or DEFAULT_CKPT
@@ -113,34 +146,11 @@ def run(
             )
         )
         url = f"ws://127.0.0.1:{pport}"
-        deadline = time.monotonic() + 300
-        while True:  # wait for the server once, so every run starts warm
-            try:
-                with RemotePolicy(url, wait_s=1.0) as p:
-                    meta = p.metadata
-                break
-            except ConnectionError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise
+        meta = _wait_for_server(url, server)  # once, so every run starts warm
         for mode in modes:
             for delay in delays:
                 name = f"{mode}-{int(delay)}ms"
-                launch = {
-                    "name": name,
-                    "policy": {"url": url},
-                    "robot": {"type": "sim", "spawn": False, "port": rport, "image_size": image_size, "env": env},
-                    "control": {
-                        "hz": hz,
-                        "mode": mode,
-                        "duration_s": seconds,
-                        "episodes": 10_000,
-                        "inject_delay_ms": delay,
-                        "rt_priority": rt_priority,
-                        "execute_s": 0.5,
-                    },
-                    "safety": {"watchdog_s": 1.0},
-                    "record": {"out": str(out / name)},
-                }
+                launch = _launch(name, url, rport, image_size, env, hz, mode, seconds, delay, rt_priority, out / name)
                 log.info("bench control: %s for %.0f s", name, seconds)
                 r = run_deployment(launch, status=False)
                 row = _row(r)
