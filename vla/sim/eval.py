@@ -104,6 +104,51 @@ def check_policy_robots(known: dict, cfg: SuiteConfig, image_size: int) -> None:
         raise SpecError(f"camera sizes differ ({'; '.join(sizes)}): pass the policy's size with --image-size")
 
 
+def _configure(policy, suite, *, episodes, workers, replan_every, seed) -> SuiteConfig:
+    """The suite to run, with the caller's seed and episode count; bad arguments refused."""
+    cfg = suite if isinstance(suite, SuiteConfig) else load_suite(suite)
+    if seed is not None:
+        if seed < 0:
+            raise SpecError(f"seed must be >= 0, got {seed}")
+        cfg = replace(cfg, seed=seed)
+    if episodes is not None:
+        if episodes < 1:
+            raise SpecError(f"episodes must be >= 1, got {episodes}")
+        cfg = replace(cfg, tasks=tuple(replace(t, episodes=episodes) for t in cfg.tasks))
+    if replan_every is not None and replan_every < 1:
+        raise SpecError(f"replan_every must be >= 1, got {replan_every}")
+    if workers > 1 and not isinstance(policy, str) and hasattr(policy, "infer"):
+        raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
+    return cfg
+
+
+def _task_row(r: dict) -> dict:
+    """One task's tally -> its results row (success rate with a Wilson 95% interval)."""
+    n, s = r["episodes"], r["successes"]
+    return {
+        "robot": r["robot"],
+        "task": r["task"],
+        "episodes": n,
+        "successes": s,
+        "success_rate": s / n if n else 0.0,
+        "ci95": list(wilson(s, n)),
+        "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
+        "errors": r["errors"],
+    }
+
+
+def _overall(rows: list[dict]) -> dict:
+    n_all = sum(r["episodes"] for r in rows)
+    s_all = sum(r["successes"] for r in rows)
+    return {
+        "episodes": n_all,
+        "successes": s_all,
+        "success_rate": s_all / n_all if n_all else 0.0,
+        "ci95": list(wilson(s_all, n_all)),
+        "mean_task_success": float(np.mean([r["success_rate"] for r in rows])) if rows else 0.0,
+    }
+
+
 def evaluate(
     policy,
     suite: str | Path | SuiteConfig,
@@ -124,19 +169,7 @@ def evaluate(
     seed: the first episode seed (default: the suite's, 1,000,000 unless it says otherwise; the
     collection recipes start at 0). Task i's episode k runs on seed + i * SEED_STRIDE + k, so
     another seed block is another set of held-out scenes."""
-    cfg = suite if isinstance(suite, SuiteConfig) else load_suite(suite)
-    if seed is not None:
-        if seed < 0:
-            raise SpecError(f"seed must be >= 0, got {seed}")
-        cfg = replace(cfg, seed=seed)
-    if episodes is not None:
-        if episodes < 1:
-            raise SpecError(f"episodes must be >= 1, got {episodes}")
-        cfg = replace(cfg, tasks=tuple(replace(t, episodes=episodes) for t in cfg.tasks))
-    if replan_every is not None and replan_every < 1:
-        raise SpecError(f"replan_every must be >= 1, got {replan_every}")
-    if workers > 1 and not isinstance(policy, str) and hasattr(policy, "infer"):
-        raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
+    cfg = _configure(policy, suite, episodes=episodes, workers=workers, replan_every=replan_every, seed=seed)
     size = image_size or cfg.image_size
     meta = getattr(policy, "metadata", None)
     if isinstance(meta, dict) and isinstance(meta.get("embodiments"), dict):
@@ -186,23 +219,7 @@ def evaluate(
                 video_files.append(str(write_video(ep["video"], path, ep["fps"])))
     finally:
         bar.close()
-    rows = []
-    for r in per.values():
-        n, s = r["episodes"], r["successes"]
-        rows.append(
-            {
-                "robot": r["robot"],
-                "task": r["task"],
-                "episodes": n,
-                "successes": s,
-                "success_rate": s / n if n else 0.0,
-                "ci95": list(wilson(s, n)),
-                "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
-                "errors": r["errors"],
-            }
-        )
-    n_all = sum(r["episodes"] for r in rows)
-    s_all = sum(r["successes"] for r in rows)
+    rows = [_task_row(r) for r in per.values()]
     results = {
         "policy": _policy_name(policy),
         "suite": cfg.name,
@@ -210,13 +227,7 @@ def evaluate(
         "seed": cfg.seed,
         "replan_every": context["replan_every"],
         "tasks": rows,
-        "overall": {
-            "episodes": n_all,
-            "successes": s_all,
-            "success_rate": s_all / n_all if n_all else 0.0,
-            "ci95": list(wilson(s_all, n_all)),
-            "mean_task_success": float(np.mean([r["success_rate"] for r in rows])) if rows else 0.0,
-        },
+        "overall": _overall(rows),
         "seconds": round(time.perf_counter() - t0, 2),
         "videos": video_files,
     }
