@@ -1,4 +1,4 @@
-"""Imports go one way (DESIGN.md, Layout), checked on the source with `ast`: nothing is imported.
+"""Imports go one way (docs/design.md, "The import rule"), checked on the source with `ast`: nothing is imported.
 
     cli -> bench, quickstart -> runtime, train, sim, report -> model, data -> spec, config, resources, outputs
 
