@@ -324,45 +324,16 @@ def import_lerobot(
                 if has_env:
                     env = np.asarray(cols_ep[LR_ENV_STATE].to_pylist(), np.float32)[order]
                     env = None if np.isnan(env).all() else env.reshape(ep.length, -1)
-                images = {}
-                for key, cam in cams.items():
-                    if info["features"][key]["dtype"] == "image":
-                        structs = cols_ep[key].to_pylist()
-                        images[cam] = [_png(structs[j], src, where, key) for j in order]
-                    else:
-                        vf, t_from = ep.videos[key]
-                        cur = cursors.get((key, vf))
-                        if cur is None:
-                            for k in [k for k in cursors if k[0] == key]:
-                                cursors.pop(k).close()
-                            cur = cursors[(key, vf)] = VideoCursor(vf, fps)
-                        images[cam] = cur.frames_at(t_from + ts)
+                images = _episode_images(ep, cols_ep, order, ts, cams, info, src, where, cursors, fps)
                 task_idx = int(np.asarray(cols_ep["task_index"])[order][0])
                 task = tasks.get(task_idx) or (ep.tasks[0] if ep.tasks else "")
-                for j in range(ep.length):
-                    frame = {STATE: state[j], ACTION: action[j], TIMESTAMP: ts[j]}
-                    if env is not None:
-                        frame[ENV_STATE] = env[j]
-                    for cam in emb.camera_names:
-                        frame[image_key(cam)] = images[cam][j]
-                        if cam in meters and (frames + j) % stride == 0:
-                            k = codecs[cam]
-                            meters[cam].add(images[cam][j], k.decode(k.encode(images[cam][j]), images[cam][j].shape))
-                    try:
-                        w.add_frame(frame)
-                    except SpecError as e:
-                        raise type(e)(f"{where}: {e}") from None
+                _add_frames(w, emb, ep.length, state, action, ts, env, images, where, meters, codecs, stride, frames)
                 w.end_episode(task=task, success=ep.success)
                 frames += ep.length
         for c in cursors.values():
             c.close()
         tmp.rename(dst)
-        for cam, r in report.items():
-            r["bytes"] = cq.tree_bytes(dst / emb.name / image_key(cam))
-            if r["source_bytes"]:
-                r["bytes_vs_source"] = round(r["bytes"] / r["source_bytes"], 3)
-            if cam in meters:
-                r.update(psnr_db=round(meters[cam].db, 2), checked_frames=meters[cam].frames)
+        _add_sizes(report, meters, dst / emb.name)
     except BaseException:
         for c in cursors.values():
             c.close()
@@ -380,6 +351,54 @@ def import_lerobot(
         "cameras": report,
         "restored_spec": restored is not None,
     }
+
+
+def _episode_images(ep: _Episode, cols, order, ts, cams: dict, info: dict, src: Path, where: str, cursors, fps):
+    """One episode's frames per camera, in frame order: PNGs from the table, or decoded from its video at
+    the frames' timestamps (`cursors` keeps one open video per feature; an episode in the next file
+    closes the previous one)."""
+    images = {}
+    for key, cam in cams.items():
+        if info["features"][key]["dtype"] == "image":
+            structs = cols[key].to_pylist()
+            images[cam] = [_png(structs[j], src, where, key) for j in order]
+        else:
+            vf, t_from = ep.videos[key]
+            cur = cursors.get((key, vf))
+            if cur is None:
+                for k in [k for k in cursors if k[0] == key]:
+                    cursors.pop(k).close()
+                cur = cursors[(key, vf)] = VideoCursor(vf, fps)
+            images[cam] = cur.frames_at(t_from + ts)
+    return images
+
+
+def _add_frames(w, emb, n, state, action, ts, env, images, where, meters, codecs, stride: int, first: int) -> None:
+    """Write one episode's n frames; every `stride`-th frame of the import (`first` = frames before this
+    episode) also goes to its camera's PSNR meter, encoded and decoded by the store's codec."""
+    for j in range(n):
+        frame = {STATE: state[j], ACTION: action[j], TIMESTAMP: ts[j]}
+        if env is not None:
+            frame[ENV_STATE] = env[j]
+        for cam in emb.camera_names:
+            frame[image_key(cam)] = images[cam][j]
+            if cam in meters and (first + j) % stride == 0:
+                k = codecs[cam]
+                meters[cam].add(images[cam][j], k.decode(k.encode(images[cam][j]), images[cam][j].shape))
+        try:
+            w.add_frame(frame)
+        except SpecError as e:
+            raise type(e)(f"{where}: {e}") from None
+
+
+def _add_sizes(report: dict, meters: dict, emb_dir: Path) -> None:
+    """The report's stored bytes per camera (and vs the source video), and the PSNR measured."""
+    for cam, r in report.items():
+        r["bytes"] = cq.tree_bytes(emb_dir / image_key(cam))
+        if r["source_bytes"]:
+            r["bytes_vs_source"] = round(r["bytes"] / r["source_bytes"], 3)
+        if cam in meters:
+            r.update(psnr_db=round(meters[cam].db, 2), checked_frames=meters[cam].frames)
 
 
 def _choose_codecs(emb, cams, info, episodes, fps, codec, target_db) -> tuple[dict, dict]:
