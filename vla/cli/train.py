@@ -17,6 +17,39 @@ def _split(s: str | None) -> list[str]:
     return [x.strip() for x in s.split(",") if x.strip()] if s else []
 
 
+def _check_train_options(
+    *, eval_every, eval_suite, minutes, steps, resume, overwrite, batch_size, workers, save_every, lr
+) -> None:
+    """Option values the preset cannot judge: one line naming the option, what it needs and what it got."""
+    if eval_every and not eval_suite:
+        fail("--eval-every needs --eval-suite")
+    if minutes is not None and minutes <= 0:
+        fail(f"--minutes must be > 0, got {minutes}")
+    if steps is not None and steps < 1:
+        fail(f"--steps must be >= 1, got {steps} (leave it out for the preset's)")
+    if resume and overwrite:
+        fail("give --resume (continue the checkpoint at OUT) or --overwrite (replace it), not both")
+    if batch_size is not None and batch_size < 1:
+        fail(f"--batch-size must be >= 1, got {batch_size}")
+    for name, v in {"--workers": workers, "--save-every": save_every, "--eval-every": eval_every}.items():
+        if v is not None and v < 0:
+            fail(f"{name} must be >= 0, got {v}")
+    if lr is not None and lr <= 0:
+        fail(f"--lr must be > 0, got {lr}")
+
+
+def _parse_weights(weights: str | None) -> list[float] | None:
+    try:
+        return [float(x) for x in _split(weights)] or None
+    except ValueError:
+        fail(f"--weights must be numbers, one per store, comma-separated (like 3,1), got {weights!r}")
+
+
+def _given(**options) -> dict:
+    """The options the user gave (the preset keeps the rest)."""
+    return {k: v for k, v in options.items() if v is not None}
+
+
 def train_command(
     preset: str = typer.Argument(
         ...,
@@ -77,40 +110,23 @@ def train_command(
     from vla.config import load_preset
     from vla.train.trainer import TrainingInterrupted, train
 
-    if eval_every and not eval_suite:
-        fail("--eval-every needs --eval-suite")
-    if minutes is not None and minutes <= 0:
-        fail(f"--minutes must be > 0, got {minutes}")
-    if steps is not None and steps < 1:
-        fail(f"--steps must be >= 1, got {steps} (leave it out for the preset's)")
-    if resume and overwrite:
-        fail("give --resume (continue the checkpoint at OUT) or --overwrite (replace it), not both")
-    if batch_size is not None and batch_size < 1:
-        fail(f"--batch-size must be >= 1, got {batch_size}")
-    for name, v in {"--workers": workers, "--save-every": save_every, "--eval-every": eval_every}.items():
-        if v is not None and v < 0:
-            fail(f"{name} must be >= 0, got {v}")
-    if lr is not None and lr <= 0:
-        fail(f"--lr must be > 0, got {lr}")
+    _check_train_options(
+        eval_every=eval_every,
+        eval_suite=eval_suite,
+        minutes=minutes,
+        steps=steps,
+        resume=resume,
+        overwrite=overwrite,
+        batch_size=batch_size,
+        workers=workers,
+        save_every=save_every,
+        lr=lr,
+    )
     save_every = eval_every or save_every
-    overrides = {
-        k: v
-        for k, v in {
-            "batch_size": batch_size,
-            "lr": lr,
-            "workers": workers,
-            "save_every": save_every,
-            "seed": seed,
-            "freeze": freeze,
-        }.items()
-        if v is not None
-    }
+    overrides = _given(batch_size=batch_size, lr=lr, workers=workers, save_every=save_every, seed=seed, freeze=freeze)
     try:
         p = load_preset(preset, {"train": overrides} if overrides else None)
-        try:
-            w = [float(x) for x in _split(weights)] or None
-        except ValueError:
-            fail(f"--weights must be numbers, one per store, comma-separated (like 3,1), got {weights!r}")
+        w = _parse_weights(weights)
         on_save = _periodic_eval(eval_suite, eval_episodes) if eval_suite else None
         ckpt = train(
             p,
