@@ -587,14 +587,16 @@ def test_export_of_a_grounding_checkpoint_refuses_in_one_line_and_its_advice_exp
     r = CliRunner().invoke(app, ["export-weights", str(ck), str(tmp_path / "hf")])
     assert r.exit_code != 0 and isinstance(r.exception, SystemExit)
     assert len(r.output.strip().splitlines()) == 1 and "Traceback" not in r.output, r.output
-    for said in ("transformers' PI0 has no grounding or keypoint modules", "grounding_keypoints = 8", "vla serve"):
+    for said in ("transformers' PI0 has no grounding or keypoint modules", "grounding.keypoints = 8", "vla serve"):
         assert said in r.output, r.output
-    assert "pi0-small" in r.output and "pi0-tiny.toml without its grounding_* and env_state_* lines" in r.output
+    assert "pi0-small" in r.output and "pi0-tiny.toml without its [model.grounding] table" in r.output
     assert sorted(tmp_path.iterdir()) == before  # nothing written, not even a temp dir
 
     tiny = (Path(__file__).resolve().parents[2] / "policies" / "pi0-tiny.toml").read_text().splitlines()
     plain = tmp_path / "pi0-plain.toml"
-    plain.write_text("\n".join(x for x in tiny if not x.startswith(("grounding_", "env_state_"))))
+    table = tiny.index("[model.grounding]")
+    end = next(i for i in range(table + 1, len(tiny)) if tiny[i].startswith("["))
+    plain.write_text("\n".join(tiny[:table] + tiny[end:]))
     ck = train(cpu_sized(str(plain)), [str(tmp_path / "st")], tmp_path / "plain", steps=1, progress=False)
     r = CliRunner().invoke(app, ["export-weights", str(ck), str(tmp_path / "hf")])
     assert r.exit_code == 0, r.output

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from vla.data.stats import KeyStats
+from vla.model.grounding import GroundingConfig
 from vla.model.pi0 import Pi0Model
 from vla.model.pi05 import Pi05Config, Pi05Model
 from vla.model.transforms import Transforms
@@ -18,7 +19,7 @@ K = 2
 
 def _model(**kw):
     torch.manual_seed(0)
-    cfg = tiny_pi0(grounding_tokens=K, **kw)
+    cfg = tiny_pi0(grounding=GroundingConfig(tokens=K, **kw))
     return cfg, Pi0Model(cfg, 64)
 
 
@@ -28,10 +29,17 @@ def _with_env(batch, valid):
 
 
 def test_config_checks():
-    with pytest.raises(SpecError, match="grounding_tokens > 0"):
-        tiny_pi0(env_state_loss=1.0)
-    with pytest.raises(SpecError, match=">= 0"):
-        tiny_pi0(grounding_tokens=-1)
+    with pytest.raises(SpecError, match="tokens must be an int >= 1, got 0"):
+        GroundingConfig(tokens=0)
+    with pytest.raises(SpecError, match="env_state_loss must be >= 0, got -1"):
+        GroundingConfig(tokens=K, env_state_loss=-1.0)
+    with pytest.raises(SpecError, match="env_state_dim must be an int >= 1, got 0"):
+        GroundingConfig(tokens=K, env_state_dim=0)
+    assert tiny_pi0().grounding is None  # pi0 as published
+    # a [model.grounding] table (a dict) becomes the sub-config
+    cfg = tiny_pi0(grounding={"tokens": K, "env_state_loss": 1.0})
+    assert cfg.grounding == GroundingConfig(tokens=K, env_state_loss=1.0) and cfg.predicts_env_state
+    assert not tiny_pi0(grounding={"tokens": K}).predicts_env_state
 
 
 def test_grounding_tokens_join_the_prefix_and_read_the_instruction():
@@ -86,12 +94,12 @@ def test_env_state_is_never_an_input():
 def test_cached_sampling_equals_uncached_with_grounding(kind):
     torch.manual_seed(0)
     if kind == "pi0":
-        cfg = tiny_pi0(grounding_tokens=K)
+        cfg = tiny_pi0(grounding=GroundingConfig(tokens=K))
         m = Pi0Model(cfg, 64).eval()
     else:
         base = tiny_pi0()
         cfg = Pi05Config(backbone=tiny_backbone(), expert=base.expert, horizon=6, num_steps=4, cameras=2,
-                         max_tokens=5, embodiments=base.embodiments, grounding_tokens=K)  # fmt: skip
+                         max_tokens=5, embodiments=base.embodiments, grounding=GroundingConfig(tokens=K))  # fmt: skip
         m = Pi05Model(cfg, 64).eval()
     batch = cfg.example_batch(3, vocab_size=64)
     noise = torch.randn(3, cfg.horizon, 4)
@@ -115,7 +123,11 @@ def test_transforms_zscore_env_state_and_mark_unknown_rows():
 
 def test_env_state_input_feeds_the_predicted_facts_to_the_state_token():
     with pytest.raises(SpecError, match="set env_state_loss > 0"):
-        tiny_pi0(grounding_tokens=K, env_state_input=True)
+        GroundingConfig(tokens=K, env_state_input=True)
+    with pytest.raises(SpecError, match="pi0.5 has none"):
+        base = tiny_pi0()
+        Pi05Config(backbone=base.backbone, expert=base.expert, embodiments=base.embodiments,
+                   grounding=GroundingConfig(tokens=K, env_state_loss=1.0, env_state_input=True))  # fmt: skip
     cfg, m = _model(env_state_loss=1.0, env_state_input=True)
     batch = cfg.example_batch(2, vocab_size=64)
     _, g = m.observe(batch)

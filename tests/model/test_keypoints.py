@@ -3,6 +3,7 @@
 import pytest
 import torch
 
+from vla.model.grounding import GroundingConfig
 from vla.model.keypoints import Keypoints, spatial_softmax
 from vla.model.pi0 import Pi0Model
 from vla.spec import SpecError
@@ -78,12 +79,10 @@ def test_keypoints_learn_to_find_the_named_colour_in_new_layouts():
 
 
 def test_pi0_with_keypoints_reads_the_pixels_and_any_embodiment():
-    with pytest.raises(SpecError, match="grounding_tokens > 0"):
-        tiny_pi0(grounding_keypoints=4)
-    with pytest.raises(SpecError, match="keypoints >= 0"):
-        tiny_pi0(grounding_tokens=2, grounding_keypoints=-1)
+    with pytest.raises(SpecError, match="keypoints must be an int >= 0, got -1"):
+        GroundingConfig(tokens=2, keypoints=-1)
     torch.manual_seed(0)
-    cfg = tiny_pi0(grounding_tokens=2, env_state_loss=1.0, grounding_keypoints=3)
+    cfg = tiny_pi0(grounding=GroundingConfig(tokens=2, env_state_loss=1.0, keypoints=3))
     m = Pi0Model(cfg, 64)
     batch = cfg.example_batch(2, vocab_size=64)
     with torch.no_grad():  # the keypoint path alone (the image tokens unchanged) moves the tokens

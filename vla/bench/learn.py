@@ -248,10 +248,9 @@ def grounding_error(ckpt: str | Path, store: str | Path, *, windows: int = 48, s
     from vla.model.checkpoint import Checkpoint, build_from_checkpoint
     from vla.spec import ENV_STATE, SpecError
 
-    model, tf, _ = build_from_checkpoint(Checkpoint(ckpt))
-    head = getattr(getattr(model, "grounding", None), "env_head", None)
-    if head is None:
-        raise SpecError(f"{ckpt}: the model has no env-state head (grounding_tokens and env_state_loss)")
+    model, tf, cfg = build_from_checkpoint(Checkpoint(ckpt))
+    if not cfg.predicts_env_state:
+        raise SpecError(f"{ckpt}: the model has no env-state head ([model.grounding] with env_state_loss > 0)")
     model.eval()
     st = EpisodeStore.open(store)
     size = model.cfg.backbone.image_size
@@ -479,7 +478,7 @@ def run(
         }
         if probe:
             row["reliance_probe"] = reliance_probe(ck, data) | {"goal": goal_error(ck, data)}
-        if getattr(cfg.model, "env_state_loss", 0) > 0:
+        if cfg.model.predicts_env_state:
             row["grounding"] = {"demos": grounding_error(ck, data), "heldout": grounding_error(ck, heldout)}
         results["policies"][name] = row
         curves[Path(name).stem] = curve

@@ -15,17 +15,26 @@ Data-derived pieces beyond weights (FAST's action tokenizers) are the type's *as
 fitted once at the start of training (`fit_assets`), saved beside the weights
 (`save_assets` / `load_assets`), and turned into worker-side training targets
 (`action_targets`). Model-side batch keys are named in `vla.model.pi0`'s docstring.
+
+Every type's config derives from `ModelConfig`: the fields all types have (backbone, horizon,
+camera slots, token budget, embodiments ...) with their checks, and what the rest of the stack
+asks of a config (`from_dict`, `padded_dim`, `predicts_env_state`, `prefix_tokens`,
+`with_depths`, `example_batch`), so nothing probes a config with hasattr. What memory
+estimation needs of a type's layout is the model class's `layer_streams(cfg)`.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import numbers
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import nn
 
+from vla.model.backbone import BackboneConfig
+from vla.model.transforms import PROMPT_FORMATS
 from vla.spec import SpecError
 
 
@@ -42,14 +51,100 @@ FUSE_MAX_PARAMS = 300_000_000  # prepare_for_inference fuses projections of mode
 COUNT_PREFIX = "count/"  # batch keys the trainer sums over steps and logs (e.g. count/fast_truncated)
 
 
-def example_inputs(cfg, batch_size: int, *, vocab_size: int, seed: int = 0) -> dict:
-    """Random model-side inputs for a config with embodiments, cameras, max_tokens, horizon and
-    backbone.image_size: images, tokens, state, embodiment, normalized actions."""
+def int_at_least(v, low: int) -> bool:
+    """Whether a config value is an integer (not a bool) >= low."""
+    return isinstance(v, numbers.Integral) and not isinstance(v, bool) and v >= low
+
+
+@dataclass(frozen=True, kw_only=True)
+class ModelConfig:
+    """The fields every model type's config has, and their checks. A type's config derives from
+    it and adds its own (keyword-only, so a subclass may add fields without defaults)."""
+
+    backbone: BackboneConfig
+    horizon: int = 50  # actions per chunk (h)
+    cameras: int = 2  # camera slots; an embodiment with fewer cameras masks the rest
+    max_tokens: int = 16  # language tokens of the prompt (l)
+    # name -> (state_dim, action_dim); filled from the training data's embodiments
+    embodiments: dict = field(default_factory=dict)
+    grad_checkpoint: bool = False
+    # Joint actions relative to the chunk's start state (openpi does this for joint-space robots):
+    # the model predicts a_t - s for every action dim that commands a state dim in the same unit
+    # (rad or m; never the gripper), so a chunk starts where the robot is by construction.
+    delta_actions: bool = False
+    # How the instruction becomes text (vla.model.transforms.PROMPT_FORMATS): "plain", or
+    # "paligemma" (openpi's pi0: the cleaned text + "\n" after BOS), or "pi05" (state in the prompt).
+    prompt_format: str = "plain"
+
+    kind: ClassVar[str] = "model"  # the type's name in messages
+
+    def __post_init__(self):
+        if isinstance(self.backbone, dict):
+            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+        small = [k for k in ("horizon", "cameras", "max_tokens") if not int_at_least(getattr(self, k), 1)]
+        if small:
+            got = ", ".join(f"{k} = {getattr(self, k)!r}" for k in small)
+            names = " and ".join([", ".join(small[:-1]), small[-1]] if len(small) > 1 else small)
+            raise SpecError(f"{self.kind}: {names} must be >= 1, got {got}")
+        if self.prompt_format not in PROMPT_FORMATS:
+            raise SpecError(f"{self.kind}: prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
+        emb = {}
+        for name, dims in dict(self.embodiments).items():
+            dims = tuple(dims) if isinstance(dims, (list, tuple)) else (dims,)
+            if len(dims) != 2 or not all(int_at_least(d, 1) for d in dims):
+                raise SpecError(
+                    f"{self.kind}: embodiments[{name!r}] must be (state_dim, action_dim), both ints >= 1, got {dims}"
+                )
+            emb[name] = tuple(int(d) for d in dims)
+        object.__setattr__(self, "embodiments", emb)
+
+    # ---- what the rest of the stack asks of a config ----
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        """A preset's [model] table or a checkpoint's config.json "policy.config" -> the config.
+        A type whose layout changed maps its older layouts here (vla.model.pi0.Pi0Config)."""
+        return cls(**d)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @property
+    def padded_dim(self) -> int:
+        """The one width every embodiment's state and actions are zero-padded to (openpi's shared
+        heads); 0: each embodiment keeps its own dims."""
+        return 0
+
+    @property
+    def predicts_env_state(self) -> bool:
+        """Whether the model regresses the training-only scene facts (vla.spec.ENV_STATE) as an
+        auxiliary loss, and so can be asked for them (`vla bench learn`'s grounding error)."""
+        return False
+
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens per sample of the observation prefix (every camera slot's image tokens + text)."""
+        return self.cameras * self.backbone.tokens_per_image + self.max_tokens
+
+    def with_depths(self, depth: int, vision_depth: int, **more) -> "ModelConfig":
+        """The same config with every decoder stack `depth` layers deep and the vision tower
+        `vision_depth` (vla.train.memory measures per-layer activations on 1- and 2-layer copies).
+        A type with more stacks passes their changes in `more` (one replace: checked once)."""
+        bb = self.backbone
+        text = replace(bb.text, depth=depth)
+        return replace(self, backbone=replace(bb, text=text, vision_depth=vision_depth), **more)
+
+    def example_batch(self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0) -> dict:
+        """Random model inputs of the right shapes (tests build models with no data on disk)."""
+        return example_inputs(self, batch_size, vocab_size=vocab_size, seed=seed)
+
+
+def example_inputs(cfg: ModelConfig, batch_size: int, *, vocab_size: int, seed: int = 0) -> dict:
+    """Random model-side inputs for a config: images, tokens, state, embodiment, normalized actions."""
     if not cfg.embodiments:
         raise SpecError(f"{type(cfg).__name__}: example_batch needs at least one embodiment in the config")
     g = torch.Generator().manual_seed(seed)
     names = sorted(cfg.embodiments)
-    padded = getattr(cfg, "shared_head_dim", 0)  # openpi's convention: everything padded to one width
+    padded = cfg.padded_dim  # openpi's convention: everything padded to one width
     s = max(padded, *(d[0] for d in cfg.embodiments.values()))
     a = max(padded, *(d[1] for d in cfg.embodiments.values()))
     size, n_tok = cfg.backbone.image_size, cfg.max_tokens
@@ -94,6 +189,12 @@ class ActionModel(nn.Module):
     def action_targets(cls, cfg, assets: dict, text_vocab: int) -> ActionTargets | None:
         """Extra training targets computed in the data workers from the normalized actions."""
         return None
+
+    @classmethod
+    def layer_streams(cls, cfg: ModelConfig) -> list[tuple[int, int]]:
+        """(tokens per sample, width) of each token stream through the decoder layers: what
+        memory estimation (vla.train.memory) needs of the type's layout. Default: the prefix alone."""
+        return [(cfg.prefix_tokens, cfg.backbone.text.width)]
 
     def example_batch(self, batch_size: int = 2, *, seed: int = 0) -> dict:
         """A random model-side training batch this model accepts (no data on disk)."""

@@ -102,15 +102,16 @@ def pi0_config_dict(cfg, text_vocab: int, width: int) -> dict:
 def _refuse_grounding(path: Path, model_type: str, cfg) -> None:
     """The published layouts have no grounding tokens or keypoint stem (vla.model.grounding), and
     the actions depend on them: dropping them would export a different policy."""
-    used = [f"{k} = {getattr(cfg, k)}" for k in ("grounding_tokens", "grounding_keypoints") if getattr(cfg, k, 0)]
-    if not used:
+    g = cfg.grounding
+    if g is None:
         return
+    used = [f"grounding.tokens = {g.tokens}"] + ([f"grounding.keypoints = {g.keypoints}"] if g.keypoints else [])
     layout = "transformers' PI0" if model_type == "pi0" else "LeRobot's pi05"
     raise SpecError(
         f"{path} cannot be exported: {layout} has no grounding or keypoint modules and this checkpoint's "
         f"actions depend on them ({', '.join(used)}; pi0-tiny has both); vla serve / eval / run take it as it is. "
         "To export, train a preset without grounding: pi0-small, pi0-paligemma (the published layout), or a "
-        "copy of pi0-tiny.toml without its grounding_* and env_state_* lines"
+        "copy of pi0-tiny.toml without its [model.grounding] table"
     )
 
 

@@ -21,16 +21,17 @@ untied head is kept and grown with the action ids) or its tied token embedding; 
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from vla.model.attention import joint_forward, make_attn_mask
-from vla.model.backbone import Backbone, BackboneConfig
-from vla.model.contract import COUNT_PREFIX, ActionModel, ActionSample, example_inputs
+from vla.model.backbone import Backbone
+from vla.model.contract import COUNT_PREFIX, ActionModel, ActionSample, ModelConfig, example_inputs, int_at_least
 from vla.model.fast import FastTokenizer, relaxed_coefficients
 from vla.model.heads import EmbodimentLinear
 from vla.spec import ACTION, SpecError
@@ -38,31 +39,24 @@ from vla.spec import ACTION, SpecError
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class FastConfig:
-    backbone: BackboneConfig
+@dataclass(frozen=True, kw_only=True)
+class FastConfig(ModelConfig):
+    """FAST's own fields; the ones every model type has are ModelConfig's."""
+
+    kind: ClassVar[str] = "fast"
+
     horizon: int = 10
-    cameras: int = 2
-    max_tokens: int = 16
     max_action_tokens: int = 64
     fast_vocab_size: int = 512
     fast_scale: float = 10.0
-    embodiments: dict = field(default_factory=dict)  # name -> (state_dim, action_dim)
-    grad_checkpoint: bool = False
-    delta_actions: bool = False  # as Pi0Config.delta_actions: joint actions relative to the chunk's start state
-    prompt_format: str = "plain"  # as Pi0Config.prompt_format
 
     def __post_init__(self):
-        if isinstance(self.backbone, dict):
-            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
-        if self.horizon < 1 or self.max_action_tokens < 3:
+        super().__post_init__()
+        if not int_at_least(self.max_action_tokens, 3):
             raise SpecError(
-                f"fast: horizon must be >= 1 and max_action_tokens >= 3, got {self.horizon}, {self.max_action_tokens}"
+                f"fast: max_action_tokens must be an int >= 3 ([ACT], one FAST token, [EOS]), got "
+                f"{self.max_action_tokens!r}"
             )
-        object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
     def example_batch(
         self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0, fast_sizes: dict[str, int] | None = None
@@ -155,6 +149,11 @@ class FastModel(ActionModel):
         tokenizers = assets["fast"]
         vocab = ActionVocab(text_vocab, {n: t.vocab_size for n, t in tokenizers.items()})
         return FastTargets(tokenizers, vocab, cfg.max_action_tokens)
+
+    @classmethod
+    def layer_streams(cls, cfg: FastConfig) -> list[tuple[int, int]]:
+        """One sequence through the backbone: prefix + state token + action tokens."""
+        return [(cfg.prefix_tokens + 1 + cfg.max_action_tokens, cfg.backbone.text.width)]
 
     def example_batch(self, batch_size: int = 2, *, seed: int = 0) -> dict:
         return self.cfg.example_batch(batch_size, vocab_size=self.text_vocab, seed=seed, fast_sizes=self.vocab.sizes)

@@ -20,20 +20,126 @@ grounding tokens, so the vision tower and the instruction pool learn to find the
 from a regression gradient instead of only through the flow-matching loss. Policies never read
 ENV_STATE: at inference the tokens are computed from images and instruction alone.
 
-With a keypoint stem (`grounding_keypoints = M`, vla.model.keypoints) the queries also carry
-where the instruction-conditioned heatmaps of every camera peak, through an MLP with a
-per-embodiment bias (each robot's cameras sit elsewhere, so the same pixel means another place).
+With a keypoint stem (`keypoints = M`, vla.model.keypoints) the queries also carry where the
+instruction-conditioned heatmaps of every camera peak, through an MLP with a per-embodiment bias
+(each robot's cameras sit elsewhere, so the same pixel means another place).
+
+A pi0 or pi0.5 config holds a `GroundingConfig` as its `grounding` (a preset's [model.grounding]
+table); None is the model as published. Presets and checkpoints written before that table had
+these fields flat in [model] (`grounding_tokens`, `grounding_keypoints`, `env_state_*`):
+`grounding_from_flat` maps them, in this one place.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from vla.model.keypoints import Keypoints
+from vla.spec import SpecError
+
+
+@dataclass(frozen=True)
+class GroundingConfig:
+    tokens: int  # K grounding tokens that join the prefix (and, in pi0, the state token)
+    # M > 0: the queries also carry M instruction-conditioned spatial-softmax keypoints per camera
+    # from a small conv stem (vla.model.keypoints); 0: image tokens only.
+    keypoints: int = 0
+    # Weight of the auxiliary loss that regresses the training-only scene facts
+    # (vla.spec.ENV_STATE, z-scored) from the grounding tokens; rows without them add nothing.
+    # 0: no auxiliary loss (the grounding tokens then learn from the flow loss alone).
+    env_state_loss: float = 0.0
+    env_state_dim: int = 6  # len(vla.spec.ENV_STATE_LAYOUT), the built-in tasks' layout
+    # pi0: the scene facts the grounding tokens predict (z-scored, gradient stopped) also enter
+    # the state token through their own projection, so the expert reads the named object's and
+    # the goal's positions as numbers, as a policy on privileged state would, but predicted from
+    # the images and the instruction. Needs env_state_loss > 0 and a state token (not pi0.5).
+    env_state_input: bool = False
+
+    def __post_init__(self):
+        def whole(v, low: int) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= low
+
+        if not whole(self.tokens, 1):
+            raise SpecError(
+                f"grounding: tokens must be an int >= 1, got {self.tokens!r} (for the model as published, "
+                "leave out [model.grounding])"
+            )
+        if not whole(self.keypoints, 0):
+            raise SpecError(f"grounding: keypoints must be an int >= 0, got {self.keypoints!r}")
+        if not whole(self.env_state_dim, 1):
+            raise SpecError(f"grounding: env_state_dim must be an int >= 1, got {self.env_state_dim!r}")
+        if isinstance(self.env_state_loss, bool) or not isinstance(self.env_state_loss, (int, float)):
+            raise SpecError(f"grounding: env_state_loss must be a number >= 0, got {self.env_state_loss!r}")
+        if not self.env_state_loss >= 0:
+            raise SpecError(f"grounding: env_state_loss must be >= 0, got {self.env_state_loss}")
+        if self.env_state_input and not self.env_state_loss:
+            raise SpecError(
+                "grounding: env_state_input feeds the predicted scene facts: set env_state_loss > 0 "
+                f"(got {self.env_state_loss})"
+            )
+
+    @property
+    def env_dim(self) -> int:
+        """Width of the env-state head: env_state_dim under an auxiliary loss, else 0 (no head)."""
+        return self.env_state_dim if self.env_state_loss else 0
+
+
+# The old flat layout of a pi0 / pi0.5 [model] table or config.json -> GroundingConfig's fields.
+FLAT_FIELDS = {
+    "grounding_tokens": "tokens",
+    "grounding_keypoints": "keypoints",
+    "env_state_loss": "env_state_loss",
+    "env_state_dim": "env_state_dim",
+    "env_state_input": "env_state_input",
+}
+
+
+def grounding_from_flat(d: dict, where: str = "pi0") -> dict:
+    """A model config dict in the old flat layout -> the same dict with `grounding` (a field dict,
+    or None when grounding_tokens = 0: the layout before wrote all five fields, zero when unused).
+    A dict without flat fields is returned as it is."""
+    flat = {k: d[k] for k in FLAT_FIELDS if k in d}
+    if not flat:
+        return d
+    rest = {k: v for k, v in d.items() if k not in FLAT_FIELDS}
+    if "grounding" in d:
+        raise SpecError(
+            f"{where}: both [model.grounding] and the older flat fields {sorted(flat)}: keep the table "
+            f"(its fields: {', '.join(f'{k} -> {v}' for k, v in FLAT_FIELDS.items() if k in flat)})"
+        )
+    if not flat.get("grounding_tokens", 0):
+        used = [
+            k
+            for k in ("grounding_keypoints", "env_state_loss", "env_state_input")
+            if flat.get(k) not in (None, 0, False)
+        ]
+        if used:
+            raise SpecError(
+                f"{where}: {', '.join(f'{k} = {flat[k]!r}' for k in used)} feed the grounding tokens: set "
+                "grounding_tokens > 0 (better: a [model.grounding] table with tokens > 0)"
+            )
+        return {**rest, "grounding": None}
+    return {**rest, "grounding": {FLAT_FIELDS[k]: v for k, v in flat.items()}}
 
 
 class Grounding(nn.Module):
+    @classmethod
+    def build(cls, cfg: GroundingConfig, width: int, *, heads: int, cameras: int, embodiments: int) -> "Grounding":
+        """The module of a GroundingConfig, over prefix tokens of `width` (`embodiments`: rows of
+        the keypoints' per-embodiment bias)."""
+        return cls(
+            width,
+            cfg.tokens,
+            heads=heads,
+            env_dim=cfg.env_dim,
+            keypoints=cfg.keypoints,
+            cameras=cameras,
+            embodiments=embodiments,
+        )
+
     def __init__(
         self,
         width: int,
@@ -115,7 +221,7 @@ class Grounding(nn.Module):
         if pred.shape[-1] != target.shape[-1]:
             raise ValueError(
                 f"env-state loss: the model predicts {pred.shape[-1]} dims, the data has {target.shape[-1]} "
-                f"(set env_state_dim in the preset's [model])"
+                f"(set env_state_dim in the preset's [model.grounding])"
             )
         err = ((pred - target.to(pred)) ** 2).mean(-1)
         return torch.where(valid.to(err.device), err, torch.zeros_like(err))

@@ -14,6 +14,10 @@ Token layout (see vla.model.attention for the mask rule):
 The prefix never sees the suffix, so at inference the prefix KV cache is computed once per
 observation and reused by every denoising step.
 
+One optional component that the published pi0 has not: `grounding` (vla.model.grounding, a
+preset's [model.grounding]; None as published) adds early-fusion grounding tokens at the end of
+the prefix and a projection of them to the state token.
+
 Flow matching. Convention (as openpi's code, the reverse of the pi0 paper's notation):
 t = 1 is pure noise, t = 0 is the data. x_t = t * noise + (1 - t) * actions; the expert
 predicts the velocity u = noise - actions; t ~ Beta(1.5, 1) * 0.999 + 0.001, so training
@@ -29,40 +33,35 @@ Batch keys (model side, produced by vla.model.transforms):
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from vla.model.attention import attn_bias, joint_forward, make_attn_mask, rope
-from vla.model.backbone import Backbone, BackboneConfig, GemmaSize
+from vla.model.backbone import Backbone, GemmaSize
 from vla.model.backbones import Prefix
-from vla.model.contract import ActionModel, ActionSample, example_inputs
+from vla.model.contract import ActionModel, ActionSample, ModelConfig, int_at_least
 from vla.model.cross_attention import CrossPlan, adapt_expert, expert_context, expert_forward
-from vla.model.grounding import Grounding
+from vla.model.grounding import Grounding, GroundingConfig, grounding_from_flat
 from vla.model.heads import make_head
 from vla.spec import SpecError
 
 
-@dataclass(frozen=True)
-class Pi0Config:
-    backbone: BackboneConfig
+@dataclass(frozen=True, kw_only=True)
+class Pi0Config(ModelConfig):
+    """pi0 as published, plus one optional research component (`grounding`). The fields every
+    model type has (backbone, horizon, cameras, max_tokens, embodiments, ...) are ModelConfig's."""
+
+    kind: ClassVar[str] = "pi0"
+
     expert: GemmaSize
-    horizon: int = 50
     num_steps: int = 10
-    cameras: int = 2  # camera slots; an embodiment with fewer cameras masks the rest
-    max_tokens: int = 16
-    # name -> (state_dim, action_dim); filled from the training data's embodiments
-    embodiments: dict = field(default_factory=dict)
-    grad_checkpoint: bool = False
     # Steps past an episode's end hold its last action. False (as openpi): they are trained, so
     # the policy learns to stay put once done; True: masked out of the loss (their predictions
     # are then unconstrained, and a chunk that runs past the learned end of a task drifts).
     mask_padded_actions: bool = False
-    # Joint actions relative to the chunk's start state (openpi does this for joint-space robots):
-    # the model predicts a_t - s for every action dim that commands a state dim in the same unit
-    # (rad or m; never the gripper), so a chunk starts where the robot is by construction.
-    delta_actions: bool = False
     # Fraction of training samples drawn at t = 1 (pure noise) instead of from Beta(1.5, 1). At
     # t = 1 the noisy actions carry nothing, so the expert can only lower its loss by reading the
     # observation; 0 is pi0 as published.
@@ -71,67 +70,52 @@ class Pi0Config:
     # scratch): N > 0 gives one state head and one action head over N zero-padded dims shared by
     # every embodiment, as the published pi0 / pi0.5 weights have (N = 32).
     shared_head_dim: int = 0
-    # How the instruction becomes text (vla.model.transforms.PROMPT_FORMATS): "plain", or
-    # "paligemma" (openpi's pi0: the cleaned text + "\n" after BOS).
-    prompt_format: str = "plain"
     # How the expert attaches to the VLM (module docstring): "joint" (pi0) or "cross" (SmolVLA).
     attach: str = "joint"
     # attach = "cross": expert layers 0, n, 2n, ... self-attend jointly, the others cross-attend
     # (SmolVLA: 2); 0: every layer cross-attends.
     self_attn_every: int = 2
-    # Early fusion (vla.model.grounding): K > 0 grounding tokens, the image tokens pooled by
-    # instruction-conditioned queries, join the prefix (and, in pi0, the state token); 0 is pi0
-    # as published.
-    grounding_tokens: int = 0
-    # Weight of the auxiliary loss that regresses the training-only scene facts
-    # (vla.spec.ENV_STATE, z-scored) from the grounding tokens; rows without them add nothing.
-    # 0: no auxiliary loss (the grounding tokens then learn from the flow loss alone).
-    env_state_loss: float = 0.0
-    env_state_dim: int = 6  # len(vla.spec.ENV_STATE_LAYOUT), the built-in tasks' layout
-    # pi0: the scene facts the grounding tokens predict (z-scored, gradient stopped) also enter
-    # the state token through their own projection, so the expert reads the named object's and
-    # the goal's positions as numbers, as a policy on privileged state would, but predicted
-    # from the images and the instruction.
-    env_state_input: bool = False
-    # M > 0: the grounding tokens also carry M instruction-conditioned spatial-softmax keypoints
-    # per camera from a small conv stem (vla.model.keypoints); 0: image tokens only.
-    grounding_keypoints: int = 0
+    # Early fusion (vla.model.grounding), a preset's [model.grounding]: grounding tokens pooled
+    # from the image tokens by the instruction join the prefix; None is pi0 as published.
+    grounding: GroundingConfig | None = None
 
     def __post_init__(self):
-        if isinstance(self.backbone, dict):
-            object.__setattr__(self, "backbone", BackboneConfig(**self.backbone))
+        super().__post_init__()
         if isinstance(self.expert, dict):
             object.__setattr__(self, "expert", GemmaSize(**self.expert))
+        if isinstance(self.grounding, dict):
+            object.__setattr__(self, "grounding", GroundingConfig(**self.grounding))
         self._check_attachment()
+        if not int_at_least(self.num_steps, 1):
+            raise SpecError(f"{self.kind}: num_steps must be an int >= 1, got {self.num_steps!r}")
         if not 0.0 <= self.time_at_one < 1.0:
-            raise SpecError(f"pi0: time_at_one must be in [0, 1), got {self.time_at_one}")
-        if self.horizon < 1 or self.num_steps < 1 or self.cameras < 1 or self.max_tokens < 1:
-            raise SpecError(
-                f"pi0: horizon, num_steps, cameras and max_tokens must be >= 1 (got {self.horizon}, "
-                f"{self.num_steps}, {self.cameras}, {self.max_tokens})"
-            )
-        if self.shared_head_dim < 0:
-            raise SpecError(f"pi0: shared_head_dim must be >= 0, got {self.shared_head_dim}")
-        if self.grounding_tokens < 0 or self.env_state_loss < 0 or self.env_state_dim < 1:
-            raise SpecError(
-                f"pi0: grounding_tokens and env_state_loss must be >= 0 and env_state_dim >= 1 (got "
-                f"{self.grounding_tokens}, {self.env_state_loss}, {self.env_state_dim})"
-            )
-        if self.grounding_keypoints < 0 or (self.grounding_keypoints and not self.grounding_tokens):
-            raise SpecError(
-                f"pi0: grounding_keypoints feed the grounding tokens: set grounding_tokens > 0 and keypoints >= 0 "
-                f"(got {self.grounding_keypoints} keypoints, {self.grounding_tokens} tokens)"
-            )
-        if self.env_state_input and not self.env_state_loss:
-            raise SpecError("pi0: env_state_input feeds the predicted scene facts: set env_state_loss > 0")
-        if self.env_state_loss and not self.grounding_tokens:
-            raise SpecError(
-                "pi0: env_state_loss regresses the scene facts from the grounding tokens: set grounding_tokens > 0"
-            )
-        object.__setattr__(self, "embodiments", {k: tuple(v) for k, v in self.embodiments.items()})
+            raise SpecError(f"{self.kind}: time_at_one must be in [0, 1), got {self.time_at_one}")
+        if not int_at_least(self.shared_head_dim, 0):
+            raise SpecError(f"{self.kind}: shared_head_dim must be an int >= 0, got {self.shared_head_dim!r}")
         wide = {k: v for k, v in self.embodiments.items() if self.shared_head_dim and max(v) > self.shared_head_dim}
         if wide:
-            raise SpecError(f"pi0: embodiment dims {wide} exceed shared_head_dim {self.shared_head_dim}")
+            raise SpecError(f"{self.kind}: embodiment dims {wide} exceed shared_head_dim {self.shared_head_dim}")
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Pi0Config":
+        """As ModelConfig.from_dict; a dict in the layout before [model.grounding] (the grounding
+        fields flat in [model]) is mapped by vla.model.grounding.grounding_from_flat."""
+        return cls(**grounding_from_flat(d, cls.kind))
+
+    @property
+    def padded_dim(self) -> int:
+        return self.shared_head_dim
+
+    @property
+    def predicts_env_state(self) -> bool:
+        return self.grounding is not None and self.grounding.env_state_loss > 0
+
+    @property
+    def prefix_tokens(self) -> int:
+        return super().prefix_tokens + (self.grounding.tokens if self.grounding is not None else 0)
+
+    def with_depths(self, depth: int, vision_depth: int, **more) -> "Pi0Config":
+        return super().with_depths(depth, vision_depth, expert=replace(self.expert, depth=depth), **more)
 
     def _check_attachment(self) -> None:
         t, e = self.backbone.text, self.expert
@@ -140,34 +124,27 @@ class Pi0Config:
             for k in ("depth", *heads):
                 if getattr(t, k) != getattr(e, k):
                     raise SpecError(
-                        f"pi0: expert.{k} must equal the backbone's for joint attention: expected "
+                        f"{self.kind}: expert.{k} must equal the backbone's for joint attention: expected "
                         f"{getattr(t, k)}, got {getattr(e, k)}; or attach the expert by cross-attention "
                         f'(attach = "cross", as SmolVLA: expert width, depth and heads free)'
                     )
         elif self.attach == "cross":
             if t.depth % e.depth:
                 raise SpecError(
-                    f'pi0: attach = "cross" pairs expert layer j with VLM layer j * (depth ratio): '
+                    f'{self.kind}: attach = "cross" pairs expert layer j with VLM layer j * (depth ratio): '
                     f"expert.depth must divide the backbone's {t.depth}, got {e.depth}"
                 )
             if self.self_attn_every < 0:
-                raise SpecError(f"pi0: self_attn_every must be >= 0, got {self.self_attn_every}")
+                raise SpecError(f"{self.kind}: self_attn_every must be >= 0, got {self.self_attn_every}")
             for k in heads if self.self_attn_every else ():
                 if getattr(t, k) != getattr(e, k):
                     raise SpecError(
-                        f"pi0: expert.{k} must equal the backbone's for the self-attention layers of "
+                        f"{self.kind}: expert.{k} must equal the backbone's for the self-attention layers of "
                         f'attach = "cross" (every {self.self_attn_every}): expected {getattr(t, k)}, '
                         f"got {getattr(e, k)}; or set self_attn_every = 0 (cross-attention only)"
                     )
         else:
-            raise SpecError(f'pi0: attach must be "joint" or "cross", got {self.attach!r}')
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    def example_batch(self, batch_size: int = 2, *, vocab_size: int = 64, seed: int = 0) -> dict:
-        """Random model inputs of the right shapes (tests build models with no data on disk)."""
-        return example_inputs(self, batch_size, vocab_size=vocab_size, seed=seed)
+            raise SpecError(f'{self.kind}: attach must be "joint" or "cross", got {self.attach!r}')
 
 
 def sincos_time(t: torch.Tensor, width: int, min_period: float = 4e-3, max_period: float = 4.0) -> torch.Tensor:
@@ -197,28 +174,21 @@ class Pi0Model(ActionModel):
         self.action_out = make_head(acts, w, direction="out", shared=shared)
         self.time_mlp_in = nn.Linear(w if self.adaptive_time else 2 * w, w)
         self.time_mlp_out = nn.Linear(w, w)
-        self.grounding = None
         self._embodiment_ids = {n: i for i, n in enumerate(sorted(cfg.embodiments))}
-        if cfg.grounding_tokens:
+        self.grounding = None  # the optional research component (vla.model.grounding)
+        if cfg.grounding is not None:
             d = self.backbone.width
-            env_dim = cfg.env_state_dim if cfg.env_state_loss else 0
-            self.grounding = Grounding(
+            self.grounding = Grounding.build(
+                cfg.grounding,
                 d,
-                cfg.grounding_tokens,
                 heads=cfg.backbone.text.heads,
-                env_dim=env_dim,
-                keypoints=cfg.grounding_keypoints,
                 cameras=cfg.cameras,
                 embodiments=len(cfg.embodiments) + 1,  # + one for an embodiment the config does not name
             )
             if self.uses_state_token:
-                self.grounding_to_state = nn.Linear(cfg.grounding_tokens * d, w)
-                if cfg.env_state_input:
-                    self.env_state_in = nn.Linear(cfg.env_state_dim, w)
-            elif cfg.env_state_input:
-                raise SpecError(
-                    f"{type(self).__name__}: env_state_input needs a state token (pi0), this model has none"
-                )
+                self.grounding_to_state = nn.Linear(cfg.grounding.tokens * d, w)
+                if cfg.grounding.env_state_input:
+                    self.env_state_in = nn.Linear(cfg.grounding.env_state_dim, w)
         self._loss_terms: dict[str, torch.Tensor] = {}
         self.cross_plan = None
         if cfg.attach == "cross":
@@ -231,6 +201,12 @@ class Pi0Model(ActionModel):
 
     uses_state_token = True  # pi0: the state is a suffix token; pi0.5 writes it into the prompt
     adaptive_time = False  # pi0: time joins each action token; pi0.5: it conditions adaptive RMSNorms
+
+    @classmethod
+    def layer_streams(cls, cfg: Pi0Config) -> list[tuple[int, int]]:
+        """The prefix through the VLM's layers, the suffix (state token + actions) through the expert's."""
+        suffix = cfg.horizon + int(cls.uses_state_token)
+        return [(cfg.prefix_tokens, cfg.backbone.text.width), (suffix, cfg.expert.width)]
 
     def action_width(self, embodiments: list[str]) -> int:
         """Width of the model's action chunks for a batch: the shared head's, or the widest row's."""
@@ -306,7 +282,7 @@ class Pi0Model(ActionModel):
         tok = self.state_in(state.to(dtype), emb)
         if grounding is not None:  # what the instruction picked out of the images, one hop from the actions
             tok = tok + self.grounding_to_state(grounding.flatten(1).to(tok.dtype))
-            if self.cfg.env_state_input:
+            if self.cfg.grounding.env_state_input:
                 facts = self.grounding.predict(grounding).detach()
                 tok = tok + self.env_state_in(facts.to(tok.dtype))
         return tok[:, None]
@@ -381,10 +357,11 @@ class Pi0Model(ActionModel):
         mask = mask.float()
         err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
         loss = err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
-        if self.cfg.env_state_loss and "env_state" in batch:
+        weight = self.cfg.grounding.env_state_loss if self.cfg.grounding is not None else 0.0
+        if weight and "env_state" in batch:
             aux = self.grounding.env_loss(g, batch["env_state"], batch["env_state_valid"])
             self._loss_terms = {"flow_loss": loss.detach().mean(), "env_state_loss": aux.detach().mean()}
-            loss = loss + self.cfg.env_state_loss * aux
+            loss = loss + weight * aux
         return loss
 
     def loss_terms(self) -> dict[str, float]:

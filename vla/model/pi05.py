@@ -13,18 +13,30 @@ Everything else (prefix, KV cache, flow matching, RTC guidance, heads) is pi0's.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 import torch
 from torch import nn
 
 from vla.model.adarms import make_adaptive
 from vla.model.pi0 import Pi0Config, Pi0Model, sincos_time
+from vla.spec import SpecError
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Pi05Config(Pi0Config):
+    kind: ClassVar[str] = "pi05"
+
     max_tokens: int = 200
     prompt_format: str = "pi05"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.grounding is not None and self.grounding.env_state_input:
+            raise SpecError(
+                "pi05: grounding.env_state_input feeds the predicted scene facts into the state token, and "
+                "pi0.5 has none (its state is in the prompt): set env_state_input = false"
+            )
 
 
 class Pi05Model(Pi0Model):

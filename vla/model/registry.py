@@ -1,11 +1,11 @@
-"""The model types, by name: one explicit dict from a preset's `type` to its config dataclass and
-its `ActionModel` class (vla.model.contract). Adding a type is one line in MODEL_TYPES."""
+"""The model types, by name: one explicit dict from a preset's `type` to its config dataclass (a
+vla.model.contract.ModelConfig) and its `ActionModel` class. Adding a type is one line in MODEL_TYPES."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from vla.model.contract import ActionModel
+from vla.model.contract import ActionModel, ModelConfig
 from vla.model.fast_policy import FastConfig, FastModel
 from vla.model.pi0 import Pi0Config, Pi0Model
 from vla.model.pi05 import Pi05Config, Pi05Model
@@ -15,13 +15,14 @@ from vla.spec import SpecError
 @dataclass(frozen=True)
 class ModelType:
     name: str
-    config: type  # frozen dataclass built from a preset's [model] table (+ embodiments from the data)
+    config: type[ModelConfig]  # built from a preset's [model] table (+ embodiments from the data)
     model: type[ActionModel]
 
-    def make_config(self, d: dict, **overrides):
-        """A preset's [model] table (or a checkpoint's resolved config) -> the config dataclass."""
+    def make_config(self, d: dict, **overrides) -> ModelConfig:
+        """A preset's [model] table (or a checkpoint's resolved config, in any layout it was
+        written in: the type's `from_dict` maps older ones) -> the config dataclass."""
         try:
-            cfg = self.config(**d)
+            cfg = self.config.from_dict(d)
         except TypeError as e:  # unknown or missing field: the message names it
             raise SpecError(f"{self.name} model config: {e}") from None
         return replace(cfg, **overrides) if overrides else cfg

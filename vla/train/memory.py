@@ -138,14 +138,6 @@ def _saved_bytes(mt, cfg, text_vocab: int, lora, freeze: str, batch: int) -> int
     return sum(kept.values())
 
 
-def _depths(cfg, gemma: int, vision: int):
-    bb = cfg.backbone
-    changes = {"backbone": replace(bb, text=replace(bb.text, depth=gemma), vision_depth=vision)}
-    if hasattr(cfg, "expert"):
-        changes["expert"] = replace(cfg.expert, depth=gemma)
-    return replace(cfg, **changes)
-
-
 def _units(model: nn.Module) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """FSDP units as vla.train.fsdp makes them -> ([(elements, trainable)] per layer unit, root)."""
     from vla.train.fsdp import _decoder_units, _vision_layers
@@ -205,9 +197,9 @@ def estimate(
 
 
 def _activations(mt, cfg, text_vocab: int, lora, freeze: str, b: int, grad_checkpoint: bool) -> float:
-    s11 = _saved_bytes(mt, _depths(cfg, 1, 1), text_vocab, lora, freeze, b)
-    gemma = _saved_bytes(mt, _depths(cfg, 2, 1), text_vocab, lora, freeze, b) - s11
-    vision = _saved_bytes(mt, _depths(cfg, 1, 2), text_vocab, lora, freeze, b) - s11
+    s11 = _saved_bytes(mt, cfg.with_depths(1, 1), text_vocab, lora, freeze, b)
+    gemma = _saved_bytes(mt, cfg.with_depths(2, 1), text_vocab, lora, freeze, b) - s11
+    vision = _saved_bytes(mt, cfg.with_depths(1, 2), text_vocab, lora, freeze, b) - s11
     rest = s11 - gemma - vision
     depth, vdepth = cfg.backbone.text.depth, cfg.backbone.vision_depth
     if not grad_checkpoint:
@@ -218,11 +210,8 @@ def _activations(mt, cfg, text_vocab: int, lora, freeze: str, b: int, grad_check
 
 
 def layer_streams(mt, cfg) -> list[tuple[int, int]]:
-    """(tokens per sample, width) of each stream through the decoder layers: pi0's prefix (the
-    images of every camera slot + text) and suffix (state token + actions); FAST's one sequence
-    (prefix + state token + action tokens)."""
-    prefix = cfg.cameras * cfg.backbone.tokens_per_image + cfg.max_tokens
-    if not hasattr(cfg, "expert"):
-        return [(prefix + 1 + cfg.max_action_tokens, cfg.backbone.text.width)]
-    suffix = cfg.horizon + int(getattr(mt.model, "uses_state_token", True))
-    return [(prefix, cfg.backbone.text.width), (suffix, cfg.expert.width)]
+    """(tokens per sample, width) of each stream through the decoder layers, as the model type
+    states them (vla.model.contract.ActionModel.layer_streams): pi0's prefix (the images of every
+    camera slot + text + any grounding tokens) and suffix (state token + actions); FAST's one
+    sequence (prefix + state token + action tokens)."""
+    return mt.model.layer_streams(cfg)
