@@ -179,6 +179,38 @@ def default_embodiment(cfg, stats: dict | None, image_size: int) -> Embodiment:
     )
 
 
+def _preset_for(src: Path, kind: str, preset: str | Path | Preset | None) -> Preset:
+    """The given preset (it must be of the source's type), or the type's default preset with what the
+    source's own config says of the geometry."""
+    if preset is None:
+        base = load_preset(DEFAULT_PRESETS[kind])
+        p = load_preset(DEFAULT_PRESETS[kind], {"model": _merge(base.model, source_geometry(src))})
+    else:
+        p = preset if isinstance(preset, Preset) else load_preset(preset)
+    if p.type != kind:
+        raise SpecError(
+            f"{src} is a {kind} checkpoint, but preset {p.name!r} is {p.type}: use --preset "
+            f"{DEFAULT_PRESETS[kind]} (or another {kind} preset)"
+        )
+    return p
+
+
+def _check_published_layout(cfg, preset_name: str) -> None:
+    """The published pi0 / pi0.5 weights fit only a PaliGemma backbone with a jointly attending expert
+    and openpi's shared head."""
+    if cfg.backbone.family != "paligemma" or cfg.attach != "joint":
+        raise SpecError(
+            f"preset {preset_name!r} has a {cfg.backbone.family!r} backbone with attach={cfg.attach!r}; the "
+            "published pi0 / pi0.5 weights need a PaliGemma backbone with a jointly attending expert "
+            "(pi0-paligemma / pi05-paligemma)"
+        )
+    if not cfg.shared_head_dim:
+        raise SpecError(
+            f"preset {preset_name!r} has per-embodiment heads; the published weights need openpi's convention "
+            "(shared_head_dim = 32 in [model])"
+        )
+
+
 def convert(
     src: str | Path,
     out: str | Path,
@@ -198,16 +230,7 @@ def convert(
     named = source_type(src)
     if named and named != kind:
         raise SpecError(f"{src}: config.json says {named} but the weights are {kind}")
-    if preset is None:  # the default preset, with what the source's own config says of the geometry
-        base = load_preset(DEFAULT_PRESETS[kind])
-        p = load_preset(DEFAULT_PRESETS[kind], {"model": _merge(base.model, source_geometry(src))})
-    else:
-        p = preset if isinstance(preset, Preset) else load_preset(preset)
-    if p.type != kind:
-        raise SpecError(
-            f"{src} is a {kind} checkpoint, but preset {p.name!r} is {p.type}: use --preset "
-            f"{DEFAULT_PRESETS[kind]} (or another {kind} preset)"
-        )
+    p = _preset_for(src, kind, preset)
     renamed, unmatched = rename(weights, RULES[(layout, kind)], strip=prefix)
     if unmatched:
         raise SpecError(
@@ -219,17 +242,7 @@ def convert(
     found = find_foreign_stats(src, asset_id=asset_id)
     raw_stats, stats_from = found if found else (None, None)
     cfg0 = mt.make_config(p.model)
-    if cfg0.backbone.family != "paligemma" or cfg0.attach != "joint":
-        raise SpecError(
-            f"preset {p.name!r} has a {cfg0.backbone.family!r} backbone with attach={cfg0.attach!r}; the "
-            "published pi0 / pi0.5 weights need a PaliGemma backbone with a jointly attending expert "
-            "(pi0-paligemma / pi05-paligemma)"
-        )
-    if not cfg0.shared_head_dim:
-        raise SpecError(
-            f"preset {p.name!r} has per-embodiment heads; the published weights need openpi's convention "
-            "(shared_head_dim = 32 in [model])"
-        )
+    _check_published_layout(cfg0, p.name)
     emb = load_embodiment(embodiment) if embodiment else default_embodiment(cfg0, raw_stats, cfg0.backbone.image_size)
     if raw_stats:
         for key, dim in ((STATE, emb.state_dim), (ACTION, emb.action_dim)):
