@@ -143,8 +143,8 @@ def test_init_refuses_a_checkpoint_whose_geometry_contradicts_the_preset(convert
     p.write_text(text.replace("depth = 2\nmlp = 48", "depth = 2\nmlp = 64").replace("horizon = 5", "horizon = 7"))
     with pytest.raises(
         SpecError,
-        match=r"geometry contradicts preset 'wide' \(model.expert.mlp: preset 64, checkpoint "
-        r"48; model.horizon: preset 7, checkpoint 5\)",
+        match=r"geometry contradicts preset 'wide' \(model.horizon: preset 7, checkpoint 5; "
+        r"model.expert.mlp: preset 64, checkpoint 48\)",
     ):
         train(load_preset(p), [str(store)], tmp_path / "ft", init=converted, progress=False)
     assert not (tmp_path / "ft").exists()
