@@ -5,7 +5,7 @@ from typer.testing import CliRunner
 from vla.cli import app
 from vla.data import EpisodeStore
 from vla.data.synthetic import write_synthetic
-from vla.spec import load_embodiment
+from vla.resources import load_embodiment
 
 from helpers import FIXTURES
 

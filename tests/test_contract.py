@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint, CheckpointError, build_from_checkpoint
 from vla.model.contract import ActionModel, ActionSample
+from vla.model.interop.checkpoint import Checkpoint, CheckpointError, build_from_checkpoint
 from vla.model.registry import MODEL_TYPES, model_type
 from vla.spec import SpecError
 

@@ -12,10 +12,10 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _loaders():
     from vla.config import load_preset
+    from vla.resources import load_embodiment
     from vla.runtime.launch import load_launch
     from vla.sim.collect import load_recipe
     from vla.sim.suites import load_suite
-    from vla.spec import load_embodiment
 
     return {
         "preset": load_preset,

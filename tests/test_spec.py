@@ -2,7 +2,8 @@ import math
 
 import pytest
 
-from vla.spec import ACTION, STATE, Embodiment, SpecError, image_key, load_embodiment
+from vla.resources import load_embodiment
+from vla.spec import ACTION, STATE, Embodiment, SpecError, image_key
 
 from helpers import tiny_embodiment
 

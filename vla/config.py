@@ -2,7 +2,7 @@
 
 A preset has four parts, each handed to the component that owns it:
     type, norm_mode         which policy, which normalization (zscore for pi0, quantile for FAST)
-    [model]                 the policy config (vla.model.pi0.Pi0Config / fast_policy.FastConfig)
+    [model]                 the policy config (vla.model.pi0.model.Pi0Config / fast_policy.FastConfig)
     [text]                  text tokenizer (vocab_size, or pretrained dir)
     [train]                 vla.train.trainer.TrainConfig
 The type is looked up in vla.model.registry.MODEL_TYPES (an unknown type is refused there,

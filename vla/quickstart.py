@@ -94,7 +94,7 @@ def _inspect(demos: Path, out: Path) -> None:
 
 
 def _training_summary(ckpt: Path) -> dict:
-    from vla.model.checkpoint import Checkpoint
+    from vla.model.interop.checkpoint import Checkpoint
 
     cfg = Checkpoint(ckpt, verify=False).resolved
     metrics = [json.loads(x) for x in (ckpt / "metrics.jsonl").read_text().splitlines() if x.strip()]

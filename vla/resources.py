@@ -24,7 +24,7 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from vla.spec import SpecError, read_toml
+from vla.spec import Embodiment, SpecError, read_toml
 
 log = logging.getLogger(__name__)
 
@@ -117,3 +117,17 @@ def load_toml(name_or_path: str | Path, kind: str) -> tuple[dict, Path]:
         k = _kind(kind)
         raise SpecError(f"{k.file_noun} not found: {p}; built-in {k.plural} (pass the name) are {builtin_names(kind)}")
     return read_toml(p, _kind(kind).file_noun), p
+
+
+def embodiment_dir() -> Path:
+    """The folder of built-in embodiment TOMLs (envs/embodiments/, installed with the package)."""
+    return content_dir("envs/embodiments")
+
+
+def load_embodiment(name_or_path: str | Path) -> Embodiment:
+    """Load an embodiment by built-in name (envs/embodiments/<name>.toml) or TOML path."""
+    d, p = load_toml(name_or_path, "embodiment")
+    try:
+        return Embodiment.from_dict(d)
+    except SpecError as e:
+        raise SpecError(f"{p}: {e}") from None

@@ -201,24 +201,6 @@ class Embodiment:
             raise SpecError(f"{path}: {e}") from None
 
 
-def embodiment_dir() -> Path:
-    """The folder of built-in embodiment TOMLs (envs/embodiments/, installed with the package)."""
-    from vla.resources import content_dir  # vla.resources imports this module
-
-    return content_dir("envs/embodiments")
-
-
-def load_embodiment(name_or_path: str | Path) -> Embodiment:
-    """Load an embodiment by built-in name (envs/embodiments/<name>.toml) or TOML path."""
-    from vla.resources import load_toml  # vla.resources imports this module
-
-    d, p = load_toml(name_or_path, "embodiment")
-    try:
-        return Embodiment.from_dict(d)
-    except SpecError as e:
-        raise SpecError(f"{p}: {e}") from None
-
-
 class PolicyLike(Protocol):
     """What evaluation and the control loop drive: a checkpoint policy, a remote client, or a scripted expert.
 

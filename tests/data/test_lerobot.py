@@ -10,7 +10,8 @@ from vla.data.edit import merge_stores
 from vla.data.lerobot_export import VLA_INFO_KEY, VLA_SUCCESS, export_lerobot
 from vla.data.lerobot_import import LeRobotFormatError, import_lerobot
 from vla.data.synthetic import write_synthetic
-from vla.spec import ACTION, STATE, TIMESTAMP, SpecError, image_key, load_embodiment
+from vla.resources import load_embodiment
+from vla.spec import ACTION, STATE, TIMESTAMP, SpecError, image_key
 
 from helpers import FIXTURES, make_frame
 

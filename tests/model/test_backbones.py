@@ -9,10 +9,10 @@ import pytest
 import torch
 from transformers import PaliGemmaConfig, PaliGemmaForConditionalGeneration, SiglipVisionConfig
 
-from vla.model.attention import joint_forward, make_attn_mask
-from vla.model.backbone import FAMILIES, Backbone, BackboneConfig, GemmaSize
-from vla.model.backbones import BACKBONES
+from vla.model.backbones import BACKBONES, Backbone
+from vla.model.backbones.config import FAMILIES, BackboneConfig, GemmaSize
 from vla.model.backbones.qwen_vl import patchify
+from vla.model.layers.attention import joint_forward, make_attn_mask
 from vla.spec import SpecError
 
 V = 120  # vocabulary of the tiny models; the image placeholder id is V - 1

@@ -8,8 +8,8 @@ import torch
 from safetensors.torch import load_file, save_file
 from transformers import PI0Config, PI0ForConditionalGeneration
 
-from vla.model.checkpoint import Checkpoint, build_from_checkpoint
-from vla.model.convert import convert
+from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
+from vla.model.interop.convert import convert
 from vla.spec import SpecError
 
 IMAGE, PATCH, VOCAB, H = 28, 14, 300, 5
@@ -387,7 +387,7 @@ def _hf_batch(vla: dict, tpi: int, image_token: int):
 
 
 def test_export_loads_in_transformers_with_the_same_actions(converted, tmp_path):
-    from vla.model.export import export_weights
+    from vla.model.interop.export import export_weights
 
     _, outs, _ = converted
     exported = export_weights(outs["hub"], tmp_path / "hf")
@@ -410,7 +410,7 @@ def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
     from vla.config import load_preset
     from vla.data import EpisodeStore
     from vla.data.synthetic import write_synthetic
-    from vla.model.export import export_weights
+    from vla.model.interop.export import export_weights
     from vla.train.trainer import train
 
     from helpers import tiny_embodiment
@@ -448,7 +448,7 @@ def test_export_of_per_embodiment_heads_pads_one_embodiment(tmp_path):
 
 
 def test_pi05_export_is_lerobots_layout_and_reproduces_the_reference(converted_pi05, tmp_path):
-    from vla.model.export import export_weights
+    from vla.model.interop.export import export_weights
 
     from model import pi_reference as ref
 
@@ -508,7 +508,7 @@ def test_transformers_pi0_dir_converts_with_its_own_geometry(tmp_path):
 
 
 def test_lerobot_config_geometry_is_read(tmp_path):
-    from vla.model.convert import source_geometry
+    from vla.model.interop.convert import source_geometry
 
     d = tmp_path
     (d / "config.json").write_text(
@@ -542,7 +542,7 @@ def test_old_lerobot_normalization_buffers_are_not_weights(tmp_path, converted):
 
 
 def test_convert_and_export_refuse_other_backbones_clearly(tmp_path, converted):
-    from vla.model.export import export_weights
+    from vla.model.interop.export import export_weights
 
     ref, _, _ = converted
     with pytest.raises(SpecError, match="'smolvlm' backbone .* need a PaliGemma backbone"):

@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from vla.model.fast import FastTokenizer, dct_matrix, relaxed_coefficients
-from vla.model.fast_policy import ActionVocab, FastConfig, FastPolicy, fast_to_lm_row, lm_ids_to_fast
+from vla.model.fast.model import ActionVocab, FastConfig, FastPolicy, fast_to_lm_row, lm_ids_to_fast
+from vla.model.fast.tokenizer import FastTokenizer, dct_matrix, relaxed_coefficients
 from vla.spec import SpecError
 
 from model.tiny_configs import tiny_backbone

@@ -1,13 +1,13 @@
-"""Grounding tokens (early fusion) and the env-state auxiliary loss (vla.model.grounding)."""
+"""Grounding tokens (early fusion) and the env-state auxiliary loss (vla.model.grounding.tokens)."""
 
 import numpy as np
 import pytest
 import torch
 
 from vla.data.stats import KeyStats
-from vla.model.grounding import GroundingConfig
-from vla.model.pi0 import Pi0Model
-from vla.model.pi05 import Pi05Config, Pi05Model
+from vla.model.grounding.tokens import GroundingConfig
+from vla.model.pi0.model import Pi0Model
+from vla.model.pi0.pi05 import Pi05Config, Pi05Model
 from vla.model.transforms import Transforms
 from vla.spec import ENV_STATE, SpecError
 

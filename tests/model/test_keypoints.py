@@ -1,11 +1,11 @@
-"""Instruction-conditioned spatial-softmax keypoints (vla.model.keypoints) and their grounding path."""
+"""Instruction-conditioned spatial-softmax keypoints (vla.model.grounding.keypoints) and their grounding path."""
 
 import pytest
 import torch
 
-from vla.model.grounding import GroundingConfig
-from vla.model.keypoints import Keypoints, spatial_softmax
-from vla.model.pi0 import Pi0Model
+from vla.model.grounding.keypoints import Keypoints, spatial_softmax
+from vla.model.grounding.tokens import GroundingConfig
+from vla.model.pi0.model import Pi0Model
 from vla.spec import SpecError
 
 from model.tiny_configs import tiny_pi0

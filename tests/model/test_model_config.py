@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint, CheckpointConfig, build_from_checkpoint, save_checkpoint
 from vla.model.contract import ModelConfig
-from vla.model.grounding import FLAT_FIELDS, GroundingConfig
+from vla.model.grounding.tokens import FLAT_FIELDS, GroundingConfig
+from vla.model.interop.checkpoint import Checkpoint, CheckpointConfig, build_from_checkpoint, save_checkpoint
 from vla.model.registry import MODEL_TYPES, model_type
 from vla.spec import Camera, Dim, Embodiment, SpecError
 

@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import torch
 
-from vla.model.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
-from vla.model.backbone import GemmaSize
-from vla.model.pi0 import Pi0Policy
+from vla.model.backbones.config import GemmaSize
+from vla.model.layers.attention import fuse_for_inference, joint_forward, make_attn_mask, positions_from_valid
+from vla.model.pi0.model import Pi0Policy
 from vla.spec import SpecError
 
 from model.tiny_configs import tiny_pi0
@@ -143,7 +143,8 @@ def test_inconsistent_sizes_fail_at_construction():
 
 
 def test_vision_positions_start_as_2d_sincos_of_row_and_column():
-    from vla.model.backbone import Backbone, sincos_2d
+    from vla.model.backbones import Backbone
+    from vla.model.layers.positions import sincos_2d
 
     from model.tiny_configs import tiny_backbone
 

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from vla.config import load_preset
-from vla.model.attention import fuse_for_inference
-from vla.model.backbone import GemmaSize
-from vla.model.fast_policy import ActionVocab, FastConfig, FastModel
-from vla.model.pi0 import Pi0Config, Pi0Model
-from vla.model.pi05 import Pi05Config, Pi05Model
+from vla.model.backbones.config import GemmaSize
+from vla.model.fast.model import ActionVocab, FastConfig, FastModel
+from vla.model.layers.attention import fuse_for_inference
+from vla.model.pi0.model import Pi0Config, Pi0Model
+from vla.model.pi0.pi05 import Pi05Config, Pi05Model
 from vla.spec import SpecError
 
 TINY = ("pi0-smolvlm2-tiny", "pi0-qwen25vl-tiny", "pi0-moe-tiny")
@@ -177,7 +177,7 @@ def test_fast_decodes_on_new_backbones(name):
     assert all(64 <= i < 84 or i == m.vocab.eos_id for row in ids for i in row)
     # Without the cache: the whole [prefix][ACT][ids so far] sequence every step, argmax of the last.
     with torch.no_grad():
-        from vla.model.attention import joint_forward, make_attn_mask
+        from vla.model.layers.attention import joint_forward, make_attn_mask
 
         allowed = m.vocab.allowed("a")
         for row, want in enumerate(ids):

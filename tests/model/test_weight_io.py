@@ -1,4 +1,4 @@
-"""Loading with one copy of the weights (vla.model.weight_io): the file's tensors become the
+"""Loading with one copy of the weights (vla.model.interop.weight_io): the file's tensors become the
 parameters, read into fresh memory; the model's own parameters are never allocated."""
 
 import threading
@@ -9,9 +9,15 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint, CheckpointConfig, CheckpointError, build_from_checkpoint, save_checkpoint
+from vla.model.interop.checkpoint import (
+    Checkpoint,
+    CheckpointConfig,
+    CheckpointError,
+    build_from_checkpoint,
+    save_checkpoint,
+)
+from vla.model.interop.weight_io import params_on_meta, read_safetensors
 from vla.model.registry import model_type
-from vla.model.weight_io import params_on_meta, read_safetensors
 from vla.spec import Camera, Dim, Embodiment
 
 

@@ -1,5 +1,5 @@
-from vla.model.backbone import BackboneConfig, GemmaSize
-from vla.model.pi0 import Pi0Config
+from vla.model.backbones.config import BackboneConfig, GemmaSize
+from vla.model.pi0.model import Pi0Config
 
 
 def tiny_backbone(**kw) -> BackboneConfig:

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
 from vla.model.registry import model_type
 from vla.runtime.policy import load_policy
 from vla.spec import SpecError

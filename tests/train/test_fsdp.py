@@ -181,7 +181,7 @@ def test_checkpoints_with_a_scalar_log_temperature_load_and_resume(tmp_path, two
     checkpoints written then still serve, initialize and resume, as their [1] counterparts do."""
     import shutil
 
-    from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+    from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
     from vla.train.init import load_init_weights
 
     preset = cpu_sized("pi0-tiny")

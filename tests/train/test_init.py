@@ -12,8 +12,8 @@ from safetensors.torch import load_file, save_file
 
 from vla.config import load_preset
 from vla.data.lerobot_import import import_lerobot
-from vla.model.checkpoint import Checkpoint
-from vla.model.convert import convert
+from vla.model.interop.checkpoint import Checkpoint
+from vla.model.interop.convert import convert
 from vla.model.text import TextTokenizer
 from vla.spec import SpecError
 from vla.train.trainer import train

@@ -5,7 +5,7 @@ import numpy as np
 from vla.bench.learn import TARGETS, judge_targets, plot_curves, task_pools
 from vla.config import load_preset
 from vla.data import EpisodeStore
-from vla.model.checkpoint import Checkpoint
+from vla.model.interop.checkpoint import Checkpoint
 from vla.train.trainer import snapshot_path, train
 
 from helpers import make_frame, tiny_embodiment

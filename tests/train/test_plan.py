@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint
+from vla.model.interop.checkpoint import Checkpoint
 from vla.spec import SpecError
 from vla.train.config import UNCAPPED_STEPS, train_config
 from vla.train.plan import plan_fresh, plan_from_init, plan_resume

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint
+from vla.model.interop.checkpoint import Checkpoint
 from vla.spec import SpecError
 from vla.train.trainer import train
 

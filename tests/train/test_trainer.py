@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file
 
 from vla.config import load_preset
-from vla.model.checkpoint import Checkpoint, CheckpointError
+from vla.model.interop.checkpoint import Checkpoint, CheckpointError
 from vla.runtime.policy import load_policy
 from vla.spec import SpecError
 from vla.train.trainer import TrainConfig, lr_at, train

@@ -36,7 +36,8 @@ from vla.data.lerobot_import import import_lerobot
 from vla.data.sampler import WindowDataset, make_loader
 from vla.data.store import EpisodeStore
 from vla.data.synthetic import CameraFrames, write_synthetic
-from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, image_key, load_embodiment
+from vla.resources import load_embodiment
+from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, image_key
 
 
 def run(

@@ -49,7 +49,7 @@ def _camera_frames() -> torch.Tensor:
 
 def _pi0(preset_name: str, threads: int, reps: int, compile: bool) -> dict:
     from vla.config import load_preset
-    from vla.model.cross_attention import expert_context
+    from vla.model.layers.cross_attention import expert_context
     from vla.model.registry import model_type
     from vla.model.transforms import resize_with_pad
 
@@ -158,8 +158,8 @@ def _sizes(preset_name: str) -> dict:
 
 def _fast(preset_name: str, threads: int, reps: int, tokens: int) -> dict:
     from vla.config import load_preset
-    from vla.model.attention import fuse_for_inference
-    from vla.model.fast_policy import ActionVocab, FastModel
+    from vla.model.fast.model import ActionVocab, FastModel
+    from vla.model.layers.attention import fuse_for_inference
     from vla.model.registry import model_type
     from vla.model.transforms import resize_with_pad
 

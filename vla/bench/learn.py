@@ -116,7 +116,7 @@ def reliance_probe(
 
     from vla.data.sampler import WindowDataset, collate_windows
     from vla.data.store import EpisodeStore
-    from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+    from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
     from vla.spec import EMBODIMENT, SpecError
 
     model, tf, _ = build_from_checkpoint(Checkpoint(ckpt))
@@ -245,7 +245,7 @@ def grounding_error(ckpt: str | Path, store: str | Path, *, windows: int = 48, s
 
     from vla.data.sampler import WindowDataset, collate_windows
     from vla.data.store import EpisodeStore
-    from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+    from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
     from vla.spec import ENV_STATE, SpecError
 
     model, tf, cfg = build_from_checkpoint(Checkpoint(ckpt))
@@ -411,7 +411,7 @@ def run(
     from dataclasses import replace
 
     from vla.config import load_preset
-    from vla.model.checkpoint import Checkpoint
+    from vla.model.interop.checkpoint import Checkpoint
     from vla.sim import collect
     from vla.sim.collect import load_recipe
     from vla.sim.suites import load_suite

@@ -17,7 +17,7 @@ The target: that peak <= 1.2x the bytes of model.safetensors (the process's own 
 and the libraries, included). Reported beside it: the peak after the runtime's
 `prepare_for_inference` (what `vla serve` holds), which fuses q/k/v and gate/up into copies only
 for models of up to vla.model.contract.FUSE_MAX_PARAMS parameters (a CPU latency trade for small
-models, vla.model.attention.FusedLayer), so a full-size pi0 serves at its loading peak.
+models, vla.model.layers.attention.FusedLayer), so a full-size pi0 serves at its loading peak.
 """
 
 from __future__ import annotations
@@ -197,8 +197,8 @@ def _build(size: str, src: str, ckpt: str) -> dict:
     import torch
 
     from vla.config import load_preset
-    from vla.model.checkpoint import CheckpointConfig, save_checkpoint
-    from vla.model.convert import DEFAULT_PRESETS, default_embodiment, source_geometry
+    from vla.model.interop.checkpoint import CheckpointConfig, save_checkpoint
+    from vla.model.interop.convert import DEFAULT_PRESETS, default_embodiment, source_geometry
     from vla.model.registry import model_type
 
     t0 = time.perf_counter()
@@ -244,7 +244,7 @@ def _build_transformers(size: str, src: str) -> dict:
 
 
 def _convert(src: str, ckpt: str) -> dict:
-    from vla.model.convert import convert
+    from vla.model.interop.convert import convert
 
     t0 = time.perf_counter()
     convert(src, ckpt)
@@ -254,7 +254,7 @@ def _convert(src: str, ckpt: str) -> dict:
 def _load(ckpt: str) -> dict:
     import torch
 
-    from vla.model.checkpoint import Checkpoint, build_from_checkpoint
+    from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
 
     baseline = _status("VmRSS")
     t0 = time.perf_counter()

@@ -147,7 +147,7 @@ def eval_command(
             check_output(videos, "a folder of eval videos", own=_videos_folder, overwrite=True, flag="--videos")
         cfg = load_suite(suite)
         if Path(policy).is_dir() and workers > 1:  # loaded in the workers: check its robots here first
-            from vla.model.checkpoint import Checkpoint
+            from vla.model.interop.checkpoint import Checkpoint
 
             check_policy_robots(Checkpoint(policy, verify=False).embodiments, cfg, image_size or cfg.image_size)
     except _sim_errors() as e:

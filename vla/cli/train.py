@@ -182,7 +182,7 @@ def tokenizer_fit(
     chunks: int = typer.Option(2000, help="Chunks sampled per embodiment."),
 ):
     """Fit FAST (DCT + scale/round + BPE) on a store's quantile-normalized action chunks; report quality."""
-    from vla.model.fast_fit import fit_store
+    from vla.model.fast.fit import fit_store
     from vla.outputs import check_output
 
     try:

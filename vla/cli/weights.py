@@ -39,7 +39,7 @@ def convert_command(
 
     Every tensor's shape is checked against the preset; stats come from the source (LeRobot's
     policy_preprocessor.json or openpi's assets/<id>/norm_stats.json) when present."""
-    from vla.model.convert import convert
+    from vla.model.interop.convert import convert
 
     if out.exists():
         fail(f"{out} exists: choose a new directory")
@@ -57,7 +57,7 @@ def export_weights_command(
 ):
     """Write a checkpoint's weights for other tools: pi0 as a transformers PI0 dir
     (PI0ForConditionalGeneration.from_pretrained(OUT)), pi0.5 in LeRobot's pi05 layout."""
-    from vla.model.export import export_weights
+    from vla.model.interop.export import export_weights
 
     try:
         path = export_weights(ckpt, out, embodiment=embodiment)

@@ -47,7 +47,8 @@ from vla.data.frame_files import StoreError
 from vla.data.lerobot_export import VLA_INFO_KEY, VLA_SUCCESS
 from vla.data.store import EpisodeStore
 from vla.data.video import VideoCursor, decode_png
-from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key, load_embodiment
+from vla.resources import load_embodiment
+from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Camera, Dim, Embodiment, SpecError, image_key
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ model type is one config dataclass + one `ActionModel` subclass + one line in
 Data-derived pieces beyond weights (FAST's action tokenizers) are the type's *assets*:
 fitted once at the start of training (`fit_assets`), saved beside the weights
 (`save_assets` / `load_assets`), and turned into worker-side training targets
-(`action_targets`). Model-side batch keys are named in `vla.model.pi0`'s docstring.
+(`action_targets`). Model-side batch keys are named in `vla.model.pi0.model`'s docstring.
 
 Every type's config derives from `ModelConfig`: the fields all types have (backbone, horizon,
 camera slots, token budget, embodiments ...) with their checks, and what the rest of the stack
@@ -33,7 +33,7 @@ from typing import Any, Callable, ClassVar
 import torch
 from torch import nn
 
-from vla.model.backbone import BackboneConfig
+from vla.model.backbones.config import BackboneConfig
 from vla.model.transforms import PROMPT_FORMATS
 from vla.spec import SpecError
 
@@ -102,7 +102,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, d: dict) -> "ModelConfig":
         """A preset's [model] table or a checkpoint's config.json "policy.config" -> the config.
-        A type whose layout changed maps its older layouts here (vla.model.pi0.Pi0Config)."""
+        A type whose layout changed maps its older layouts here (vla.model.pi0.model.Pi0Config)."""
         return cls(**d)
 
     def to_dict(self) -> dict:
@@ -244,7 +244,7 @@ class ActionModel(nn.Module):
         Fusion keeps merged copies of the projections beside the originals; it pays where kernel
         launches bound the latency (small models), so a model of over FUSE_MAX_PARAMS parameters
         is left unfused: a full-size pi0 would otherwise serve at 1.55x its weights' memory."""
-        from vla.model.attention import fuse_for_inference
+        from vla.model.layers.attention import fuse_for_inference
 
         if sum(p.numel() for p in self.parameters()) > FUSE_MAX_PARAMS:
             return

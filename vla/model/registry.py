@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 
 from vla.model.contract import ActionModel, ModelConfig
-from vla.model.fast_policy import FastConfig, FastModel
-from vla.model.pi0 import Pi0Config, Pi0Model
-from vla.model.pi05 import Pi05Config, Pi05Model
+from vla.model.fast.model import FastConfig, FastModel
+from vla.model.pi0.model import Pi0Config, Pi0Model
+from vla.model.pi0.pi05 import Pi05Config, Pi05Model
 from vla.spec import SpecError
 
 

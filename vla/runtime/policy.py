@@ -25,8 +25,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from vla.model.checkpoint import Checkpoint, build_from_checkpoint
 from vla.model.device import resolve_device
+from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
 from vla.spec import EMBODIMENT, STATE, TASK, SpecError, image_key
 
 log = logging.getLogger(__name__)

@@ -11,8 +11,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from vla.resources import content_dir
-from vla.spec import Embodiment, SpecError, load_embodiment
+from vla.resources import content_dir, load_embodiment
+from vla.spec import Embodiment, SpecError
 
 ENVS_DIR = content_dir("envs")  # MJCF in robots/, embodiment TOMLs in embodiments/ (installed with the package)
 

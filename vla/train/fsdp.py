@@ -7,7 +7,7 @@ Units, one all-gather / reduce-scatter each:
     every vision encoder layer
     the root: everything else (token embedding, patch embedding, projector, heads, time MLP,
     final norms), gathered at the start of the step and kept until its end
-vla runs the decoder layers itself (vla.model.attention calls `q_proj`, `mlp`, the norms ...,
+vla runs the decoder layers itself (vla.model.layers.attention calls `q_proj`, `mlp`, the norms ...,
 never a layer's own forward), so a unit is the list of the modules that are called:
 `fully_shard([...])` gathers on the first call and frees after the last. FSDP re-gathers a
 grouped unit for the backward when the gradient of the *last-called* module's output arrives,

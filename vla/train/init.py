@@ -19,9 +19,9 @@ from dataclasses import fields, is_dataclass, replace
 import torch
 
 from vla.config import Preset
-from vla.model.checkpoint import Checkpoint
+from vla.model.interop.checkpoint import Checkpoint
+from vla.model.interop.layout import match_module_keys
 from vla.model.text import TextTokenizer
-from vla.model.weight_layout import match_module_keys
 from vla.spec import SpecError
 
 log = logging.getLogger(__name__)

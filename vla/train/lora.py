@@ -18,7 +18,7 @@ ones); everything else trains unless `freeze` says otherwise (vla.train.freeze).
 
 Adapters are injected into the model in place (`peft.inject_adapter_in_model`): each targeted
 `nn.Linear` becomes a PEFT `lora.Linear` that is called exactly as before, so vla's own layer
-code (vla.model.attention) runs it unchanged. Checkpoints hold the merged weights
+code (vla.model.layers.attention) runs it unchanged. Checkpoints hold the merged weights
 (W + scaling * B @ A) in the plain key layout, so serving needs no PEFT; the adapter itself is
 saved beside them in PEFT's file names (`adapter_model.safetensors`, `adapter_config.json`).
 """
@@ -36,7 +36,7 @@ from torch import nn
 from vla.spec import SpecError
 
 GEMMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
-# Where each stack lives in a flow-matching model (vla.model.pi0 / pi05).
+# Where each stack lives in a flow-matching model (vla.model.pi0.model / pi05).
 STACK_PATHS = {"backbone": "backbone.language_model", "expert": "expert", "vision": "backbone.vision_tower"}
 ADAPTER = "default"  # PEFT's adapter name
 

@@ -23,7 +23,7 @@ from vla.config import Preset
 from vla.data.sampler import WindowDataset
 from vla.data.stats import NormStats, compute_norm_stats
 from vla.data.store import EpisodeStore
-from vla.model.checkpoint import Checkpoint, CheckpointConfig
+from vla.model.interop.checkpoint import Checkpoint, CheckpointConfig
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import Transforms, build_transforms

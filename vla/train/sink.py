@@ -1,4 +1,4 @@
-"""Where a run's output goes: the checkpoint at OUT (vla.model.checkpoint.save_checkpoint: atomic),
+"""Where a run's output goes: the checkpoint at OUT (vla.model.interop.checkpoint.save_checkpoint: atomic),
 its snapshots `<out>@<s>s`, and the files each checkpoint carries (metrics.jsonl, loss.png, the
 LoRA adapter). Those live in a private scratch folder until each save copies them into the
 checkpoint, and the folder goes with the run: nothing is ever left beside OUT.
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Callable
 
 from vla.data.stats import NormStats
-from vla.model.checkpoint import CheckpointConfig, save_checkpoint
+from vla.model.interop.checkpoint import CheckpointConfig, save_checkpoint
 from vla.model.text import TextTokenizer
 from vla.train.trainee import Trainee
 

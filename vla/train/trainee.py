@@ -79,7 +79,7 @@ class Trainee:
             self._load(state)
 
     def _vision_checkpointing(self, model: nn.Module) -> None:
-        """The trainer's gradient checkpointing covers the Gemma layers (vla.model.attention); a
+        """The trainer's gradient checkpointing covers the Gemma layers (vla.model.layers.attention); a
         trainable SigLIP tower is checkpointed per layer too (transformers' own mechanism)."""
         tower = getattr(getattr(model, "backbone", None), "vision_tower", None)
         if not self.tcfg.grad_checkpoint or tower is None or not any(p.requires_grad for p in tower.parameters()):

@@ -4,8 +4,8 @@ BACKBONES is the one explicit registry from `BackboneConfig.family` to its adapt
 
 from __future__ import annotations
 
-from vla.model.backbone import FAMILIES
 from vla.model.backbones.base import Prefix, VLMBackbone, family_of
+from vla.model.backbones.config import FAMILIES, BackboneConfig
 from vla.model.backbones.paligemma import PaliGemmaBackbone
 from vla.model.backbones.qwen_vl import Qwen3VLBackbone, Qwen3VLMoeBackbone, Qwen25VLBackbone
 from vla.model.backbones.smolvlm import SmolVLMBackbone
@@ -23,4 +23,13 @@ def backbone_class(family: str) -> type[VLMBackbone]:
     return BACKBONES[family]
 
 
-__all__ = ["BACKBONES", "Prefix", "VLMBackbone", "backbone_class", "family_of"]
+def Backbone(cfg: BackboneConfig, vocab_size: int | None = None, *, lm_head: bool = False):  # noqa: N802 (the old class name)
+    """The backbone adapter for `cfg.family` (vla.model.backbones.base.VLMBackbone).
+
+    vocab_size: rows of the token embedding (the text tokenizer's vocabulary, plus FAST's action
+    ids); a pretrained embedding with fewer rows grows. lm_head: keep the family's LM head for
+    decoding (FAST); a tied head reads the token embedding."""
+    return backbone_class(cfg.family)(cfg, vocab_size, lm_head=lm_head)
+
+
+__all__ = ["BACKBONES", "Backbone", "Prefix", "VLMBackbone", "backbone_class", "family_of"]

@@ -3,7 +3,7 @@
     encode_images(pixels [b, c, 3, S, S] in [-1, 1]) -> image tokens [b, c * p, d] (+ DeepStack features)
     embed_tokens(ids [b, l])                           -> text tokens [b, l, d]
     embed_prefix(images, image_mask, tokens, token_mask) -> Prefix: tokens, validity, RoPE positions
-    language_model                                     the decoder stack vla.model.attention drives:
+    language_model                                     the decoder stack vla.model.layers.attention drives:
                                                        `.layers` (q/k/v/o projections, optional q/k
                                                        norms, norms, `mlp(x)`), `.norm`, `.rotary_emb`
     rope(like, positions) -> (cos, sin)                RoPE tables for the positions of a Prefix (or
@@ -12,7 +12,7 @@
                                                        action expert, in the family's layer style
     logits(hidden)                                     the LM head (FAST)
 
-Running the prefix and returning per-layer keys/values is `vla.model.attention.joint_forward`
+Running the prefix and returning per-layer keys/values is `vla.model.layers.attention.joint_forward`
 with `keep_kv=True` on `language_model` (pi0's cached sampling and the cross-attention expert
 both read that cache).
 
@@ -35,7 +35,7 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vla.model.backbone import FAMILIES, BackboneConfig, GemmaSize
+from vla.model.backbones.config import FAMILIES, BackboneConfig, GemmaSize
 from vla.spec import SpecError
 
 log = logging.getLogger(__name__)

@@ -14,8 +14,9 @@ import torch
 from torch import nn
 from transformers import GemmaModel, SiglipVisionConfig, SiglipVisionModel
 
-from vla.model.backbone import GemmaSize, sincos_2d
 from vla.model.backbones.base import VLMBackbone
+from vla.model.backbones.config import GemmaSize
+from vla.model.layers.positions import sincos_2d
 
 
 class PaliGemmaBackbone(VLMBackbone):

@@ -23,9 +23,10 @@ import torch
 from torch import nn
 from transformers import LlamaModel
 
-from vla.model.backbone import GemmaSize, sincos_2d
 from vla.model.backbones.base import VLMBackbone, mrope_sections
+from vla.model.backbones.config import GemmaSize
 from vla.model.backbones.smolvlm import llama_config
+from vla.model.layers.positions import sincos_2d
 from vla.spec import SpecError
 
 TEMPORAL_PATCH = 2

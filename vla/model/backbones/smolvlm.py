@@ -17,8 +17,9 @@ import torch
 from torch import nn
 from transformers import LlamaConfig, LlamaModel, SmolVLMConfig, SmolVLMForConditionalGeneration, SmolVLMModel
 
-from vla.model.backbone import GemmaSize, sincos_2d
 from vla.model.backbones.base import VLMBackbone
+from vla.model.backbones.config import GemmaSize
+from vla.model.layers.positions import sincos_2d
 from vla.spec import SpecError
 
 

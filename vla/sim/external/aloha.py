@@ -14,10 +14,11 @@ import types
 import gymnasium as gym
 import numpy as np
 
+from vla.resources import load_embodiment
 from vla.sim.env import check_action
 from vla.sim.external.common import CameraRenderer, action_space, observation_space, strip_render_costs
 from vla.sim.robots import ENVS_DIR
-from vla.spec import STATE, TASK, SpecError, image_key, load_embodiment
+from vla.spec import STATE, TASK, SpecError, image_key
 
 TASKS = {"transfer-cube": "transfer_cube", "insertion": "insertion"}
 INSTRUCTIONS = {

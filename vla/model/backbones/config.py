@@ -2,7 +2,7 @@
 
     images -> vision tower (-> projector) -> image tokens   [b, c * p, d]
     token ids -> the decoder's token embedding          -> text tokens    [b, l, d]
-    both -> the decoder layers (run by vla.model.attention, jointly with an action expert)
+    both -> the decoder layers (run by vla.model.layers.attention, jointly with an action expert)
 
 Families (vla.model.backbones, one file each, one small interface in backbones/base.py):
     paligemma     SigLIP -> linear projector -> Gemma (pi0 / pi0.5 as published)
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-import torch
 from transformers import GemmaConfig
 
 from vla.spec import SpecError
@@ -177,29 +176,3 @@ class BackboneConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sincos_2d(grid: int, width: int) -> torch.Tensor:
-    """[grid * grid, width] position table, row-major patches: the first half of the channels
-    encodes the patch row, the second half its column, each as sines and cosines of geometric
-    frequencies (periods from 2 pi patches up to about 2 pi * grid patches)."""
-    if width % 4:
-        raise SpecError(f"sincos_2d: width {width} must be a multiple of 4")
-    q = width // 4
-    freqs = 1.0 / (grid ** (torch.arange(q, dtype=torch.float64) / q))
-    pos = torch.arange(grid, dtype=torch.float64)[:, None] * freqs[None]  # [grid, q]
-    axis = torch.cat([pos.sin(), pos.cos()], dim=1)  # [grid, 2q]
-    rows = axis[:, None, :].expand(grid, grid, 2 * q)
-    cols = axis[None, :, :].expand(grid, grid, 2 * q)
-    return torch.cat([rows, cols], dim=-1).reshape(grid * grid, width).float()
-
-
-def Backbone(cfg: BackboneConfig, vocab_size: int | None = None, *, lm_head: bool = False):  # noqa: N802 (the old class name)
-    """The backbone adapter for `cfg.family` (vla.model.backbones.base.VLMBackbone).
-
-    vocab_size: rows of the token embedding (the text tokenizer's vocabulary, plus FAST's action
-    ids); a pretrained embedding with fewer rows grows. lm_head: keep the family's LM head for
-    decoding (FAST); a tied head reads the token embedding."""
-    from vla.model.backbones import backbone_class
-
-    return backbone_class(cfg.family)(cfg, vocab_size, lm_head=lm_head)

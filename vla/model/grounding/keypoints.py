@@ -12,7 +12,7 @@ instruction picks what fires (FiLM, as RT-1 conditions its vision encoder):
     maps      = 1x1 conv -> M heatmaps, softmax over the pixels
     keypoints = per heatmap: expected x, y in [-1, 1] and its peak (log-mean-exp of the logits)
 
-The result, [b, c * M * 3] with absent camera slots zeroed, is what vla.model.grounding turns into
+The result, [b, c * M * 3] with absent camera slots zeroed, is what vla.model.grounding.tokens turns into
 grounding tokens (with the embodiment's own bias, since each robot's cameras sit elsewhere).
 """
 

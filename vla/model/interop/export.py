@@ -1,7 +1,7 @@
 """`vla export-weights`: a vla pi0 / pi0.5 checkpoint -> weights other tools load.
 
     pi0   a transformers PI0 directory: config.json (PI0Config) + model.safetensors in the
-          openpi / LeRobot key layout (vla.model.weight_layout), which
+          openpi / LeRobot key layout (vla.model.interop.layout), which
           `PI0ForConditionalGeneration.from_pretrained(OUT)` loads with no missing or unexpected
           keys (transformers renames that layout itself) and LeRobot / openpi read as well
     pi0.5 model.safetensors in LeRobot's pi05 layout + a small config.json naming the geometry
@@ -22,8 +22,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from vla.model.checkpoint import Checkpoint
-from vla.model.weight_layout import TO_LEROBOT, rename
+from vla.model.interop.checkpoint import Checkpoint
+from vla.model.interop.layout import TO_LEROBOT, rename
 from vla.outputs import set_modes
 from vla.spec import SpecError
 
@@ -100,7 +100,7 @@ def pi0_config_dict(cfg, text_vocab: int, width: int) -> dict:
 
 
 def _refuse_grounding(path: Path, model_type: str, cfg) -> None:
-    """The published layouts have no grounding tokens or keypoint stem (vla.model.grounding), and
+    """The published layouts have no grounding tokens or keypoint stem (vla.model.grounding.tokens), and
     the actions depend on them: dropping them would export a different policy."""
     g = cfg.grounding
     if g is None:

@@ -10,7 +10,7 @@ import numpy as np
 from vla.data.sampler import WindowDataset
 from vla.data.stats import compute_norm_stats
 from vla.data.store import EpisodeStore
-from vla.model.fast import FastTokenizer
+from vla.model.fast.tokenizer import FastTokenizer
 from vla.spec import ACTION
 
 

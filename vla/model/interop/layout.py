@@ -12,7 +12,7 @@
         model.vlm.{vision_tower, multi_modal_projector.linear, language_model}.*, model.dit.*,
         embed_action_time.{state_proj, action_in_proj, action_time_mlp_in, action_time_mlp_out},
         action_out_proj
-    vla (vla.model.pi0 / pi05 with a shared head)
+    vla (vla.model.pi0.model / pi05 with a shared head)
         backbone.{vision_tower, projector, language_model}.*, expert.*,
         state_in.linear, action_in.linear, action_out.linear, time_mlp_in, time_mlp_out
 

@@ -29,11 +29,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from vla.model.attention import joint_forward, make_attn_mask
-from vla.model.backbone import Backbone
+from vla.model.backbones import Backbone
 from vla.model.contract import COUNT_PREFIX, ActionModel, ActionSample, ModelConfig, example_inputs, int_at_least
-from vla.model.fast import FastTokenizer, relaxed_coefficients
-from vla.model.heads import EmbodimentLinear
+from vla.model.fast.tokenizer import FastTokenizer, relaxed_coefficients
+from vla.model.layers.attention import joint_forward, make_attn_mask
+from vla.model.layers.heads import EmbodimentLinear
 from vla.spec import ACTION, SpecError
 
 log = logging.getLogger(__name__)

@@ -28,11 +28,11 @@ from safetensors.torch import save_file
 
 from vla.data.frame_files import StoreError
 from vla.data.stats import NormStats, load_stats, save_stats
+from vla.model.interop.layout import canonical_keys, match_module_keys
+from vla.model.interop.weight_io import assign_weights, params_on_meta, read_safetensors
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import build_transforms
-from vla.model.weight_io import assign_weights, params_on_meta, read_safetensors
-from vla.model.weight_layout import canonical_keys, match_module_keys
 from vla.outputs import describe, is_checkpoint, is_free, set_modes
 from vla.spec import Embodiment, SpecError
 
@@ -205,7 +205,7 @@ class Checkpoint:
         self.embodiments = self.resolved.embodiments
 
     def weights(self) -> dict[str, torch.Tensor]:
-        """{key: tensor}, each read into its own fresh memory (vla.model.weight_io: no mapping of
+        """{key: tensor}, each read into its own fresh memory (vla.model.interop.weight_io: no mapping of
         the file stays behind, nothing is held twice)."""
         try:
             return read_safetensors(self.path / "model.safetensors")
@@ -307,7 +307,7 @@ def _explain_mismatch(mt, rc: CheckpointConfig, vocab: int, assets: dict, weight
     """One line naming the config.json field that contradicts the weights: of the fields whose
     value is one of the differing sizes, the one whose change to the file's size makes the most
     shapes agree (models rebuilt on the meta device: no memory, no time)."""
-    from vla.model.weight_io import params_on_meta
+    from vla.model.interop.weight_io import params_on_meta
 
     key, want, got = wrong[0]
     base = rc.model.to_dict()

@@ -27,8 +27,8 @@ import torch.nn.functional as F
 from torch import nn
 from transformers.models.gemma.modeling_gemma import repeat_kv, rotate_half
 
-from vla.model.adarms import apply_norm
-from vla.model.attention import KVCache, _out_mlp, _qkv
+from vla.model.layers.adarms import apply_norm
+from vla.model.layers.attention import KVCache, _out_mlp, _qkv
 
 
 @dataclass(frozen=True)
@@ -50,7 +50,7 @@ def adapt_expert(expert: nn.Module, plan: CrossPlan, vlm_kv_width: int) -> None:
     for layer, is_self in zip(expert.layers, plan.is_self):
         if is_self:
             continue
-        layer._vla_cross = True  # FusedLayer leaves it alone (vla.model.attention.fusable)
+        layer._vla_cross = True  # FusedLayer leaves it alone (vla.model.layers.attention.fusable)
         attn = layer.self_attn
         for name in ("k_proj", "v_proj"):
             old = getattr(attn, name)

@@ -2,19 +2,19 @@
 
 The backbone is any family of vla.model.backbones (PaliGemma as published, SmolVLM2, Qwen-VL,
 a mixture-of-experts Qwen3-VL). The expert attaches by `attach`:
-    "joint"  pi0: every layer attends jointly over prefix + suffix (vla.model.attention); the
+    "joint"  pi0: every layer attends jointly over prefix + suffix (vla.model.layers.attention); the
              expert needs the backbone's depth, head count, kv-head count and head dim
     "cross"  SmolVLA: the expert reads the VLM's per-layer keys/values, by cross-attention in most
              layers and joint-style self-attention in every `self_attn_every`-th
-             (vla.model.cross_attention); its width and depth are free (depth divides the VLM's)
+             (vla.model.layers.cross_attention); its width and depth are free (depth divides the VLM's)
 
-Token layout (see vla.model.attention for the mask rule):
+Token layout (see vla.model.layers.attention for the mask rule):
     prefix = [image tokens of every camera slot][language tokens]   ar = 0 (bidirectional)
     suffix = [state token][h action tokens]                          ar = 1, 1, 0, 0, ...
 The prefix never sees the suffix, so at inference the prefix KV cache is computed once per
 observation and reused by every denoising step.
 
-One optional component that the published pi0 has not: `grounding` (vla.model.grounding, a
+One optional component that the published pi0 has not: `grounding` (vla.model.grounding.tokens, a
 preset's [model.grounding]; None as published) adds early-fusion grounding tokens at the end of
 the prefix and a projection of them to the state token.
 
@@ -39,13 +39,13 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vla.model.attention import attn_bias, joint_forward, make_attn_mask, rope
-from vla.model.backbone import Backbone, GemmaSize
-from vla.model.backbones import Prefix
+from vla.model.backbones import Backbone, Prefix
+from vla.model.backbones.config import GemmaSize
 from vla.model.contract import ActionModel, ActionSample, ModelConfig, int_at_least
-from vla.model.cross_attention import CrossPlan, adapt_expert, expert_context, expert_forward
-from vla.model.grounding import Grounding, GroundingConfig, grounding_from_flat
-from vla.model.heads import make_head
+from vla.model.grounding.tokens import Grounding, GroundingConfig, grounding_from_flat
+from vla.model.layers.attention import attn_bias, joint_forward, make_attn_mask, rope
+from vla.model.layers.cross_attention import CrossPlan, adapt_expert, expert_context, expert_forward
+from vla.model.layers.heads import make_head
 from vla.spec import SpecError
 
 
@@ -75,7 +75,7 @@ class Pi0Config(ModelConfig):
     # attach = "cross": expert layers 0, n, 2n, ... self-attend jointly, the others cross-attend
     # (SmolVLA: 2); 0: every layer cross-attends.
     self_attn_every: int = 2
-    # Early fusion (vla.model.grounding), a preset's [model.grounding]: grounding tokens pooled
+    # Early fusion (vla.model.grounding.tokens), a preset's [model.grounding]: grounding tokens pooled
     # from the image tokens by the instruction join the prefix; None is pi0 as published.
     grounding: GroundingConfig | None = None
 
@@ -99,7 +99,7 @@ class Pi0Config(ModelConfig):
     @classmethod
     def from_dict(cls, d: dict) -> "Pi0Config":
         """As ModelConfig.from_dict; a dict in the layout before [model.grounding] (the grounding
-        fields flat in [model]) is mapped by vla.model.grounding.grounding_from_flat."""
+        fields flat in [model]) is mapped by vla.model.grounding.tokens.grounding_from_flat."""
         return cls(**grounding_from_flat(d, cls.kind))
 
     @property
@@ -175,7 +175,7 @@ class Pi0Model(ActionModel):
         self.time_mlp_in = nn.Linear(w if self.adaptive_time else 2 * w, w)
         self.time_mlp_out = nn.Linear(w, w)
         self._embodiment_ids = {n: i for i, n in enumerate(sorted(cfg.embodiments))}
-        self.grounding = None  # the optional research component (vla.model.grounding)
+        self.grounding = None  # the optional research component (vla.model.grounding.tokens)
         if cfg.grounding is not None:
             d = self.backbone.width
             self.grounding = Grounding.build(
@@ -368,7 +368,7 @@ class Pi0Model(ActionModel):
         return {k: float(v) for k, v in self._loss_terms.items()}
 
     def _cross_masks(self, p: Prefix, s_ar: torch.Tensor, like: torch.Tensor) -> dict:
-        """Masks and RoPE tables of attach = "cross" (vla.model.cross_attention.expert_forward)."""
+        """Masks and RoPE tables of attach = "cross" (vla.model.layers.cross_attention.expert_forward)."""
         ls = s_ar.shape[1]
         s_valid = torch.ones(s_ar.shape, dtype=torch.bool, device=s_ar.device)
         seen = p.valid[:, None, :].expand(-1, ls, -1)  # every real prefix token

@@ -20,7 +20,7 @@ grounding tokens, so the vision tower and the instruction pool learn to find the
 from a regression gradient instead of only through the flow-matching loss. Policies never read
 ENV_STATE: at inference the tokens are computed from images and instruction alone.
 
-With a keypoint stem (`keypoints = M`, vla.model.keypoints) the queries also carry where the
+With a keypoint stem (`keypoints = M`, vla.model.grounding.keypoints) the queries also carry where the
 instruction-conditioned heatmaps of every camera peak, through an MLP with a per-embodiment bias
 (each robot's cameras sit elsewhere, so the same pixel means another place).
 
@@ -37,7 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from vla.model.keypoints import Keypoints
+from vla.model.grounding.keypoints import Keypoints
 from vla.spec import SpecError
 
 
@@ -45,7 +45,7 @@ from vla.spec import SpecError
 class GroundingConfig:
     tokens: int  # K grounding tokens that join the prefix (and, in pi0, the state token)
     # M > 0: the queries also carry M instruction-conditioned spatial-softmax keypoints per camera
-    # from a small conv stem (vla.model.keypoints); 0: image tokens only.
+    # from a small conv stem (vla.model.grounding.keypoints); 0: image tokens only.
     keypoints: int = 0
     # Weight of the auxiliary loss that regresses the training-only scene facts
     # (vla.spec.ENV_STATE, z-scored) from the grounding tokens; rows without them add nothing.

@@ -1,9 +1,9 @@
 """pi0.5: pi0's layout with the flow time in adaptive norms and the state in the prompt.
 
-Differences from pi0 (vla.model.pi0), as in the published pi0.5 weights:
+Differences from pi0 (vla.model.pi0.model), as in the published pi0.5 weights:
     suffix  = [h action tokens] = action_in(x_t)                     ar = 1, 0, 0, ... (no state token)
     time    = swish(time_mlp_out(swish(time_mlp_in(sincos(t)))))   [b, w], both layers [w, w]
-    expert  every RMSNorm is adaptive under that condition (vla.model.adarms), and each
+    expert  every RMSNorm is adaptive under that condition (vla.model.layers.adarms), and each
             residual branch is scaled by the norm's gate
     prompt  "Task: <instruction>, State: <256-bin discretized state>;\\nAction: " (the state
             enters only as text; vla.model.transforms, prompt_format "pi05"), quantile norm.
@@ -18,8 +18,8 @@ from typing import ClassVar
 import torch
 from torch import nn
 
-from vla.model.adarms import make_adaptive
-from vla.model.pi0 import Pi0Config, Pi0Model, sincos_time
+from vla.model.layers.adarms import make_adaptive
+from vla.model.pi0.model import Pi0Config, Pi0Model, sincos_time
 from vla.spec import SpecError
 
 

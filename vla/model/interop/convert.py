@@ -8,7 +8,7 @@
          prompt) that vla train --init, eval, serve and run take
 
 Nothing is instantiated: the preset's model is built on the meta device for its key set and
-shapes, every source tensor is renamed (vla.model.weight_layout) and checked against them,
+shapes, every source tensor is renamed (vla.model.interop.layout) and checked against them,
 and the checkpoint is written through save_checkpoint (a temp dir renamed into place, so a
 failed conversion leaves nothing). Without stats the checkpoint still converts (a fine-tune
 computes them); serving it is refused. Without a tokenizer the model runs on token ids.
@@ -25,12 +25,13 @@ from safetensors import safe_open
 
 from vla.config import Preset, load_preset
 from vla.data.foreign_stats import find_foreign_stats
-from vla.model.checkpoint import CheckpointConfig, save_checkpoint
+from vla.model.interop.checkpoint import CheckpointConfig, save_checkpoint
+from vla.model.interop.layout import RULES, detect, group_keys, rename
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
-from vla.model.weight_layout import RULES, detect, group_keys, rename
 from vla.outputs import is_checkpoint
-from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, SpecError, load_embodiment
+from vla.resources import load_embodiment
+from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
 

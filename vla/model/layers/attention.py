@@ -28,7 +28,7 @@ from transformers import GemmaModel
 from transformers.activations import GELUTanh, SiLUActivation
 from transformers.models.gemma.modeling_gemma import GemmaRMSNorm, apply_rotary_pos_emb, repeat_kv
 
-from vla.model.adarms import AdaRMSNorm, apply_norm, gated
+from vla.model.layers.adarms import AdaRMSNorm, apply_norm, gated
 
 KVCache = list[tuple[torch.Tensor, torch.Tensor]]  # per layer: k, v [b, kv_heads, l, head_dim]
 
@@ -127,7 +127,7 @@ def fusable(layer) -> tuple[float, str] | None:
     attn, mlp, norms = layer.self_attn, layer.mlp, (layer.input_layernorm, layer.post_attention_layernorm)
     if getattr(attn, "q_norm", None) is not None or attn.o_proj.bias is not None:
         return None
-    if getattr(layer, "_vla_cross", False):  # a cross-attention layer (vla.model.cross_attention)
+    if getattr(layer, "_vla_cross", False):  # a cross-attention layer (vla.model.layers.cross_attention)
         return None
     if not all(hasattr(mlp, k) for k in ("gate_proj", "up_proj", "down_proj")) or any(
         getattr(mlp, k).bias is not None for k in ("gate_proj", "up_proj", "down_proj")
