@@ -55,8 +55,10 @@ class GemmaSize:
         if self.heads % self.kv_heads:
             raise SpecError(f"GemmaSize: heads ({self.heads}) must be a multiple of kv_heads ({self.kv_heads})")
 
-    def gemma_config(self, vocab_size: int) -> GemmaConfig:
-        return GemmaConfig(
+    def decoder_fields(self, vocab_size: int) -> dict:
+        """The transformers config fields every family's decoder takes from this size (Gemma,
+        Llama, Qwen2/3 text configs name them alike); each family adds its own (activation, RoPE)."""
+        return dict(
             vocab_size=vocab_size,
             hidden_size=self.width,
             intermediate_size=self.mlp,
@@ -65,9 +67,14 @@ class GemmaSize:
             num_key_value_heads=self.kv_heads,
             head_dim=self.head_dim,
             max_position_embeddings=8192,
+            **self.init_kwargs(),
+        )
+
+    def gemma_config(self, vocab_size: int) -> GemmaConfig:
+        return GemmaConfig(
+            **self.decoder_fields(vocab_size),
             hidden_activation="gelu_pytorch_tanh",
             attn_implementation="sdpa",
-            **({"initializer_range": self.init_std} if self.init_std else {}),
         )
 
     def init_kwargs(self) -> dict:

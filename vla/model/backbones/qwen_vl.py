@@ -64,20 +64,7 @@ class QwenVLBackbone(VLMBackbone):
         }
         if self.interleaved_mrope:
             rope["mrope_interleaved"] = True
-        return dict(
-            vocab_size=vocab_size,
-            hidden_size=t.width,
-            intermediate_size=t.mlp,
-            num_hidden_layers=t.depth,
-            num_attention_heads=t.heads,
-            num_key_value_heads=t.kv_heads,
-            head_dim=t.head_dim,
-            max_position_embeddings=8192,
-            rope_parameters=rope,
-            bos_token_id=None,
-            eos_token_id=None,
-            **t.init_kwargs(),
-        )
+        return dict(t.decoder_fields(vocab_size), rope_parameters=rope, bos_token_id=None, eos_token_id=None)
 
     def vision_config(self) -> dict:
         """The vision tower's config fields both Qwen-VL generations share; each adds its own."""

@@ -25,18 +25,10 @@ from vla.spec import SpecError
 
 def llama_config(size: GemmaSize, vocab_size: int, rope_theta: float, **kw) -> LlamaConfig:
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=size.width,
-        intermediate_size=size.mlp,
-        num_hidden_layers=size.depth,
-        num_attention_heads=size.heads,
-        num_key_value_heads=size.kv_heads,
-        head_dim=size.head_dim,
-        max_position_embeddings=8192,
+        **size.decoder_fields(vocab_size),
         rms_norm_eps=1e-5,
         rope_parameters={"rope_type": "default", "rope_theta": rope_theta},
         attn_implementation="sdpa",
-        **size.init_kwargs(),
         **kw,
     )
 
