@@ -41,7 +41,7 @@ def run(
         mt = model_type(p.type)
         tcfg = TrainConfig(**p.train)
         probe = mt.make_config(p.model)
-        dims = getattr(probe, "shared_head_dim", 0) or 32
+        dims = probe.padded_dim or 32
         cfg = mt.make_config(p.model, embodiments={"robot": (dims, dims)})
         rows = []
         for s in setups or default_setups():

@@ -332,5 +332,5 @@ def build_transforms(
         delta_actions=cfg.delta_actions,
         targets=model_cls.action_targets(cfg, assets, vocab),
         prompt_format=cfg.prompt_format,
-        padded_dim=getattr(cfg, "shared_head_dim", 0),
+        padded_dim=cfg.padded_dim,
     )

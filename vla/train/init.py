@@ -75,7 +75,7 @@ def init_config(ck: Checkpoint, preset: Preset, mt):
             f"--init {ck.path}: its geometry contradicts preset {preset.name!r} ({rows}). "
             "Use a preset that matches the checkpoint (e.g. the one it was converted with)."
         )
-    return replace(got, **{k: getattr(want, k) for k in FROM_PRESET if hasattr(want, k)})
+    return replace(got, **{f.name: getattr(want, f.name) for f in fields(want) if f.name in FROM_PRESET})
 
 
 def init_inputs(ck: Checkpoint, preset: Preset, embodiments: dict) -> tuple[TextTokenizer, dict, dict]:
