@@ -175,9 +175,13 @@ def _fused(layer) -> "FusedLayer | None":
     return None if torch.is_grad_enabled() else getattr(layer, "_vla_fused", None)
 
 
-def _qkv(layer, h, cos, sin, cond=None):
-    """-> q [b, heads, l, hd], k, v [b, kv_heads, l, hd] (RoPE applied), and the attention
-    residual's gate (adaptive norms only, else None)."""
+def layer_qkv(layer, h, cos, sin, cond=None):
+    """A decoder layer's attention inputs for hidden states h [b, l, d].
+
+    -> q [b, heads, l, hd], k, v [b, kv_heads, l, hd] (RoPE applied), and the attention
+    residual's gate (adaptive norms only, else None). Uses the layer's fused form when one is
+    attached and grad is off. Shared by joint attention and cross-attention.
+    """
     b, n, _ = h.shape
     f = _fused(layer)
     if f is None:
@@ -200,7 +204,11 @@ def _qkv(layer, h, cos, sin, cond=None):
     )
 
 
-def _out_mlp(layer, h, seg, cond=None, attn_gate=None):
+def layer_out_mlp(layer, h, seg, cond=None, attn_gate=None):
+    """The rest of a decoder layer after attention: h [b, l, d] plus the output projection of
+    the attention output seg [b, l, heads * hd] (gated by attn_gate), then the post-attention
+    norm and MLP residual. cond: the adaptive-norm condition or None. -> [b, l, d].
+    """
     f = _fused(layer)
     if f is None:
         h = h + gated(layer.self_attn.o_proj(seg), attn_gate)
@@ -241,7 +249,7 @@ def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv, conds):
     stream the adaptive-norm condition or None."""
     qs, ks, vs, gates = [], [], [], []
     for stack, h, (cos, sin), cond in zip(stacks, hs, cos_sin, conds):
-        q, k, v, gate = _qkv(stack.layers[layer_idx], h, cos, sin, cond)
+        q, k, v, gate = layer_qkv(stack.layers[layer_idx], h, cos, sin, cond)
         qs.append(q), ks.append(k), vs.append(v), gates.append(gate)
     q, k, v = (torch.cat(x, 2) if len(x) > 1 else x[0] for x in (qs, ks, vs))
     if past_kv is not None:
@@ -254,7 +262,7 @@ def _layer(stacks, hs, layer_idx, cos_sin, bias, past_kv, keep_kv, conds):
     for stack, h, cond, gate in zip(stacks, hs, conds, gates):
         seg = out[:, start : start + h.shape[1]]
         start += h.shape[1]
-        new_hs.append(_out_mlp(stack.layers[layer_idx], h, seg, cond, gate))
+        new_hs.append(layer_out_mlp(stack.layers[layer_idx], h, seg, cond, gate))
     return new_hs, ((k, v) if keep_kv else None)
 
 

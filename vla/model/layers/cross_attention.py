@@ -28,7 +28,7 @@ from torch import nn
 from transformers.models.gemma.modeling_gemma import repeat_kv, rotate_half
 
 from vla.model.layers.adarms import apply_norm
-from vla.model.layers.attention import KVCache, _out_mlp, _qkv
+from vla.model.layers.attention import KVCache, layer_out_mlp, layer_qkv
 
 
 @dataclass(frozen=True)
@@ -112,12 +112,12 @@ def expert_forward(
     self_rope / cross_rope: (cos, sin) of the suffix's positions after the prefix / from 0."""
     for layer, ctx, is_self in zip(expert.layers, context, plan.is_self):
         if is_self:
-            q, k, v, gate = _qkv(layer, h, *self_rope, cond)
+            q, k, v, gate = layer_qkv(layer, h, *self_rope, cond)
             k, v, bias = torch.cat([ctx[0], k], 2), torch.cat([ctx[1], v], 2), self_bias
         else:
             q, gate = _query(layer, h, *cross_rope, cond)
             (k, v), bias = ctx, cross_bias
         groups = q.shape[1] // k.shape[1]
         out = F.scaled_dot_product_attention(q, repeat_kv(k, groups), repeat_kv(v, groups), attn_mask=bias)
-        h = _out_mlp(layer, h, out.transpose(1, 2).flatten(2), cond, gate)
+        h = layer_out_mlp(layer, h, out.transpose(1, 2).flatten(2), cond, gate)
     return apply_norm(expert.norm, h, cond)[0]
