@@ -36,6 +36,7 @@ import torch
 from torch import nn
 
 from vla.model.backbones.config import FAMILIES, BackboneConfig, GemmaSize
+from vla.model.layers.positions import sincos_2d
 from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -143,6 +144,27 @@ class VLMBackbone(nn.Module):
         raise NotImplementedError
 
     # ---- shared ----
+    def siglip_vision_fields(self) -> dict:
+        """A SigLIP-style tower's config fields from the preset (PaliGemma's SigLIP, SmolVLM's tower)."""
+        cfg = self.cfg
+        return dict(
+            hidden_size=cfg.vision_width,
+            intermediate_size=cfg.vision_mlp,
+            num_hidden_layers=cfg.vision_depth,
+            num_attention_heads=cfg.vision_heads,
+            image_size=cfg.image_size,
+            patch_size=cfg.patch_size,
+        )
+
+    def _set_vision_tower(self, tower: nn.Module, positions: nn.Embedding | None) -> None:
+        """Keep a randomly initialized vision tower; its learned patch position table (None where the
+        tower has only rotary positions, Qwen2.5-VL) starts as `cfg.vision_pos_init` says."""
+        self.vision_tower = tower
+        if positions is not None and self.cfg.vision_pos_init == "sincos":
+            grid = self.cfg.image_size // self.cfg.patch_size
+            with torch.no_grad():
+                positions.weight.copy_(sincos_2d(grid, self.cfg.vision_width))
+
     @property
     def width(self) -> int:
         return self.language_model.config.hidden_size

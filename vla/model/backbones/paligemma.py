@@ -16,7 +16,6 @@ from transformers import GemmaModel, SiglipVisionConfig, SiglipVisionModel
 
 from vla.model.backbones.base import VLMBackbone
 from vla.model.backbones.config import GemmaSize
-from vla.model.layers.positions import sincos_2d
 
 
 class PaliGemmaBackbone(VLMBackbone):
@@ -24,21 +23,9 @@ class PaliGemmaBackbone(VLMBackbone):
 
     def _build(self, vocab_size: int, lm_head: bool) -> None:
         cfg = self.cfg
-        vis = SiglipVisionConfig(
-            hidden_size=cfg.vision_width,
-            intermediate_size=cfg.vision_mlp,
-            num_hidden_layers=cfg.vision_depth,
-            num_attention_heads=cfg.vision_heads,
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-            vision_use_head=False,
-            attn_implementation="sdpa",
-        )
-        self.vision_tower = SiglipVisionModel(vis)
-        if cfg.vision_pos_init == "sincos":
-            with torch.no_grad():
-                grid = cfg.image_size // cfg.patch_size
-                self.vision_tower.embeddings.position_embedding.weight.copy_(sincos_2d(grid, cfg.vision_width))
+        vis = SiglipVisionConfig(**self.siglip_vision_fields(), vision_use_head=False, attn_implementation="sdpa")
+        tower = SiglipVisionModel(vis)
+        self._set_vision_tower(tower, tower.embeddings.position_embedding)
         self.projector = nn.Linear(cfg.vision_width, cfg.text.width)
         self.language_model = GemmaModel(cfg.text.gemma_config(vocab_size))
 

@@ -26,7 +26,6 @@ from transformers import LlamaModel
 from vla.model.backbones.base import VLMBackbone, mrope_sections
 from vla.model.backbones.config import GemmaSize
 from vla.model.backbones.smolvlm import llama_config
-from vla.model.layers.positions import sincos_2d
 from vla.spec import SpecError
 
 TEMPORAL_PATCH = 2
@@ -96,11 +95,8 @@ class QwenVLBackbone(VLMBackbone):
     def _build(self, vocab_size: int, lm_head: bool) -> None:
         _, core_cls, _ = self.hf_classes()
         core = core_cls(self.hf_config(vocab_size))
-        self.vision_tower, self.language_model = core.visual, core.language_model
-        pos = getattr(self.vision_tower, "pos_embed", None)
-        if pos is not None and self.cfg.vision_pos_init == "sincos":
-            with torch.no_grad():
-                pos.weight.copy_(sincos_2d(self.vision_tower.num_grid_per_side, self.cfg.vision_width))
+        self._set_vision_tower(core.visual, getattr(core.visual, "pos_embed", None))  # Qwen3-VL's table only
+        self.language_model = core.language_model
 
     def _load(self, path: Path, lm_head: bool) -> None:
         full = self.hf_classes()[2].from_pretrained(path, local_files_only=True)

@@ -19,7 +19,6 @@ from transformers import LlamaConfig, LlamaModel, SmolVLMConfig, SmolVLMForCondi
 
 from vla.model.backbones.base import VLMBackbone
 from vla.model.backbones.config import GemmaSize
-from vla.model.layers.positions import sincos_2d
 from vla.spec import SpecError
 
 
@@ -40,14 +39,7 @@ class SmolVLMBackbone(VLMBackbone):
         """The transformers config of a randomly initialized backbone of this preset's sizes."""
         cfg = self.cfg
         text = llama_config(cfg.text, vocab_size, cfg.rope_theta).to_dict()
-        vision = dict(
-            hidden_size=cfg.vision_width,
-            intermediate_size=cfg.vision_mlp,
-            num_hidden_layers=cfg.vision_depth,
-            num_attention_heads=cfg.vision_heads,
-            image_size=cfg.image_size,
-            patch_size=cfg.patch_size,
-        )
+        vision = self.siglip_vision_fields()
         return SmolVLMConfig(
             text_config=text,
             vision_config=vision,
@@ -58,11 +50,8 @@ class SmolVLMBackbone(VLMBackbone):
 
     def _build(self, vocab_size: int, lm_head: bool) -> None:
         core = SmolVLMModel(self.hf_config(vocab_size))
-        self.vision_tower, self.projector, self.language_model = core.vision_model, core.connector, core.text_model
-        if self.cfg.vision_pos_init == "sincos":
-            with torch.no_grad():
-                grid = self.cfg.image_size // self.cfg.patch_size
-                self.vision_tower.embeddings.position_embedding.weight.copy_(sincos_2d(grid, self.cfg.vision_width))
+        self._set_vision_tower(core.vision_model, core.vision_model.embeddings.position_embedding)
+        self.projector, self.language_model = core.connector, core.text_model
 
     def _load(self, path: Path, lm_head: bool) -> None:
         full = SmolVLMForConditionalGeneration.from_pretrained(path, local_files_only=True)
