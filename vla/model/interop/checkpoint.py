@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,12 +27,13 @@ from safetensors.torch import save_file
 
 from vla.data.frame_files import StoreError
 from vla.data.stats import NormStats, load_stats, save_stats
+from vla.model.interop.atomic import atomic_dir
 from vla.model.interop.layout import canonical_keys, match_module_keys
 from vla.model.interop.weight_io import assign_weights, params_on_meta, read_safetensors
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.model.transforms import build_transforms
-from vla.outputs import describe, is_checkpoint, is_free, set_modes
+from vla.outputs import describe, is_checkpoint
 from vla.spec import Embodiment, SpecError
 
 FORMAT, VERSION = "vla-checkpoint", 1
@@ -130,6 +130,10 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
+def _not_a_checkpoint(path: Path) -> CheckpointError:
+    return CheckpointError(f"{path} is {describe(path)}, not a vla checkpoint: it is never replaced")
+
+
 def save_checkpoint(
     out: str | Path,
     *,
@@ -142,12 +146,7 @@ def save_checkpoint(
     extra_files: dict[str, Path] | None = None,
 ) -> Path:
     out = Path(out)
-    if out.exists() and not is_free(out) and not is_checkpoint(out):  # only ever replaces a checkpoint
-        raise CheckpointError(f"{out} is {describe(out)}, not a vla checkpoint: it is never replaced")
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, refuse=_not_a_checkpoint, replaces=is_checkpoint) as tmp:  # only ever replaces a checkpoint
         save_file(
             {k: v.detach().contiguous().cpu() for k, v in canonical_keys(weights).items()},
             str(tmp / "model.safetensors"),
@@ -163,15 +162,6 @@ def save_checkpoint(
                 shutil.copy2(src, tmp / name)
         meta = {**config.to_json(), "files": {"model.safetensors": _sha256(tmp / "model.safetensors")}}
         (tmp / "config.json").write_text(json.dumps(meta, indent=2))
-        set_modes(tmp)
-        old = out.with_name(f".{out.name}.old-{os.getpid()}")
-        if out.exists():
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
 
 

@@ -15,16 +15,15 @@ embodiment's heads zero-padded to that width, which gives that embodiment exactl
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
 
+from vla.model.interop.atomic import atomic_dir
 from vla.model.interop.checkpoint import Checkpoint
 from vla.model.interop.layout import TO_LEROBOT, rename
-from vla.outputs import set_modes
 from vla.spec import SpecError
 
 PADDED = 32  # openpi's state / action width
@@ -149,19 +148,9 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
             "note": "LeRobot pi05 weight layout, written by vla export-weights",
         }
 
-    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
+    with atomic_dir(out, refuse=lambda p: SpecError(f"{p} exists: choose a new directory")) as tmp:
         save_file({k: v.contiguous() for k, v in renamed.items()}, str(tmp / "model.safetensors"))
         (tmp / "config.json").write_text(json.dumps(config, indent=2))
         if (ck.path / "tokenizer.json").exists():
             shutil.copy2(ck.path / "tokenizer.json", tmp / "tokenizer.json")
-        if out.exists():
-            raise SpecError(f"{out} exists: choose a new directory")
-        set_modes(tmp)  # safetensors writes 0600, the rest is 0644
-        tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out
