@@ -106,3 +106,13 @@ def test_params_on_meta_holds_for_this_thread_only_and_is_undone():
     assert here.weight.is_meta and here.bias.is_meta
     assert not other[0].weight.is_meta
     assert nn.Module.register_parameter is register and not nn.Linear(2, 2).weight.is_meta
+
+
+def test_vision_key_alias_both_ways():
+    from vla.model.interop.layout import expected_key, match_module_keys, vision_alias
+
+    old, new = "backbone.vision_tower.vision_model.encoder.w", "backbone.vision_tower.encoder.w"
+    assert vision_alias(old) == new and vision_alias(new) == old
+    assert expected_key(new, {old}) == old and expected_key(old, {new}) == new
+    assert expected_key("expert.w", {old}) is None
+    assert list(match_module_keys({new: 1, "expert.w": 2}, {old, "expert.w"})) == [old, "expert.w"]

@@ -26,7 +26,7 @@ from safetensors import safe_open
 from vla.config import Preset, load_preset
 from vla.data.foreign_stats import find_foreign_stats
 from vla.model.interop.checkpoint import CheckpointConfig, save_checkpoint
-from vla.model.interop.layout import RULES, detect, group_keys, rename
+from vla.model.interop.layout import RULES, detect, expected_key, group_keys, rename
 from vla.model.registry import model_type
 from vla.model.text import TextTokenizer
 from vla.outputs import is_checkpoint
@@ -303,12 +303,11 @@ def _match_expected(renamed: dict, expected: dict, preset_name: str) -> dict:
     is an error naming the keys."""
     out, extra = {}, []
     for k, v in renamed.items():
-        if k not in expected:
-            alt = k.replace("vision_tower.", "vision_tower.vision_model.", 1)
-            if alt not in expected:
-                extra.append(k)
-                continue
-            k = alt
+        key = expected_key(k, expected)
+        if key is None:
+            extra.append(k)
+            continue
+        k = key
         if tuple(v.shape) != tuple(expected[k].shape):
             raise SpecError(
                 f"{k}: shape {list(v.shape)} contradicts preset {preset_name!r}, which expects "

@@ -151,21 +151,27 @@ def rename(weights: dict[str, torch.Tensor], rules, *, strip: str = "") -> tuple
     return out, unmatched
 
 
+def vision_alias(key: str) -> str:
+    """The same SigLIP tower key at the other `vision_model.` level (older transformers have it,
+    5.x does not)."""
+    if "vision_tower.vision_model." in key:
+        return key.replace("vision_tower.vision_model.", "vision_tower.", 1)
+    return key.replace("vision_tower.", "vision_tower.vision_model.", 1)
+
+
+def expected_key(key: str, expected) -> str | None:
+    """`key` as `expected` (a module's state_dict keys) spells it: itself or its vision alias;
+    None when neither is there."""
+    if key in expected:
+        return key
+    alt = vision_alias(key)
+    return alt if alt in expected else None
+
+
 def match_module_keys(weights: dict[str, torch.Tensor], expected: set[str]) -> dict[str, torch.Tensor]:
     """Map a vla checkpoint's keys onto a module's: the SigLIP tower with or without its
     `vision_model.` level, whichever `expected` (the module's state_dict keys) uses."""
-    out = {}
-    for k, v in weights.items():
-        if k not in expected:
-            alt = (
-                k.replace("vision_tower.vision_model.", "vision_tower.", 1)
-                if "vision_tower.vision_model." in k
-                else k.replace("vision_tower.", "vision_tower.vision_model.", 1)
-            )
-            if alt in expected:
-                k = alt
-        out[k] = v
-    return out
+    return {expected_key(k, expected) or k: v for k, v in weights.items()}
 
 
 def canonical_keys(weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
