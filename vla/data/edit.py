@@ -25,7 +25,7 @@ import numpy as np
 from vla.data.codecs import ImageCodec
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
-from vla.data.writer import _Lock
+from vla.data.writer import WriterLock
 from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def _locked(stores: Iterable[EpisodeStore]):
     try:
         for s in stores:
             if "://" not in s.path and not any(lk.path.parent == Path(s.path) for lk in locks):
-                lk = _Lock(s.path)
+                lk = WriterLock(s.path)
                 try:
                     lk.acquire()
                 except OSError as e:  # a read-only copy: nobody can be writing it

@@ -330,15 +330,18 @@ class EpisodeStore:
             self._env_dims[embodiment] = int(self._g[path].shape[1]) if path in self._g else None
         return self._env_dims[embodiment]
 
-    def _create_env_state(self, embodiment: str, dim: int) -> zarr.Array:
-        """The writer makes the ENV_STATE array on the first episode that has it; NaN where never written."""
+    def create_env_state(self, embodiment: str, dim: int) -> zarr.Array:
+        """Make the embodiment's empty ENV_STATE array, float32 [0, dim], NaN where never written.
+        The writer (vla.data.writer) calls it on the first episode that carries ENV_STATE, before
+        that episode's commit; undone by drop_env_state if the commit fails."""
         eg = self._g[embodiment]
         arr = eg.create_array(ENV_STATE, shape=(0, dim), chunks=(LOWDIM_CHUNK, dim), **_lowdim_kwargs(np.nan))
         self._env_dims[embodiment] = dim
         return arr
 
-    def _drop_env_state(self, embodiment: str) -> None:
-        """Undo _create_env_state (a failed first commit)."""
+    def drop_env_state(self, embodiment: str) -> None:
+        """Undo create_env_state: delete the embodiment's ENV_STATE array (the writer, when the
+        first commit that carries it fails). Only for an array no committed episode uses."""
         del self._g[embodiment][ENV_STATE]
         self._env_dims.pop(embodiment, None)
         self._lowdim.pop((embodiment, ENV_STATE), None)

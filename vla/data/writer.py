@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
+from filelock import FileLock, Timeout
 
 from vla.data.frame_files import StoreError
 from vla.spec import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, TASK, TIMESTAMP, Embodiment, SpecError
@@ -37,50 +37,46 @@ class FrameError(SpecError):
     """A frame handed to the writer does not match the embodiment."""
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+LOCK_FILE = ".writer.lock"
 
 
-class _Lock:
-    """One writer per local store: an O_EXCL lock file holding the writer's pid. Edits of a store
-    (vla.data.edit) take the same lock, so a store being written is never edited."""
+class WriterLock:
+    """One writer per local store: an exclusive OS lock (filelock.FileLock, flock on POSIX) on
+    `<store>/.writer.lock`. Edits of a store (vla.data.edit) take the same lock, so a store being
+    written is never edited.
 
-    def __init__(self, root: str):
-        self.path = Path(root) / ".writer.lock"
-        self.held = False
+    Any second WriterLock on the same store is refused at once, whether from another process or
+    this one. The OS drops the lock when its process dies, so a killed writer leaves no stale lock
+    to clear; the (empty) lock file itself stays in the store, as filelock leaves it.
+    """
+
+    def __init__(self, root: str | Path):
+        self.path = Path(root) / LOCK_FILE
+        # thread_local=False: a recorder may enter the writer on one thread and close it on another.
+        self._lock = FileLock(self.path, thread_local=False)
+
+    @property
+    def held(self) -> bool:
+        return self._lock.is_locked
 
     def acquire(self) -> None:
-        for _ in range(2):
-            try:
-                fd = os.open(self.path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    pid = int(self.path.read_text().strip() or 0)
-                except (OSError, ValueError):
-                    pid = 0
-                if pid and _pid_alive(pid) and pid != os.getpid():
-                    raise StoreError(
-                        f"{self.path.parent}: another writer (pid {pid}) holds {self.path}; wait for it to finish"
-                    ) from None
-                log.warning("removing stale writer lock %s (pid %s is gone)", self.path, pid)
-                self.path.unlink(missing_ok=True)
-                continue
-            with os.fdopen(fd, "w") as f:
-                f.write(str(os.getpid()))
-            self.held = True
-            return
-        raise StoreError(f"could not take writer lock {self.path}")
+        """Take the lock or raise StoreError (another writer or edit holds it). OSError when the
+        lock file cannot be made (a read-only store)."""
+        try:
+            self._lock.acquire(timeout=0)
+        except Timeout:
+            raise StoreError(f"{self.path.parent}: another writer holds {self.path}; wait for it to finish") from None
 
     def release(self) -> None:
-        if self.held:
-            self.path.unlink(missing_ok=True)
-            self.held = False
+        if self._lock.is_locked:
+            self._lock.release(force=True)
+
+    def __enter__(self) -> "WriterLock":
+        self.acquire()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
 
 
 class EpisodeWriter:
@@ -92,7 +88,7 @@ class EpisodeWriter:
         self.threads = threads
         self._shapes = emb.frame_shapes()
         self._remote = "://" in store.path
-        self._lock = None if self._remote else _Lock(store.path)
+        self._lock = None if self._remote else WriterLock(store.path)
         self._open = False
         self._pool: ThreadPoolExecutor | None = None
         self._reset_episode()
@@ -298,7 +294,7 @@ class EpisodeWriter:
         created = ENV_STATE in rows and d is None
         try:
             if created:
-                store._create_env_state(emb.name, rows[ENV_STATE].shape[1])
+                store.create_env_state(emb.name, rows[ENV_STATE].shape[1])
             for key, v in rows.items():
                 arr = store.array(emb.name, key)
                 if arr.shape[0] < end:
@@ -308,7 +304,7 @@ class EpisodeWriter:
             i = store.commit_episode(emb.name, task, success, source, end)  # the commit point
         except BaseException:
             if created and store.num_frames < end:  # not committed: the new array goes again
-                store._drop_env_state(emb.name)
+                store.drop_env_state(emb.name)
             raise
         self._reset_episode()
         return i
