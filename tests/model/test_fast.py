@@ -1,9 +1,10 @@
 import numpy as np
 import pytest
 import torch
+from scipy.fft import dct
 
 from vla.model.fast.model import ActionVocab, FastConfig, FastPolicy, fast_to_lm_row, lm_ids_to_fast
-from vla.model.fast.tokenizer import FastTokenizer, dct_matrix, relaxed_coefficients
+from vla.model.fast.tokenizer import FastTokenizer, relaxed_coefficients
 from vla.spec import SpecError
 
 from model.tiny_configs import tiny_backbone
@@ -20,9 +21,34 @@ def smooth_chunks(n, h=20, a=3, seed=0):
     )
 
 
+def dct_matrix(n: int) -> np.ndarray:
+    """The orthonormal DCT-II matrix D [n, n] the tokenizer multiplied by before scipy.fft:
+    coeffs = D @ x, x = D.T @ coeffs."""
+    k = np.arange(n)[:, None]
+    i = np.arange(n)[None]
+    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
+    d[0] /= np.sqrt(2.0)
+    return d
+
+
 def test_dct_is_orthonormal():
     d = dct_matrix(17)
     np.testing.assert_allclose(d @ d.T, np.eye(17), atol=1e-12)
+
+
+@pytest.mark.parametrize("h", [1, 2, 10, 17, 50])
+def test_scipy_dct_matches_the_old_matrix(h):
+    """scipy.fft's orthonormal DCT-II / inverse give the old matrix products (within 1e-6) and
+    the same integer coefficients, so a fitted tokenizer encodes and decodes as before."""
+    x = smooth_chunks(200, h=h, a=4, seed=h)
+    tok = FastTokenizer(h, 4, scale=10.0, min_int=-100, max_int=100, tok=None)
+    d = dct_matrix(h)
+    old_ints = np.round(np.einsum("kt,...ta->...ka", d, x) * 10.0).astype(np.int64)
+    ints = tok._to_ints(x)
+    assert np.array_equal(ints, old_ints)
+    for row in ints[:20]:
+        np.testing.assert_allclose(tok._from_ints(row), (d.T @ (row / 10.0)).astype(np.float32), atol=1e-6)
+    np.testing.assert_allclose(dct(x, type=2, norm="ortho", axis=-2), np.einsum("kt,...ta->...ka", d, x), atol=1e-6)
 
 
 def test_fit_encode_decode_roundtrip_and_report(tmp_path):

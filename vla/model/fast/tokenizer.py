@@ -18,20 +18,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+from scipy.fft import dct, idct
 from tokenizers import Tokenizer, models, trainers
 
 from vla.spec import SpecError
 
 CHAR_BASE = 0x4E00  # CJK block: 20k printable code points, far from the surrogate range
-
-
-def dct_matrix(n: int) -> np.ndarray:
-    """Orthonormal DCT-II matrix D [n, n]: coeffs = D @ x, x = D.T @ coeffs."""
-    k = np.arange(n)[:, None]
-    i = np.arange(n)[None]
-    d = np.cos(np.pi * (2 * i + 1) * k / (2 * n)) * np.sqrt(2.0 / n)
-    d[0] /= np.sqrt(2.0)
-    return d
 
 
 @dataclass
@@ -45,17 +37,16 @@ class FastTokenizer:
     def __init__(self, horizon: int, action_dim: int, scale: float, min_int: int, max_int: int, tok: Tokenizer):
         self.horizon, self.action_dim, self.scale = horizon, action_dim, scale
         self.min_int, self.max_int, self.tok = min_int, max_int, tok
-        self._dct = dct_matrix(horizon)
 
     # ---- ints <-> chunks ----
     def _to_ints(self, chunks: np.ndarray) -> np.ndarray:
         x = np.clip(np.asarray(chunks, np.float64), -1.0, 1.0)
-        coeff = np.einsum("kt,...ta->...ka", self._dct, x)
+        coeff = dct(x, type=2, norm="ortho", axis=-2)  # along time: [..., h, a]
         return np.round(coeff * self.scale).astype(np.int64)
 
     def _from_ints(self, ints: np.ndarray) -> np.ndarray:
         coeff = ints.reshape(self.horizon, self.action_dim) / self.scale
-        return (self._dct.T @ coeff).astype(np.float32)
+        return idct(coeff, type=2, norm="ortho", axis=0).astype(np.float32)
 
     def _to_text(self, ints: np.ndarray) -> str:
         clipped = np.clip(ints.reshape(-1), self.min_int, self.max_int)
