@@ -55,8 +55,11 @@ def require_torchrun() -> None:
         )
 
 
-def _decoder_units(layer: nn.Module) -> list[list[nn.Module]]:
-    """A decoder layer's two units (see the module docstring); the value projection and the MLP last."""
+def decoder_units(layer: nn.Module) -> list[list[nn.Module]]:
+    """A decoder layer's two FSDP units (see the module docstring): [norms, q/k/v projections] and
+    [output projection, post-attention norm, MLP]; modules without parameters are left out.
+    Asserts that the units cover every parameter of the layer. vla.train.memory sizes the
+    gathered units from the same split."""
     attn = layer.self_attn
     norms = [m for m in (getattr(attn, "q_norm", None), getattr(attn, "k_norm", None)) if m is not None]
     units = [
@@ -69,7 +72,9 @@ def _decoder_units(layer: nn.Module) -> list[list[nn.Module]]:
     return [[m for m in u if any(True for _ in m.parameters())] for u in units]
 
 
-def _vision_layers(model: nn.Module) -> list[nn.Module]:
+def vision_layers(model: nn.Module) -> list[nn.Module]:
+    """The vision tower's transformer layers (each one FSDP unit), found as the entries of any
+    `layers` / `blocks` ModuleList inside `model.backbone.vision_tower`; [] without a tower."""
     tower = getattr(getattr(model, "backbone", None), "vision_tower", None)
     if tower is None:
         return []
@@ -95,9 +100,9 @@ def shard(model: nn.Module, device: torch.device, *, bf16: bool) -> nn.Module:
     )
     for stack in model.decoder_stacks():
         for layer in stack.layers:
-            for unit in _decoder_units(layer):
+            for unit in decoder_units(layer):
                 fully_shard(unit, mesh=mesh, mp_policy=mp)
-    for layer in _vision_layers(model):
+    for layer in vision_layers(model):
         fully_shard(layer, mesh=mesh, mp_policy=mp)
     fully_shard(model, mesh=mesh, mp_policy=mp)
     model.set_reduce_scatter_unused_params(True)

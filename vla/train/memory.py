@@ -34,11 +34,13 @@ loader's pinned batches, transient gradient buffers inside one layer's backward.
 from __future__ import annotations
 
 import weakref
-from contextlib import contextmanager
 from dataclasses import dataclass, replace
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.overrides import TorchFunctionMode
 
 from vla.train.freeze import set_trainable
 from vla.train.lora import apply_lora
@@ -74,32 +76,34 @@ def default_setups() -> list[Setup]:
     ]
 
 
-@contextmanager
-def _efficient_attention():
-    """F.scaled_dot_product_attention as CUDA's memory-efficient kernel keeps it for the backward
-    (the meta device would take the math path, which keeps the L x L probabilities)."""
-    real = torch.nn.functional.scaled_dot_product_attention
+class _Attention(torch.autograd.Function):
+    """What CUDA's memory-efficient kernel keeps for the backward: q, k, v, the output, the
+    float32 log-sum-exp per query and the mask (no L x L probabilities)."""
 
-    class _Attention(torch.autograd.Function):
-        @staticmethod
-        def forward(ctx, q, k, v, mask):
-            out = q.new_empty(*q.shape[:-1], v.shape[-1])
-            lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
-            ctx.save_for_backward(q, k, v, out, lse, *([mask] if mask is not None else []))
-            return out
+    @staticmethod
+    def forward(ctx, q, k, v, mask):
+        out = q.new_empty(*q.shape[:-1], v.shape[-1])
+        lse = q.new_empty(q.shape[:-1], dtype=torch.float32)
+        ctx.save_for_backward(q, k, v, out, lse, *([mask] if mask is not None else []))
+        return out
 
-        @staticmethod
-        def backward(ctx, grad):  # never run: the meta forward only counts
-            raise NotImplementedError
+    @staticmethod
+    def backward(ctx, grad):  # never run: the meta forward only counts
+        raise NotImplementedError
 
-    def attention(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, enable_gqa=False):
-        return _Attention.apply(q, k, v, attn_mask)
 
-    torch.nn.functional.scaled_dot_product_attention = attention
-    try:
-        yield
-    finally:
-        torch.nn.functional.scaled_dot_product_attention = real
+class _EfficientAttention(TorchFunctionMode):
+    """Within the mode, F.scaled_dot_product_attention keeps what CUDA's memory-efficient kernel
+    keeps for the backward (the meta device would take the math path, which keeps the L x L
+    probabilities). A torch function mode, not a patch of torch.nn.functional: it applies only
+    on the thread that enters it and only until it exits; every other call passes through."""
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if func is F.scaled_dot_product_attention:
+            q, k, v, *rest = args
+            return _Attention.apply(q, k, v, rest[0] if rest else kwargs.get("attn_mask"))
+        return func(*args, **kwargs)
 
 
 def _build(mt, cfg, text_vocab: int, lora, freeze: str) -> nn.Module:
@@ -114,7 +118,9 @@ def _build(mt, cfg, text_vocab: int, lora, freeze: str) -> nn.Module:
 def _saved_bytes(mt, cfg, text_vocab: int, lora, freeze: str, batch: int) -> int:
     """Bytes autograd keeps for the backward of one training forward (see the module docstring)."""
     model = _build(mt, cfg, text_vocab, lora, freeze).to(torch.bfloat16)
-    params = {p.untyped_storage()._cdata for p in model.parameters()}
+    # Storages are told apart by StorageWeakRef (equal for views of one storage); data_ptr()
+    # cannot serve: it is 0 for every storage on the meta device.
+    params = {StorageWeakRef(p.untyped_storage()) for p in model.parameters()}
     example = cfg.example_batch(batch, vocab_size=min(text_vocab, 300))
     example = {k: v.to("meta") if torch.is_tensor(v) else v for k, v in example.items()}
     example["images"] = example["images"].to(torch.bfloat16)
@@ -125,25 +131,25 @@ def _saved_bytes(mt, cfg, text_vocab: int, lora, freeze: str, batch: int) -> int
         return t
 
     model.train()
-    with _efficient_attention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+    with _EfficientAttention(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
         loss = model.compute_loss(example, torch.Generator().manual_seed(0))
     # What the graph of the loss still holds (a branch that does not reach the loss is freed
     # during the forward, as on the GPU); each storage once.
     kept = {}
     for ref in saved:
         t = ref()
-        if t is not None and t.untyped_storage()._cdata not in params:
-            kept[t.untyped_storage()._cdata] = t.untyped_storage().nbytes()
+        if t is not None and (key := StorageWeakRef(t.untyped_storage())) not in params:
+            kept[key] = t.untyped_storage().nbytes()
     del loss
     return sum(kept.values())
 
 
 def _units(model: nn.Module) -> tuple[list[tuple[int, int]], tuple[int, int]]:
     """FSDP units as vla.train.fsdp makes them -> ([(elements, trainable)] per layer unit, root)."""
-    from vla.train.fsdp import _decoder_units, _vision_layers
+    from vla.train.fsdp import decoder_units, vision_layers
 
-    layers = [u for st in model.decoder_stacks() for layer in st.layers for u in _decoder_units(layer)]
-    layers += [[v] for v in _vision_layers(model)]
+    layers = [u for st in model.decoder_stacks() for layer in st.layers for u in decoder_units(layer)]
+    layers += [[v] for v in vision_layers(model)]
     seen, units = set(), []
     for mods in layers:
         ps = [p for m in mods for p in m.parameters()]
