@@ -25,7 +25,6 @@ saved beside them in PEFT's file names (`adapter_model.safetensors`, `adapter_co
 
 from __future__ import annotations
 
-import json
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -152,8 +151,9 @@ def apply_lora(model: nn.Module, spec: LoraSpec, kind: str) -> dict[str, int]:
         rank_pattern={re.escape(n): r for n, r in targets.items()},
         alpha_pattern={re.escape(n): spec.alpha * r for n, r in targets.items()},
     )
+    # PEFT keeps cfg on the model itself (`model.peft_config[ADAPTER]`), where its own
+    # get_peft_model_state_dict reads it; vla stores nothing on the model.
     inject_adapter_in_model(cfg, model, adapter_name=ADAPTER)
-    model._vla_lora_config = cfg
     return targets
 
 
@@ -189,15 +189,16 @@ def merged_weights(state: dict[str, torch.Tensor], scale: dict[str, float]) -> d
 
 
 def adapter_files(model: nn.Module, state: dict[str, torch.Tensor], tmp: Path) -> dict[str, Path]:
-    """Write the adapter (from `state`: the weights being saved) in PEFT's file layout into `tmp`;
-    -> {name in the checkpoint: file} for save_checkpoint's extra_files."""
+    """Write the adapter (from `state`: the weights being saved) in PEFT's file layout into `tmp`
+    by PEFT's own functions (get_peft_model_state_dict, LoraConfig.save_pretrained), so PEFT loads
+    it back; -> {name in the checkpoint: file} for save_checkpoint's extra_files."""
+    from peft import get_peft_model_state_dict
     from safetensors.torch import save_file
 
     tmp.mkdir(parents=True, exist_ok=True)
     # PEFT's own files drop the adapter name from the keys (`...q_proj.lora_A.weight`).
-    weights = {k.replace(f".{ADAPTER}.", "."): v.detach().contiguous().cpu() for k, v in state.items() if is_adapter(k)}
-    save_file(weights, str(tmp / "adapter_model.safetensors"))
-    cfg = model._vla_lora_config.to_dict()
-    cfg = {k: (sorted(v) if isinstance(v, set) else v) for k, v in cfg.items()}
-    (tmp / "adapter_config.json").write_text(json.dumps(cfg, indent=2, default=str))
+    weights = get_peft_model_state_dict(model, state_dict=state, adapter_name=ADAPTER, save_embedding_layers=False)
+    weights = {k: v.detach().contiguous().cpu() for k, v in weights.items()}
+    save_file(weights, str(tmp / "adapter_model.safetensors"), metadata={"format": "pt"})
+    model.peft_config[ADAPTER].save_pretrained(str(tmp))
     return {p.name: p for p in (tmp / "adapter_model.safetensors", tmp / "adapter_config.json")}
