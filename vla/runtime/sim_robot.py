@@ -97,7 +97,7 @@ class SimRobotServer:
             log.info("task succeeded at sim time %.2f s", self.sim_time)
 
     def _observe(self) -> dict:
-        obs = dict(self.sim._obs())
+        obs = dict(self.sim.observe())
         obs[SUCCESS] = bool(self.success)
         obs[DONE] = bool(self.success or self.sim_time >= self.limit_s)
         obs["sim_time"] = float(self.sim_time)

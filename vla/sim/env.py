@@ -39,7 +39,8 @@ def _close_all() -> None:
     gc.collect()  # renderers left in reference cycles free their GL contexts now, while EGL is still up
 
 
-def _track(env) -> None:
+def track_renderer(env) -> None:
+    """Close `env`'s renderers at exit, before EGL goes away (every env that renders calls this)."""
     # (Re-)registered after every renderer is made, so it runs before the EGL-terminating exit hooks
     # that mujoco and dm_control register when they create their first contexts.
     atexit.unregister(_close_all)
@@ -157,7 +158,7 @@ class SimEnv(gym.Env):
                     f"cannot create an offscreen OpenGL context ({e}). Set MUJOCO_GL=egl (software: Mesa "
                     "libEGL) in the environment before anything imports mujoco"
                 ) from None
-            _track(self)
+            track_renderer(self)
         self._renderer.update_scene(self.data, camera=cam)
         return self._renderer.render()
 
@@ -166,7 +167,8 @@ class SimEnv(gym.Env):
             return None
         return self._render_cam(self.robot.cameras[0])
 
-    def _obs(self) -> dict:
+    def observe(self) -> dict:
+        """The current observation (cameras, state, instruction), without stepping."""
         obs = {image_key(c): self._render_cam(c) for c in self.robot.cameras}
         obs[STATE] = self.state()
         obs[TASK] = self.task.instruction
@@ -199,7 +201,7 @@ class SimEnv(gym.Env):
         self.steps = 0
         self.episode_id += 1
         self._success = False
-        return self._obs(), {"success": False, "task": self.task.instruction}
+        return self.observe(), {"success": False, "task": self.task.instruction}
 
     def apply_action(self, a: np.ndarray) -> None:
         a = np.clip(a, self.action_space.low, self.action_space.high)
@@ -218,7 +220,7 @@ class SimEnv(gym.Env):
         self.steps += 1
         success = self.task.success(self.model, self.data)
         self._success = self._success or success
-        obs = self._obs()
+        obs = self.observe()
         truncated = self.steps >= self.max_steps and not success
         info = {"success": bool(success), "task": self.task.instruction, "steps": self.steps}
         return obs, float(success), bool(success), bool(truncated), info

@@ -84,7 +84,7 @@ class AlohaSimEnv(gym.Env):
         self.episode_id = 0
         self.steps = 0
 
-    def _obs(self) -> dict:
+    def observe(self) -> dict:
         obs = {image_key(c): self._cams.render(self.data, c) for c in CAMERAS}
         st = np.asarray(self._dm.task.get_qpos(self.physics), np.float32)
         obs[STATE] = np.clip(st, self.observation_space[STATE].low, self.observation_space[STATE].high)
@@ -104,7 +104,7 @@ class AlohaSimEnv(gym.Env):
         self._dm.reset()
         self.steps = 0
         self.episode_id += 1
-        return self._obs(), {"success": False, "task": self.instruction}
+        return self.observe(), {"success": False, "task": self.instruction}
 
     def step(self, action):
         a = check_action(action, self.action_space.shape, f"aloha/{self.task_name}")
@@ -114,7 +114,13 @@ class AlohaSimEnv(gym.Env):
         reward = float(ts.reward or 0.0)
         success = reward >= self._dm.task.max_reward
         truncated = self.steps >= self.max_steps and not success
-        return self._obs(), reward, bool(success), bool(truncated), {"success": bool(success), "task": self.instruction}
+        return (
+            self.observe(),
+            reward,
+            bool(success),
+            bool(truncated),
+            {"success": bool(success), "task": self.instruction},
+        )
 
     def render(self):
         return self._cams.render(self.data, "top") if self.render_mode == "rgb_array" else None

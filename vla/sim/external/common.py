@@ -6,7 +6,7 @@ import gymnasium as gym
 import mujoco
 import numpy as np
 
-from vla.sim.env import TEXT_CHARSET, _track
+from vla.sim.env import TEXT_CHARSET, track_renderer
 from vla.spec import STATE, TASK, Embodiment, image_key
 
 
@@ -33,7 +33,7 @@ class CameraRenderer:
     def render(self, data: mujoco.MjData, name: str) -> np.ndarray:
         if self._r is None:
             self._r = mujoco.Renderer(self.model, *self.size)
-            _track(self)
+            track_renderer(self)
         self._r.update_scene(data, camera=self.cameras[name])
         img = self._r.render()
         return img[::-1, ::-1].copy() if name in self.flip else img

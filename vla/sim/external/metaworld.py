@@ -107,7 +107,7 @@ class MetaWorldEnv(gym.Env):
         self.episode_id = 0
         self._raw = None
 
-    def _obs(self) -> dict:
+    def observe(self) -> dict:
         obs = {image_key(c): self._cams.render(self.data, c) for c in CAMERAS}
         st = np.asarray(self._raw[:4], np.float32)
         obs[STATE] = np.clip(st, self.observation_space[STATE].low, self.observation_space[STATE].high)
@@ -123,7 +123,7 @@ class MetaWorldEnv(gym.Env):
             self._raw, _ = self._env.reset(seed=seed)
         self.steps = 0
         self.episode_id += 1
-        return self._obs(), {"success": False, "task": self.instruction}
+        return self.observe(), {"success": False, "task": self.instruction}
 
     def step(self, action):
         a = check_action(action, self.action_space.shape, f"metaworld/{self.task_name}")
@@ -134,7 +134,7 @@ class MetaWorldEnv(gym.Env):
         self.steps += 1
         success = bool(info.get("success", 0.0) > 0.5)
         truncated = self.steps >= self.max_steps and not success
-        return self._obs(), float(reward), success, truncated, {"success": success, "task": self.instruction}
+        return self.observe(), float(reward), success, truncated, {"success": success, "task": self.instruction}
 
     def render(self):
         return self._cams.render(self.data, "front") if self.render_mode == "rgb_array" else None
