@@ -114,6 +114,8 @@ MISTAKES = [
     ("eval an unreachable server", "eval ws://127.0.0.1:1 --suite quickstart --episodes 1", "cannot reach"),
     ("eval videos into a file", "eval expert --suite quickstart --episodes 1 --videos {file}", "a file of"),
     ("merge differing specs", "data merge {new} {store} {lerobot_store}", "differs"),
+    ("bench load into a file", "bench load --size tiny --out {file}", "a file of"),
+    ("bench load into a store", "bench load --size tiny --out {store}", "an episode store"),
 ]
 
 

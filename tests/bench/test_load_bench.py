@@ -30,7 +30,10 @@ def test_bench_load_reports_the_peak_and_loading_holds_one_copy_of_the_weights(t
 
 def test_bench_load_refuses_a_folder_it_did_not_make(tmp_path):
     (tmp_path / "mine.txt").write_text("keep")
-    with pytest.raises(SpecError, match="not made by vla bench load"):
+    with pytest.raises(SpecError, match="not a bench load folder vla made"):
         run(tmp_path, size="tiny")
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(SpecError, match="a file of 4 bytes"):
+        run(tmp_path / "file", size="tiny")
     with pytest.raises(SpecError, match="--size"):
         run(tmp_path / "new", size="huge")

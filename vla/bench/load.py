@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+from vla.outputs import claim_folder
 from vla.spec import SpecError
 
 log = logging.getLogger(__name__)
@@ -38,7 +39,7 @@ log = logging.getLogger(__name__)
 TARGET = 1.2
 SIZES = ("full", "small", "tiny")
 VIAS = ("direct", "convert")
-MARKER = ".vla-bench-load"  # OUT was made by this bench: a re-run may use it again
+MARKER = ".vla-bench-load"  # how an older vla marked its OUT (vla.outputs.claim_folder marks it now)
 _RESULT = "VLA_BENCH_LOAD_RESULT "  # prefix of the one stdout line a step reports on
 
 
@@ -93,11 +94,7 @@ def run(out: str | Path, *, size: str = "full", via: str = "direct", keep: bool 
         raise SpecError(f"--size {size!r}: expected one of {list(SIZES)}")
     if via not in VIAS:
         raise SpecError(f"--via {via!r}: expected one of {list(VIAS)}")
-    out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / MARKER).exists():
-        raise SpecError(f"{out} exists and was not made by vla bench load: choose a new --out")
-    out.mkdir(parents=True, exist_ok=True)
-    (out / MARKER).touch()
+    out = claim_folder(out, "bench load", legacy=lambda p: (p / MARKER).exists())
     work, src, ckpt = out / "work", out / "work" / "source", out / "work" / "ckpt"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir()
