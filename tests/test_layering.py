@@ -1,6 +1,6 @@
 """Imports go one way (docs/design.md, "The import rule"), checked on the source with `ast`: nothing is imported.
 
-    cli -> bench, quickstart -> runtime, train, sim, report -> model, data -> spec, config, resources, outputs
+    cli -> bench, quickstart -> robots -> runtime, train, sim, report -> model, data -> spec, config, resources, outputs
 
 Every import counts, also those inside functions (they run on some call) and inside
 `if TYPE_CHECKING:`. The robot-side client (`vla_client`, re-exported by `vla.runtime.client` and
@@ -33,9 +33,11 @@ ALLOWED: dict[str, set[str]] = {
     "train": {"model", "data"} | FOUNDATION,
     "runtime": {"sim", "model", "data"} | FOUNDATION,  # sim_robot.py serves a sim env; never train
     "report": {"model", "data"} | FOUNDATION,
-    "bench": {"runtime", "train", "sim", "report", "model", "data"} | FOUNDATION,
+    # Real robots implement runtime's Robot interface; their virtual buses are backed by sim's MuJoCo arms.
+    "robots": {"runtime", "sim", "data"} | FOUNDATION,
+    "bench": {"robots", "runtime", "train", "sim", "report", "model", "data"} | FOUNDATION,
     "quickstart": {"bench", "runtime", "train", "sim", "report", "model", "data"} | FOUNDATION,
-    "cli": {"bench", "quickstart", "runtime", "train", "sim", "report", "model", "data"} | FOUNDATION,
+    "cli": {"bench", "quickstart", "robots", "runtime", "train", "sim", "report", "model", "data"} | FOUNDATION,
 }
 assert all("cli" not in deps for deps in ALLOWED.values()), "nothing imports cli"
 
