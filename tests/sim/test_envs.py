@@ -15,7 +15,7 @@ pytestmark = pytest.mark.sim
 
 def test_registry_lists_every_builtin():
     assert {r for r, _ in PAIRS} == {"arm7", "arm5", "bimanual"}
-    assert {t for _, t in PAIRS} == {"reach", "reach-goal", "pick-place", "push", "handover"}
+    assert {t for _, t in PAIRS} == {"reach", "reach-goal", "pick-place", "push", "handover", "track"}
     assert "vla/Arm7-Reach-v0" in gym.registry and "vla/Bimanual-Handover-v0" in gym.registry
 
 

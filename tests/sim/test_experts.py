@@ -9,7 +9,7 @@ pytestmark = pytest.mark.sim
 
 # Episodes per task here are few to keep the suite fast; `vla eval expert --suite builtin`
 # measures the rates on many (see the closing note for the figures).
-EPISODES = {"handover": 3, "pick-place": 3, "push": 3, "reach": 5, "reach-goal": 3}
+EPISODES = {"handover": 3, "pick-place": 3, "push": 3, "reach": 5, "reach-goal": 3, "track": 3}
 
 
 @pytest.mark.parametrize("robot,task", vla.sim.builtin_pairs())

@@ -71,6 +71,8 @@ class ScriptedExpert:
         s = segs[arm.seg]
         if arm.target is None and s.start_when is not None and not s.start_when(e, tuple(a.seg for a in self.arms)):
             return
+        if s.follow and arm.target is not None:  # a moving target: where it is (or will be) now
+            arm.target = np.asarray(s.pos(e), np.float64)
         if arm.target is None:
             arm.target = np.asarray(s.pos(e) if callable(s.pos) else s.pos, np.float64)
             yaw = arm.yaw if s.yaw is None else float(s.yaw(e) if callable(s.yaw) else s.yaw)

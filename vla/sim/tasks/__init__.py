@@ -7,6 +7,7 @@ from vla.sim.tasks.handover import HandoverTask
 from vla.sim.tasks.pick_place import PickPlaceTask
 from vla.sim.tasks.push import PushTask
 from vla.sim.tasks.reach import ReachGoalTask, ReachTask
+from vla.sim.tasks.track import TrackTask
 from vla.spec import SpecError
 
 TASKS: dict[str, type[Task]] = {
@@ -15,6 +16,7 @@ TASKS: dict[str, type[Task]] = {
     PickPlaceTask.name: PickPlaceTask,
     PushTask.name: PushTask,
     HandoverTask.name: HandoverTask,
+    TrackTask.name: TrackTask,
 }
 
 

@@ -24,7 +24,9 @@ class TaskConfig:
 class Segment:
     """Move the grip site to `pos` (straight line, at speed * robot speed), set the gripper, then wait `hold` steps.
 
-    `pos` may be a callable(env) -> xyz, evaluated when the segment starts (closed-loop targets).
+    `pos` may be a callable(env) -> xyz, evaluated when the segment starts (closed-loop targets), or
+    at every step with `follow` (a moving target: the command chases it at the segment's speed and
+    rides along once it has caught up).
     `yaw` is the finger-closing direction on the table (None: keep the current one).
     """
 
@@ -38,6 +40,7 @@ class Segment:
     # progress[i] is the index of the segment arm i is on.
     start_when: object = None
     noise: float = 1.0  # scale of the expert's action noise on this segment (0 for grasps and releases)
+    follow: bool = False  # re-evaluate a callable `pos` at every step
 
 
 class Task:
