@@ -66,6 +66,7 @@ class StubPolicy:
         self.emb, self.horizon, self.latency_s, self.goal, self.nan = emb, horizon, latency_s, goal, nan
         self.calls = 0
         self.guided = 0
+        self.rtc: list[dict] = []  # the rtc={...} of every request that carried one
 
     @property
     def metadata(self) -> dict:
@@ -78,8 +79,10 @@ class StubPolicy:
     def reset(self) -> None:
         pass
 
-    def infer(self, obs, guide=None, guide_weights=None) -> dict:
+    def infer(self, obs, guide=None, guide_weights=None, rtc=None) -> dict:
         self.calls += 1
+        if rtc is not None:
+            self.rtc.append(rtc)
         if guide is not None:
             self.guided += 1
         s = np.asarray(obs[STATE], np.float32)
@@ -93,6 +96,9 @@ class StubPolicy:
         if guide is not None:  # ideal inpainting: follow the guide where it is fully weighted
             w = np.asarray(guide_weights)[:, None]
             a = w * guide + (1 - w) * a
+        if rtc is not None:  # ideal: the steps that run before this chunk arrives are the old plan's
+            d = rtc["inference_delay"]
+            a[:d] = rtc["prev_chunk"][:d]
         if self.nan:
             a[:, 0] = np.nan
         return {"actions": a.astype(np.float32), "policy_timing": {"infer_ms": self.latency_s * 1000}}

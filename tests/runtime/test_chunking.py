@@ -60,3 +60,55 @@ def test_rtc_guide_is_the_plan_that_will_run_and_the_switch_needs_no_blend():
 def test_bad_mode_is_rejected():
     with pytest.raises(SpecError, match="mode: expected one of"):
         ChunkingConfig(mode="fast")
+
+
+def test_rtc_inpaint_is_rtc():
+    ex = ChunkExecutor(ChunkingConfig(mode="rtc-inpaint", execute_s=0.25, delay_margin=0), loop_hz=20, policy_hz=20)
+    assert ex.cfg.rtc == "inpaint" and ex.request(0, 10) == {}  # no plan yet: a plain request
+    ex.on_chunk(_ramp(0), k_obs=-1, k_now=0)
+    ex.delays.append(3)
+    req = ex.request(4, 10)
+    assert set(req) == {"guide", "guide_weights"} and np.array_equal(req["guide"][:5, 0], [5, 6, 7, 8, 9])
+
+
+@pytest.mark.parametrize("mode", ["rtc-guided", "rtc-guided-nojac", "rtc-trained"])
+def test_rtc_request_carries_the_plan_from_the_new_chunks_first_step(mode):
+    cfg = ChunkingConfig(mode=mode, execute_s=0.25, delay_margin=0, schedule="exp", max_guidance_weight=5.0)
+    ex = ChunkExecutor(cfg, loop_hz=20, policy_hz=20)
+    assert ex.request(0, 10) == {}  # the first chunk has nothing to agree with
+    ex.on_chunk(_ramp(0), k_obs=-1, k_now=0)
+    ex.delays.append(4)  # measured: the chunk of tick k is first used at tick k + 4
+    rtc = ex.request(4, 10)["rtc"]
+    assert rtc["mode"] == mode.removeprefix("rtc-")
+    # The new chunk's step j is meant for tick 5 + j; the old plan ends at tick 9: 5 steps overlap.
+    assert rtc["prev_chunk"].dtype == np.float32 and np.array_equal(rtc["prev_chunk"][:, 0], [5, 6, 7, 8, 9])
+    assert rtc["inference_delay"] == 3  # ticks 5, 6, 7 run from the old plan; the new one starts at 8
+    assert rtc["execution_horizon"] == 5  # 0 in the config: the whole overlap
+    assert rtc["schedule"] == "exp" and rtc["max_guidance_weight"] == 5.0
+    new = _ramp(100)
+    assert ex.on_chunk(new, k_obs=4, k_now=8)
+    assert [ex.action(k)[0] for k in (8, 9)] == [103, 104]  # switched at k_obs + 1 + d, no blend
+
+
+def test_rtc_request_in_policy_steps_when_the_loop_is_faster():
+    cfg = ChunkingConfig(mode="rtc-guided", execute_s=0.4, delay_margin=0, execution_horizon=3)
+    ex = ChunkExecutor(cfg, loop_hz=50, policy_hz=20)  # 2.5 ticks per policy step
+    ex.on_chunk(_ramp(0), k_obs=-1, k_now=0)  # 10 policy steps -> 23 ticks
+    ex.delays.append(6)  # 5 ticks of the old plan run: 2 policy steps
+    rtc = ex.request(9, 10)["rtc"]
+    assert rtc["inference_delay"] == 2 and rtc["execution_horizon"] == 3
+    np.testing.assert_allclose(rtc["prev_chunk"][:, 0], [4.0, 5.0, 6.0, 7.0, 8.0], atol=1e-6)  # ticks 10, 12.5, ...
+
+
+def test_sync_and_async_requests_are_plain():
+    for mode in ("sync", "async"):
+        ex = ChunkExecutor(ChunkingConfig(mode=mode), loop_hz=20, policy_hz=20)
+        ex.on_chunk(_ramp(0), k_obs=-1, k_now=0)
+        assert ex.request(2, 10) == {}
+
+
+def test_bad_rtc_options_are_rejected():
+    with pytest.raises(SpecError, match="schedule"):
+        ChunkingConfig(mode="rtc-guided", schedule="cosine")
+    with pytest.raises(SpecError, match="execution_horizon"):
+        ChunkingConfig(mode="rtc-guided", execution_horizon=-1)

@@ -38,7 +38,7 @@ def _wait_for(condition, timeout_s=20.0, what="condition"):
         time.sleep(0.01)
 
 
-@pytest.mark.parametrize("mode", ["sync", "async", "rtc"])
+@pytest.mark.parametrize("mode", ["sync", "async", "rtc", "rtc-guided"])
 def test_one_action_per_tick_in_every_mode(fake_robot, mode):
     policy = StubPolicy(latency_s=0.03)
     r = _loop(fake_robot, policy, mode).run()
@@ -48,6 +48,10 @@ def test_one_action_per_tick_in_every_mode(fake_robot, mode):
     assert len(fake_robot.sent) == r["ticks"]  # exactly one command per tick, holds included
     assert r["executor"]["chunks"] >= 2 and r["inference"]["failed"] == 0
     assert (policy.guided > 0) == (mode == "rtc")
+    assert (len(policy.rtc) > 0) == (mode == "rtc-guided")  # through the inference worker
+    for req in policy.rtc:
+        assert req["mode"] == "guided" and 0 <= req["inference_delay"] <= req["execution_horizon"]
+        assert req["prev_chunk"].shape[1] == 3 and req["execution_horizon"] == len(req["prev_chunk"])
     assert np.isfinite(np.stack(fake_robot.sent)).all()
     assert fake_robot.state[0] > 0.2  # it moved towards the goal
 

@@ -80,7 +80,10 @@ def sim_robot_command(
 
 def run_command(
     launch: str = typer.Argument(..., help="Launch file (launch/<name>.toml) or the name of one in launch/."),
-    mode: Optional[str] = typer.Option(None, help="Override [control] mode: sync, async or rtc."),
+    mode: Optional[str] = typer.Option(
+        None,
+        help="Override [control] mode: sync, async, rtc (= rtc-inpaint), rtc-guided, rtc-guided-nojac or rtc-trained.",
+    ),
     duration: Optional[float] = typer.Option(None, help="Override [control] duration_s."),
     episodes: Optional[int] = typer.Option(None, help="Override [control] episodes."),
     checkpoint: Optional[str] = typer.Option(None, help="Override [policy]: run this checkpoint."),

@@ -11,13 +11,25 @@ Modes (ChunkingConfig.mode):
   async  ask for the next chunk early (so it lands when `execute_s` of the current one has
          run, using the measured delay); on arrival skip the actions whose time has passed
          and cross-fade from the old plan to the new one over `blend_s`.
-  rtc    real-time chunking (Black et al. 2025): as async, but the request carries the current
-         plan as a guide: weight 1 for the first d actions (d = measured inference delay, they
-         will execute while the chunk is computed), exponentially decaying weights over the
-         rest of the overlap, 0 after it. The policy inpaints the new chunk to agree with it,
-         so switching at tick k_obs + d needs no blending.
+  rtc    real-time chunking (Black et al. 2025) by inpainting (alias `rtc-inpaint`): as async,
+         but the request carries the current plan as a guide (`guide`, `guide_weights`): weight
+         1 for the first d actions (d = measured inference delay, they will execute while the
+         chunk is computed), exponentially decaying weights over the rest of the overlap, 0
+         after it. The policy inpaints the new chunk to agree with it, so switching at tick
+         k_obs + d needs no blending.
+  rtc-guided        as rtc, but the request carries `rtc={...}` (the previous plan from the new
+                    chunk's first step, the delay d and the execution horizon in policy steps,
+                    the weight schedule and the guidance clamp) and the policy steers its flow
+                    by PiGDM guidance through the denoiser (vla.model.rtc)
+  rtc-guided-nojac  the same without the Jacobian (LeRobot's RTCProcessor): cheaper, weaker
+  rtc-trained       the same request for a model trained with `rtc_max_delay`: the first d
+                    actions are given to it as already executed, no guidance pass
+         All rtc modes switch the new chunk in at tick k_obs + 1 + d, skipping what has run,
+         with no blending.
 The inference delay is measured online: the ticks between a request's observation and the
-tick its chunk is first used, the maximum of the last `delay_window` requests.
+tick its chunk is first used, the maximum of the last `delay_window` requests. In policy steps
+(what `rtc={...}` carries) it is the number of the new chunk's steps that will have run from
+the old plan when it arrives.
 """
 
 from __future__ import annotations
@@ -30,7 +42,16 @@ import numpy as np
 
 from vla.spec import SpecError
 
-MODES = ("sync", "async", "rtc")
+MODES = ("sync", "async", "rtc", "rtc-inpaint", "rtc-guided", "rtc-guided-nojac", "rtc-trained")
+# The policy-side RTC mode of each chunking mode that has one (Policy.infer(obs, rtc={"mode": ...})).
+RTC_MODES = {
+    "rtc": "inpaint",
+    "rtc-inpaint": "inpaint",
+    "rtc-guided": "guided",
+    "rtc-guided-nojac": "guided-nojac",
+    "rtc-trained": "trained",
+}
+SCHEDULES = ("zeros", "ones", "linear", "exp")  # as vla.model.rtc (not imported: the loop stays torch-free)
 
 
 @dataclass(frozen=True)
@@ -40,6 +61,10 @@ class ChunkingConfig:
     blend_s: float = 0.2  # async: cross-fade length
     delay_margin: int = 1  # ticks added to the measured delay when timing requests and RTC guides
     delay_window: int = 10  # requests over which the delay estimate is the maximum
+    # rtc-guided / -nojac / -trained: what the request's rtc={...} says besides the plan and delay.
+    execution_horizon: int = 0  # policy steps of the new chunk guided towards the old plan (0: all it overlaps)
+    schedule: str = "linear"  # guidance weights between the delay and the execution horizon
+    max_guidance_weight: float = 10.0  # the clamp on the guidance weight (the paper's beta)
 
     def __post_init__(self):
         if self.mode not in MODES:
@@ -51,6 +76,18 @@ class ChunkingConfig:
                 "[control] blend_s and delay_margin must be >= 0 and delay_window >= 1; got "
                 f"{self.blend_s}, {self.delay_margin}, {self.delay_window}"
             )
+        if self.schedule not in SCHEDULES:
+            raise SpecError(f"[control] schedule: expected one of {list(SCHEDULES)}, got {self.schedule!r}")
+        if self.execution_horizon < 0 or not self.max_guidance_weight > 0:
+            raise SpecError(
+                "[control] execution_horizon must be >= 0 (0: the whole overlap) and max_guidance_weight > 0; "
+                f"got {self.execution_horizon}, {self.max_guidance_weight}"
+            )
+
+    @property
+    def rtc(self) -> str | None:
+        """The policy-side RTC mode ("inpaint", "guided", "guided-nojac", "trained"), None for sync/async."""
+        return RTC_MODES.get(self.mode)
 
 
 def resample(chunk: np.ndarray, policy_hz: float, loop_hz: float) -> np.ndarray:
@@ -125,9 +162,16 @@ class ChunkExecutor:
             return ran >= min(self.exec_ticks, len(self.plan))
         return ran >= self.exec_ticks - self.delay_ticks or self.remaining(k) <= self.delay_ticks
 
-    def guide(self, k: int, horizon: int) -> tuple[np.ndarray, np.ndarray] | None:
-        """RTC: (guide [horizon, a] at policy rate, weights [horizon]) for a request at tick k."""
-        if self.cfg.mode != "rtc" or self.plan is None or self.resync:
+    @property
+    def inference_delay(self) -> int:
+        """Policy steps of a new chunk that will have run from the old plan when it arrives: it is
+        first used at tick k_obs + delay_ticks, its step j is meant for tick k_obs + 1 + j * r."""
+        return math.ceil(max(0, self.delay_ticks - 1) / self.r - 1e-9)
+
+    def _old_plan_at(self, k: int, horizon: int) -> tuple[np.ndarray, int] | None:
+        """The current plan sampled at the policy steps of a chunk requested at tick k ([horizon, a],
+        held at its last action past its end), and how many of those steps it covers."""
+        if self.plan is None or self.resync:
             return None
         # Policy step j of the new chunk happens at tick k + 1 + j * r; sample the old plan there.
         pos = (k + 1 + np.arange(horizon) * self.r) - self.t0
@@ -139,9 +183,42 @@ class ChunkExecutor:
         i0 = np.minimum(np.floor(p).astype(int), max(n - 2, 0))
         f = (p - i0)[:, None] if n > 1 else np.zeros((horizon, 1))
         i1 = np.minimum(i0 + 1, n - 1)
-        guide = ((1 - f) * self.plan[i0] + f * self.plan[i1]).astype(np.float32)
+        return ((1 - f) * self.plan[i0] + f * self.plan[i1]).astype(np.float32), overlap
+
+    def guide(self, k: int, horizon: int) -> tuple[np.ndarray, np.ndarray] | None:
+        """rtc (inpainting): (guide [horizon, a] at policy rate, weights [horizon]) for a request at tick k."""
+        if self.cfg.rtc != "inpaint":
+            return None
+        old = self._old_plan_at(k, horizon)
+        if old is None:
+            return None
+        guide, overlap = old
         d = math.ceil(self.delay_ticks / self.r)
         return guide, rtc_weights(horizon, d, overlap)
+
+    def request(self, k: int, horizon: int) -> dict:
+        """Keyword arguments for policy.infer with the observation of tick k: {} (sync, async, or no
+        plan to agree with), guide / guide_weights (rtc), or rtc={...} (rtc-guided, -nojac, -trained)."""
+        mode = self.cfg.rtc
+        if mode is None or horizon < 1:
+            return {}
+        if mode == "inpaint":
+            g = self.guide(k, horizon)
+            return {} if g is None else {"guide": g[0], "guide_weights": g[1]}
+        old = self._old_plan_at(k, horizon)
+        if old is None:
+            return {}
+        plan, overlap = old
+        return {
+            "rtc": {
+                "mode": mode,
+                "prev_chunk": plan[:overlap],
+                "inference_delay": min(self.inference_delay, overlap),
+                "execution_horizon": min(self.cfg.execution_horizon or overlap, overlap),
+                "schedule": self.cfg.schedule,
+                "max_guidance_weight": float(self.cfg.max_guidance_weight),
+            }
+        }
 
     # ---- a chunk arrived ----
     def on_chunk(self, chunk: np.ndarray, k_obs: int, k_now: int) -> bool:

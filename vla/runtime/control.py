@@ -310,9 +310,9 @@ class ControlLoop:
             link.holding = False
 
     def _request(self, worker: InferenceWorker, link: _Link, ex: ChunkExecutor, obs, task, k_obs) -> None:
-        guide = ex.guide(k_obs, self.horizon) if self.horizon else None
+        extra = ex.request(k_obs, self.horizon)  # {} without a horizon in the policy's metadata
         try:
-            worker.submit(self._policy_obs(obs, task), k_obs, guide)
+            worker.submit(self._policy_obs(obs, task), k_obs, extra)
             link.in_flight = (k_obs, time.monotonic())
         except queue.Full:
             pass

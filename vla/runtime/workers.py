@@ -37,24 +37,22 @@ class InferenceWorker:
         self._thread = threading.Thread(target=self._run, name="inference", daemon=True)
         self._thread.start()
 
-    def submit(self, obs: dict, k_obs: int, guide=None) -> None:
-        self.requests.put_nowait((obs, k_obs, time.monotonic(), guide))
+    def submit(self, obs: dict, k_obs: int, extra: dict | None = None) -> None:
+        """Ask for a chunk; `extra`: keyword arguments for policy.infer (ChunkExecutor.request: the
+        guide of rtc, or rtc={...})."""
+        self.requests.put_nowait((obs, k_obs, time.monotonic(), extra or {}))
 
     def _run(self) -> None:
         from vla.runtime.client import PolicyUnavailable, RemotePolicyError
 
         while not self._stop.is_set():
             try:
-                obs, k_obs, t_sent, guide = self.requests.get(timeout=0.1)
+                obs, k_obs, t_sent, extra = self.requests.get(timeout=0.1)
             except queue.Empty:
                 continue
             res = _Result(k_obs, t_sent)
             try:
-                out = (
-                    self.policy.infer(obs)
-                    if guide is None
-                    else self.policy.infer(obs, guide=guide[0], guide_weights=guide[1])
-                )
+                out = self.policy.infer(obs, **extra)
                 if out.get("malformed"):
                     raise RemotePolicyError("the policy reported a malformed chunk")
                 res.actions = np.asarray(out["actions"], np.float32)

@@ -104,7 +104,17 @@ class RemotePolicy:
     def reset(self) -> None:
         """The server is stateless between calls; kept for the PolicyLike contract."""
 
-    def infer(self, obs: dict, *, guide: np.ndarray | None = None, guide_weights: np.ndarray | None = None) -> dict:
+    def infer(
+        self,
+        obs: dict,
+        *,
+        guide: np.ndarray | None = None,
+        guide_weights: np.ndarray | None = None,
+        rtc: dict | None = None,
+    ) -> dict:
+        """One chunk. guide / guide_weights: real-time chunking by inpainting; rtc: the request of the
+        other RTC modes ({"mode", "prev_chunk" [h', a], "inference_delay", "execution_horizon",
+        "schedule", "max_guidance_weight"}), sent as the observation's `rtc` map."""
         import websockets
 
         if self._ws is None:
@@ -113,6 +123,8 @@ class RemotePolicy:
         if guide is not None:
             msg["guide"] = np.asarray(guide, np.float32)
             msg["guide_weights"] = np.asarray(guide_weights, np.float32)
+        if rtc is not None:
+            msg["rtc"] = {k: np.asarray(v, np.float32) if k == "prev_chunk" else v for k, v in rtc.items()}
         data = packb(msg)
         try:
             self._ws.send(data)
