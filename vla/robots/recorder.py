@@ -6,11 +6,12 @@
     rec.discard_episode()                                   # or drop it (re-record)
     episodes = rec.close()
 
-One writer thread owns the store's `EpisodeWriter`: it validates each frame, JPEG-encodes the cameras
-in the writer's small pool (PIL releases the GIL while it encodes) and appends them to the shard
-files every 32 frames, so the loop thread only puts a tuple on a queue. An episode becomes visible
-only at its commit (`end_episode`), so a recorder killed at any moment loses at most the episode in
-progress; the next writer clears what it left.
+One writer thread owns the store's `EpisodeWriter`: it JPEG-encodes each camera frame as it arrives
+(OpenCV's encoder, which releases the GIL; PIL's holds it for the 1.5-7 ms a 640x480 frame takes, long
+enough to delay a tick) and keeps the episode's encoded frames (~30-200 KB a frame) and low-dim rows
+until the episode ends, then appends and commits it in one step (`EpisodeWriter.add_encoded_episode`).
+The loop thread only puts a tuple on a queue. An episode becomes visible only at its commit, so a
+recorder killed at any moment loses at most the episode in progress and nothing else.
 
 A store is appended to only when it holds exactly this embodiment (same spec: joints, cameras, rate);
 anything else is refused before the robot moves. Camera frames are stored as JPEG (quality 75, the
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import numpy as np
 
-from vla.spec import ACTION, STATE, TIMESTAMP, Embodiment, image_key
+from vla.spec import ACTION, STATE, TIMESTAMP, Embodiment
 
 log = logging.getLogger(__name__)
 
@@ -88,16 +89,45 @@ def _cams(emb: Embodiment) -> list[str]:
     return [f"{c.name} {c.height}x{c.width}" for c in emb.cameras]
 
 
+def frame_encoder(codec):
+    """bytes of one uint8 HxWx3 RGB frame in `codec` (vla.data.codecs.ImageCodec), encoded without holding
+    the GIL: JPEG through OpenCV's libjpeg (Huffman-optimized, 4:2:0: the bytes PIL writes for the store's
+    codec, while PIL holds the GIL and would stall the loop thread for the whole encode); others by the codec."""
+    if codec.name != "jpeg":
+        return codec.encode
+    import cv2
+
+    from vla.data.codecs import CodecError
+
+    params = [
+        cv2.IMWRITE_JPEG_QUALITY,
+        int(codec.quality),
+        cv2.IMWRITE_JPEG_OPTIMIZE,
+        1,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR,
+        cv2.IMWRITE_JPEG_SAMPLING_FACTOR_420,
+    ]
+
+    def encode(img: np.ndarray) -> bytes:
+        ok, buf = cv2.imencode(".jpg", cv2.cvtColor(img, cv2.COLOR_RGB2BGR), params)
+        if not ok:
+            raise CodecError(f"OpenCV could not encode a {img.shape} frame as JPEG")
+        return buf.tobytes()
+
+    return encode
+
+
 class StoreRecorder:
-    """Episodes of one embodiment into an EpisodeStore, written by a background thread."""
+    """Episodes of one embodiment into an EpisodeStore, encoded and written by a background thread."""
 
     def __init__(self, store, emb: Embodiment, *, source: str, max_queue: int):
         self.store, self.emb = store, emb
-        self._keys = [image_key(c) for c in emb.camera_names]
         self.q: queue.Queue = queue.Queue(maxsize=max_queue)
         self.counts = _Counts()
         self.error: BaseException | None = None
         self._episode_dropped = 0
+        self._encode = {c: frame_encoder(store.codec(emb.name, c)) for c in emb.camera_names}
+        self._shapes = {c.name: c.shape for c in emb.cameras}
         self._writer = store.writer(emb.name, source=source)
         self._writer.__enter__()  # the store's writer lock, taken here: a second recorder is refused at once
         self._thread = threading.Thread(target=self._run, name="store-writer", daemon=True)
@@ -172,12 +202,17 @@ class StoreRecorder:
         if self._thread.is_alive() and self.error is None:
             self.error = TimeoutError(f"the store writer did not finish within {timeout_s:.0f} s")
         if not self._thread.is_alive():
-            self._writer.__exit__(None, None, None)  # discards an unfinished episode, releases the lock
+            self._writer.__exit__(None, None, None)  # releases the lock
         return list(self.counts.episodes)
 
     # ---- the writer thread ----
+    def _new_episode(self) -> tuple[dict, dict]:
+        return {STATE: [], ACTION: [], TIMESTAMP: []}, {c: [] for c in self.emb.camera_names}
+
     def _run(self) -> None:
-        w, n = self._writer, 0
+        from vla.data.writer import FrameError
+
+        rows, blobs = self._new_episode()
         try:
             while True:
                 item = self.q.get()
@@ -187,22 +222,31 @@ class StoreRecorder:
                 if kind == _SYNC:
                     item[1].set()
                 elif kind == _DISCARD:
-                    if n:
-                        w.discard_episode()
-                    n = 0
+                    rows, blobs = self._new_episode()
                 elif kind == _END:
+                    n = len(rows[TIMESTAMP])
                     if n:
-                        i = w.end_episode(task=item[1], success=None)  # teleop: the operator judges later
+                        i = self._writer.add_encoded_episode(
+                            {k: np.stack(v) for k, v in rows.items()},
+                            blobs,
+                            task=item[1],
+                            success=None,  # teleoperation: the operator judges later (`vla data keep`)
+                        )
                         self.counts.episodes.append(RecordedEpisode(i, n, item[1], item[2]))
                         log.debug("committed episode %d (%d frames) into %s", i, n, self.store.path)
-                    n = 0
+                    rows, blobs = self._new_episode()
                 else:
                     _, state, action, images, t = item
-                    frame = {STATE: state, ACTION: action, TIMESTAMP: t}
-                    for cam, key in zip(self.emb.camera_names, self._keys):
-                        frame[key] = images[cam]
-                    w.add_frame(frame)
-                    n += 1
+                    for cam, enc in self._encode.items():
+                        img = images[cam]
+                        if img.shape != self._shapes[cam] or img.dtype != np.uint8:
+                            raise FrameError(
+                                f"camera {cam!r}: expected uint8 frames {self._shapes[cam]}, got {img.dtype} {img.shape}"
+                            )
+                        blobs[cam].append(enc(img))
+                    rows[STATE].append(np.asarray(state, np.float32))
+                    rows[ACTION].append(np.asarray(action, np.float32))
+                    rows[TIMESTAMP].append(np.float32(t))
         except BaseException as e:  # the loop keeps running; it reads `error` and stops
             self.error = e
             log.exception("the store writer stopped")

@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from vla.robots.keys import HELP, INTERRUPT, RERECORD, STOP, KeyControl
 from vla.robots.recorder import StoreRecorder
-from vla.robots.teleop import EpisodeStats, FrameFeed, TeleopLoop
+from vla.robots.teleop import EpisodeStats, FrameFeed, TeleopLoop, realtime
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +63,13 @@ def record_session(
     keys: KeyControl | None = None,
     recorder: StoreRecorder | None = None,
     switch_interval_s: float = 0.0005,
+    rt_priority: int = 0,
 ) -> dict:
     """Record `episodes` episodes of `follower` driven by `leader` into the store at `out`.
 
     `follower.embodiment` names the joints and the cameras actually recording; its rate becomes `fps`.
-    `recorder`: an open StoreRecorder for it (else one is opened here). Returns the summary."""
+    `recorder`: an open StoreRecorder for it (else one is opened here). `rt_priority` > 0: the loop runs
+    SCHED_FIFO at that priority (vla.robots.teleop.realtime). Returns the summary."""
     emb = replace(follower.embodiment, control_hz=float(fps))
     rec = recorder or StoreRecorder.open(out, emb)
     keys = keys or KeyControl().start()
@@ -82,7 +84,7 @@ def record_session(
     )
     t_start = time.monotonic()
     try:
-        with _signals(keys):
+        with _signals(keys), realtime(rt_priority):
             loop.wait_for_cameras()
             while len(kept) < episodes:
                 st = loop.run(seconds, rec)

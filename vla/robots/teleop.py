@@ -27,7 +27,10 @@ arms' units ([-100, 100], gripper [0, 100]), over the episode's ticks after the 
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from typing import Callable, Protocol
@@ -43,14 +46,28 @@ MISS_TOLERANCE = 0.25  # a tick later than this fraction of a period after its d
 
 
 class FrameFeed(Protocol):
-    """A camera as the loop sees it: the newest frame and how many frames it has delivered so far."""
+    """A camera as the loop sees it: how many frames it has delivered so far, and the newest."""
 
     name: str
 
-    def latest(self) -> tuple[int, float, np.ndarray] | None:
-        """(frames delivered so far, monotonic time the newest arrived, the newest frame uint8 HxWx3),
-        or None before the first frame. Must not wait."""
+    def latest(self) -> tuple[int, np.ndarray] | None:
+        """(frames delivered so far, the newest frame uint8 HxWx3), or None before the first frame.
+        Must not wait for a frame."""
         ...
+
+
+class CameraFeed:
+    """A FrameFeed over a connected vla.robots.cameras.Camera (its reader thread keeps the newest frame)."""
+
+    def __init__(self, camera):
+        self.camera = camera
+        self.name = camera.name
+
+    def latest(self) -> tuple[int, np.ndarray] | None:
+        n = self.camera.frames_read  # before the frame: the frame is at least this new
+        if n == 0:
+            return None
+        return n, self.camera.read()
 
 
 class Leader(Protocol):
@@ -93,6 +110,37 @@ def sleep_until(deadline: float, spin_s: float) -> float:
         now = time.monotonic()
         if now >= deadline:
             return now
+
+
+@contextlib.contextmanager
+def realtime(priority: int):
+    """SCHED_FIFO at `priority` for the calling thread and one below for the process's other threads (a
+    helper thread holding the GIL must not be descheduled while the loop waits for it), for the duration;
+    nothing when priority is 0, and a warning where the OS refuses (needs root or CAP_SYS_NICE)."""
+    if not priority or not hasattr(os, "sched_setscheduler"):
+        yield False
+        return
+    me = threading.get_native_id()
+    tids = sorted({t.native_id for t in threading.enumerate() if t.native_id is not None} | {me}, key=lambda t: t != me)
+    done = []
+    try:
+        for tid in tids:
+            try:
+                os.sched_setscheduler(
+                    tid, os.SCHED_FIFO, os.sched_param(priority if tid == me else max(1, priority - 1))
+                )
+                done.append(tid)
+            except OSError as e:
+                if tid == me:
+                    log.warning("cannot run the teleoperation loop SCHED_FIFO (%s); normal scheduling", e)
+                    break
+        yield bool(done)
+    finally:
+        for tid in done:
+            try:
+                os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
+            except OSError:  # the thread has ended
+                pass
 
 
 def grid_phase(arrivals: list[float], period: float, candidates: int = 64) -> float:
@@ -154,7 +202,7 @@ class TeleopLoop:
                     continue
                 x = c.latest()
                 if x is not None and x[0] != seen[c.name]:
-                    got[c.name] = x[1]
+                    got[c.name] = time.monotonic()
             time.sleep(0.0005)
         return list(got.values())
 
@@ -191,8 +239,8 @@ class TeleopLoop:
                     raise RuntimeError(f"camera {c.name!r} has delivered no frame")
                 out[c.name] = last[1]
             else:
-                self._last[c.name] = (x[0], x[2])
-                out[c.name] = x[2]
+                self._last[c.name] = x
+                out[c.name] = x[1]
         return out
 
     def run(self, seconds: float, recorder=None) -> EpisodeStats:
@@ -206,8 +254,7 @@ class TeleopLoop:
         queue_drops = 0
         ended_by = "time"
         for c in self.cameras:  # a frame from before the episode is stale at its first tick
-            x = c.latest()
-            self._last[c.name] = None if x is None else (x[0], x[2])
+            self._last[c.name] = c.latest()
         t0 = self._grid_start()
         n_ticks = max(1, int(round(seconds * self.fps)))
         k = 0
