@@ -1,7 +1,8 @@
 """The `vla` command. Thin: each submodule parses arguments and calls library functions.
 
 One module per area registers its commands here: data (stores, LeRobot), sim (collect, eval),
-train, weights (convert, export-weights), runtime (serve, run). Nothing in the package imports `vla.cli`.
+train, weights (convert, export-weights), runtime (serve, run), robots (calibrate). Nothing in the
+package imports `vla.cli`.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from vla.cli import data, runtime, sim, train, weights
+from vla.cli import data, robots, runtime, sim, train, weights
 from vla.cli.common import bench_app, fail, show_on_stdout, user_errors
 
 app = typer.Typer(
@@ -53,6 +54,7 @@ app.command("export-weights")(weights.export_weights_command)
 app.command("serve")(runtime.serve_command)
 app.command("sim-robot")(runtime.sim_robot_command)
 app.command("run")(runtime.run_command)
+app.command("calibrate")(robots.calibrate_command)
 
 
 @app.command("quickstart")

@@ -2,3 +2,7 @@
 Koch arms behind `vla.runtime.robot.Robot`, cameras, teleoperated recording, and virtual buses (a
 pseudo-terminal speaking the servo protocol, backed by a MuJoCo arm) for testing all of it without hardware.
 """
+
+from vla.robots.calibration import load_calibration
+
+__all__ = ["load_calibration"]
