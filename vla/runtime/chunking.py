@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import math
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -160,7 +160,9 @@ class ChunkExecutor:
         ran = k + 1 - self.t0  # actions of the current plan sent by the end of tick k
         if self.cfg.mode == "sync":
             return ran >= min(self.exec_ticks, len(self.plan))
-        return ran >= self.exec_ticks - self.delay_ticks or self.remaining(k) <= self.delay_ticks
+        # The chunk asked for now is first used delay_ticks later, after ran - 1 + delay_ticks actions of this
+        # plan: ask when that makes exec_ticks (or the plan is about to run out).
+        return ran + self.delay_ticks - 1 >= self.exec_ticks or self.remaining(k) <= self.delay_ticks
 
     @property
     def inference_delay(self) -> int:
@@ -251,3 +253,13 @@ class ChunkExecutor:
     def drop(self) -> None:
         """Forget the plan (watchdog hold, e-stop): the next chunk starts fresh."""
         self.plan, self.resync = None, True
+
+
+def sim_executor(cfg: ChunkingConfig, hz: float, delay_steps: int) -> ChunkExecutor:
+    """An executor for vla.sim.rollout's simulated delay: the loop and the policy both run at the
+    env's rate `hz`, and every chunk arrives `delay_steps` ticks late. The delay is exact there, so
+    no margin is added, and the estimate starts at it (where a real loop's online estimate settles
+    after its first request). `functools.partial(sim_executor, cfg)` is what `evaluate` takes."""
+    ex = ChunkExecutor(replace(cfg, delay_margin=0), hz, hz)
+    ex.delays.append(delay_steps + 1)  # the chunk of tick k is first used at tick k + 1 + delay
+    return ex
