@@ -1,13 +1,11 @@
 """Simulated inference delay in sim time (vla.sim.rollout with a vla.runtime.chunking executor): which
 chunk's which action runs at each step, per mode, and what each request carries."""
 
-import functools
-
 import gymnasium as gym
 import numpy as np
 import pytest
 
-from vla.runtime.chunking import ChunkingConfig, sim_executor
+from vla.runtime.chunking import ChunkingConfig, SimExecutor
 from vla.sim.rollout import run_episode
 from vla.spec import STATE, TASK, SpecError
 
@@ -56,7 +54,7 @@ class ClockPolicy:
 
 def _run(mode, delay, steps=30):
     env, pol = ClockEnv(steps), ClockPolicy()
-    ex = functools.partial(sim_executor, ChunkingConfig(mode=mode, execute_s=0.2))  # 4 steps at 20 Hz
+    ex = SimExecutor(ChunkingConfig(mode=mode, execute_s=0.2))  # 4 steps at 20 Hz
     r = run_episode(env, pol, seed=0, executor=ex, delay_steps=delay)
     return [int(a[0]) for a in env.sent], pol.requests, r
 
@@ -102,4 +100,4 @@ def test_a_delay_needs_an_executor_and_a_joint_position_robot():
     env = ClockEnv()
     env.embodiment = tiny_embodiment("ee", s=3, a=2, cams=(), hz=20.0)
     with pytest.raises(SpecError, match="holds the robot"):
-        run_episode(env, ClockPolicy(), seed=0, executor=functools.partial(sim_executor, ChunkingConfig()))
+        run_episode(env, ClockPolicy(), seed=0, executor=SimExecutor(ChunkingConfig()))

@@ -255,11 +255,21 @@ class ChunkExecutor:
         self.plan, self.resync = None, True
 
 
-def sim_executor(cfg: ChunkingConfig, hz: float, delay_steps: int) -> ChunkExecutor:
-    """An executor for vla.sim.rollout's simulated delay: the loop and the policy both run at the
-    env's rate `hz`, and every chunk arrives `delay_steps` ticks late. The delay is exact there, so
-    no margin is added, and the estimate starts at it (where a real loop's online estimate settles
-    after its first request). `functools.partial(sim_executor, cfg)` is what `evaluate` takes."""
-    ex = ChunkExecutor(replace(cfg, delay_margin=0), hz, hz)
-    ex.delays.append(delay_steps + 1)  # the chunk of tick k is first used at tick k + 1 + delay
-    return ex
+@dataclass(frozen=True)
+class SimExecutor:
+    """What vla.sim.rollout and vla.sim.eval take as `executor`: `SimExecutor(cfg)(hz, delay_steps)`
+    makes a ChunkExecutor for a simulated delay. The loop and the policy both run at the env's rate
+    `hz` and every chunk arrives `delay_steps` ticks late. The delay is exact there, so no margin
+    is added, and the estimate starts at it (where a real loop's online estimate settles after its
+    first request). Picklable, for evaluation worker processes."""
+
+    cfg: ChunkingConfig
+
+    @property
+    def mode(self) -> str:
+        return self.cfg.mode
+
+    def __call__(self, hz: float, delay_steps: int) -> ChunkExecutor:
+        ex = ChunkExecutor(replace(self.cfg, delay_margin=0), hz, hz)
+        ex.delays.append(delay_steps + 1)  # the chunk of tick k is first used at tick k + 1 + delay
+        return ex

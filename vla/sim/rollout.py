@@ -51,7 +51,7 @@ def run_episode(
     """Roll out `policy` (PolicyLike) in `env` from reset(seed). Returns success, length, and (record) frames.
 
     executor: None (chunks run for `replan_every` steps, no delay), or a factory
-    `executor(control_hz, delay_steps)` of a chunk executor (vla.runtime.chunking.sim_executor)
+    `executor(control_hz, delay_steps)` of a chunk executor (vla.runtime.chunking.SimExecutor)
     that decides which action runs at each step and what each request carries; chunks then
     arrive `delay_steps` steps after their observation (see the module docstring). The result
     adds `boundary_jumps` (per chunk switch after the first: the largest change of any action
@@ -69,7 +69,7 @@ def run_episode(
     """
     if executor is None:
         if delay_steps:
-            raise SpecError("a simulated inference delay needs a chunk executor (vla.runtime.chunking.sim_executor)")
+            raise SpecError("a simulated inference delay needs a chunk executor (vla.runtime.chunking.SimExecutor)")
         run = functools.partial(
             _run_episode, env, policy, seed=seed, replan_every=replan_every, record=record, video=video,
             after_success=after_success,
