@@ -116,6 +116,32 @@ MISTAKES = [
     ("merge differing specs", "data merge {new} {store} {lerobot_store}", "differs"),
     ("bench load into a file", "bench load --size tiny --out {file}", "a file of"),
     ("bench load into a store", "bench load --size tiny --out {store}", "an episode store"),
+    ("calibrate an unknown robot", "calibrate --robot so102 --port {new}", "so102"),
+    ("calibrate a bad role", "calibrate --robot so101 --role boss --port {new}", "boss"),
+    (
+        "calibrate a missing port",
+        "calibrate --robot so101 --port {new} --out {new2}.json --yes --range-seconds 1",
+        "no serial port",
+    ),
+    ("calibrate into a text file", "calibrate --robot so101 --port {new} --out {file}", "ends in .json"),
+    ("calibrate over a calibration", "calibrate --robot so101 --port {new} --out {cal}", "--overwrite"),
+    (
+        "calibrate over other JSON",
+        "calibrate --robot so101 --port {new} --out {badck}/config.json",
+        "not a calibration file",
+    ),
+    (
+        "calibrate zero seconds",
+        "calibrate --robot so101 --port {new} --yes --range-seconds 0",
+        "--range-seconds must be > 0",
+    ),
+    ("calibrate scripted, no duration", "calibrate --robot so101 --port {new} --yes", "--range-seconds"),
+    ("calibrate --id and --out", "calibrate --robot so101 --port {new} --id a --out {new2}.json", "not both"),
+    (
+        "calibrate missing answers",
+        "calibrate --robot koch --port {new} --answers {new2} --range-seconds 1",
+        "--answers",
+    ),
 ]
 
 
@@ -160,6 +186,7 @@ def sandbox(tmp_path_factory):
     cfg["policy"]["config"]["backbone"]["text"]["mlp"] = 128
     (root / "wide-ckpt" / "config.json").write_text(json.dumps(cfg))
     (root / "bad-preset.toml").write_text(preset.read_text() + "bogus_key = 3\n")  # lands in [train]
+    shutil.copy(FIXTURES / "lerobot_calibration" / "so101_follower.json", root / "arm.json")  # a calibration
     return root
 
 
@@ -182,6 +209,7 @@ def test_a_mistake_gets_one_line_and_changes_nothing(sandbox, name, argv, expect
         "badpreset": sandbox / "bad-preset.toml",
         "wide": sandbox / "wide-ckpt",
         "lerobot_store": sandbox / "armA-other",
+        "cal": sandbox / "arm.json",
         "busy_port": busy.getsockname()[1],
     }
     monkeypatch.chdir(sandbox)
