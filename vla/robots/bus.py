@@ -18,6 +18,7 @@ control loop's observer and control threads may share a bus.
 
 from __future__ import annotations
 
+import importlib
 import logging
 import os
 import select
@@ -316,7 +317,7 @@ class MotorBus(ABC):
                 who = ", ".join(f"{n!r} (id {self.motors[n].id})" for n in silent[:1]) or "a motor"
                 raise MotorNotAnswering(
                     f"{self.vendor} bus on {self.port}: sync read of {register} failed at {who} after "
-                    f"{self.retries + 1} tries ({self._packet.getTxRxResult(comm)}); {PORT_HINT}"
+                    f"{self.retries + 1} tries ({self._packet.getTxRxResult(comm)}); check its power, cable and id"
                 )
             return {n: self.models[n].decode(register, reader.getData(i, addr, size)) for n, i in zip(names, ids)}
 
@@ -431,19 +432,18 @@ def _le_bytes(value: int, size: int) -> list[int]:
     return [(value >> (8 * k)) & 0xFF for k in range(size)]
 
 
-def bus_class(vendor: str) -> type[MotorBus]:
-    if vendor == FEETECH:
-        from vla.robots.feetech import FeetechBus
-
-        return FeetechBus
-    if vendor == DYNAMIXEL:
-        from vla.robots.dynamixel import DynamixelBus
-
-        return DynamixelBus
-    raise ValueError(f"unknown servo vendor {vendor!r}; known vendors are {[DYNAMIXEL, FEETECH]}")
-
-
+# The vendor buses, by vendor. Resolved on first use: the vendor modules import this one, so it names them
+# rather than importing them (the same module:Class form as a launch file's robot driver).
+BUS_CLASSES = {FEETECH: "vla.robots.feetech:FeetechBus", DYNAMIXEL: "vla.robots.dynamixel:DynamixelBus"}
 ROBOT_VENDORS = {"so100": FEETECH, "so101": FEETECH, "koch": DYNAMIXEL}
+
+
+def bus_class(vendor: str) -> type[MotorBus]:
+    try:
+        module, cls = BUS_CLASSES[vendor].split(":")
+    except KeyError:
+        raise ValueError(f"unknown servo vendor {vendor!r}; known vendors are {sorted(BUS_CLASSES)}") from None
+    return getattr(importlib.import_module(module), cls)
 
 
 def make_bus(protocol_or_robot: str | float, port: str, motors: dict[str, Motor] | None = None, **kw) -> MotorBus:
@@ -458,7 +458,7 @@ def make_bus(protocol_or_robot: str | float, port: str, motors: dict[str, Motor]
     elif key in (2, 2.0, "2", "2.0"):
         vendor = DYNAMIXEL
     else:
-        vendor = key
+        vendor = str(key)
     if motors is None:
         raise ValueError(f"make_bus({key!r}, ...) needs motors")
     return bus_class(vendor)(port, motors, **kw)

@@ -13,6 +13,7 @@ from vla.robots.tables import DYNAMIXEL
 
 log = logging.getLogger(__name__)
 
+ACCESS_ERROR = 7  # protocol 2.0 error number
 ALERT = 0x80  # status bit: a hardware error is latched (Hardware_Error_Status says which); the data is valid
 
 
@@ -33,4 +34,9 @@ class DynamixelBus(MotorBus):
     def _status_error(self, error: int) -> str | None:
         if error & ALERT and not error & ~ALERT:
             log.warning("%s: a Dynamixel reports a hardware alert; read its Hardware_Error_Status", self.port)
-        return self._packet.getRxPacketError(error) if error & ~ALERT else None
+        if not error & ~ALERT:
+            return None
+        text = self._packet.getRxPacketError(error)
+        if error & ~ALERT == ACCESS_ERROR:
+            text += " (EEPROM registers take writes only with torque disabled; some registers are read-only)"
+        return text
