@@ -3,6 +3,7 @@ commands, leader / follower roles, degrees, cameras, close; the launch files bui
 layer keeps its actions inside the calibrated range."""
 
 import shutil
+import time
 import tomllib
 
 import cv2
@@ -232,3 +233,45 @@ def test_copy_of_a_lerobot_file_connects_as_is(fake_bus, tmp_path):
     arm.send_action(np.array([90, 0, 0, 0, 0, 10], np.float32))
     assert arm.read_joints()[0] == pytest.approx(90, abs=0.1)
     arm.close()
+
+
+def test_drives_the_virtual_follower(tmp_path):
+    """The real path: FeetechBus on a virtual bus's pseudo-terminal, the servos' own homing arithmetic."""
+    from vla.robots.bus import Motor
+    from vla.robots.calibration import build_calibration, save_calibration, set_half_turn_homings
+    from vla.robots.feetech import FeetechBus
+    from vla.robots.virtual import VirtualBus
+
+    spec = arm_spec("so101")
+    with VirtualBus("so101", "follower", link=tmp_path / "so101") as vb:
+        # A calibration made on the servos (homing at the rest pose, ranges +-500 ticks around it).
+        with FeetechBus(vb.link, {n: Motor(i, m) for n, (i, m) in spec.motors.items()}) as bus:
+            spec.prepare_calibration(bus)
+            offsets = set_half_turn_homings(bus, spec)
+            assert all(abs(p - 2047) <= 4 for p in bus.sync_read("Present_Position").values())
+            bus.write("Homing_Offset", "gripper", 0)  # ServoArm.connect puts the calibration back
+        values = {
+            n: dict(id=i, drive_mode=0, homing_offset=offsets[n], range_min=1547, range_max=2547)
+            for n, (i, _) in spec.motors.items()
+        }
+        values["wrist_roll"].update(range_min=0, range_max=4095)
+        path = save_calibration(build_calibration(values, spec), tmp_path / "follower.json")
+
+        arm = ServoArm(vb.link, calibration=path)
+        arm.connect()
+        try:
+            assert vb.servo("gripper").get("Homing_Offset") == offsets["gripper"]
+            assert vb.servo("gripper").get("Max_Torque_Limit") == 500
+            state = arm.observe()[STATE]
+            assert np.abs(state[:5]).max() < 3 and abs(state[5] - 50) < 3  # the rest pose is the middle
+            goal = state + np.array([20, -15, 10, -10, 30, -20], np.float32)
+            deadline = time.monotonic() + 2.0
+            while time.monotonic() < deadline:
+                arm.send_action(goal)
+                time.sleep(1 / 30)
+                if np.abs(arm.read_joints() - goal).max() < 5:
+                    break
+            assert np.abs(arm.read_joints() - goal).max() < 5
+        finally:
+            arm.close()
+        assert all(s.get("Torque_Enable") == 0 for s in vb.servos.values())

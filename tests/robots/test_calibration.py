@@ -273,3 +273,36 @@ def test_ranges_until_enter_and_a_joint_that_never_moved():
     t.start()
     cal = calibrate_arm(bus2, spec, ask=ask, poll_hz=200)
     assert bus2.reads > 5 and cal["elbow_flex"].range_max - cal["elbow_flex"].range_min == 100
+
+
+def test_vla_calibrate_on_a_virtual_leader(tmp_path):
+    """`vla calibrate` end to end: the virtual bus's scripted hand moves the leader while ranges are recorded."""
+    from typer.testing import CliRunner
+
+    from vla.cli import app
+    from vla.robots.arm import ServoArm
+    from vla.robots.virtual import VirtualBus
+
+    out = tmp_path / "leader.json"
+    with VirtualBus("so101", "leader", link=tmp_path / "leader") as vb:
+        argv = ["calibrate", "--robot", "so101", "--role", "leader", "--port", vb.link, "--out", str(out)]
+        r = CliRunner().invoke(app, argv + ["--yes", "--range-seconds", "2"])
+        assert r.exit_code == 0, r.output
+        assert "homing offsets written" in r.output and f"saved the so101 leader calibration to {out}" in r.output
+        cal = load_calibration(out, "so101", role="leader")
+        for name, m in cal.items():
+            assert vb.servo(name).get("Homing_Offset") == m.homing_offset
+            assert (vb.servo(name).get("Min_Position_Limit"), vb.servo(name).get("Max_Position_Limit")) == (
+                m.range_min,
+                m.range_max,
+            )
+        assert (cal["wrist_roll"].range_min, cal["wrist_roll"].range_max) == (0, 4095)
+        assert sum(m.range_max - m.range_min > 100 for m in cal.values()) >= 4  # the hand moved the joints
+        leader = ServoArm(vb.link, role="leader", calibration=out)
+        leader.connect()
+        try:
+            q = leader.read_joints()
+            assert q.shape == (6,) and (np.abs(q[:5]) <= 100).all() and 0 <= q[5] <= 100
+        finally:
+            leader.close()
+        assert CliRunner().invoke(app, argv + ["--yes", "--range-seconds", "1"]).exit_code == 2  # no --overwrite

@@ -33,7 +33,7 @@ from vla.robots.calibration import (
     resolve_calibration,
     write_calibration,
 )
-from vla.robots.cameras import Camera, make_camera, parse_cameras
+from vla.robots.cameras import Camera, CameraError, make_camera, parse_cameras
 from vla.robots.specs import ArmSpec, arm_spec
 from vla.runtime.robot import Robot, RobotError
 from vla.spec import STATE, Dim, Embodiment, SpecError, image_key
@@ -186,8 +186,13 @@ class ServoArm(Robot):
                 # Torque on holds the arm where it is: the goal register may hold an old target.
                 bus.sync_write("Goal_Position", bus.sync_read("Present_Position"))
                 bus.enable_torque()
-            for cam in self.cameras.values():
-                cam.connect()
+            for name, cam in self.cameras.items():
+                try:
+                    cam.connect()
+                except RobotError:
+                    raise
+                except (OSError, ValueError, TimeoutError, RuntimeError) as e:  # other camera kinds' errors
+                    raise CameraError(f"camera {name!r}: {e}") from None
         except BaseException:
             self.close()
             raise
