@@ -170,6 +170,7 @@ def test_leaders_are_read_not_commanded(fake_bus):
     assert bus.regs["gripper"]["Goal_Position"] == cal["gripper"].unnormalize(50.0)
     assert bus.regs["elbow_flex"]["Drive_Mode"] == 1
     koch.close()
+    assert not any(bus.torque.values())  # LeRobot's disconnect: torque off, leaders too
 
 
 def test_missing_calibration_says_how_to_make_one(fake_bus, tmp_path, monkeypatch):

@@ -53,15 +53,23 @@ def test_normalize_matches_lerobot(name, mode):
 
 
 def test_parity_is_exact_not_just_close():
-    """Same operations in the same order: not one bit differs from LeRobot's floats."""
-    worst = 0.0
+    """Same operations in the same order: not one bit differs from LeRobot's floats (the figure in
+    docs/robots.md: python -m pytest -q -s tests/robots/test_calibration.py -k exact)."""
+    worst, floats, ints, differ = 0.0, 0, 0, 0
     for name, mode in PARAMS:
         entry = CASES["calibrations"][name]
         cal = load_calibration(HERE / f"{name}.json", entry["robot"], mode == "degrees", role=entry["role"])
         for motor, case in entry["modes"][mode].items():
-            got = cal[motor].normalize_array(case["raw"])
+            got = np.array([cal[motor].normalize(r) for r in case["raw"]])
             worst = max(worst, float(np.abs(got - np.array(case["normalized"])).max()))
-    assert worst == 0.0
+            back = [cal[motor].unnormalize(v) for v in case["values"]]
+            differ += sum(a != b for a, b in zip(back, case["unnormalized"], strict=True))
+            floats, ints = floats + len(got), ints + len(back)
+    print(
+        f"\nlerobot {CASES['lerobot_version']}: {floats} normalized values, max |diff| {worst}; "
+        f"{ints} unnormalized ints, {differ} differ"
+    )
+    assert worst == 0.0 and differ == 0
 
 
 def test_drive_mode_follows_lerobot_per_vendor():

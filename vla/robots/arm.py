@@ -4,7 +4,7 @@
     arm.connect()                      # bus handshake, calibration checked / written, servos configured
     obs = arm.observe()                # {"observation/state": float32[6], "observation/images/front": uint8 HxWx3}
     arm.send_action(obs["observation/state"])   # follower: joint targets in the embodiment's units
-    arm.close()                        # torque off (follower), port and cameras closed
+    arm.close()                        # torque off, port and cameras closed
 
 In a launch file: `[robot] driver = "vla.robots.arm:ServoArm"`, `options = { port = ..., robot = "so101",
 calibration = ..., cameras = { front = "0" } }` (launch/so101-real.toml).
@@ -244,7 +244,8 @@ class ServoArm(Robot):
             self.bus.sync_write("Goal_Position", self.bus.sync_read("Present_Position"))
 
     def close(self) -> None:
-        """Torque off (a follower, unless disable_torque_on_close=False), then the port and the cameras."""
+        """Torque off (unless disable_torque_on_close=False; LeRobot does it for leaders too: the Koch
+        leader's gripper holds under torque), then the port and the cameras."""
         errors = []
         for cam in self.cameras.values():
             try:
@@ -254,7 +255,7 @@ class ServoArm(Robot):
         bus, self.bus = self.bus, None
         if bus is not None:
             try:
-                bus.close(disable_torque=self.is_follower and self.disable_torque_on_close and bus.is_connected)
+                bus.close(disable_torque=self.disable_torque_on_close and bus.is_connected)
             except Exception as e:  # noqa: BLE001
                 errors.append(e)
         if errors:
