@@ -9,6 +9,10 @@ at the model's 224x224 input; the same frames in LeRobot's format (AV1 as LeRobo
 read at LeRobot's access pattern with PyAV: LeRobot's own package cannot be installed beside
 our torch), a LeRobot import of them, and 3 cameras recorded at 30 fps through `vla run`'s
 recorder. Every figure depends on the machine's load: the JSON carries the load average.
+
+--store URL (run_store): an existing store on object storage (s3://...), read by the loader
+without the local read cache, from an empty cache (cold) and with the cache filled (warm),
+against a local copy of the same store.
 """
 
 from __future__ import annotations
@@ -421,6 +425,127 @@ def run_camera(
                 "shard_frames": SHARD_FRAMES,
             },
             "targets": CAMERA_TARGETS,
+            "load_average_1_5_15": {
+                "start": [round(x, 2) for x in load0],
+                "end": [round(x, 2) for x in os.getloadavg()],
+            },
+            "machine": _machine(),
+        }
+    )
+    return out
+
+
+# ---- a store on object storage against the same store on local disk ----
+STORE_TARGETS = {"s3_warm_cache_vs_local_min": 0.5}
+
+
+@contextlib.contextmanager
+def _env(**values):
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _first_batches_rate(ds: WindowDataset, workers: int, batches: int, batch_size: int) -> float:
+    """Windows/s over a fresh loader's first `batches` batches, its start-up included (what a cold
+    cache costs shows here: `_loader_rate` leaves the first batches out)."""
+    t0 = time.perf_counter()
+    dl = make_loader(ds, batch_size, workers=workers, num_samples=batch_size * batches, seed=3)
+    n = sum(len(b["action"]) for b in dl)
+    rate = n / (time.perf_counter() - t0)
+    del dl
+    gc.collect()
+    return rate
+
+
+def _fill_cache(store: EpisodeStore) -> int:
+    """Read one frame of every shard of every camera: each shard object lands in the cache."""
+    n = 0
+    for info in store.infos():
+        for cam in store.embodiments[info.embodiment].camera_names:
+            frames = store.frames(info.embodiment, cam)
+            for t in range(info.start - info.start % frames.S, info.end, frames.S):
+                frames.read([max(t, info.start)])
+                n += 1
+    return n
+
+
+def run_store(
+    store: str,
+    horizon: int = 50,
+    batch_size: int = 32,
+    batches: int = 100,
+    workers: tuple[int, ...] = (0, 2),
+    workdir: str | None = None,
+) -> dict:
+    """Loader windows/s on a store at a URL: no cache, cold cache, warm cache; and on a local copy."""
+    from vla.data import remote
+    from vla.spec import SpecError
+
+    if not remote.is_url(store):
+        raise SpecError(f"--store {store}: give the URL of a store on object storage (s3://bucket/prefix)")
+    src = EpisodeStore.open(store)
+    if not src.num_episodes:
+        raise SpecError(f"--store {store}: the store has no episodes")
+    load0 = os.getloadavg()
+    out: dict = {"benchmark": "data-store", "store": src.path}
+    with tempfile.TemporaryDirectory(dir=workdir) as tmp:
+        tmp = Path(tmp)
+        fs, root = remote.filesystem(src.path)
+        t0 = time.perf_counter()
+        fs.get(root.rstrip("/") + "/", str(tmp / "local"), recursive=True)
+        (tmp / "local" / ".writer.lock").unlink(missing_ok=True)
+        copy_s = time.perf_counter() - t0
+        nbytes = sum(f.stat().st_size for f in (tmp / "local").rglob("*") if f.is_file())
+        rates: dict = {}
+        local = WindowDataset(str(tmp / "local"), horizon)
+        rates["local"] = {f"workers_{w}": round(_loader_rate(local, w, batches, batch_size)) for w in workers}
+        first = {"local": round(_first_batches_rate(local, max(workers), batches, batch_size))}
+        with _env(VLA_CACHE=str(tmp / "cache")):
+            cold = WindowDataset(src.path, horizon)
+            first["s3_cold_cache"] = round(_first_batches_rate(cold, max(workers), batches, batch_size))
+            t0 = time.perf_counter()
+            _fill_cache(EpisodeStore.open(src.path))
+            fill_s = time.perf_counter() - t0
+            warm = WindowDataset(src.path, horizon)
+            rates["s3_warm_cache"] = {
+                f"workers_{w}": round(_loader_rate(warm, w, batches, batch_size)) for w in workers
+            }
+            cached = sum(f.stat().st_size for f in (tmp / "cache").rglob("c.*") if f.is_file())
+        with _env(VLA_CACHE="off"):
+            direct = WindowDataset(src.path, horizon)
+            few = max(2, batches // 10)
+            rates["s3_no_cache"] = {f"workers_{w}": round(_loader_rate(direct, w, few, batch_size), 1) for w in workers}
+    w = f"workers_{max(workers)}"
+    out.update(
+        {
+            "setup": {
+                "episodes": src.num_episodes,
+                "frames": src.num_frames,
+                "cameras": {
+                    n: [f"{c.name} {c.height}x{c.width}" for c in e.cameras] for n, e in src.embodiments.items()
+                },
+                "horizon": horizon,
+                "batch_size": batch_size,
+                "batches": batches,
+                "store_bytes": nbytes,
+                "endpoint": remote.storage_options(src.path).get("endpoint_url", "default"),
+            },
+            "windows_per_s": rates,
+            "windows_per_s_first_batches": first,
+            "s3_warm_cache_vs_local": round(rates["s3_warm_cache"][w] / rates["local"][w], 2),
+            "s3_cold_vs_local_first_batches": round(first["s3_cold_cache"] / first["local"], 2),
+            "copy_to_local_s": round(copy_s, 2),
+            "cache_fill_after_cold_s": round(fill_s, 2),
+            "cache_bytes": cached,
+            "targets": STORE_TARGETS,
             "load_average_1_5_15": {
                 "start": [round(x, 2) for x in load0],
                 "end": [round(x, 2) for x in os.getloadavg()],

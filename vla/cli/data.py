@@ -86,17 +86,19 @@ def data_info(
 
 @app.command("stats")
 def data_stats(
-    store: str = typer.Argument(..., help="Path of an episode store."),
-    out: Optional[Path] = typer.Option(None, help="Output JSON [default: <store>/norm_stats.json]."),
+    store: str = typer.Argument(..., help="Path or URL of an episode store."),
+    out: Optional[Path] = typer.Option(None, help="Output JSON [default: <store>/norm_stats.json, also for a URL]."),
 ):
     """Compute norm stats (mean, std, min, max, q01, q99) per embodiment and key, streaming."""
+    from vla.data.remote import is_url, join
     from vla.data.stats import compute_norm_stats, save_stats, stats_to_json
     from vla.data.store import EpisodeStore
     from vla.outputs import check_file_output
 
     try:
-        target = out or Path(store) / "norm_stats.json"
-        check_file_output(target, "--out", (".json",))
+        target = out or join(store, "norm_stats.json")
+        if not is_url(target):
+            check_file_output(target, "--out", (".json",))
         s = EpisodeStore.open(store)
         stats = compute_norm_stats(s, progress=True)
         save_stats(stats, target)
@@ -138,7 +140,7 @@ def data_verify(
 @app.command("import-lerobot")
 def data_import_lerobot(
     src: Path = typer.Argument(..., help="LeRobot dataset folder (format v3.0 or v2.1)."),
-    dst: Path = typer.Argument(..., help="New episode store to create."),
+    dst: str = typer.Argument(..., help="New episode store to create (path or URL)."),
     embodiment: Optional[str] = typer.Option(
         None,
         help="Built-in embodiment name / TOML path to map onto "
@@ -220,7 +222,7 @@ def _edited(r: dict) -> None:
 @app.command("keep")
 def data_keep(
     src: str = typer.Argument(..., help="Store to read."),
-    dst: Path = typer.Argument(..., help="New store."),
+    dst: str = typer.Argument(..., help="New store: a path or URL (s3://bucket/prefix)."),
     episodes: Optional[str] = _EPISODES,
     task: Optional[list[str]] = _TASK,
     success: Optional[list[str]] = _SUCCESS,
@@ -237,7 +239,7 @@ def data_keep(
 @app.command("delete")
 def data_delete(
     src: str = typer.Argument(..., help="Store to read."),
-    dst: Path = typer.Argument(..., help="New store."),
+    dst: str = typer.Argument(..., help="New store: a path or URL (s3://bucket/prefix)."),
     episodes: Optional[str] = _EPISODES,
     task: Optional[list[str]] = _TASK,
     success: Optional[list[str]] = _SUCCESS,
@@ -253,7 +255,7 @@ def data_delete(
 
 @app.command("merge")
 def data_merge(
-    dst: Path = typer.Argument(..., help="New store."),
+    dst: str = typer.Argument(..., help="New store: a path or URL (s3://bucket/prefix)."),
     srcs: list[str] = typer.Argument(..., help="Stores to merge (an embodiment in several must match)."),
 ):
     """One new store with every episode of each source, in order."""
@@ -268,8 +270,8 @@ def data_merge(
 @app.command("split")
 def data_split(
     src: str = typer.Argument(..., help="Store to split."),
-    train: Path = typer.Argument(..., help="New store: the training episodes."),
-    val: Path = typer.Argument(..., help="New store: the validation episodes."),
+    train: str = typer.Argument(..., help="New store (path or URL): the training episodes."),
+    val: str = typer.Argument(..., help="New store (path or URL): the validation episodes."),
     val_fraction: float = typer.Option(0.1, help="Fraction of episodes for validation (at least one)."),
     seed: int = typer.Option(0, help="Seed of the random episode split."),
 ):
@@ -287,7 +289,7 @@ def data_split(
 @app.command("migrate")
 def data_migrate(
     src: str = typer.Argument(..., help="Store to rewrite (e.g. one written by an older vla)."),
-    dst: Path = typer.Argument(..., help="New store in the current format."),
+    dst: str = typer.Argument(..., help="New store in the current format (path or URL)."),
     codec: Optional[str] = typer.Option(
         None, help="Re-encode every camera: lossless, jpeg or jpeg:Q [default: keep each camera's codec]."
     ),
@@ -316,11 +318,25 @@ def bench_data(
     episodes: Optional[int] = typer.Option(None, help="Episodes in the generated store [sim 20, camera 8]."),
     length: Optional[int] = typer.Option(None, help="Frames per episode [sim 200, camera 128]."),
     qualities: str = typer.Option("60,70,75,80,90", help="camera: JPEG qualities of the trade-off curve."),
+    store: Optional[str] = typer.Option(
+        None,
+        help="Measure this store on object storage (s3://bucket/prefix) instead of a generated one: "
+        "windows/s without the local read cache, cold and warm, against a local copy of it.",
+    ),
+    batches: int = typer.Option(100, help="--store: batches per measurement (32 windows each)."),
 ):
     """Loader windows/s, store bytes/files, write and import speed (JSON)."""
     from vla.bench import data as bench
 
-    if workload == "sim":
+    if store is not None:
+        if batches < 1:
+            fail(f"--batches must be at least 1, got {batches}")
+        try:
+            result = bench.run_store(store, batches=batches)
+        except user_errors() as e:
+            fail(str(e))
+        emit(result, json_out)
+    elif workload == "sim":
         emit(bench.run(episodes=episodes or 20, length=length or 200), json_out)
     elif workload == "camera":
         try:

@@ -23,6 +23,7 @@ import av
 import numpy as np
 from av.video.reformatter import VideoReformatter
 
+from vla.data import remote
 from vla.data.codecs import ImageCodec
 from vla.data.frame_files import StoreError
 
@@ -131,7 +132,11 @@ def read_frames_at(path: str | Path, times: list[float], fps: float) -> np.ndarr
     return np.stack(out)
 
 
-def tree_bytes(path: Path) -> int:
+def tree_bytes(path: Path | str) -> int:
+    """Bytes of the files under a local folder or the objects under a URL prefix."""
+    if remote.is_url(path):
+        fs, p = remote.filesystem(str(path))
+        return int(fs.du(p, total=True))
     return sum(f.stat().st_size for f in Path(path).rglob("*") if f.is_file())
 
 

@@ -1,10 +1,12 @@
 """Editing stores, as LeRobot users do with `lerobot-edit-dataset`: keep or delete episodes (by
 index, task, success), merge stores, split train/val by episode, migrate an old store.
 
-Every edit writes a NEW store: it is built in `<dst>.editing` beside the destination and
-renamed into place at the end, so a crash leaves the sources as they were and either no
-destination or the whole one. Sources are locked for the duration (the writer's lock): a
-store another process is writing is refused, and no writer can start on it mid-edit.
+Every edit writes a NEW store, local or on object storage (vla.data.remote.new_store): on local
+disk it is built in `<dst>.editing` beside the destination and renamed into place at the end; on
+object storage (no rename) it is built in place, marked unfinished until its last write. Either
+way a crash leaves the sources as they were and no destination that opens, only the whole one.
+Sources are locked for the duration (the writer's lock, or lease on S3): a store another process
+is writing is refused, and no writer can start on it mid-edit.
 Encoded frames are copied as they are (no re-encoding, no further loss) when the destination
 camera has the source's codec; otherwise they are decoded and encoded again. When a source has
 a `norm_stats.json`, the destination gets one recomputed from its own episodes. ENV_STATE rows
@@ -15,17 +17,17 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
 
 import numpy as np
 
+from vla.data import remote
 from vla.data.codecs import ImageCodec
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
-from vla.data.writer import WriterLock
+from vla.data.writer import writer_lock
 from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
@@ -85,25 +87,42 @@ def parse_indices(spec: str) -> tuple[int, ...]:
     return tuple(out)
 
 
+def _same(a: str, b) -> bool:
+    if remote.is_url(a) or remote.is_url(b):
+        return str(a).rstrip("/") == str(b).rstrip("/")
+    return Path(a).resolve() == Path(b).resolve()
+
+
 @contextlib.contextmanager
 def _locked(stores: Iterable[EpisodeStore]):
-    """Hold the writer lock of every local source while reading it."""
-    locks = []
+    """Hold the writer lock (lease on S3) of every source while reading it."""
+    locks, held = [], []
     try:
         for s in stores:
-            if "://" not in s.path and not any(lk.path.parent == Path(s.path) for lk in locks):
-                lk = WriterLock(s.path)
-                try:
-                    lk.acquire()
-                except OSError as e:  # a read-only copy: nobody can be writing it
-                    log.warning("%s: cannot take the writer lock (%s); reading it unlocked", s.path, e)
-                    continue
-                locks.append(lk)
-                s.refresh()  # what was committed before the lock was taken
+            if any(_same(s.path, p) for p in held):
+                continue
+            lk = writer_lock(s.path)
+            if lk is None:
+                continue
+            try:
+                lk.acquire()
+            except (OSError, PermissionError) as e:  # a read-only copy: nobody can be writing it
+                log.warning("%s: cannot take the writer lock (%s); reading it unlocked", s.path, e)
+                continue
+            locks.append(lk)
+            held.append(s.path)
+            s.refresh()  # what was committed before the lock was taken
         yield
     finally:
         for lk in locks:
             lk.release()
+
+
+def _has_stats(s: EpisodeStore) -> bool:
+    try:
+        return remote.exists(remote.join(s.path, "norm_stats.json"))
+    except StoreError:
+        return False
 
 
 def _open(src) -> EpisodeStore:
@@ -121,50 +140,43 @@ def copy_episodes(
     codec for every camera of the destination (default: each camera keeps its source's codec)."""
     from tqdm import tqdm
 
-    dst = Path(dst)
-    if "://" in str(dst):
-        raise StoreError(f"{dst}: edits write a local store; copy it to object storage afterwards")
-    if dst.exists():
-        raise StoreError(f"{dst}: already exists; edits write a new store")
+    dst = str(dst).rstrip("/") if remote.is_url(dst) else Path(dst)
+    remote.check_new_store(dst, "edit")
     stores = [s for s, _ in parts]
     for s in stores:
-        if Path(s.path).resolve() == dst.resolve():
+        if _same(s.path, dst):
             raise StoreError(f"{dst}: is also a source; write the edit to a new path")
-    tmp = dst.with_name(dst.name + ".editing")
-    shutil.rmtree(tmp, ignore_errors=True)
     total = sum(len(ix) for _, ix in parts)
     frames = 0
-    with _locked(stores):
-        try:
-            out = EpisodeStore.create(tmp)
-            origin: dict[str, str] = {}  # embodiment -> the first source that has it
-            for s, _ in parts:
-                for name, emb in s.embodiments.items():
-                    if name in out.embodiments and out.embodiments[name] != emb:
-                        raise StoreError(_mismatch(name, origin[name], out.embodiments[name], s.path, emb))
-                    origin.setdefault(name, s.path)
-                    codecs = codec if codec is not None else {c: s.codec(name, c) for c in emb.camera_names}
-                    out.add_embodiment(emb, codecs=codecs)
-            bar = tqdm(total=total, desc=f"write {dst.name}", unit="ep", disable=not progress)
-            with contextlib.ExitStack() as stack:
-                w = None  # one writer per run of consecutive episodes of one embodiment
-                for s, indices in parts:
-                    for i in indices:
-                        name = s.info(i).embodiment
-                        if w is None or w.emb.name != name:
-                            stack.close()
-                            w = stack.enter_context(out.writer(name))
-                        frames += _copy_one(s, i, w)
-                        bar.update()
-            bar.close()
-            if any((Path(s.path) / "norm_stats.json").exists() for s in stores if "://" not in s.path) and frames:
-                from vla.data.stats import compute_norm_stats, save_stats
+    with _locked(stores), remote.new_store(dst, "edit") as target:
+        out = EpisodeStore.create(target.path, unfinished=target.unfinished)
+        origin: dict[str, str] = {}  # embodiment -> the first source that has it
+        for s, _ in parts:
+            for name, emb in s.embodiments.items():
+                if name in out.embodiments and out.embodiments[name] != emb:
+                    raise StoreError(_mismatch(name, origin[name], out.embodiments[name], s.path, emb))
+                origin.setdefault(name, s.path)
+                codecs = codec if codec is not None else {c: s.codec(name, c) for c in emb.camera_names}
+                out.add_embodiment(emb, codecs=codecs)
+        bar = tqdm(
+            total=total, desc=f"write {str(dst).rstrip('/').rsplit('/', 1)[-1]}", unit="ep", disable=not progress
+        )
+        with contextlib.ExitStack() as stack:
+            w = None  # one writer per run of consecutive episodes of one embodiment
+            for s, indices in parts:
+                for i in indices:
+                    name = s.info(i).embodiment
+                    if w is None or w.emb.name != name:
+                        stack.close()
+                        w = stack.enter_context(out.writer(name))
+                    frames += _copy_one(s, i, w)
+                    bar.update()
+        bar.close()
+        if frames and any(_has_stats(s) for s in stores):
+            from vla.data.stats import compute_norm_stats, save_stats
 
-                save_stats(compute_norm_stats(out), tmp / "norm_stats.json")
-            tmp.rename(dst)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            raise
+            save_stats(compute_norm_stats(out), remote.join(target.path, "norm_stats.json"))
+        out.finish()  # object storage: the commit of the whole store (local: the rename)
     return {"path": str(dst), "episodes": total, "frames": frames}
 
 
@@ -269,13 +281,13 @@ def split_store(src, train_dst, val_dst, *, val_fraction: float = 0.1, seed: int
     order = np.random.default_rng(seed).permutation(s.num_episodes)
     val = sorted(int(i) for i in order[:n_val])
     train = sorted(int(i) for i in order[n_val:])
-    if Path(train_dst).exists() or Path(val_dst).exists():
-        raise StoreError(f"{train_dst} or {val_dst} already exists; split writes two new stores")
+    for d in (train_dst, val_dst):
+        remote.check_new_store(d, "split")
     a = copy_episodes([(s, train)], train_dst, progress=progress)
     try:
         b = copy_episodes([(s, val)], val_dst, progress=progress)
     except BaseException:
-        shutil.rmtree(train_dst, ignore_errors=True)  # both or neither
+        remote.remove(train_dst)  # both or neither
         raise
     return {"train": a, "val": {**b, "episodes_from_source": val}}
 

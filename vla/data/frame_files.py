@@ -16,10 +16,10 @@ and clears those (`recover`). At every moment the file is a valid zarr shard, so
 v3 reader opens the array (after `import vla.data`, which registers the "vla.jpeg" codec).
 
 Reads bypass zarr's array API (~1-2 ms per chunk): one `pread` per frame on a kept-open file
-for local stores, one ranged GET per frame through the zarr store for fsspec URLs. On object
-stores, where files cannot be appended to, the writer rewrites the shard object (one atomic
-PUT: readers see the old or the new object, with the same committed frames in both) once per
-episode.
+for local stores; for fsspec URLs, one `pread` on a local copy of the shard object (vla.data.cache,
+fetched whole on first use) or, without a cache, one ranged GET per frame. On object stores,
+where files cannot be appended to, the writer rewrites the shard object (one atomic PUT: readers
+see the old or the new object, with the same committed frames in both) once per episode.
 
 Stores of version 1 (one file per frame, `c.<t>.0.0.0`, blosc-lz4) are read by `LegacyFrames`.
 """
@@ -37,6 +37,7 @@ from zarr.codecs import BloscCodec, BytesCodec, ShardingCodec
 from zarr.core.buffer import default_buffer_prototype
 from zarr.core.sync import sync
 
+from vla.data.cache import ShardCache
 from vla.data.codecs import CodecError, ImageCodec, VlaJpegCodec
 
 SHARD_FRAMES = 1024  # <= 1 file per 1,000 frames per camera
@@ -139,13 +140,21 @@ class _Frames:
 class FrameFiles(_Frames):
     """One camera's frames in shard files (store version 2)."""
 
-    def __init__(self, arr: zarr.Array, camera: str):
+    def __init__(self, arr: zarr.Array, camera: str, *, cache_dir: Path | None = None, committed=None):
+        """cache_dir (object stores): where to keep local copies of the shards (vla.data.cache);
+        committed() -> the reader's committed end for this camera, below which copies are used."""
         self.arr, self.camera = arr, camera
         self.shape = tuple(arr.shape[1:])
         self.codec = ImageCodec.parse(arr.attrs.get("vla_codec", "lossless"))
         self.S = int((arr.shards or arr.chunks)[0])  # frames per shard file
         self.index_bytes = 16 * self.S
         self._dir = _local_root(arr)
+        self._committed = committed
+        self.cache = (
+            ShardCache(cache_dir, self._get_shard, committed)
+            if cache_dir is not None and committed is not None and self._dir is None
+            else None
+        )
         self.where = str(self._dir) if self._dir is not None else f"{arr.store}/{arr.path}"
         self._fds: OrderedDict[int, int] = OrderedDict()
         self._index: dict[int, np.ndarray] = {}
@@ -178,10 +187,17 @@ class FrameFiles(_Frames):
             self._fds.move_to_end(k)
         return fd
 
-    def _read_range(self, k: int, start: int, n: int) -> bytes | None:
+    def _get_shard(self, k: int) -> bytes | None:
+        buf = sync(self.arr.store.get(f"{self.arr.path}/{self._key(k)}", prototype=default_buffer_prototype()))
+        return None if buf is None else buf.to_bytes()
+
+    def _read_range(self, k: int, start: int, n: int, t: int | None = None) -> bytes | None:
+        """Bytes of shard k; t: the (committed) frame they belong to, which lets a cached copy serve them."""
         if self._dir is not None:
             fd = self._fd(k)
             return None if fd is None else _pread(fd, n, start)
+        if self.cache is not None and t is not None and t < self._committed():
+            return self.cache.read(k, start, n, t)
         from zarr.abc.store import RangeByteRequest
 
         buf = sync(
@@ -197,7 +213,7 @@ class FrameFiles(_Frames):
         for fresh in (False, True):
             idx = None if fresh else self._index.get(k)
             if idx is None:
-                raw = self._read_range(k, 0, self.index_bytes)
+                raw = self._read_range(k, 0, self.index_bytes, t)
                 if raw is None:
                     raise StoreError(
                         f"{self.where}/{self._key(k)}: shard of camera {self.camera!r} frame {t} is "
@@ -217,7 +233,7 @@ class FrameFiles(_Frames):
     def blob(self, t: int) -> bytes:
         k, j = self.shard_of(t)
         off, n = self._entry(k, j, t)
-        data = self._read_range(k, off, n)
+        data = self._read_range(k, off, n, t)
         if data is None or len(data) != n:
             got = 0 if data is None else len(data)
             raise CorruptFrameError(
@@ -230,6 +246,8 @@ class FrameFiles(_Frames):
             os.close(fd)
         self._fds.clear()
         self._index.clear()
+        if self.cache is not None:
+            self.cache.close()
 
     def __del__(self):
         try:
@@ -275,10 +293,8 @@ class FrameFiles(_Frames):
     def _shard_buffer(self, k: int) -> bytearray:
         buf = self._wbuf.get(k)
         if buf is None:
-            old = sync(self.arr.store.get(f"{self.arr.path}/{self._key(k)}", prototype=default_buffer_prototype()))
-            buf = (
-                bytearray(old.to_bytes()) if old is not None else bytearray(np.full(2 * self.S, EMPTY, "<u8").tobytes())
-            )
+            old = self._get_shard(k)
+            buf = bytearray(old) if old is not None else bytearray(np.full(2 * self.S, EMPTY, "<u8").tobytes())
             self._wbuf.clear()  # only the shard being appended to is kept
             self._wbuf[k] = buf
         return buf
@@ -343,8 +359,7 @@ class FrameFiles(_Frames):
             finally:
                 os.close(fd)
             return
-        old = sync(self.arr.store.get(f"{self.arr.path}/{self._key(k)}", prototype=default_buffer_prototype()))
-        buf = bytearray(old.to_bytes()[:end])
+        buf = bytearray(self._get_shard(k)[:end])
         buf[: self.index_bytes] = idx.astype("<u8").tobytes()
         self._put(k, buf)
 

@@ -14,7 +14,8 @@ observation/images/<cam>, `timestamp` -> timestamp, `observation.environment_sta
 dataset has it) -> observation/environment_state (an episode whose rows are all NaN gets none);
 the episode's task string -> task.
 The import writes into a temporary folder beside the destination and renames it at the end,
-so a failed import leaves nothing behind.
+so a failed import leaves nothing behind (on object storage, where there is no rename, the store
+is built in place and marked unfinished until its last write: vla.data.remote.new_store).
 
 Codecs: video features of 128x128 and up are camera data, stored as JPEG at the smallest quality
 whose PSNR against the decoded source video reaches `psnr` (38 dB by default), measured per camera
@@ -33,7 +34,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,6 +42,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from vla.data import camera_quality as cq
+from vla.data import remote
 from vla.data.codecs import ImageCodec, default_codec
 from vla.data.frame_files import StoreError
 from vla.data.lerobot_export import VLA_INFO_KEY, VLA_SUCCESS
@@ -277,11 +278,11 @@ def import_lerobot(
     JPEG at the smallest quality reaching `psnr` dB for video features, lossless for the rest."""
     from tqdm import tqdm
 
-    src, dst = Path(src), Path(dst)
+    src = Path(src)
+    dst = str(dst).rstrip("/") if remote.is_url(dst) else Path(dst)
     if not src.is_dir():
         raise LeRobotFormatError(f"{src}: not a directory")
-    if dst.exists():
-        raise StoreError(f"{dst}: already exists; import writes a new store")
+    remote.check_new_store(dst, "import")
     if not psnr > 0:
         raise SpecError(f"psnr: the target PSNR must be a positive number of dB (e.g. 38), got {psnr}")
     info = read_info(src)
@@ -308,37 +309,37 @@ def import_lerobot(
         cols.append(LR_ENV_STATE)
     tables = _TableCache(cols)
     cursors: dict[tuple[str, Path], VideoCursor] = {}
-    tmp = dst.with_name(dst.name + ".importing")
-    shutil.rmtree(tmp, ignore_errors=True)
     t0 = time.perf_counter()
     frames = 0
     try:
-        store = EpisodeStore.create(tmp, [emb], codecs=codecs)
-        with store.writer(emb.name, source=f"lerobot:{src.name}") as w:
-            for ep in tqdm(episodes, desc=f"import {src.name}", unit="ep", disable=not progress):
-                where = f"{src} episode {ep.index}"
-                cols_ep, order = tables.rows(ep)
-                state = np.asarray(cols_ep[LR_STATE].to_pylist(), np.float32)[order]
-                action = np.asarray(cols_ep[LR_ACTION].to_pylist(), np.float32)[order]
-                ts = np.asarray(cols_ep["timestamp"], np.float64)[order]
-                env = None
-                if has_env:
-                    env = np.asarray(cols_ep[LR_ENV_STATE].to_pylist(), np.float32)[order]
-                    env = None if np.isnan(env).all() else env.reshape(ep.length, -1)
-                images = _episode_images(ep, cols_ep, order, ts, cams, info, src, where, cursors, fps)
-                task_idx = int(np.asarray(cols_ep["task_index"])[order][0])
-                task = tasks.get(task_idx) or (ep.tasks[0] if ep.tasks else "")
-                _add_frames(w, emb, ep.length, state, action, ts, env, images, where, meters, codecs, stride, frames)
-                w.end_episode(task=task, success=ep.success)
-                frames += ep.length
-        for c in cursors.values():
-            c.close()
-        tmp.rename(dst)
-        _add_sizes(report, meters, dst / emb.name)
+        with remote.new_store(dst, "import") as target:
+            store = EpisodeStore.create(target.path, [emb], codecs=codecs, unfinished=target.unfinished)
+            with store.writer(emb.name, source=f"lerobot:{src.name}") as w:
+                for ep in tqdm(episodes, desc=f"import {src.name}", unit="ep", disable=not progress):
+                    where = f"{src} episode {ep.index}"
+                    cols_ep, order = tables.rows(ep)
+                    state = np.asarray(cols_ep[LR_STATE].to_pylist(), np.float32)[order]
+                    action = np.asarray(cols_ep[LR_ACTION].to_pylist(), np.float32)[order]
+                    ts = np.asarray(cols_ep["timestamp"], np.float64)[order]
+                    env = None
+                    if has_env:
+                        env = np.asarray(cols_ep[LR_ENV_STATE].to_pylist(), np.float32)[order]
+                        env = None if np.isnan(env).all() else env.reshape(ep.length, -1)
+                    images = _episode_images(ep, cols_ep, order, ts, cams, info, src, where, cursors, fps)
+                    task_idx = int(np.asarray(cols_ep["task_index"])[order][0])
+                    task = tasks.get(task_idx) or (ep.tasks[0] if ep.tasks else "")
+                    _add_frames(
+                        w, emb, ep.length, state, action, ts, env, images, where, meters, codecs, stride, frames
+                    )
+                    w.end_episode(task=task, success=ep.success)
+                    frames += ep.length
+            for c in cursors.values():
+                c.close()
+            store.finish()
+        _add_sizes(report, meters, remote.join(dst, emb.name))
     except BaseException:
         for c in cursors.values():
             c.close()
-        shutil.rmtree(tmp, ignore_errors=True)
         raise
     dt = time.perf_counter() - t0
     return {
@@ -395,7 +396,7 @@ def _add_frames(w, emb, n, state, action, ts, env, images, where, meters, codecs
 def _add_sizes(report: dict, meters: dict, emb_dir: Path) -> None:
     """The report's stored bytes per camera (and vs the source video), and the PSNR measured."""
     for cam, r in report.items():
-        r["bytes"] = cq.tree_bytes(emb_dir / image_key(cam))
+        r["bytes"] = cq.tree_bytes(remote.join(emb_dir, image_key(cam)))
         if r["source_bytes"]:
             r["bytes_vs_source"] = round(r["bytes"] / r["source_bytes"], 3)
         if cam in meters:

@@ -22,6 +22,7 @@ from typing import Iterable
 
 import numpy as np
 
+from vla.data import remote
 from vla.spec import ACTION, ENV_STATE, STATE, SpecError
 
 EPS = 1e-6
@@ -206,16 +207,14 @@ def stats_from_json(d: dict) -> NormStats:
 
 
 def save_stats(stats: NormStats, path: str | Path) -> None:
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".partial")
-    tmp.write_text(json.dumps(stats_to_json(stats), indent=1))
-    tmp.replace(path)
+    """To a local file (temp file and rename) or an object-storage URL (one PUT)."""
+    remote.write_bytes(path, json.dumps(stats_to_json(stats), indent=1).encode())
 
 
 def load_stats(path: str | Path) -> NormStats:
-    path = Path(path)
+    path = path if remote.is_url(path) else Path(path)
     try:
-        return stats_from_json(json.loads(path.read_text()))
+        return stats_from_json(json.loads(remote.read_bytes(path)))
     except FileNotFoundError:
         raise SpecError(f"norm stats file not found: {path}") from None
     except json.JSONDecodeError as e:

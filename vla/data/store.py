@@ -27,11 +27,22 @@ entries, and last rewrites the root attrs with the new `num_episodes`/`num_frame
 file replace on local disk, one PUT on object stores). Readers trust only the committed count,
 so a writer killed at any point loses at most the episode it was writing; whatever it left
 past the committed end is overwritten by the next writer.
+
+The same holds on object storage, which has no rename and no append: every write above is one
+whole object (a shard object is rewritten with the committed frames' bytes unchanged, a low-dim
+chunk with its committed rows unchanged), and S3 reads and lists are strongly consistent, so
+the root zarr.json PUT is the commit point there too. One writer per store: an OS lock on local
+disk, a lease object on S3 (vla.data.remote). The root attrs carry a `uid` made at creation: the
+key of the local read cache (vla.data.cache), so a store made again at the same URL never reads
+the old one's copies. Stores being built by an edit or import on object storage carry an
+`unfinished` mark until their last write; `open` refuses them.
 """
 
 from __future__ import annotations
 
 import logging
+import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
@@ -40,6 +51,8 @@ import numpy as np
 import zarr
 from zarr.codecs import BloscCodec
 
+from vla.data import remote
+from vla.data.cache import store_cache_dir
 from vla.data.codecs import ImageCodec
 from vla.data.frame_files import FrameFiles, LegacyFrames, StoreError, image_array_kwargs
 from vla.spec import ACTION, ENV_STATE, STATE, TIMESTAMP, Embodiment, SpecError, image_key
@@ -78,20 +91,22 @@ class EpisodeInfo:
         return self.end - self.start
 
 
-def _is_url(path: str) -> bool:
-    return "://" in str(path)
+_is_url = remote.is_url
 
 
 def _open_group(path, mode: str) -> zarr.Group:
+    if _is_url(path):
+        return zarr.open_group(str(path), mode=mode, zarr_format=3, storage_options=remote.storage_options(path))
     return zarr.open_group(str(path), mode=mode, zarr_format=3)
 
 
 class EpisodeStore:
     """A crash-safe, append-only store of episodes. See the module docstring for the layout."""
 
-    def __init__(self, group: zarr.Group, path: str):
+    def __init__(self, group: zarr.Group, path: str, *, cache: bool = True):
         self._g = group
         self.path = path
+        self._use_cache = cache
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{path}: not a vla episode store (root attrs have format={attrs.get('format')!r})")
@@ -114,41 +129,84 @@ class EpisodeStore:
 
     # ---- construction ----
     @classmethod
-    def create(cls, path, embodiments=(), *, exist_ok: bool = False, codecs=None) -> "EpisodeStore":
-        """Create an empty store at a local path or fsspec URL. codecs: see add_embodiment."""
-        path = str(path)
-        if not _is_url(path):
+    def create(
+        cls, path, embodiments=(), *, exist_ok: bool = False, codecs=None, unfinished: str | None = None
+    ) -> "EpisodeStore":
+        """Create an empty store at a local path or fsspec URL. codecs: see add_embodiment.
+        exist_ok: open an existing store instead (never anything else that is there).
+        unfinished: mark it as being built (vla.data.remote.new_store); `finish` removes the mark."""
+        path = str(path).rstrip("/") if _is_url(path) else str(path)
+        if _is_url(path):
+            there = remote.url_entries(path)
+            if there:  # zarr's mode "w" would delete whatever is under the prefix
+                if exist_ok and "zarr.json" in there:
+                    return cls.open(path, mode="a")
+                raise StoreError(
+                    f"{path}: already holds {len(there)} entr{'y' if len(there) == 1 else 'ies'} "
+                    f"({', '.join(sorted(there)[:3])}{', ...' if len(there) > 3 else ''}); pick a new URL"
+                    + ("" if exist_ok else " or open it")
+                )
+        else:
             p = Path(path)
             if p.exists() and any(p.iterdir()):
                 if not exist_ok:
                     raise StoreError(f"{path}: already exists and is not empty; pick a new path or open it")
                 return cls.open(path, mode="a")
         g = _open_group(path, mode="w")
-        g.attrs.put({"format": FORMAT, "version": VERSION, "embodiments": {}, "num_episodes": 0, "num_frames": 0})
+        attrs = {"format": FORMAT, "version": VERSION, "embodiments": {}, "num_episodes": 0, "num_frames": 0}
+        attrs["uid"] = uuid.uuid4().hex
+        if unfinished:
+            attrs["unfinished"] = unfinished
+        g.attrs.put(attrs)
         meta = g.require_group("meta")
-        meta.create_array("episode_ends", shape=(0,), chunks=(LOWDIM_CHUNK,), dtype="int64")
-        meta.create_array("episode_success", shape=(0,), chunks=(LOWDIM_CHUNK,), dtype="int8", fill_value=-1)
-        for key in ("episode_embodiment", "episode_task", "episode_source"):
-            meta.create_array(key, shape=(0,), chunks=(LOWDIM_CHUNK,), dtype=str)
+        arrays = [
+            ("episode_ends", dict(dtype="int64")),
+            ("episode_success", dict(dtype="int8", fill_value=-1)),
+            *((key, dict(dtype=str)) for key in ("episode_embodiment", "episode_task", "episode_source")),
+        ]
+        _each(
+            path,
+            [lambda k=k, kw=kw: meta.create_array(k, shape=(0,), chunks=(LOWDIM_CHUNK,), **kw) for k, kw in arrays],
+        )
         store = cls(g, path)
         for emb in embodiments:
             store.add_embodiment(emb, codecs=codecs)
         return store
 
     @classmethod
-    def open(cls, path, mode: str = "r") -> "EpisodeStore":
-        """Open an existing store ('r' read-only, 'a' to append)."""
-        path = str(path)
-        if not _is_url(path) and not (Path(path) / "zarr.json").exists():
-            why = "does not exist" if not Path(path).exists() else "has no zarr.json"
-            if (Path(path) / "meta" / "info.json").is_file():
-                why += "; it is a LeRobot dataset: `vla data import-lerobot DIR STORE` makes a store of it"
-            raise StoreError(f"{path}: not an episode store ({why})")
+    def open(cls, path, mode: str = "r", *, cache: bool = True) -> "EpisodeStore":
+        """Open an existing store ('r' read-only, 'a' to append). cache: on object storage, read
+        frames through the local cache (vla.data.cache; VLA_CACHE=off turns it off everywhere)."""
+        if _is_url(path):
+            path = str(path).rstrip("/")
+            if not remote.url_exists(remote.join(path, "zarr.json")):
+                why = "nothing there" if not remote.url_entries(path) else "no zarr.json under it"
+                raise StoreError(f"{path}: not an episode store ({why})")
+        else:
+            path = str(path)
+            if not (Path(path) / "zarr.json").exists():
+                why = "does not exist" if not Path(path).exists() else "has no zarr.json"
+                if (Path(path) / "meta" / "info.json").is_file():
+                    why += "; it is a LeRobot dataset: `vla data import-lerobot DIR STORE` makes a store of it"
+                raise StoreError(f"{path}: not an episode store ({why})")
         try:
             g = _open_group(path, mode="r" if mode == "r" else "r+")
         except Exception as e:  # zarr raises several types for unreadable metadata
             raise StoreError(f"{path}: cannot open as a zarr v3 group: {e}") from None
-        return cls(g, path)
+        what = dict(g.attrs).get("unfinished")
+        if what:
+            raise StoreError(
+                f"{path}: an unfinished store (the {what} writing it stopped before the end); run the {what} "
+                "again to replace it, or delete it"
+            )
+        return cls(g, path, cache=cache)
+
+    def finish(self) -> None:
+        """Remove the `unfinished` mark (one write of the root attrs): the store can now be opened."""
+        if self._attrs.get("unfinished"):
+            new = {k: v for k, v in self._attrs.items() if k != "unfinished"}
+            self._g.attrs.put(new)
+            self._attrs = new
 
     def add_embodiment(self, emb: Embodiment, codecs=None) -> None:
         """Register an embodiment (idempotent for an identical spec). codecs: the image codec of its
@@ -161,12 +219,19 @@ class EpisodeStore:
         if emb.name == "meta":
             raise SpecError("embodiment name 'meta' is reserved by the store layout")
         eg = self._g.require_group(emb.name)
+        if emb.cameras:
+            eg.require_group("observation").require_group("images")
         lowdim = _lowdim_kwargs()
-        eg.create_array(STATE, shape=(0, emb.state_dim), chunks=(LOWDIM_CHUNK, emb.state_dim), **lowdim)
-        eg.create_array(ACTION, shape=(0, emb.action_dim), chunks=(LOWDIM_CHUNK, emb.action_dim), **lowdim)
-        eg.create_array(TIMESTAMP, shape=(0,), chunks=(LOWDIM_CHUNK,), **lowdim)
-        for cam in emb.cameras:
-            eg.create_array(image_key(cam.name), **image_array_kwargs(cam.height, cam.width, per_cam[cam.name]))
+        arrays = [
+            (STATE, dict(shape=(0, emb.state_dim), chunks=(LOWDIM_CHUNK, emb.state_dim), **lowdim)),
+            (ACTION, dict(shape=(0, emb.action_dim), chunks=(LOWDIM_CHUNK, emb.action_dim), **lowdim)),
+            (TIMESTAMP, dict(shape=(0,), chunks=(LOWDIM_CHUNK,), **lowdim)),
+            *(
+                (image_key(cam.name), image_array_kwargs(cam.height, cam.width, per_cam[cam.name]))
+                for cam in emb.cameras
+            ),
+        ]
+        _each(self.path, [lambda k=k, kw=kw: eg.create_array(k, **kw) for k, kw in arrays])
         embs = dict(self._attrs["embodiments"])
         embs[emb.name] = emb.to_dict()
         self._set_attrs(embodiments=embs)
@@ -190,7 +255,11 @@ class EpisodeStore:
         n = int(self._attrs.get("num_episodes", 0))
         try:
             meta = self._g["meta"]
-            cols = {k: meta[k][:n] if n else np.zeros(0) for k in META_KEYS}
+            if _is_url(self.path) and n:  # five arrays, two round trips each: at once
+                with ThreadPoolExecutor(len(META_KEYS)) as pool:
+                    cols = dict(zip(META_KEYS, pool.map(lambda k: meta[k][:n], META_KEYS)))
+            else:
+                cols = {k: meta[k][:n] if n else np.zeros(0) for k in META_KEYS}
         except KeyError as e:
             raise StoreError(f"{self.path}: store is missing meta array {e}") from None
         except Exception as e:
@@ -204,6 +273,7 @@ class EpisodeStore:
                 f"{self.path}: meta/episode_ends ends at {ends[-1]}, root says {self._attrs.get('num_frames')} frames"
             )
         self._ends = ends
+        self._committed_n, self._committed = -1, {}
         self._starts = np.concatenate([[0], ends[:-1]]).astype(np.int64) if n else np.zeros(0, np.int64)
         self._emb = [str(x) for x in cols["episode_embodiment"]]
         self._task = [str(x) for x in cols["episode_task"]]
@@ -213,11 +283,14 @@ class EpisodeStore:
         if unknown:
             raise StoreError(f"{self.path}: episodes name embodiments {sorted(unknown)} that the store does not define")
 
-    def commit_episode(self, embodiment: str, task: str, success: int, source: str, end: int, grow: int = 1024) -> int:
+    def commit_episode(
+        self, embodiment: str, task: str, success: int, source: str, end: int, grow: int = 1024, run=None
+    ) -> int:
         """Make the next episode visible; -> its index. Writers call this once the episode's frames
         and low-dim rows [num_frames, end) are on disk. The per-episode meta rows are written
         first (invisible: past num_episodes), then the root attributes in one write: the commit
-        point, so a writer killed before it leaves the store as it was."""
+        point, so a writer killed before it leaves the store as it was. run(jobs): how to run the
+        meta writes (the writer runs them at once on object stores); all end before the commit."""
         i = self.num_episodes
         meta = self._g["meta"]
         values = {
@@ -227,12 +300,21 @@ class EpisodeStore:
             "episode_success": success,
             "episode_source": source,
         }
-        for key, value in values.items():
+
+        def write(key: str, value) -> None:
             arr = meta[key]
             if arr.shape[0] < i + 1:
                 arr.resize((i + grow,))
             arr[i] = value
-        self._set_attrs(num_episodes=self.num_episodes + 1, num_frames=end)
+
+        jobs = [lambda k=key, v=value: write(k, v) for key, value in values.items()]
+        if run is None:
+            for job in jobs:
+                job()
+        else:
+            run(jobs)
+        uid = {} if self._attrs.get("uid") else {"uid": uuid.uuid4().hex}  # stores made before uids
+        self._set_attrs(num_episodes=self.num_episodes + 1, num_frames=end, **uid)
         self._starts = np.append(self._starts, self.num_frames)
         self._ends = np.append(self._ends, end)
         self._emb.append(embodiment)
@@ -247,6 +329,8 @@ class EpisodeStore:
         old handle saw no other writer's commits (and a writer on a stale handle would have
         written over them)."""
         self._g = _open_group(self.path, mode="r" if self._g.read_only else "r+")
+        for f in self._frames.values():
+            f.close()
         self._frames.clear()
         self._env_dims.clear()
         self._attrs = dict(self._g.attrs)
@@ -299,8 +383,23 @@ class EpisodeStore:
         k = (embodiment, camera)
         if k not in self._frames:
             arr = self.array(embodiment, image_key(camera))
-            self._frames[k] = (FrameFiles if self.version == VERSION else LegacyFrames)(arr, camera)
+            if self.version != VERSION:
+                self._frames[k] = LegacyFrames(arr, camera)
+            else:
+                cache = self.cache_dir()
+                self._frames[k] = FrameFiles(
+                    arr,
+                    camera,
+                    cache_dir=None if cache is None else cache / embodiment / camera,
+                    committed=lambda: self.committed_end(embodiment),
+                )
         return self._frames[k]
+
+    def cache_dir(self) -> Path | None:
+        """Local read cache of this store's shard objects (object storage only; vla.data.cache)."""
+        if not (_is_url(self.path) and self._use_cache) or remote.scheme(self.path) in ("memory", "file"):
+            return None
+        return store_cache_dir(self.path, self._attrs.get("uid"))
 
     def codec(self, embodiment: str, camera: str) -> ImageCodec:
         return self.frames(embodiment, camera).codec
@@ -331,11 +430,14 @@ class EpisodeStore:
         return self._env_dims[embodiment]
 
     def create_env_state(self, embodiment: str, dim: int) -> zarr.Array:
-        """Make the embodiment's empty ENV_STATE array, float32 [0, dim], NaN where never written.
+        """Make the embodiment's ENV_STATE array, float32 [num_frames, dim], NaN where never written.
         The writer (vla.data.writer) calls it on the first episode that carries ENV_STATE, before
-        that episode's commit; undone by drop_env_state if the commit fails."""
+        that episode's commit; undone by drop_env_state if the commit fails. It covers the frames
+        already committed (NaN: they have none), so a writer killed before its commit leaves a
+        store whose episodes still read."""
         eg = self._g[embodiment]
-        arr = eg.create_array(ENV_STATE, shape=(0, dim), chunks=(LOWDIM_CHUNK, dim), **_lowdim_kwargs(np.nan))
+        shape = (self.num_frames, dim)
+        arr = eg.create_array(ENV_STATE, shape=shape, chunks=(LOWDIM_CHUNK, dim), **_lowdim_kwargs(np.nan))
         self._env_dims[embodiment] = dim
         return arr
 
@@ -419,13 +521,29 @@ class EpisodeStore:
 
     def committed_end(self, embodiment: str) -> int:
         """End (exclusive global frame index) of the last committed episode of one embodiment."""
-        return max((int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment), default=0)
+        if self._committed_n != len(self._ends):  # a commit or a re-read since
+            self._committed_n, self._committed = len(self._ends), {}
+        if embodiment not in self._committed:
+            ends = (int(self._ends[i]) for i, e in enumerate(self._emb) if e == embodiment)
+            self._committed[embodiment] = max(ends, default=0)
+        return self._committed[embodiment]
 
     def __repr__(self) -> str:
         return (
             f"EpisodeStore({self.path!r}, episodes={self.num_episodes}, frames={self.num_frames}, "
             f"embodiments={sorted(self.embodiments)})"
         )
+
+
+def _each(path: str, jobs: list) -> None:
+    """Run metadata writes: at once on object stores (a round trip each), in order on local disk."""
+    if not _is_url(path):
+        for job in jobs:
+            job()
+        return
+    with ThreadPoolExecutor(8) as pool:
+        for f in [pool.submit(job) for job in jobs]:
+            f.result()
 
 
 def _codecs_for(emb: Embodiment, codecs) -> dict[str, ImageCodec]:

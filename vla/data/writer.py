@@ -11,7 +11,8 @@ not pile up in memory; on object stores (fsspec URLs) the encoded frames are kep
 `end_episode` and written once per shard. Low-dim keys are buffered and written at
 `end_episode`, right before the commit. A frame may also carry ENV_STATE (float32 [d], training-only
 scene facts): every frame of an episode or none; the store makes the array on first use and
-writes NaN rows for episodes without it. On entering, the writer clears whatever a killed
+writes NaN rows for episodes without it. On entering, the writer takes the store's writer lock
+(`writer_lock`: an OS lock on local disk, a lease object on S3) and clears whatever a killed
 writer left past the last committed episode (vla.data.frame_files.FrameFiles.recover).
 """
 
@@ -25,6 +26,7 @@ from pathlib import Path
 import numpy as np
 from filelock import FileLock, Timeout
 
+from vla.data import remote
 from vla.data.frame_files import StoreError
 from vla.spec import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, TASK, TIMESTAMP, Embodiment, SpecError
 
@@ -71,12 +73,26 @@ class WriterLock:
         if self._lock.is_locked:
             self._lock.release(force=True)
 
+    def check(self) -> None:
+        """The OS lock cannot be lost while its process lives (a lease can: vla.data.remote)."""
+
     def __enter__(self) -> "WriterLock":
         self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def writer_lock(root: str | Path) -> "WriterLock | remote.LeaseLock | None":
+    """The one-writer lock of a store: an OS lock on local disk, a lease object on S3; None (with a
+    warning) on other object stores, where keeping to one writer is up to the user."""
+    if not remote.is_url(root):
+        return WriterLock(root)
+    if remote.scheme(root) in remote.S3_SCHEMES:
+        return remote.LeaseLock(str(root))
+    log.warning("%s: no writer lock on %s:// stores; make sure only one writer appends", root, remote.scheme(root))
+    return None
 
 
 class EpisodeWriter:
@@ -87,10 +103,11 @@ class EpisodeWriter:
         self.flush_every = flush_every
         self.threads = threads
         self._shapes = emb.frame_shapes()
-        self._remote = "://" in store.path
-        self._lock = None if self._remote else WriterLock(store.path)
+        self._remote = remote.is_url(store.path)
+        self._lock = writer_lock(store.path)
         self._open = False
         self._pool: ThreadPoolExecutor | None = None
+        self._io: ThreadPoolExecutor | None = None  # object stores: an episode's objects are written concurrently
         self._reset_episode()
 
     # ---- context ----
@@ -118,9 +135,10 @@ class EpisodeWriter:
             self._reset_episode()
         finally:
             self._open = False
-            if self._pool is not None:
-                self._pool.shutdown()
-                self._pool = None
+            for pool in (self._pool, self._io):
+                if pool is not None:
+                    pool.shutdown()
+            self._pool = self._io = None
             if self._lock is not None:
                 self._lock.release()
 
@@ -238,6 +256,18 @@ class EpisodeWriter:
             imgs.clear()
         self._encoded = self._n
 
+    def _parallel(self, jobs: list) -> None:
+        """Run write jobs: one after another on local disk; at once on object stores, where each is
+        a few requests of a round trip each (an episode's commit took ~25 in a row)."""
+        if not self._remote or len(jobs) < 2:
+            for job in jobs:
+                job()
+            return
+        if self._io is None:
+            self._io = ThreadPoolExecutor(8, thread_name_prefix="store-io")
+        for f in [self._io.submit(job) for job in jobs]:
+            f.result()
+
     def _write_images(self) -> None:
         """Append the encoded frames not yet on disk to the cameras' shard files."""
         n_new = self._encoded - self._flushed
@@ -245,13 +275,16 @@ class EpisodeWriter:
             return
         start = self._start + self._flushed
         end = start + n_new
-        for cam in self.emb.camera_names:
+
+        def write(cam: str) -> None:
             frames = self.store.frames(self.emb.name, cam)
             arr = frames.arr
             if arr.shape[0] < end:  # the array's shape (zarr.json) says how far a plain zarr reader looks
                 arr.resize((end + GROW - end % GROW, *arr.shape[1:]))
             frames.append(start, self._blobs[cam])
             self._blobs[cam].clear()
+
+        self._parallel([lambda c=cam: write(c) for cam in self.emb.camera_names])
         self._flushed = self._encoded
 
     def discard_episode(self) -> None:
@@ -295,13 +328,18 @@ class EpisodeWriter:
         try:
             if created:
                 store.create_env_state(emb.name, rows[ENV_STATE].shape[1])
-            for key, v in rows.items():
+
+            def write(key: str, v: np.ndarray) -> None:
                 arr = store.array(emb.name, key)
                 if arr.shape[0] < end:
                     arr.resize((end + GROW, *arr.shape[1:]))
                 arr[start:end] = v
+
+            self._parallel([lambda k=key, v=v: write(k, v) for key, v in rows.items()])
             success = -1 if success is None else int(bool(success))
-            i = store.commit_episode(emb.name, task, success, source, end)  # the commit point
+            if self._lock is not None:
+                self._lock.check()  # a writer whose S3 lease was taken over must not commit
+            i = store.commit_episode(emb.name, task, success, source, end, run=self._parallel)  # the commit point
         except BaseException:
             if created and store.num_frames < end:  # not committed: the new array goes again
                 store.drop_env_state(emb.name)
