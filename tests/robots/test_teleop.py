@@ -16,7 +16,7 @@ from vla.data.frame_files import StoreError
 from vla.robots.keys import INTERRUPT, NEXT, RERECORD, STOP, KeyControl, parse_keys
 from vla.robots.recorder import StoreRecorder, check_store
 from vla.robots.session import record_session
-from vla.robots.teleop import TeleopLoop, grid_phase
+from vla.robots.teleop import TeleopLoop, grid_phase, tracking_errors
 from vla.spec import ACTION, STATE, Camera, Dim, Embodiment, image_key
 
 JOINTS = ("shoulder_pan", "shoulder_lift", "elbow_flex", "wrist_flex", "wrist_roll", "gripper")
@@ -181,7 +181,16 @@ def test_record_session_writes_committed_episodes(tmp_path, cams):
     follower = FakeFollower(emb)
     keys = TickKeys({})
     r = record_session(
-        FakeLeader(), follower, tmp_path / "s", task="wave", episodes=2, seconds=0.5, fps=30, cameras=feeds, keys=keys
+        FakeLeader(),
+        follower,
+        tmp_path / "s",
+        task="wave",
+        episodes=2,
+        seconds=0.5,
+        fps=30,
+        cameras=feeds,
+        keys=keys,
+        settle_seconds=0,
     )
     assert r["outcome"] == "done" and r["error"] is None, r
     assert [e["index"] for e in r["episodes"]] == [0, 1]
@@ -225,6 +234,7 @@ def test_rerecord_and_stop_keys(tmp_path, cams):
         fps=30,
         cameras=feeds,
         keys=keys,
+        settle_seconds=0,
     )
     assert r["rerecorded"] == 1 and r["outcome"] == "stopped"
     assert [(e["frames"], e["ended_by"]) for e in r["episodes"]] == [(4, NEXT), (3, STOP)]
@@ -244,6 +254,7 @@ def test_interrupt_drops_the_episode_in_progress(tmp_path, cams):
         fps=30,
         cameras=cams(("front", 24, 32)),
         keys=keys,
+        settle_seconds=0,
     )
     assert r["outcome"] == "interrupted" and r["episodes"] == []
     assert EpisodeStore.open(tmp_path / "s").num_episodes == 0
@@ -323,3 +334,13 @@ def test_a_killed_recorder_loses_only_the_episode_in_progress(tmp_path):
     store.refresh()
     assert store.info(1).length == 5
     assert (store.episode(1)[image_key("front")] >= 5).all()
+
+
+def test_tracking_error_with_and_without_the_servo_lag():
+    t = np.arange(60)[:, None]
+    commands = 50 * np.sin(0.2 * t + np.arange(6)).astype(np.float32)
+    states = np.roll(commands, 2, axis=0)  # the follower is where the leader was two ticks ago
+    lag, err = tracking_errors(list(commands), list(states), skip=5)
+    assert lag == 2 and err["max"] == 0.0
+    _, same_tick = tracking_errors(list(commands), list(states), skip=5, lags=(0,))
+    assert same_tick["p50"] > 5

@@ -42,10 +42,12 @@ def _signals(keys: KeyControl):
 
 def episode_line(i: int, n: int, st: EpisodeStats) -> str:
     """The progress line of one kept episode."""
+    te, lag = st.tracking_error, st.tracking_error_lagged
     return (
         f"episode {i + 1}/{n}: {st.ticks} frames in {st.seconds:g} s (ended by {st.ended_by}), "
         f"dropped frames {st.dropped_frames}, jitter p99 {st.jitter_ms.get('p99')} ms, "
-        f"tracking error p50/max {st.tracking_error.get('p50')}/{st.tracking_error.get('max')}"
+        f"tracking error p50/p99 {te.get('p50')}/{te.get('p99')} ({lag['lag_ticks']} ticks behind: "
+        f"{lag['error'].get('p50')}/{lag['error'].get('p99')})"
     )
 
 
@@ -64,12 +66,14 @@ def record_session(
     recorder: StoreRecorder | None = None,
     switch_interval_s: float = 0.0005,
     rt_priority: int = 0,
+    settle_seconds: float = 1.0,
 ) -> dict:
     """Record `episodes` episodes of `follower` driven by `leader` into the store at `out`.
 
     `follower.embodiment` names the joints and the cameras actually recording; its rate becomes `fps`.
     `recorder`: an open StoreRecorder for it (else one is opened here). `rt_priority` > 0: the loop runs
-    SCHED_FIFO at that priority (vla.robots.teleop.realtime). Returns the summary."""
+    SCHED_FIFO at that priority (vla.robots.teleop.realtime). The follower follows the leader, unrecorded,
+    for `settle_seconds` before the first episode (it starts wherever it was). Returns the summary."""
     emb = replace(follower.embodiment, control_hz=float(fps))
     rec = recorder or StoreRecorder.open(out, emb)
     keys = keys or KeyControl().start()
@@ -86,7 +90,10 @@ def record_session(
     try:
         with _signals(keys), realtime(rt_priority):
             loop.wait_for_cameras()
-            while len(kept) < episodes:
+            ended = loop.run(settle_seconds, None).ended_by if settle_seconds > 0 else "time"
+            if ended in (STOP, INTERRUPT):
+                outcome = "stopped" if ended == STOP else "interrupted"
+            while len(kept) < episodes and outcome == "done":
                 st = loop.run(seconds, rec)
                 if st.ended_by == "error":
                     break
@@ -136,3 +143,74 @@ def record_session(
         "seconds": round(time.monotonic() - t_start, 2),
         "dropped_frames": sum(st.dropped_frames for st in kept),
     }
+
+
+def _check_numbers(episodes: int, seconds: float, fps: float | None, reset_seconds: float) -> None:
+    from vla.spec import SpecError
+
+    if episodes < 1:
+        raise SpecError(f"--episodes must be >= 1, got {episodes}")
+    if not seconds > 0:
+        raise SpecError(f"--seconds must be > 0, got {seconds}")
+    if fps is not None and not 0 < fps <= 1000:
+        raise SpecError(f"--fps must be in (0, 1000], got {fps}")
+    if not reset_seconds >= 0:
+        raise SpecError(f"--reset-seconds must be >= 0, got {reset_seconds}")
+
+
+def record(
+    robot: str,
+    leader_port: str,
+    follower_port: str,
+    out,
+    *,
+    task: str,
+    episodes: int,
+    seconds: float,
+    fps: float | None = None,
+    reset_seconds: float = 0.0,
+    cameras: str | dict | None = None,
+    camera_size: tuple[int, int] | None = None,
+    leader_calibration: str | None = None,
+    follower_calibration: str | None = None,
+    rt_priority: int = 0,
+    keys: KeyControl | None = None,
+) -> dict:
+    """`vla record`: connect a leader and a follower arm (vla.robots.arm), record by teleoperation, close
+    them (the follower's torque off). The store at `out` is checked before any hardware is touched."""
+    from vla.outputs import check_parent
+    from vla.robots.arm import make_arm
+    from vla.robots.recorder import check_store
+    from vla.robots.teleop import CameraFeed
+    from vla.spec import SpecError
+
+    _check_numbers(episodes, seconds, fps, reset_seconds)
+    if not task.strip():
+        raise SpecError('--task must name what the episodes show, e.g. --task "pick up the red cube"')
+    check_parent(out, "--out")
+    follower = make_arm(
+        robot, "follower", follower_port, calibration=follower_calibration, cameras=cameras, image_size=camera_size
+    )
+    leader = make_arm(robot, "leader", leader_port, calibration=leader_calibration)
+    fps = float(fps or follower.embodiment.control_hz)
+    check_store(out, replace(follower.embodiment, control_hz=fps))  # before any hardware is touched
+    try:
+        leader.connect()
+        follower.connect()
+        feeds = [CameraFeed(c) for c in follower.cameras.values()]
+        return record_session(
+            leader,
+            follower,
+            out,
+            task=task,
+            episodes=episodes,
+            seconds=seconds,
+            fps=fps,
+            cameras=feeds,
+            reset_seconds=reset_seconds,
+            keys=keys,
+            rt_priority=rt_priority,
+        )
+    finally:
+        follower.close()
+        leader.close()

@@ -22,7 +22,9 @@ away from them (as far as the cameras' phases allow).
 
 Tracking error: max over joints of |follower state - leader command| of the same tick, in the
 arms' units ([-100, 100], gripper [0, 100]), over the episode's ticks after the first
-`settle_ticks` (the follower starts wherever it was).
+`settle_ticks`. A servo takes a tick or two to reach a new goal, so the same figure is also given
+against the command of `lag` ticks earlier, for the lag (0-5 ticks) that fits best: how closely the
+follower reproduces the leader's motion, apart from its delay.
 """
 
 from __future__ import annotations
@@ -46,28 +48,33 @@ MISS_TOLERANCE = 0.25  # a tick later than this fraction of a period after its d
 
 
 class FrameFeed(Protocol):
-    """A camera as the loop sees it: how many frames it has delivered so far, and the newest."""
+    """A camera as the loop sees it: the newest frame and a mark that changes with every new frame."""
 
     name: str
 
-    def latest(self) -> tuple[int, np.ndarray] | None:
-        """(frames delivered so far, the newest frame uint8 HxWx3), or None before the first frame.
-        Must not wait for a frame."""
+    def latest(self) -> tuple[float, np.ndarray] | None:
+        """(the newest frame's mark, e.g. frames delivered so far, the frame uint8 HxWx3), or None before
+        the first frame. Must not wait for a frame."""
         ...
 
 
 class CameraFeed:
-    """A FrameFeed over a connected vla.robots.cameras.Camera (its reader thread keeps the newest frame)."""
+    """A FrameFeed over a connected camera of vla.robots.cameras (a reader thread keeps its newest frame and
+    counts `frames_read`) or vla.robots.virtual.VirtualCamera (`read_latest()`; each frame has its `stamp`)."""
 
     def __init__(self, camera):
         self.camera = camera
         self.name = camera.name
+        self._virtual = hasattr(camera, "read_latest")
 
-    def latest(self) -> tuple[int, np.ndarray] | None:
-        n = self.camera.frames_read  # before the frame: the frame is at least this new
-        if n == 0:
-            return None
-        return n, self.camera.read()
+    def latest(self) -> tuple[float, np.ndarray] | None:
+        cam = self.camera
+        # The frame's mark first, then the frame: the frame is at least as new as its mark.
+        if self._virtual:
+            mark = cam.stamp
+            return None if mark == 0.0 else (mark, cam.read_latest())
+        mark = cam.frames_read
+        return None if mark == 0 else (mark, cam.read())
 
 
 class Leader(Protocol):
@@ -95,6 +102,7 @@ class EpisodeStats:
     stale_frames: dict = field(default_factory=dict)  # camera -> ticks it had no new frame
     queue_drops: int = 0  # frames the writer queue had no room for
     tracking_error: dict = field(default_factory=dict)  # p50 / p99 / max over ticks after settle_ticks
+    tracking_error_lagged: dict = field(default_factory=dict)  # {"lag_ticks": lag, "error": {p50, p99, max}}
     loop_work_ms: dict = field(default_factory=dict)  # time from wake-up to the frame handed over: p50 / p99 / max
 
     def to_dict(self) -> dict:
@@ -163,6 +171,23 @@ def _q(x: list[float], nd: int = 3) -> dict:
         "p99": round(float(np.quantile(v, 0.99)), nd),
         "max": round(float(v.max()), nd),
     }
+
+
+def tracking_errors(commands: list, states: list, skip: int, lags=range(6)) -> tuple[int | None, dict]:
+    """(lag, {p50, p99, max}) of max over joints |state[k] - command[k - lag]| for k >= skip, at the lag of
+    `lags` with the smallest median."""
+    if len(commands) <= skip:
+        return None, _q([])
+    c, s = np.asarray(commands, np.float64), np.asarray(states, np.float64)
+    best = None
+    for lag in lags:
+        start = max(skip, lag)
+        if start >= len(c):
+            continue
+        err = np.abs(s[start:] - c[start - lag : len(c) - lag]).max(axis=1)
+        if best is None or np.median(err) < best[0]:
+            best = (float(np.median(err)), lag, err)
+    return best[1], _q(best[2].tolist())
 
 
 class TeleopLoop:
@@ -249,7 +274,7 @@ class TeleopLoop:
         period = self.period
         timing = TimingLog(period, MISS_TOLERANCE * period)
         stale = {c.name: 0 for c in self.cameras}
-        errors: list[float] = []
+        commands, states = [], []
         work: list[float] = []
         queue_drops = 0
         ended_by = "time"
@@ -276,8 +301,8 @@ class TeleopLoop:
                 queue_drops += 1
             work.append((time.monotonic() - now) * 1000)
             self.last_command = command
-            if k >= self.settle_ticks:
-                errors.append(float(np.max(np.abs(state - command))))
+            commands.append(command)
+            states.append(state)
             timing.tick(k, t_sent - deadline, t_sent - t0, False, False, float("nan"), float("nan"))
             event = self.poll()
             if event is not None:
@@ -299,6 +324,9 @@ class TeleopLoop:
             dropped_frames=sum(stale.values()) + queue_drops * max(1, len(self.cameras)),
             stale_frames=stale,
             queue_drops=queue_drops,
-            tracking_error=_q(errors),
+            tracking_error=tracking_errors(commands, states, self.settle_ticks, lags=(0,))[1],
+            tracking_error_lagged=dict(
+                zip(("lag_ticks", "error"), tracking_errors(commands, states, self.settle_ticks))
+            ),
             loop_work_ms=_q(work),
         )
