@@ -26,7 +26,14 @@ def collect_command(
         None, "--out", help="Episode store to create or append to [default: data/<recipe name>]."
     ),
     episodes: Optional[int] = typer.Option(None, help="Episodes per recipe task [default: the recipe's]."),
-    workers: int = typer.Option(1, help="Worker processes."),
+    workers: int = typer.Option(1, help="Worker processes (Ray actors with --ray)."),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Run the episodes as Ray tasks on --workers actors: 'local' (a Ray instance on this machine) or a "
+        "cluster (auto, HOST:6379, ray://HOST:10001; see docs/scale.md). Needs pip install 'vla[ray]'.",
+    ),
     keep_failed: Optional[bool] = typer.Option(
         None, "--keep-failed/--drop-failed", help="Keep unsuccessful episodes [default: the recipe's, usually no]."
     ),
@@ -44,9 +51,10 @@ def collect_command(
     from vla.sim.collect import collect, load_recipe
 
     try:
+        _check_ray(ray)
         rec = load_recipe(recipe)
         out = out or Path("data") / rec.name
-        r = collect(rec, out, episodes=episodes, workers=workers, keep_failed=keep_failed, seed=seed)
+        r = collect(rec, out, episodes=episodes, workers=workers, keep_failed=keep_failed, seed=seed, ray=ray)
     except _sim_errors() as e:
         fail(str(e))
     for name, s in r["per_task"].items():
@@ -65,6 +73,14 @@ def collect_command(
         emit(r, json_out)
 
 
+def _check_ray(address: Optional[str]) -> None:
+    """--ray: Ray installed and an address it takes, before any work."""
+    if address is not None:
+        from vla.sim.ray_jobs import check_ray
+
+        check_ray(address)
+
+
 # Picklable policy factories, one per worker process (module-level: pickled by reference).
 def _load_checkpoint(path: str):
     from vla.runtime.policy import load_policy
@@ -78,8 +94,9 @@ def _connect(url: str):
     return RemotePolicy(url)
 
 
-def resolve_policy(policy: str, workers: int):
-    """'expert', a ws:// URL, or a checkpoint dir -> what `evaluate` takes (object for 1 worker, else factory)."""
+def resolve_policy(policy: str, workers: int, *, remote: bool = False):
+    """'expert', a ws:// URL, or a checkpoint dir -> what `evaluate` takes (an object for 1 local worker,
+    else a factory: `remote` for Ray actors)."""
     if policy == "expert":
         return "expert"
     if policy.startswith(("ws://", "wss://")):
@@ -99,7 +116,7 @@ def resolve_policy(policy: str, workers: int):
         importlib.import_module(module)
     except ModuleNotFoundError as e:
         fail(f"{what} is not available in this install: {e}")
-    if workers <= 1:
+    if workers <= 1 and not remote:
         try:
             return factory()  # fail fast on a bad checkpoint or an unreachable server
         except user_errors() + (OSError, ConnectionError) as e:
@@ -111,7 +128,14 @@ def eval_command(
     policy: str = typer.Argument(..., help="'expert', a checkpoint directory, or a ws://host:port policy server."),
     suite: str = typer.Option("quickstart", help="Suite name (envs/suites/*.toml) or TOML path."),
     episodes: Optional[int] = typer.Option(None, help="Episodes per task [default: the suite's]."),
-    workers: int = typer.Option(1, help="Worker processes (each loads its own policy)."),
+    workers: int = typer.Option(1, help="Worker processes (each loads its own policy); Ray actors with --ray."),
+    ray: Optional[str] = typer.Option(
+        None,
+        "--ray",
+        metavar="ADDRESS",
+        help="Run the episodes as Ray tasks on --workers actors: 'local' (a Ray instance on this machine) or a "
+        "cluster (auto, HOST:6379, ray://HOST:10001; see docs/scale.md). Needs pip install 'vla[ray]'.",
+    ),
     replan_every: Optional[int] = typer.Option(
         None,
         help="Execute this many actions of each chunk before replanning [default: the suite's, else half the chunk].",
@@ -143,16 +167,17 @@ def eval_command(
     if num_videos < 0:
         fail(f"--num-videos must be >= 0, got {num_videos}")
     try:
+        _check_ray(ray)
         if videos:
             check_output(videos, "a folder of eval videos", own=_videos_folder, overwrite=True, flag="--videos")
         cfg = load_suite(suite)
-        if Path(policy).is_dir() and workers > 1:  # loaded in the workers: check its robots here first
+        if Path(policy).is_dir() and (workers > 1 or ray):  # loaded in the workers: check its robots here first
             from vla.model.interop.checkpoint import Checkpoint
 
             check_policy_robots(Checkpoint(policy, verify=False).embodiments, cfg, image_size or cfg.image_size)
     except _sim_errors() as e:
         fail(str(e))
-    pol = resolve_policy(policy, workers)
+    pol = resolve_policy(policy, workers, remote=ray is not None)
     try:
         r = evaluate(
             pol,
@@ -165,6 +190,7 @@ def eval_command(
             num_videos=num_videos,
             seed=seed,
             image_size=image_size,
+            ray=ray,
         )
     except _sim_errors() as e:
         fail(str(e))

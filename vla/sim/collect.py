@@ -15,13 +15,15 @@ An episode ends at its first success; `after_success` > 0 records that many more
 demonstration ends with the robot settling at the goal rather than at the edge of the success
 region (a chunk running past the end then learns "stay here" from real frames).
 
-Episodes run in worker processes; the parent writes each finished episode to the store, so a
-Ctrl-C (or a crash) keeps every episode committed so far. Failed episodes are dropped unless
-`keep_failed`; a crashed episode is logged with its seed and the rest go on.
+Episodes run in worker processes (or Ray actors, `ray=`: vla.sim.ray_jobs); the parent writes
+each finished episode to the store, so a Ctrl-C (or a crash) keeps every episode committed so
+far. Failed episodes are dropped unless `keep_failed`; a crashed episode is logged with its seed
+and the rest go on.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, replace
@@ -33,6 +35,7 @@ from tqdm import tqdm
 from vla.data.store import EpisodeStore
 from vla.outputs import check_output, is_store
 from vla.resources import load_toml
+from vla.sim.ray_jobs import check_ray, run_jobs_ray
 from vla.sim.registry import embodiment_for, make_env
 from vla.sim.rollout import run_episode
 from vla.sim.suites import parse_tasks
@@ -126,12 +129,15 @@ def collect(
     keep_failed: bool | None = None,
     progress: bool = True,
     seed: int | None = None,
+    ray: str | None = None,
 ) -> dict:
     """Run a recipe (name, TOML path or RecipeConfig) into `out_store` (created, or appended to).
 
     Seeds: task i of the recipe runs seeds seed + i * SEED_STRIDE + k. Appending to a store goes on
     after the last seed collected into it for that robot/task (kept in the store's notes), so new
-    episodes are new scenes; `seed` starts at that seed instead (the recipe's seed otherwise)."""
+    episodes are new scenes; `seed` starts at that seed instead (the recipe's seed otherwise).
+    ray: run the episodes as Ray tasks ("local" or a cluster address; vla.sim.ray_jobs), the same
+    episodes as local workers give for the same seeds."""
     recipe = recipe_or_spec if isinstance(recipe_or_spec, RecipeConfig) else load_recipe(recipe_or_spec)
     if episodes is not None:
         if episodes < 1:
@@ -141,6 +147,8 @@ def collect(
         raise SpecError(f"workers must be >= 1, got {workers}")
     if seed is not None and seed < 0:
         raise SpecError(f"seed must be >= 0, got {seed}")
+    if ray is not None:  # before the store is created
+        check_ray(ray)
     check_output(
         out_store, "an episode store", own=is_store, overwrite=True
     )  # append to a store, never to other things
@@ -165,7 +173,8 @@ def collect(
     bar = tqdm(total=len(jobs), desc=f"collect {recipe.name}", unit="ep", disable=not progress)
     try:
         context = {"image_size": recipe.image_size, "after_success": recipe.after_success}
-        for job, ep, err in run_jobs(_collect_job, context, jobs, workers=workers):
+        run = run_jobs if ray is None else functools.partial(run_jobs_ray, address=ray)
+        for job, ep, err in run(_collect_job, context, jobs, workers=workers):
             name = f"{job['robot']}/{job['task']}"
             s = stats[name]
             s["attempted"] += 1

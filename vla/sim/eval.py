@@ -3,13 +3,14 @@ episode length, JSON, a bar chart and a few rollout videos.
 
 `policy` is "expert" (the scripted expert of each env: a sanity baseline), a PolicyLike object
 (`reset()`, `infer(obs) -> {"actions": [h, a]}`), or a picklable zero-arg factory returning one
-(needed for workers > 1: each worker process builds its own). The harness adds `embodiment` to
+(needed for workers > 1 or Ray: each worker process builds its own). The harness adds `embodiment` to
 every observation and executes each chunk open-loop for `replan_every` steps (default: the
 suite's setting, else half the chunk). This module imports nothing from runtime/model/train.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import replace
@@ -19,6 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from vla.sim.collect import SEED_STRIDE
+from vla.sim.ray_jobs import check_ray, run_jobs_ray
 from vla.sim.registry import make_env
 from vla.sim.report import bar_chart, wilson, write_json, write_video
 from vla.sim.rollout import run_episode
@@ -104,7 +106,7 @@ def check_policy_robots(known: dict, cfg: SuiteConfig, image_size: int) -> None:
         raise SpecError(f"camera sizes differ ({'; '.join(sizes)}): pass the policy's size with --image-size")
 
 
-def _configure(policy, suite, *, episodes, workers, replan_every, seed) -> SuiteConfig:
+def _configure(policy, suite, *, episodes, workers, replan_every, seed, ray=None) -> SuiteConfig:
     """The suite to run, with the caller's seed and episode count; bad arguments refused."""
     cfg = suite if isinstance(suite, SuiteConfig) else load_suite(suite)
     if seed is not None:
@@ -119,6 +121,10 @@ def _configure(policy, suite, *, episodes, workers, replan_every, seed) -> Suite
         raise SpecError(f"replan_every must be >= 1, got {replan_every}")
     if workers > 1 and not isinstance(policy, str) and hasattr(policy, "infer"):
         raise SpecError("workers > 1 needs policy='expert' or a picklable zero-arg factory, not a policy object")
+    if ray is not None:
+        check_ray(ray)
+        if not isinstance(policy, str) and hasattr(policy, "infer"):
+            raise SpecError("ray needs policy='expert' or a picklable zero-arg factory, not a policy object")
     return cfg
 
 
@@ -163,13 +169,16 @@ def evaluate(
     num_videos: int = 2,
     progress: bool = True,
     seed: int | None = None,
+    ray: str | None = None,
 ) -> dict:
     """Run `policy` on every task of `suite`; see the module docstring. Returns the results dict.
 
     seed: the first episode seed (default: the suite's, 1,000,000 unless it says otherwise; the
     collection recipes start at 0). Task i's episode k runs on seed + i * SEED_STRIDE + k, so
-    another seed block is another set of held-out scenes."""
-    cfg = _configure(policy, suite, episodes=episodes, workers=workers, replan_every=replan_every, seed=seed)
+    another seed block is another set of held-out scenes.
+    ray: run the episodes as Ray tasks on `workers` actors ("local" or a cluster address;
+    vla.sim.ray_jobs): the same results as local workers for the same seeds."""
+    cfg = _configure(policy, suite, episodes=episodes, workers=workers, replan_every=replan_every, seed=seed, ray=ray)
     size = image_size or cfg.image_size
     meta = getattr(policy, "metadata", None)
     if isinstance(meta, dict) and isinstance(meta.get("embodiments"), dict):
@@ -201,7 +210,8 @@ def evaluate(
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"eval {cfg.name}", unit="ep", disable=not progress)
     try:
-        for job, ep, err in run_jobs(_eval_job, context, jobs, workers=workers):
+        run = run_jobs if ray is None else functools.partial(run_jobs_ray, address=ray)
+        for job, ep, err in run(_eval_job, context, jobs, workers=workers):
             r = per[f"{job['robot']}/{job['task']}"]
             bar.update(1)
             if err is not None:

@@ -7,6 +7,9 @@ segfault, an OOM kill) for the job it was running; a dead worker is replaced and
 on. `context` is sent to each worker once (e.g. a picklable policy factory); `fn` must be a
 module-level function. Ctrl-C stops the workers and propagates, after the caller has handled
 every job that finished.
+
+`vla.sim.ray_jobs.run_jobs_ray` keeps the same contract with Ray actors as the workers (on this
+machine or a cluster), retrying a failed job once.
 """
 
 from __future__ import annotations
