@@ -344,3 +344,12 @@ def test_tracking_error_with_and_without_the_servo_lag():
     assert lag == 2 and err["max"] == 0.0
     _, same_tick = tracking_errors(list(commands), list(states), skip=5, lags=(0,))
     assert same_tick["p50"] > 5
+
+
+def test_no_keys_without_a_usable_stdin(monkeypatch):
+    import io
+
+    monkeypatch.setattr(sys, "stdin", io.StringIO(""))  # as under a test runner: no file descriptor
+    keys = KeyControl().start()
+    assert not keys.active and keys.poll() is None
+    keys.stop()

@@ -49,7 +49,12 @@ class KeyControl:
     """The keys above, from a terminal; `active` is False (and poll() always None) without one."""
 
     def __init__(self, fd: int | None = None):
-        self.fd = sys.stdin.fileno() if fd is None else fd
+        if fd is None:
+            try:
+                fd = sys.stdin.fileno()
+            except (AttributeError, OSError, ValueError):  # replaced stdin (a test runner), closed stdin
+                fd = None
+        self.fd = fd
         self.active = False
         self._event: str | None = None
         self._lock = threading.Lock()
@@ -58,6 +63,8 @@ class KeyControl:
         self._thread: threading.Thread | None = None
 
     def start(self, *, tty_only: bool = True) -> "KeyControl":
+        if self.fd is None:
+            return self
         try:
             if tty_only and not os.isatty(self.fd):
                 return self
