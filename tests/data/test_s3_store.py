@@ -15,6 +15,7 @@ from typer.testing import CliRunner
 from vla.cli import app
 from vla.data import EpisodeStore, StoreError
 from vla.data.remote import LOCK_NAME, LeaseLock, _machine, _pid_start, storage_options
+from vla.data.verify import verify_store
 from vla.spec import image_key
 
 from helpers import fill, make_frame
@@ -145,7 +146,14 @@ def test_kill9_of_a_writer_on_s3_loses_only_the_open_episode(s3, s3_objects, emb
     fill(EpisodeStore.open(url, mode="a"), emb, 1, 4, start_ep=2)
     s = EpisodeStore.open(url)
     assert s.num_episodes == 3 and [i.length for i in s.infos()] == [6, 6, 4]
-    check_episode(s, 2, emb, 2, 4)
+    check_episode(s, 2, emb, 2, 4)  # read through the local cache: it holds a good copy now
+    # verify reads what S3 holds now, not the cache: a shard object cut short on S3 is found.
+    key = "store/tiny/observation/images/front/c.0.0.0.0"
+    shard = s3_objects.client.get_object(Bucket=s3_objects.bucket, Key=key)["Body"].read()
+    s3_objects.client.put_object(Bucket=s3_objects.bucket, Key=key, Body=shard[:-10])
+    r = verify_store(url)
+    assert r["problems"] == 1 and r["corrupt"][0]["episode"] == 2 and r["corrupt"][0]["frame"] == 3
+    check_episode(EpisodeStore.open(url), 2, emb, 2, 4)  # the cached copy still serves training
 
 
 def test_one_writer_per_store_on_s3_by_a_lease(s3, s3_objects, emb, caplog, monkeypatch):

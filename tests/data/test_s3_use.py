@@ -83,7 +83,9 @@ def test_train_from_s3_through_the_read_cache(src, tmp_path):
     from train.conftest import write_preset
 
     preset = write_preset(tmp_path / "p.toml")
-    r = runner.invoke(app, ["train", str(preset), "--data", url, "--out", str(tmp_path / "ck"), "--steps", "1"])
+    # One DataLoader worker: a forked process, which must open the store's S3 sessions anew.
+    args = ["train", str(preset), "--data", url, "--out", str(tmp_path / "ck"), "--steps", "1", "--workers", "1"]
+    r = runner.invoke(app, args)
     assert r.exit_code == 0, r.output
     assert (tmp_path / "ck" / "model.safetensors").exists()
     copies = sorted(p.relative_to(tmp_path / "vla-cache").parts[2:] for p in (tmp_path / "vla-cache").rglob("c.*.0"))

@@ -45,9 +45,10 @@ def cache_root() -> Path | None:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "vla"
 
 
-def store_cache_dir(url: str, uid: str | None) -> Path | None:
-    """The cache folder of one store (made, with a note of its URL), None without a cache or a uid."""
-    root = cache_root()
+def store_cache_dir(url: str, uid: str | None, root: Path | None = None) -> Path | None:
+    """The cache folder of one store (made, with a note of its URL), None without a cache or a uid.
+    root: a cache root instead of VLA_CACHE's."""
+    root = root or cache_root()
     if root is None or not uid:
         return None
     key = hashlib.sha256(f"{url.rstrip('/')}\n{uid}".encode()).hexdigest()[:24]

@@ -41,6 +41,7 @@ the old one's copies. Stores being built by an edit or import on object storage 
 from __future__ import annotations
 
 import logging
+import os
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -103,10 +104,11 @@ def _open_group(path, mode: str) -> zarr.Group:
 class EpisodeStore:
     """A crash-safe, append-only store of episodes. See the module docstring for the layout."""
 
-    def __init__(self, group: zarr.Group, path: str, *, cache: bool = True):
+    def __init__(self, group: zarr.Group, path: str, *, cache: bool | Path = True):
         self._g = group
         self.path = path
         self._use_cache = cache
+        self._pid = os.getpid()
         attrs = dict(group.attrs)
         if attrs.get("format") != FORMAT:
             raise StoreError(f"{path}: not a vla episode store (root attrs have format={attrs.get('format')!r})")
@@ -174,9 +176,10 @@ class EpisodeStore:
         return store
 
     @classmethod
-    def open(cls, path, mode: str = "r", *, cache: bool = True) -> "EpisodeStore":
+    def open(cls, path, mode: str = "r", *, cache: bool | Path = True) -> "EpisodeStore":
         """Open an existing store ('r' read-only, 'a' to append). cache: on object storage, read
-        frames through the local cache (vla.data.cache; VLA_CACHE=off turns it off everywhere)."""
+        frames through the local cache (vla.data.cache; VLA_CACHE=off turns it off everywhere);
+        False: one ranged GET per frame; a folder: a cache root of the caller's instead of VLA_CACHE."""
         if _is_url(path):
             path = str(path).rstrip("/")
             if not remote.url_exists(remote.join(path, "zarr.json")):
@@ -372,7 +375,17 @@ class EpisodeStore:
         return i % n
 
     # ---- frame data ----
+    def _after_fork(self) -> None:
+        """In a forked process (a DataLoader worker) a store on object storage opens its group again:
+        the parent's HTTP sessions belong to an event loop that does not run here."""
+        if self._pid != os.getpid():
+            self._pid = os.getpid()
+            if _is_url(self.path):
+                self._g = _open_group(self.path, mode="r" if self._g.read_only else "r+")
+                self._frames.clear()  # the parent's: their descriptors and sessions stay unused
+
     def array(self, embodiment: str, key: str) -> zarr.Array:
+        self._after_fork()
         try:
             return self._g[f"{embodiment}/{key}"]
         except KeyError:
@@ -380,6 +393,7 @@ class EpisodeStore:
 
     def frames(self, embodiment: str, camera: str) -> FrameFiles | LegacyFrames:
         """Frame-level access to one camera: read(frames, size=None), blobs(frames), codec."""
+        self._after_fork()
         k = (embodiment, camera)
         if k not in self._frames:
             arr = self.array(embodiment, image_key(camera))
@@ -399,7 +413,8 @@ class EpisodeStore:
         """Local read cache of this store's shard objects (object storage only; vla.data.cache)."""
         if not (_is_url(self.path) and self._use_cache) or remote.scheme(self.path) in ("memory", "file"):
             return None
-        return store_cache_dir(self.path, self._attrs.get("uid"))
+        root = None if self._use_cache is True else Path(self._use_cache)
+        return store_cache_dir(self.path, self._attrs.get("uid"), root)
 
     def codec(self, embodiment: str, camera: str) -> ImageCodec:
         return self.frames(embodiment, camera).codec

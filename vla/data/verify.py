@@ -1,11 +1,17 @@
 """`vla data verify`: read every frame of a store and name the ones that cannot be read.
 
 Low-dim arrays are read per embodiment and key; each camera frame is decoded on its own, so one
-corrupt frame is named (episode, camera, frame) and the scan goes on.
+corrupt frame is named (episode, camera, frame) and the scan goes on. A store on object storage
+is read from fresh copies of its shard objects (in a temporary cache, removed at the end), never
+from the local read cache: what is checked is what the store holds now.
 """
 
 from __future__ import annotations
 
+import tempfile
+from pathlib import Path
+
+from vla.data import remote
 from vla.data.frame_files import StoreError
 from vla.data.store import EpisodeStore
 
@@ -13,6 +19,9 @@ from vla.data.store import EpisodeStore
 def verify_store(store: str | EpisodeStore, *, progress: bool = False, limit: int = 1000) -> dict:
     """-> {"frames", "images_checked", "corrupt": [{"episode", "embodiment", "key", "frame", "error"}]}.
     `frame` counts from the episode's start; at most `limit` problems are listed (all are counted)."""
+    if not isinstance(store, EpisodeStore) and remote.is_url(store):
+        with tempfile.TemporaryDirectory(prefix="vla-verify-") as tmp:
+            return verify_store(EpisodeStore.open(store, cache=Path(tmp)), progress=progress, limit=limit)
     from tqdm import tqdm
 
     s = store if isinstance(store, EpisodeStore) else EpisodeStore.open(store)
