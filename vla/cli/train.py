@@ -101,6 +101,13 @@ def train_command(
     ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
+    rtc_max_delay: Optional[int] = typer.Option(
+        None,
+        metavar="D",
+        help="Training-time real-time chunking (pi0, pi05): each sample's first d actions, d uniform "
+        "over 0..D policy steps, are given clean and left out of the loss; the checkpoint then serves "
+        "RTC mode 'trained' [default: the preset's train.rtc_max_delay, 0 = off].",
+    ),
     eval_suite: Optional[str] = typer.Option(None, help="Evaluate in simulation at every checkpoint on this suite."),
     eval_every: int = typer.Option(0, help="Checkpoint (and evaluate) every N steps; needs --eval-suite."),
     eval_episodes: int = typer.Option(5, help="Episodes per task for the periodic evaluation."),
@@ -122,8 +129,18 @@ def train_command(
         save_every=save_every,
         lr=lr,
     )
+    if rtc_max_delay is not None and rtc_max_delay < 0:
+        fail(f"--rtc-max-delay must be >= 0 (policy steps; 0 turns it off), got {rtc_max_delay}")
     save_every = eval_every or save_every
-    overrides = _given(batch_size=batch_size, lr=lr, workers=workers, save_every=save_every, seed=seed, freeze=freeze)
+    overrides = _given(
+        batch_size=batch_size,
+        lr=lr,
+        workers=workers,
+        save_every=save_every,
+        seed=seed,
+        freeze=freeze,
+        rtc_max_delay=rtc_max_delay,
+    )
     try:
         p = load_preset(preset, {"train": overrides} if overrides else None)
         w = _parse_weights(weights)

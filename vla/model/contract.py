@@ -25,6 +25,7 @@ estimation needs of a type's layout is the model class's `layer_streams(cfg)`.
 
 from __future__ import annotations
 
+import logging
 import numbers
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
@@ -34,8 +35,11 @@ import torch
 from torch import nn
 
 from vla.model.backbones.config import BackboneConfig
+from vla.model.rtc import RTCRequest
 from vla.model.transforms import PROMPT_FORMATS
 from vla.spec import SpecError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -75,8 +79,13 @@ class ModelConfig:
     # How the instruction becomes text (vla.model.transforms.PROMPT_FORMATS): "plain", or
     # "paligemma" (openpi's pi0: the cleaned text + "\n" after BOS), or "pi05" (state in the prompt).
     prompt_format: str = "plain"
+    # Training-time real-time chunking (vla.model.rtc, mode "trained"): D > 0 draws a delay d per
+    # sample, uniform over 0..D; the first d actions are given clean (flow time 0) and left out of
+    # the loss. Set by the trainer from [train] rtc_max_delay; 0: trained as published.
+    rtc_max_delay: int = 0
 
     kind: ClassVar[str] = "model"  # the type's name in messages
+    trains_rtc: ClassVar[bool] = False  # whether the type can be trained with rtc_max_delay > 0
 
     def __post_init__(self):
         if isinstance(self.backbone, dict):
@@ -86,6 +95,16 @@ class ModelConfig:
             got = ", ".join(f"{k} = {getattr(self, k)!r}" for k in small)
             names = " and ".join([", ".join(small[:-1]), small[-1]] if len(small) > 1 else small)
             raise SpecError(f"{self.kind}: {names} must be >= 1, got {got}")
+        if not int_at_least(self.rtc_max_delay, 0) or self.rtc_max_delay >= self.horizon:
+            raise SpecError(
+                f"{self.kind}: rtc_max_delay must be an int in 0..horizon - 1 = {self.horizon - 1}, "
+                f"got {self.rtc_max_delay!r}"
+            )
+        if self.rtc_max_delay and not self.trains_rtc:
+            raise SpecError(
+                f"{self.kind}: training-time RTC (rtc_max_delay = {self.rtc_max_delay}) is for the flow models "
+                "(pi0, pi05); set it to 0"
+            )
         if self.prompt_format not in PROMPT_FORMATS:
             raise SpecError(f"{self.kind}: prompt_format must be one of {PROMPT_FORMATS}, got {self.prompt_format!r}")
         emb = {}
@@ -167,6 +186,11 @@ class ActionModel(nn.Module):
 
     supports_guidance = False  # real-time chunking (inpainting towards a guide chunk)
 
+    def rtc_modes(self) -> tuple[str, ...]:
+        """The real-time chunking modes (vla.model.rtc.MODES) `sample(rtc=...)` honours; () : none
+        (a request is then ignored, and the chunk decoded unguided)."""
+        return ()
+
     # ---- construction and assets ----
     @classmethod
     def build(cls, cfg, *, text_vocab: int, assets: dict) -> "ActionModel":
@@ -225,9 +249,18 @@ class ActionModel(nn.Module):
         noise: torch.Tensor | None = None,
         guide: torch.Tensor | None = None,
         guide_weights: torch.Tensor | None = None,
+        rtc: RTCRequest | None = None,
         **kwargs,
     ) -> ActionSample:
-        with torch.inference_mode():
+        """rtc: a real-time chunking request (vla.model.rtc.RTCRequest). A model with no RTC
+        modes logs it and decodes unguided; mode "guided" runs with autograd (not in inference mode)."""
+        if rtc is not None and not self.rtc_modes():
+            log.debug("real-time chunking is not supported by %s; decoding unguided", type(self).__name__)
+            rtc = None
+        if rtc is not None:
+            kwargs["rtc"] = rtc
+        grad = rtc is not None and rtc.needs_grad
+        with torch.inference_mode(not grad), torch.no_grad():
             return self._sample(
                 batch, num_steps=num_steps, noise=noise, guide=guide, guide_weights=guide_weights, **kwargs
             )

@@ -155,7 +155,7 @@ def guided_velocity(
                 "(torch.no_grad() is fine)"
             )
         with torch.enable_grad():
-            xg = x.detach().requires_grad_(True)
+            xg = x.detach().clone().requires_grad_(True)  # a clone: x may be an inference tensor
             v = f(xg)
             clean = xg - t * v
             err = ((target - clean) * w).detach()

@@ -10,6 +10,22 @@ values). The reply says so (`malformed: True`), the count is kept in `stats`, an
 are the model's best effort, never a silent all-zero chunk. The control loop treats a
 malformed chunk as no fresh plan.
 
+Real-time chunking (vla.model.rtc): `infer(obs, rtc={...})` asks for a chunk that agrees with
+the previous one. The dict's keys (`RTC_KEYS`):
+    mode                 "inpaint" | "guided" | "guided-nojac" | "trained" (`metadata["rtc"]["modes"]`
+                         says which this checkpoint supports: "trained" only if trained with
+                         rtc_max_delay)
+    prev_chunk           float [h', a] in robot units at the policy rate, index 0 = the action at
+                         the new chunk's first step (h' = 0: nothing to agree with, a plain chunk)
+    inference_delay      int: policy steps that run before the new chunk arrives
+    execution_horizon    int: the step where the prefix weights reach 0 (LeRobot's meaning; capped
+                         at h'; default h')
+    schedule             "zeros" | "ones" | "linear" | "exp" (default "linear")
+    max_guidance_weight  float > 0 (default 10)
+The previous chunk is normalized like the checkpoint's actions (relative to the state, for a
+delta-action checkpoint). The older `guide` / `guide_weights` pair is inpainting with weights
+of the caller's choosing.
+
 `compile=True` runs the sampler through `torch.compile` where the model type supports it
 (pi0: about twice as fast on a CPU, after a one-time compile of minutes on 2 cores;
 inductor's cache makes later processes start in seconds). `warmup()` pays that cost up front,
@@ -27,9 +43,12 @@ import torch
 
 from vla.model.device import resolve_device
 from vla.model.interop.checkpoint import Checkpoint, build_from_checkpoint
+from vla.model.rtc import DEFAULT_MAX_GUIDANCE_WEIGHT, DEFAULT_SCHEDULE, MODES, SCHEDULES, RTCRequest
 from vla.spec import EMBODIMENT, STATE, TASK, SpecError, image_key
 
 log = logging.getLogger(__name__)
+
+RTC_KEYS = ("mode", "prev_chunk", "inference_delay", "execution_horizon", "schedule", "max_guidance_weight")
 
 
 class Policy:
@@ -74,6 +93,13 @@ class Policy:
             "step": self.ckpt.resolved.step,
             "action_horizon": self.cfg.horizon,
             "embodiments": {n: e.to_dict() for n, e in self.ckpt.embodiments.items()},
+            # real-time chunking: the modes `infer(rtc=...)` takes, and the largest clean prefix a
+            # "trained" request is fed (the rtc_max_delay the checkpoint was trained with; 0: none)
+            "rtc": {
+                "modes": list(self.model.rtc_modes()),
+                "schedules": list(SCHEDULES),
+                "trained_max_delay": self.cfg.rtc_max_delay,
+            },
         }
 
     def reset(self) -> None:
@@ -86,21 +112,26 @@ class Policy:
         noise: np.ndarray | None = None,
         guide: np.ndarray | None = None,
         guide_weights: np.ndarray | None = None,
+        rtc: dict | None = None,
     ) -> dict:
         """One observation -> {"actions": float32 [h, a] in robot units, "malformed", "policy_timing"}.
 
-        guide / guide_weights: real-time chunking, for models that support guidance (pi0).
-        `guide` [h, a] in robot units is the plan the new chunk should agree with,
-        `guide_weights` [h] in [0, 1] how strongly. Other models ignore them.
+        rtc: real-time chunking (module docstring), for models that support it (pi0, pi0.5; others
+        ignore it). guide / guide_weights: inpainting with the caller's weights: `guide` [h, a] in
+        robot units is the plan the new chunk should agree with, `guide_weights` [h] in [0, 1]
+        how strongly.
         """
+        if rtc is not None:
+            rtc = _check_rtc(rtc)
+            rtc = {**rtc, "prev_chunk": rtc["prev_chunk"][None]}
         return self.infer_batch(
             [obs],
             noise=None if noise is None else noise[None],
             guide=None if guide is None else guide[None],
             guide_weights=None if guide_weights is None else guide_weights[None],
+            rtc=rtc,
         )[0]
 
-    @torch.inference_mode()
     def infer_batch(
         self,
         observations: list[dict],
@@ -108,7 +139,21 @@ class Policy:
         noise: np.ndarray | None = None,
         guide: np.ndarray | None = None,
         guide_weights: np.ndarray | None = None,
+        rtc: dict | None = None,
     ) -> list[dict]:
+        """As `infer`, one row per observation; rtc["prev_chunk"] is then [b, h', a]."""
+        if rtc is not None:
+            if guide is not None:
+                raise SpecError(
+                    "give either guide/guide_weights or rtc, not both (rtc mode 'inpaint' is the guide path)"
+                )
+            rtc = _check_rtc(rtc, batched=True)
+        grad = rtc is not None and rtc["mode"] == "guided" and bool(self.model.rtc_modes())
+        # Guided RTC differentiates through the denoiser, which inference tensors do not allow.
+        with torch.inference_mode(not grad), torch.no_grad():
+            return self._infer_batch(observations, noise, guide, guide_weights, rtc)
+
+    def _infer_batch(self, observations, noise, guide, guide_weights, rtc) -> list[dict]:
         t0 = time.perf_counter()
         batch = self.tf.from_observations(observations, self._default)
         names = batch[EMBODIMENT]
@@ -124,8 +169,14 @@ class Policy:
                 self.device
             )
             gw = torch.as_tensor(np.asarray(guide_weights, np.float32), device=self.device)
+        req = self._rtc_request(rtc, names, states) if rtc is not None else None
         out = self.model.sample(
-            batch, num_steps=self.num_steps, noise=None if nz is None else nz.to(self.device), guide=g, guide_weights=gw
+            batch,
+            num_steps=self.num_steps,
+            noise=None if nz is None else nz.to(self.device),
+            guide=g,
+            guide_weights=gw,
+            rtc=req,
         )
         actions = self.tf.to_actions(out.actions, names, states)
         malformed = [bool(m) for m in out.malformed.tolist()]
@@ -133,6 +184,81 @@ class Policy:
         self.stats["calls"] += len(names)
         self.stats["malformed"] += sum(malformed)
         return [{"actions": a, "malformed": m, "policy_timing": {"infer_ms": dt}} for a, m in zip(actions, malformed)]
+
+    def _rtc_request(self, rtc: dict, names: list[str], states: list) -> RTCRequest | None:
+        """A checked rtc dict -> the model's request (the previous chunk normalized), None when
+        there is nothing to agree with or the model has no RTC modes."""
+        modes = self.model.rtc_modes()
+        prev = rtc["prev_chunk"]
+        if not modes or prev.shape[1] == 0:
+            if not modes:
+                log.debug("real-time chunking is not supported by this %s model; decoding unguided", self.kind)
+            return None
+        if rtc["mode"] not in modes:
+            trained = " (it was not trained with rtc_max_delay)" if rtc["mode"] == "trained" else ""
+            raise SpecError(
+                f"rtc mode {rtc['mode']!r} is not supported by this checkpoint{trained}; it has {list(modes)}"
+            )
+        if prev.shape[0] != len(names):
+            raise SpecError(f"rtc prev_chunk: expected one chunk per observation ({len(names)}), got {prev.shape[0]}")
+        for n in set(names):
+            a = self.ckpt.embodiments[n].action_dim
+            if prev.shape[2] != a:
+                raise SpecError(f"rtc prev_chunk: expected [h', {a}] (the actions of {n!r}), got [h', {prev.shape[2]}]")
+        if rtc["mode"] == "trained" and rtc["inference_delay"] > self.cfg.rtc_max_delay:
+            log.warning(
+                "rtc trained: inference_delay %d is beyond the %d this checkpoint was trained with; "
+                "the first %d actions are fed clean",
+                rtc["inference_delay"],
+                self.cfg.rtc_max_delay,
+                self.cfg.rtc_max_delay,
+            )
+        norm = self.tf.normalize_actions(prev, names, states)
+        return RTCRequest(
+            mode=rtc["mode"],
+            prev_chunk=torch.from_numpy(norm).to(self.device),
+            inference_delay=rtc["inference_delay"],
+            execution_horizon=rtc.get("execution_horizon", prev.shape[1]),
+            schedule=rtc.get("schedule", DEFAULT_SCHEDULE),
+            max_guidance_weight=rtc.get("max_guidance_weight", DEFAULT_MAX_GUIDANCE_WEIGHT),
+        )
+
+
+def _check_rtc(rtc, *, batched: bool = False) -> dict:
+    """An rtc dict as a client sends it -> the same with numpy/Python values checked (SpecError
+    naming the key otherwise). prev_chunk float32 [h', a] ([b, h', a] when batched)."""
+    if not isinstance(rtc, dict):
+        raise SpecError(f"rtc must be a map with keys {list(RTC_KEYS)}, got {type(rtc).__name__}")
+    unknown = sorted(set(map(str, rtc)) - set(RTC_KEYS))
+    if unknown:
+        raise SpecError(f"rtc: unknown keys {unknown}; known: {list(RTC_KEYS)}")
+    missing = [k for k in ("mode", "prev_chunk", "inference_delay") if k not in rtc]
+    if missing:
+        raise SpecError(f"rtc: missing keys {missing}")
+    out = dict(rtc)
+    if out["mode"] not in MODES:
+        raise SpecError(f"rtc mode must be one of {list(MODES)}, got {out['mode']!r}")
+    prev = np.asarray(out["prev_chunk"])
+    if prev.ndim != 2 + batched or not (np.issubdtype(prev.dtype, np.floating) or prev.size == 0):
+        want = "[b, h', a]" if batched else "[h', a]"
+        raise SpecError(f"rtc prev_chunk: expected float {want} in robot units, got {prev.dtype} {prev.shape}")
+    if not np.isfinite(prev).all():
+        raise SpecError("rtc prev_chunk: non-finite values")
+    out["prev_chunk"] = prev.astype(np.float32, copy=False)
+    for k in ("inference_delay", "execution_horizon"):
+        if k in out:
+            v = out[k]
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0:
+                raise SpecError(f"rtc {k}: expected an int >= 0 (policy steps), got {v!r}")
+            out[k] = int(v)
+    if "schedule" in out and out["schedule"] not in SCHEDULES:
+        raise SpecError(f"rtc schedule must be one of {list(SCHEDULES)}, got {out['schedule']!r}")
+    if "max_guidance_weight" in out:
+        v = out["max_guidance_weight"]
+        if isinstance(v, bool) or not isinstance(v, (int, float, np.number)) or not np.isfinite(v) or v <= 0:
+            raise SpecError(f"rtc max_guidance_weight: expected a number > 0, got {v!r}")
+        out["max_guidance_weight"] = float(v)
+    return out
 
 
 def load_policy(path: str | Path, **kwargs) -> Policy:

@@ -13,8 +13,10 @@ binary message is one observation (a map of frame keys; the instruction as `task
 Errors come back as a text frame that names the key; unlike openpi the connection stays open, so
 one bad message does not cost the client its session, and other clients are never affected.
 
-Extensions (ignored by openpi clients): an observation may carry `guide` [h, a] and
-`guide_weights` [h] (real-time chunking, see `Policy.infer`).
+Extensions (openpi clients send none of them): an observation may carry `rtc`, a map with the keys
+of `Policy.infer`'s real-time chunking request (`mode`, `prev_chunk` float [h', a], `inference_delay`,
+`execution_horizon`, `schedule`, `max_guidance_weight`), or `guide` [h, a] and `guide_weights` [h]
+(inpainting with the caller's weights). The metadata's `rtc` says which modes the checkpoint takes.
 
 Inference runs in one worker thread, so the event loop keeps answering `/healthz`, pings and
 new connections while a chunk is computed; concurrent clients are served in arrival order.
@@ -40,7 +42,7 @@ from vla.spec import SpecError
 log = logging.getLogger(__name__)
 logging.getLogger("websockets.server").setLevel(logging.WARNING)  # one INFO line per HTTP response otherwise
 
-GUIDE, GUIDE_WEIGHTS = "guide", "guide_weights"
+GUIDE, GUIDE_WEIGHTS, RTC = "guide", "guide_weights", "rtc"
 
 
 @dataclass(frozen=True)
@@ -64,7 +66,8 @@ class BadRequest(ValueError):
 
 
 def decode_observation(msg, max_bytes: int) -> tuple[dict, np.ndarray | None, np.ndarray | None]:
-    """One websocket message -> (observation, guide, guide_weights). Raises BadRequest."""
+    """One websocket message -> (observation, guide, guide_weights). Raises BadRequest. An `rtc`
+    request stays in the observation (see `pop_rtc`)."""
     if isinstance(msg, str):
         raise BadRequest("expected a binary msgpack observation, got a text frame")
     try:
@@ -74,6 +77,8 @@ def decode_observation(msg, max_bytes: int) -> tuple[dict, np.ndarray | None, np
     if not isinstance(obs, dict):
         raise BadRequest(f"expected a map of observation keys, got {type(obs).__name__}")
     obs = str_keys(obs)
+    if obs.get(RTC) is not None and obs.get(GUIDE) is not None:
+        raise BadRequest(f"key {RTC!r} and key {GUIDE!r}: send one of them")
     guide, weights = obs.pop(GUIDE, None), obs.pop(GUIDE_WEIGHTS, None)
     if (guide is None) != (weights is None):
         raise BadRequest(f"key {GUIDE!r} and key {GUIDE_WEIGHTS!r} go together; got only one")
@@ -88,6 +93,19 @@ def decode_observation(msg, max_bytes: int) -> tuple[dict, np.ndarray | None, np
         if not (np.isfinite(guide).all() and np.isfinite(weights).all()):
             raise BadRequest(f"key {GUIDE!r}/{GUIDE_WEIGHTS!r}: non-finite values")
     return obs, guide, weights
+
+
+def pop_rtc(obs: dict) -> dict | None:
+    """The observation's real-time chunking request (its keys as str), removed from it; None if it
+    has none. Its values are checked by the policy (a bad one comes back as an error frame)."""
+    rtc = obs.pop(RTC, None)
+    if rtc is None:
+        return None
+    if not isinstance(rtc, dict):
+        raise BadRequest(
+            f"key {RTC!r}: expected a map (mode, prev_chunk, inference_delay, ...), got {type(rtc).__name__}"
+        )
+    return str_keys(rtc)
 
 
 def encode_reply(out: dict, infer_ms: float, prev_total_ms: float | None) -> bytes:
@@ -133,7 +151,9 @@ class PolicyServer:
         return None
 
     # ---- websocket side ----
-    def _infer(self, obs, guide, weights) -> dict:
+    def _infer(self, obs, guide, weights, rtc=None) -> dict:
+        if rtc is not None:
+            return self.policy.infer(obs, rtc=rtc)
         if guide is None:
             return self.policy.infer(obs)
         return self.policy.infer(obs, guide=guide, guide_weights=weights)
@@ -153,8 +173,9 @@ class PolicyServer:
                 t0 = time.monotonic()
                 try:
                     obs, guide, weights = decode_observation(msg, self.config.max_message_bytes)
+                    rtc = pop_rtc(obs)
                     t1 = time.monotonic()
-                    out = await loop.run_in_executor(self._pool, self._infer, obs, guide, weights)
+                    out = await loop.run_in_executor(self._pool, self._infer, obs, guide, weights, rtc)
                     infer_ms = (time.monotonic() - t1) * 1000
                     if not isinstance(out, dict) or "actions" not in out:
                         raise RuntimeError(f"policy returned {type(out).__name__}, expected a dict with 'actions'")

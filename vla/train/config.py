@@ -36,6 +36,10 @@ class TrainConfig:
     frozen_bf16: bool = True  # on CUDA with bf16: frozen weights stored in bfloat16 (vla.train.trainee)
     lora: LoraSpec = field(default_factory=LoraSpec)  # vla.train.lora; rank 0 = off
     image_shift: int = 0  # pixels of random shift of every training image (vla.train.augment); 0 = off
+    # Training-time real-time chunking (pi0, pi05; vla.model.rtc): each sample's first d actions,
+    # d uniform over 0..rtc_max_delay, are given clean and left out of the loss. Recorded in the
+    # checkpoint's model config, so a server offers RTC mode "trained". 0 = off.
+    rtc_max_delay: int = 0
 
     def __post_init__(self):
         object.__setattr__(self, "betas", tuple(self.betas))
@@ -49,6 +53,8 @@ class TrainConfig:
             raise SpecError(
                 f"train: steps, batch_size and lr must be positive (got {self.steps}, {self.batch_size}, {self.lr})"
             )
+        if isinstance(self.rtc_max_delay, bool) or not isinstance(self.rtc_max_delay, int) or self.rtc_max_delay < 0:
+            raise SpecError(f"train: rtc_max_delay must be an int >= 0 (policy steps), got {self.rtc_max_delay!r}")
         if self.image_shift < 0:
             raise SpecError(f"train: image_shift must be >= 0, got {self.image_shift}")
         if not 0 <= self.ema < 1:

@@ -44,7 +44,7 @@ def check_same_type(ck: Checkpoint, preset: Preset) -> None:
 
 # Fields of a model config that are not the checkpoint's geometry: filled from the data, set by
 # the trainer, or used only by a random init.
-NOT_GEOMETRY = {"embodiments", "grad_checkpoint", "pretrained", "vision_pos_init", "init_std"}
+NOT_GEOMETRY = {"embodiments", "grad_checkpoint", "rtc_max_delay", "pretrained", "vision_pos_init", "init_std"}
 # Training choices a fine-tune may change: the preset's value is used.
 FROM_PRESET = ("num_steps", "mask_padded_actions", "time_at_one")
 

@@ -213,9 +213,12 @@ def _windows(data: list[str], base, weights: list[float] | None) -> tuple[list[E
 
 
 def _with_data(base, ds: WindowDataset, tcfg: TrainConfig):
-    """The model config with a state/action head size per embodiment of the data."""
+    """The model config with a state/action head size per embodiment of the data, and the
+    trainer's choices that the model carries (gradient checkpointing, training-time RTC)."""
     embodiments = {n: (e.state_dim, e.action_dim) for n, e in ds.embodiments.items()}
-    return replace(base, grad_checkpoint=tcfg.grad_checkpoint, embodiments=embodiments)
+    return replace(
+        base, grad_checkpoint=tcfg.grad_checkpoint, rtc_max_delay=tcfg.rtc_max_delay, embodiments=embodiments
+    )
 
 
 def _resumed_finetune(tcfg: TrainConfig, ck: Checkpoint, lora_rank: int | None, freeze: str | None) -> TrainConfig:

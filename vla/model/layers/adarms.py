@@ -1,6 +1,6 @@
 """Adaptive RMSNorm (pi0.5's action expert): the flow time conditions every norm of the expert.
 
-    (scale, shift, gate) = chunk(dense(cond), 3)          dense: [3w, w], cond [b, w]
+    (scale, shift, gate) = chunk(dense(cond), 3)          dense: [3w, w], cond [b, w] or per token [b, l, w]
     y = x / rms(x) * (1 + scale) + shift                  in float32, as Gemma's RMSNorm
 and the residual branch that follows the norm is multiplied by `gate` (x + gate * f(y)). The
 final norm of the stack is adaptive too (its gate unused). No learned `.weight` scale: the
@@ -22,10 +22,12 @@ class AdaRMSNorm(nn.Module):
         nn.init.zeros_(self.dense.bias)
 
     def forward(self, x: torch.Tensor, cond: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [b, l, w], cond [b, w_c] -> (normed [b, l, w], gate [b, 1, w])."""
+        """x [b, l, w], cond [b, w_c] (one per row) or [b, l, w_c] (one per token, e.g. per-token
+        flow times) -> (normed [b, l, w], gate [b, 1, w] or [b, l, w])."""
         xf = x.float()
         normed = xf * torch.rsqrt(xf.pow(2).mean(-1, keepdim=True) + self.eps)
-        scale, shift, gate = self.dense(cond)[:, None, :].float().chunk(3, dim=-1)
+        mod = self.dense(cond)
+        scale, shift, gate = (mod[:, None, :] if mod.dim() == 2 else mod).float().chunk(3, dim=-1)
         return (normed * (1.0 + scale) + shift).to(x.dtype), gate.to(x.dtype)
 
 

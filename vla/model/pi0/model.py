@@ -46,6 +46,7 @@ from vla.model.grounding.tokens import Grounding, GroundingConfig, grounding_fro
 from vla.model.layers.attention import attn_bias, joint_forward, make_attn_mask, rope
 from vla.model.layers.cross_attention import CrossPlan, adapt_expert, expert_context, expert_forward
 from vla.model.layers.heads import make_head
+from vla.model.rtc import GUIDED_MODES, RTCRequest, guided_velocity
 from vla.spec import SpecError
 
 
@@ -55,6 +56,7 @@ class Pi0Config(ModelConfig):
     model type has (backbone, horizon, cameras, max_tokens, embodiments, ...) are ModelConfig's."""
 
     kind: ClassVar[str] = "pi0"
+    trains_rtc: ClassVar[bool] = True
 
     expert: GemmaSize
     num_steps: int = 10
@@ -266,9 +268,12 @@ class Pi0Model(ActionModel):
         return cache
 
     def embed_suffix(self, state: torch.Tensor, x_t: torch.Tensor, t: torch.Tensor, emb: list[str], grounding=None):
-        """-> tokens [b, n_state + h, w], ar [b, n_state + h], adaptive-norm condition [b, w] or None."""
+        """t: flow time [b], or one per action token [b, h] (training-time RTC).
+        -> tokens [b, n_state + h, w], ar [b, n_state + h], adaptive-norm condition ([b, w] or
+        [b, h, w]) or None."""
         state_tok = self._state_token(state, emb, x_t.dtype, grounding)
-        tokens, cond = self._suffix_at(state_tok, x_t, emb, self._time_terms(t))
+        terms = self._time_terms(t) if t.dim() == 1 else self._time_terms(t.reshape(-1)).reshape(*t.shape, -1)
+        tokens, cond = self._suffix_at(state_tok, x_t, emb, terms)
         return tokens, self._suffix_ar(x_t.shape[0], x_t.shape[1], x_t.device), cond
 
     def _suffix_ar(self, b: int, h: int, device) -> torch.Tensor:
@@ -317,16 +322,30 @@ class Pi0Model(ActionModel):
             t = torch.where(torch.rand(b, generator=generator) < self.cfg.time_at_one, torch.ones(b), t)
         return t.to(device)
 
+    def sample_delay(self, b: int, generator=None, device=None) -> torch.Tensor:
+        """Training-time RTC: the clean prefix length of each sample, uniform over 0..rtc_max_delay."""
+        return torch.randint(0, self.cfg.rtc_max_delay + 1, (b,), generator=generator).to(device)
+
     def compute_loss(self, batch: dict, generator: torch.Generator | None = None) -> torch.Tensor:
-        """Per-sample flow-matching MSE [b], over real action dims (and steps, see mask_padded_actions)."""
+        """Per-sample flow-matching MSE [b], over real action dims (and steps, see mask_padded_actions).
+
+        With rtc_max_delay = D > 0 (training-time RTC, arXiv 2512.05964) each sample's first d
+        actions (d uniform over 0..D) are given clean, at flow time 0 (per-token times), and left
+        out of the loss, so the model learns to continue a committed prefix."""
         actions, emb = batch["actions"], batch["embodiment"]
-        b = actions.shape[0]
-        # The trainer may hand in the noise and times (drawn for the global batch, so DDP ranks
-        # see exactly what one process would); otherwise draw them here.
+        b, h = actions.shape[:2]
+        # The trainer may hand in the noise, times and delays (drawn for the global batch, so DDP
+        # ranks see exactly what one process would); otherwise draw them here.
         noise = batch["noise"] if "noise" in batch else torch.randn(actions.shape, generator=generator).to(actions)
         t = batch["time"] if "time" in batch else self.sample_time(b, generator, actions.device)
         t = t.to(actions.dtype)
-        x_t = t[:, None, None] * noise + (1 - t[:, None, None]) * actions
+        held = None  # [b, h] True on the clean prefix (training-time RTC)
+        if self.cfg.rtc_max_delay:
+            d = batch["rtc_delay"] if "rtc_delay" in batch else self.sample_delay(b, generator, actions.device)
+            held = torch.arange(h, device=actions.device)[None] < d.to(actions.device)[:, None]
+            t = torch.where(held, torch.zeros_like(t)[:, None], t[:, None])  # per token [b, h]
+        tt = t[..., None] if held is not None else t[:, None, None]
+        x_t = tt * noise + (1 - tt) * actions
         target = noise - actions
         p, g = self.observe(batch)
         suffix, s_ar, cond = self.embed_suffix(batch["state"], x_t, t, emb, g)
@@ -354,6 +373,8 @@ class Pi0Model(ActionModel):
         mask = dim_mask.expand(-1, v.shape[1], -1)
         if self.cfg.mask_padded_actions:
             mask = mask & ~batch["action_is_pad"][:, :, None]
+        if held is not None:
+            mask = mask & ~held[:, :, None]
         mask = mask.float()
         err = (v - target[..., : v.shape[-1]].float()) ** 2 * mask
         loss = err.sum((1, 2)) / mask.sum((1, 2)).clamp(min=1)
@@ -383,16 +404,47 @@ class Pi0Model(ActionModel):
     def training_draws(self, batch_size: int, batch: dict, generator: torch.Generator) -> dict:
         """Noise and flow times of the whole global batch (each DDP rank takes its rows)."""
         noise = torch.randn((batch_size, *batch["actions"].shape[1:]), generator=generator)
-        return {"noise": noise, "time": self.sample_time(batch_size, generator)}
+        draws = {"noise": noise, "time": self.sample_time(batch_size, generator)}
+        if self.cfg.rtc_max_delay:
+            draws["rtc_delay"] = self.sample_delay(batch_size, generator)
+        return draws
 
     # ---- inference ----
     def initial_noise(self, embodiments: list[str], generator: torch.Generator | None = None) -> torch.Tensor:
         self._check_embodiments(embodiments)
         return torch.randn(len(embodiments), self.cfg.horizon, self.action_width(embodiments), generator=generator)
 
-    def _sample(self, batch: dict, *, num_steps, noise, guide, guide_weights, use_cache: bool = True) -> ActionSample:
-        x = self._denoise_fn(
-            batch, num_steps=num_steps, noise=noise, use_cache=use_cache, guide=guide, guide_weights=guide_weights
+    def rtc_modes(self) -> tuple[str, ...]:
+        modes = ("inpaint", "guided", "guided-nojac")
+        return (*modes, "trained") if self.cfg.rtc_max_delay else modes
+
+    def _sample(
+        self, batch: dict, *, num_steps, noise, guide, guide_weights, use_cache: bool = True, rtc=None
+    ) -> ActionSample:
+        if rtc is not None and rtc.mode == "inpaint":  # the guide path, with the request's weights
+            if guide is not None:
+                raise ValueError("give either guide/guide_weights or an RTC request, not both")
+            width = self.action_width(batch["embodiment"])
+            like = torch.zeros(())  # float32 on the CPU: denoise moves the guide to the chunk's device
+            if rtc.dim_mask is None:
+                rtc = replace(rtc, dim_mask=self.action_out.dim_mask(batch["embodiment"])[:, :width])
+            guide = rtc.padded(self.cfg.horizon, width, like)
+            guide_weights = rtc.inpaint_weights(self.cfg.horizon, width, like)
+            rtc = None
+        if rtc is not None and rtc.mode not in self.rtc_modes():
+            raise SpecError(
+                f'RTC mode "{rtc.mode}" needs a model trained for it (vla train ... --rtc-max-delay D); '
+                f"this {self.cfg.kind} model supports {list(self.rtc_modes())}"
+            )
+        fn = self.denoise if rtc is not None else self._denoise_fn  # the compiled sampler takes no RTC request
+        x = fn(
+            batch,
+            num_steps=num_steps,
+            noise=noise,
+            use_cache=use_cache,
+            guide=guide,
+            guide_weights=guide_weights,
+            rtc=rtc,
         )
         return ActionSample(x, torch.zeros(x.shape[0], dtype=torch.bool))
 
@@ -417,14 +469,20 @@ class Pi0Model(ActionModel):
         use_cache: bool = True,
         guide: torch.Tensor | None = None,
         guide_weights: torch.Tensor | None = None,
+        rtc: RTCRequest | None = None,
     ) -> torch.Tensor:
         """Denoise a chunk -> [b, h, a] (normalized, padded to the batch's widest action dim).
 
         Inpainting for real-time chunking: `guide` [b, h, a] holds actions the new chunk should
         agree with (the old plan's actions that will run while this chunk is computed) and
-        `guide_weights` [b, h] in [0, 1] how strongly (1: frozen, 0: free). After every Euler
-        step the guided positions are pulled towards the guide, noised to the current flow
-        time along the same noise: x <- w * (t * noise + (1 - t) * guide) + (1 - w) * x.
+        `guide_weights` [b, h] (or per dim [b, h, a]) in [0, 1] how strongly (1: frozen, 0: free).
+        After every Euler step the guided positions are pulled towards the guide, noised to the
+        current flow time along the same noise: x <- w * (t * noise + (1 - t) * guide) + (1 - w) * x.
+
+        `rtc` (vla.model.rtc), modes "guided" / "guided-nojac": every step's velocity is
+        vla.model.rtc.guided_velocity's (the previous chunk as prev_chunk, the model's padded dims
+        unguided). Mode "trained" (a model trained with rtc_max_delay): the first d actions are
+        the previous chunk's, fed clean at flow time 0 at every step (per-token times).
         """
         emb = batch["embodiment"]
         steps = num_steps or self.cfg.num_steps
@@ -440,7 +498,20 @@ class Pi0Model(ActionModel):
             if guide_weights is None:
                 raise ValueError("guide needs guide_weights [b, h]")
             guide = guide.to(x)[..., : x.shape[-1]]
-            gw = guide_weights.to(x)[..., None]
+            gw = guide_weights.to(x)
+            gw = gw[..., None] if gw.dim() == 2 else gw[..., : x.shape[-1]]
+        held = clean = None  # mode trained: which steps are fed clean, and their values
+        if rtc is not None:
+            # the previous chunk comes padded to the checkpoint's widest robot; this batch's rows use a_dim
+            rtc = replace(rtc, prev_chunk=rtc.prev_chunk[..., :a_dim].to(x))
+            if rtc.dim_mask is None:
+                rtc = replace(rtc, dim_mask=self.action_out.dim_mask(emb, x.device)[:, :a_dim])
+            if rtc.mode == "trained":
+                d = rtc.prefix_length(self.cfg.horizon, self.cfg.rtc_max_delay)
+                if d > 0:
+                    held = (torch.arange(self.cfg.horizon, device=x.device) < d)[None, :, None]
+                    clean = rtc.padded(self.cfg.horizon, a_dim, x)
+                    x = torch.where(held, clean, x)
         lm, ex = self.backbone.language_model, self.expert
         if use_cache:
             cache = self.prefix_cache(p)
@@ -464,8 +535,11 @@ class Pi0Model(ActionModel):
         state_tok = self._state_token(batch["state"], emb, x.dtype, g)  # the same at every step
         times = torch.tensor([1.0 + k * dt for k in range(steps)], dtype=x.dtype, device=x.device)
         terms = self._time_terms(times)  # every step's time features at once
-        for k in range(steps):
-            suffix, cond = self._suffix_at(state_tok, x, emb, terms[k : k + 1])
+        if held is not None:  # per token: flow time 0 on the clean prefix, the step's time after it
+            term0 = self._time_terms(times.new_zeros(1)).reshape(1, 1, -1)
+
+        def velocity(x, term):
+            suffix, cond = self._suffix_at(state_tok, x, emb, term)
             if self.cross_plan is not None:  # uncached: the prefix's keys/values recomputed every step
                 c = ctx if use_cache else expert_context(ex, self.cross_plan, self.prefix_cache(p))
                 out = expert_forward(ex, self.cross_plan, suffix, c, cond=cond, **cross)
@@ -475,11 +549,33 @@ class Pi0Model(ActionModel):
                 (_, out), _ = joint_forward(
                     stacks, [prefix, suffix], bias, cos_sin, conds=[None, cond], layer_adds=p.layer_adds
                 )
-            v = self._suffix_out(out, emb)
-            x = x + dt * v[..., : x.shape[-1]]
+            return self._suffix_out(out, emb)[..., : x.shape[-1]]
+
+        for k in range(steps):
+            term = terms[k : k + 1]
+            if held is not None:
+                term = torch.where(held, term0, term.reshape(1, 1, -1))
+            if rtc is not None and rtc.mode in GUIDED_MODES:
+                v = guided_velocity(
+                    x,
+                    rtc.prev_chunk,
+                    rtc.inference_delay,
+                    1.0 + k * dt,
+                    lambda z, term=term: velocity(z, term),
+                    rtc.execution_horizon,
+                    rtc.schedule,
+                    rtc.max_guidance_weight,
+                    jacobian=rtc.mode == "guided",
+                    dim_mask=rtc.dim_mask,
+                )
+            else:
+                v = velocity(x, term)
+            x = x + dt * v
             if guide is not None:
                 t_next = 1.0 + (k + 1) * dt
                 x = gw * (t_next * x0 + (1 - t_next) * guide) + (1 - gw) * x
+            if held is not None:
+                x = torch.where(held, clean, x)
         return x
 
 

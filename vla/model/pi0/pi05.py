@@ -57,5 +57,8 @@ class Pi05Model(Pi0Model):
         return nn.functional.silu(self.time_mlp_out(x))
 
     def _suffix_at(self, state_tok, x_t: torch.Tensor, emb: list[str], term: torch.Tensor):
+        """term: one condition [1 or b, w], or one per action token [1 or b, h, w] (per-token flow
+        times: training-time RTC)."""
         tokens = self.action_in(x_t, emb)
-        return tokens, term.to(tokens.dtype).expand(tokens.shape[0], -1)
+        b = tokens.shape[0]
+        return tokens, term.to(tokens.dtype).expand(b, *term.shape[1:])
