@@ -36,6 +36,12 @@ MISTAKES = [
     ("resume a store", "train {preset} --data {store} --steps 1 --out {store} --resume", "not a vla checkpoint"),
     ("init from a store", "train {preset} --data {store} --steps 1 --out {new} --init {store}", "checkpoint"),
     ("bad mixture", "train {preset} --data {store} --weights 1,2 --steps 1 --out {new}", "mixture weights"),
+    ("negative RTC delay", "train {preset} --data {store} --rtc-max-delay -1 --steps 1 --out {new}", "--rtc-max-delay"),
+    (
+        "RTC delay past the horizon",
+        "train {preset} --data {store} --rtc-max-delay 6 --steps 1 --out {new}",
+        "0..horizon",
+    ),
     ("collect into a file", "collect quickstart --out {file} --episodes 1", "a file of"),
     ("collect into a folder", "collect quickstart --out {folder} --episodes 1", "a folder with"),
     ("collect into a checkpoint", "collect quickstart --out {ckpt} --episodes 1", "a vla checkpoint"),
