@@ -111,6 +111,8 @@ MISTAKES = [
     ("sheet inside a file", "data info {store} --sheet {file}/y.png", "is a file, not a folder"),
     ("bench learn unknown preset", "bench learn --presets nope --minutes 1 --out {new}", "unknown policy preset"),
     ("bench infer zero reps", "bench infer --reps 0", "--reps and --threads must be >= 1"),
+    ("bench data --store a local store", "bench data --store {store}", "give the URL of a store on object storage"),
+    ("bench data zero batches", "bench data --store s3://bucket/store --batches 0", "--batches must be at least 1"),
     ("probe a missing checkpoint", "bench probe {new} --data {store}", "not a checkpoint"),
     ("sim-robot on a taken port", "sim-robot --port {busy_port} --seconds 1", "pick another --port"),
     ("bench sim zero episodes", "bench sim --quick --collect-episodes 0", "--collect-episodes must be >= 1"),
