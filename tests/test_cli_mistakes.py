@@ -154,6 +154,38 @@ MISTAKES = [
         "calibrate --robot koch --port {new} --answers {new2} --range-seconds 1",
         "--answers",
     ),
+    (
+        "record into a file",
+        "record --robot so101 --leader-port {new} --follower-port {new2} --task t --out {file}",
+        "a file of",
+    ),
+    (
+        "record into another robot's store",
+        "record --robot so101 --leader-port {new} --follower-port {new2} --task t --out {store}",
+        "appends only to a store of 'so101'",
+    ),
+    (
+        "record zero episodes",
+        "record --robot so101 --leader-port {new} --follower-port {new2} --task t --episodes 0 --out {new}",
+        "--episodes must be >= 1",
+    ),
+    (
+        "record a bad camera size",
+        "record --robot so101 --leader-port {new} --follower-port {new2} --task t --camera-size 64 --out {new}",
+        "--camera-size",
+    ),
+    (
+        "record an unknown robot",
+        "record --robot so102 --leader-port {new} --follower-port {new2} --task t --out {new}",
+        "so102",
+    ),
+    (
+        "record with a bad calibration",
+        "record --robot so101 --leader-port {new} --follower-port {new2} --task t --leader-calibration {file} --out {new}",
+        "not a calibration file",
+    ),
+    ("bench robot zero seconds", "bench robot --seconds 0", "--seconds must be > 0"),
+    ("bench robot one real port", "bench robot --leader-port {new}", "give both --leader-port and --follower-port"),
 ]
 
 

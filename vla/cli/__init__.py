@@ -55,6 +55,7 @@ app.command("serve")(runtime.serve_command)
 app.command("sim-robot")(runtime.sim_robot_command)
 app.command("run")(runtime.run_command)
 app.command("calibrate")(robots.calibrate_command)
+app.command("record")(robots.record_command)
 
 
 @app.command("quickstart")

@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import fail, show_on_stdout, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, show_on_stdout, user_errors
 
 
 def _scripted_ask(answers: list[str] | None, yes: bool):
@@ -132,3 +132,128 @@ def calibrate_command(
     typer.echo(
         f'use it: ServoArm(..., calibration="{ref}") or calibration = "{ref}" in the launch file\'s [robot] options'
     )
+
+
+def _size(text: Optional[str], flag: str) -> Optional[tuple[int, int]]:
+    """HEIGHTxWIDTH ("480x640") -> (480, 640); a bad value ends the command with one error line."""
+    if text is None:
+        return None
+    h, sep, w = text.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit() and int(h) > 0 and int(w) > 0):
+        fail(f"{flag}: expected HEIGHTxWIDTH in pixels, e.g. 480x640, got {text!r}")
+    return int(h), int(w)
+
+
+def record_command(
+    robot: str = typer.Option(..., help="so100, so101 or koch."),
+    leader_port: str = typer.Option(..., help="The leader arm's serial port (a virtual bus's link works too)."),
+    follower_port: str = typer.Option(..., help="The follower arm's serial port."),
+    out: Path = typer.Option(..., help="Episode store: created, or appended to when it holds this robot's episodes."),
+    task: str = typer.Option(..., help='What the episodes show, e.g. "pick up the red cube" (stored with each).'),
+    episodes: int = typer.Option(1, help="Episodes to keep."),
+    seconds: float = typer.Option(20.0, help="Length of each episode (a key may end one early)."),
+    reset_seconds: float = typer.Option(
+        5.0, help="Pause between episodes to reset the scene; the follower keeps following, unrecorded."
+    ),
+    fps: Optional[float] = typer.Option(None, help="Loop and recording rate [default: the robot's, 30 Hz]."),
+    cameras: Optional[str] = typer.Option(
+        None, help='The follower\'s cameras, "front=0,wrist=/dev/video2" (also video:PATH, virtual:LINK).'
+    ),
+    camera_size: Optional[str] = typer.Option(
+        None, help="HEIGHTxWIDTH of the recorded frames [default: the robot's TOML sizes, else 480x640]."
+    ),
+    leader_calibration: Optional[str] = typer.Option(
+        None, help="Leader calibration: an id in LeRobot's calibration folder or a JSON file [default: <robot>-leader]."
+    ),
+    follower_calibration: Optional[str] = typer.Option(
+        None, help="Follower calibration: an id or a JSON file [default: <robot>-follower]."
+    ),
+    rt_priority: int = typer.Option(0, help="Run the loop SCHED_FIFO at this priority (Linux; 0 = normal)."),
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the summary to this JSON file.", callback=json_path
+    ),
+):
+    """Record episodes by teleoperation: the follower follows the leader at the robot's rate; its joints
+    (state), the leader's joints (action) and the cameras (JPEG) go into the store, one commit per episode.
+    On a terminal: right arrow / n = next episode, left arrow / r = record it again, esc / q = stop;
+    otherwise every episode runs --seconds. Ctrl-C drops the episode in progress and keeps the others."""
+    from vla.robots.session import record
+    from vla.runtime.robot import RobotError
+
+    size = _size(camera_size, "--camera-size")
+    if not 0 <= rt_priority <= 99:
+        fail(f"--rt-priority must be in 0..99, got {rt_priority}")
+    show_on_stdout("vla.robots.session")
+    try:
+        r = record(
+            robot,
+            leader_port,
+            follower_port,
+            out,
+            task=task,
+            episodes=episodes,
+            seconds=seconds,
+            fps=fps,
+            reset_seconds=reset_seconds,
+            cameras=cameras,
+            camera_size=size,
+            leader_calibration=leader_calibration,
+            follower_calibration=follower_calibration,
+            rt_priority=rt_priority,
+        )
+    except (*user_errors(), RobotError, TimeoutError) as e:
+        fail(str(e))
+    typer.echo(
+        f"recorded {len(r['episodes'])} episode(s) into {r['store']} ({r['outcome']}; "
+        f"{r['rerecorded']} re-recorded, {r['dropped_frames']} frames dropped)"
+    )
+    if json_out:
+        emit(r, json_out)
+    if r["error"]:
+        fail(f"the store writer failed ({r['error']}): the episodes listed above are saved, the rest are not")
+
+
+@bench_app.command("robot")
+def bench_robot(
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
+    robot: str = typer.Option("so101", help="so100, so101 or koch."),
+    seconds: float = typer.Option(10.0, help="Length of the recorded teleoperation run."),
+    reps: int = typer.Option(300, help="Bus round trips to time."),
+    fps: float = typer.Option(30.0, help="Loop, recording and camera rate."),
+    camera_size: str = typer.Option("480x640", help="HEIGHTxWIDTH of the cameras."),
+    cameras: str = typer.Option("front,wrist", help="Virtual cameras on the follower (names, comma-separated)."),
+    leader_port: Optional[str] = typer.Option(None, help="A real leader arm's port (with --follower-port)."),
+    follower_port: Optional[str] = typer.Option(None, help="A real follower arm's port."),
+    leader_calibration: Optional[str] = typer.Option(None, help="Real leader: calibration id or file."),
+    follower_calibration: Optional[str] = typer.Option(None, help="Real follower: calibration id or file."),
+    real_cameras: Optional[str] = typer.Option(None, help='Real follower: its cameras, "front=0,wrist=2".'),
+    rt_priority: int = typer.Option(0, help="Run the loop SCHED_FIFO at this priority (Linux; 0 = normal)."),
+):
+    """Bus round trip (sync read + sync write of every motor), teleoperation loop jitter and dropped frames
+    while recording the cameras, and tracking error; on virtual buses unless real ports are given."""
+    from vla.bench.robot import run
+    from vla.runtime.robot import RobotError
+
+    size = _size(camera_size, "--camera-size")
+    if not 0 <= rt_priority <= 99:
+        fail(f"--rt-priority must be in 0..99, got {rt_priority}")
+    try:
+        r = run(
+            robot=robot,
+            seconds=seconds,
+            reps=reps,
+            fps=fps,
+            cameras=tuple(c.strip() for c in cameras.split(",") if c.strip()),
+            camera_size=size,
+            leader_port=leader_port,
+            follower_port=follower_port,
+            leader_calibration=leader_calibration,
+            follower_calibration=follower_calibration,
+            real_cameras=real_cameras,
+            rt_priority=rt_priority,
+        )
+    except (*user_errors(), RobotError, TimeoutError) as e:
+        fail(str(e))
+    emit(r, json_out)
