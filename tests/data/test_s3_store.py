@@ -21,12 +21,13 @@ from vla.spec import image_key
 from helpers import fill, make_frame
 
 
-def test_create_append_reopen_through_the_endpoint_in_the_environment(s3, s3_objects, moto_endpoint, emb):
+def test_create_append_reopen_through_the_endpoint_in_the_environment(s3, s3_objects, moto_endpoint, emb, tmp_path):
     assert storage_options(s3)["endpoint_url"] == moto_endpoint  # AWS_ENDPOINT_URL, passed explicitly
     url = f"{s3}/stores/a"
     store = EpisodeStore.create(url, [emb])
     fill(store, emb, 1, 5)
     fill(EpisodeStore.open(url, mode="a"), emb, 1, 7, start_ep=1)  # a second writer appends after
+    assert not (tmp_path / "vla-cache").exists()  # writers leave the read cache alone
     s = EpisodeStore.open(url + "/")
     assert s.num_episodes == 2 and s.num_frames == 12
     for e, n in ((0, 5), (1, 7)):

@@ -46,19 +46,21 @@ def cache_root() -> Path | None:
 
 
 def store_cache_dir(url: str, uid: str | None, root: Path | None = None) -> Path | None:
-    """The cache folder of one store (made, with a note of its URL), None without a cache or a uid.
+    """The cache folder of one store (made on the first fetch), None without a cache or a uid.
     root: a cache root instead of VLA_CACHE's."""
     root = root or cache_root()
     if root is None or not uid:
         return None
     key = hashlib.sha256(f"{url.rstrip('/')}\n{uid}".encode()).hexdigest()[:24]
-    d = root / "stores" / key
-    if not (d / "source.json").exists():
-        d.mkdir(parents=True, exist_ok=True)
-        tmp = d / f"source.json.{os.getpid()}"
-        tmp.write_text(json.dumps({"url": url, "uid": uid}) + "\n")
-        tmp.replace(d / "source.json")
-    return d
+    return root / "stores" / key
+
+
+def _note_source(store_dir: Path, url: str) -> None:
+    """source.json: which store a cache folder holds copies of (for a person looking in)."""
+    if not (store_dir / "source.json").exists():
+        tmp = store_dir / f"source.json.{os.getpid()}"
+        tmp.write_text(json.dumps({"url": url}) + "\n")
+        tmp.replace(store_dir / "source.json")
 
 
 def _pread(fd: int, n: int, off: int) -> bytes:
@@ -75,8 +77,11 @@ class ShardCache:
     """Local copies of one camera's shard objects. fetch(k) -> the object's bytes (None: no such
     shard); committed() -> the reader's committed end (global frame index) for this camera."""
 
-    def __init__(self, folder: Path, fetch: Callable[[int], bytes | None], committed: Callable[[], int]):
-        self.folder = Path(folder)
+    def __init__(
+        self, folder: Path, fetch: Callable[[int], bytes | None], committed: Callable[[], int], source: str = ""
+    ):
+        self.folder = Path(folder)  # <store's cache folder>/<embodiment>/<camera>
+        self.source = source
         self._fetch_object = fetch
         self._committed = committed
         self._files: OrderedDict[int, tuple[int, int]] = OrderedDict()  # k -> (fd, valid_below)
@@ -124,6 +129,7 @@ class ShardCache:
 
     def _fetch(self, k: int, t: int) -> tuple[int, int] | None:
         self.folder.mkdir(parents=True, exist_ok=True)
+        _note_source(self.folder.parent.parent, self.source)
         with FileLock(str(self._path(k)) + ".lock"):
             self._forget(k)
             got = self._open(k)  # another process may have fetched it meanwhile

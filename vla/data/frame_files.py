@@ -140,9 +140,12 @@ class _Frames:
 class FrameFiles(_Frames):
     """One camera's frames in shard files (store version 2)."""
 
-    def __init__(self, arr: zarr.Array, camera: str, *, cache_dir: Path | None = None, committed=None):
+    def __init__(
+        self, arr: zarr.Array, camera: str, *, cache_dir: Path | None = None, committed=None, source: str = ""
+    ):
         """cache_dir (object stores): where to keep local copies of the shards (vla.data.cache);
-        committed() -> the reader's committed end for this camera, below which copies are used."""
+        committed() -> the reader's committed end for this camera, below which copies are used;
+        source: the store's URL, noted in the cache folder."""
         self.arr, self.camera = arr, camera
         self.shape = tuple(arr.shape[1:])
         self.codec = ImageCodec.parse(arr.attrs.get("vla_codec", "lossless"))
@@ -151,7 +154,7 @@ class FrameFiles(_Frames):
         self._dir = _local_root(arr)
         self._committed = committed
         self.cache = (
-            ShardCache(cache_dir, self._get_shard, committed)
+            ShardCache(cache_dir, self._get_shard, committed, source=source)
             if cache_dir is not None and committed is not None and self._dir is None
             else None
         )

@@ -406,6 +406,7 @@ class EpisodeStore:
                     camera,
                     cache_dir=None if cache is None else cache / embodiment / camera,
                     committed=lambda: self.committed_end(embodiment),
+                    source=self.path,
                 )
         return self._frames[k]
 
