@@ -104,12 +104,14 @@ def test_calibrate_record_train_run_on_virtual_buses(tmp_path):
         )  # fmt: skip
         assert out.count("episode ") >= 2 and "recorded 2 episode(s)" in out, out
         rec = json.loads((tmp_path / "rec.json").read_text())
-        assert [e["frames"] for e in rec["episodes"]] == [30, 30]
+        frames = [e["frames"] for e in rec["episodes"]]
+        assert all(20 <= n <= 30 for n in frames), rec  # 1 s at 30 Hz (a starved machine may skip a tick)
         s = EpisodeStore.open(store)
         assert s.num_episodes == 2 and s.info(0).task == "pick up the cube"
+        assert [s.info(i).length for i in range(2)] == frames
         assert {str(s.codec("so101", c)) for c in ("front", "wrist")} == {"jpeg:75"}
         ep = s.episode(1)
-        assert ep[image_key("front")].shape == (30, SIZE, SIZE, 3) and ep[image_key("wrist")].std() > 0
+        assert ep[image_key("front")].shape == (frames[1], SIZE, SIZE, 3) and ep[image_key("wrist")].std() > 0
         assert np.ptp(ep["action"], axis=0).max() > 1.0  # the leader's hand moved
         lag = rec["episodes"][1]["tracking_error_lagged"]
         assert lag["error"]["p50"] < 10, rec["episodes"][1]  # the follower followed (a tick or two behind)
