@@ -32,6 +32,7 @@ MISTAKES = [
     ("missing store", "train {preset} --data {new} --steps 1 --out {new2}", "not an episode store"),
     ("a file as store", "train {preset} --data {file} --steps 1 --out {new}", "not an episode store"),
     ("unknown preset", "train pi0-nonexistent --data {store} --steps 1 --out {new}", "pi0-nonexistent"),
+    ("hsdp without torchrun", "train {preset} --data {store} --steps 1 --out {new} --hsdp", "torchrun"),
     ("resume nothing", "train {preset} --data {store} --steps 1 --out {new} --resume", "not a vla checkpoint"),
     ("resume a store", "train {preset} --data {store} --steps 1 --out {store} --resume", "not a vla checkpoint"),
     ("init from a store", "train {preset} --data {store} --steps 1 --out {new} --init {store}", "checkpoint"),

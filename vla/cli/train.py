@@ -99,6 +99,12 @@ def train_command(
         help="Shard parameters, gradients and optimizer states with FSDP2 over the "
         "processes of: torchrun --nproc_per_node N $(which vla) train ... --fsdp",
     ),
+    hsdp: bool = typer.Option(
+        False,
+        "--hsdp",
+        help="FSDP2 sharded within each node and replicated across nodes (HSDP; implies --fsdp): "
+        "torchrun --nnodes M --nproc_per_node N ... on every node (docs/scale.md).",
+    ),
     device: Optional[str] = typer.Option(None, help="cpu, cuda, cuda:1 ... [default: cuda if available]."),
     seed: Optional[int] = typer.Option(None, help="Seed for init, batches and noise."),
     rtc_max_delay: Optional[int] = typer.Option(
@@ -113,7 +119,8 @@ def train_command(
     eval_episodes: int = typer.Option(5, help="Episodes per task for the periodic evaluation."),
 ):
     """Train a policy on episode stores. Multi-GPU/CPU: torchrun --nproc_per_node N $(which vla) train ...
-    [--fsdp]. Fine-tune a converted pi0 on one GPU: vla train pi0-paligemma --init CKPT --lora 16 ..."""
+    [--fsdp]; many machines: docs/scale.md. Fine-tune a converted pi0 on one GPU:
+    vla train pi0-paligemma --init CKPT --lora 16 ..."""
     from vla.config import load_preset
     from vla.train.trainer import TrainingInterrupted, train
 
@@ -156,7 +163,7 @@ def train_command(
             on_save=on_save,
             max_seconds=minutes * 60 if minutes else None,
             init=init,
-            fsdp=fsdp,
+            fsdp="hybrid" if hsdp else fsdp,
             lora_rank=lora,
             overwrite=overwrite,
         )

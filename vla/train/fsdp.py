@@ -1,4 +1,10 @@
-"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for `vla train --fsdp` under torchrun.
+"""FSDP2 (`torch.distributed.fsdp.fully_shard`) for `vla train --fsdp` under torchrun, and HSDP
+(`--fsdp --hsdp`): sharded within each node, replicated across nodes.
+
+Modes (`fsdp_mode`): "full" shards every parameter over all processes (a 1-D DeviceMesh); "hybrid"
+uses a 2-D mesh (replicate = nodes, shard = processes per node: torchrun's WORLD_SIZE /
+LOCAL_WORLD_SIZE), so the all-gathers and reduce-scatters of every step stay inside a node and
+only one all-reduce of the sharded gradients per step crosses nodes (FSDP2 given a 2-D mesh).
 
 Units, one all-gather / reduce-scatter each:
     every decoder layer of every stack (the VLM's and the expert's), as two units: its attention
@@ -30,7 +36,9 @@ That also covers parameters in the graph whose output is unused (pi0's last VLM 
 weights: only the last layer's keys and values reach the loss).
 
 Checkpoints hold full (unsharded) weights, optimizer state keyed by parameter name, and EMA,
-gathered to rank 0: one process loads them (serving, or a resume without FSDP).
+gathered to rank 0: one process loads them (serving, or a resume without FSDP), and a resume
+may run on another number of processes or nodes, in any mode (each rank takes its slice of the
+same global batch, so the continuation is the same).
 """
 
 from __future__ import annotations
@@ -45,6 +53,39 @@ from torch.distributed.tensor import DTensor, distribute_tensor
 from vla.spec import SpecError
 
 LAUNCH_HINT = "torchrun --nproc_per_node N $(which vla) train PRESET --fsdp ..."
+FULL, HYBRID = "full", "hybrid"
+
+
+def fsdp_mode(fsdp: bool | str | None) -> str | None:
+    """train()'s `fsdp` -> None (no sharding), "full" (True) or "hybrid"."""
+    if fsdp in (None, False, ""):
+        return None
+    if fsdp is True or fsdp == FULL:
+        return FULL
+    if fsdp == HYBRID:
+        return HYBRID
+    raise SpecError(f"fsdp must be True/'{FULL}' (shard over every process) or '{HYBRID}' (HSDP), got {fsdp!r}")
+
+
+def hybrid_shape(world: int, local_world: int) -> tuple[int, int]:
+    """HSDP's mesh: (replicas, shards) = (nodes, processes per node)."""
+    if local_world < 1 or world % local_world:
+        raise SpecError(
+            f"HSDP needs the same number of processes on every node: {world} processes, {local_world} on this node"
+        )
+    return world // local_world, local_world
+
+
+def device_mesh(device: torch.device, mode: str):
+    """The DeviceMesh FSDP2 shards over: 1-D over every process ("full"), or (replicate, shard)
+    = (nodes, processes per node) ("hybrid")."""
+    from torch.distributed.device_mesh import init_device_mesh
+
+    world = dist.get_world_size()
+    if mode == HYBRID:
+        shape = hybrid_shape(world, int(os.environ.get("LOCAL_WORLD_SIZE", world)))
+        return init_device_mesh(device.type, shape, mesh_dim_names=("replicate", "shard"))
+    return init_device_mesh(device.type, (world,))
 
 
 def require_torchrun() -> None:
@@ -87,12 +128,12 @@ def vision_layers(model: nn.Module) -> list[nn.Module]:
     ]
 
 
-def shard(model: nn.Module, device: torch.device, *, bf16: bool) -> nn.Module:
-    """Apply FSDP2 in place (bottom-up: layers, then the root). Returns the model."""
-    from torch.distributed.device_mesh import init_device_mesh
+def shard(model: nn.Module, device: torch.device, *, bf16: bool, mode: str = FULL) -> nn.Module:
+    """Apply FSDP2 in place (bottom-up: layers, then the root) over `device_mesh(device, mode)`.
+    Returns the model."""
     from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-    mesh = init_device_mesh(device.type, (dist.get_world_size(),))
+    mesh = device_mesh(device, mode)
     mp = (
         MixedPrecisionPolicy(param_dtype=torch.bfloat16, reduce_dtype=torch.float32)
         if device.type == "cuda" and bf16

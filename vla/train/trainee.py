@@ -2,7 +2,7 @@
 FSDP2 (vla.train.fsdp); in full, with frozen parts (vla.train.freeze) or with LoRA
 (vla.train.lora).
 
-    t = Trainee(model, tcfg, device, rank=, world=, fsdp=, kind=, state=)   # state: a resume
+    t = Trainee(model, tcfg, device, rank=, world=, fsdp=, kind=, state=)   # fsdp: None/"full"/"hybrid"; state: a resume
     loss = t.loss(batch, generator)      # under autocast where the trainer wants it
     gnorm = t.step(loss, lr)             # backward, clip, AdamW, EMA
     t.checkpoint(step) -> (weights to serve, train_state, extra files) on rank 0, None elsewhere
@@ -41,23 +41,24 @@ class Trainee:
         *,
         rank: int = 0,
         world: int = 1,
-        fsdp: bool = False,
+        fsdp: bool | str | None = None,
         kind: str = "",
         state: dict | None = None,
     ):
-        self.tcfg, self.dev, self.rank, self.world, self.fsdp = tcfg, device, rank, world, fsdp
+        mode = fs.fsdp_mode(fsdp)
+        self.tcfg, self.dev, self.rank, self.world, self.fsdp = tcfg, device, rank, world, mode is not None
         self.lora = tcfg.lora.enabled
         if self.lora:
             apply_lora(model, tcfg.lora, kind)
         self.counts = set_trainable(model, tcfg.freeze, tcfg.lora)
-        if device.type == "cuda" and tcfg.bf16 and tcfg.frozen_bf16 and not fsdp:
+        if device.type == "cuda" and tcfg.bf16 and tcfg.frozen_bf16 and not mode:
             store_frozen(model, torch.bfloat16)
         self._scalings = scalings(model) if self.lora else {}
         self._vision_checkpointing(model)
         if state is not None:  # raw weights load before sharding, as full tensors
             model.load_state_dict(state["model"])
-        if fsdp:  # fully_shard moves each unit to the device as it shards it: no whole model on one GPU
-            fs.shard(model, device, bf16=tcfg.bf16)
+        if mode:  # fully_shard moves each unit to the device as it shards it: no whole model on one GPU
+            fs.shard(model, device, bf16=tcfg.bf16, mode=mode)
             self.wrapped = model
         elif world > 1:  # heads of embodiments absent from a rank's slice get no gradient in that step
             self.wrapped = nn.parallel.DistributedDataParallel(

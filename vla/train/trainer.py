@@ -3,7 +3,8 @@
 AdamW, linear warmup + cosine decay, gradient clipping, EMA weights, bf16 autocast on CUDA
 (float32 on the CPU), optional gradient checkpointing, mixture weights over stores, a progress
 bar with loss and throughput, metrics.jsonl + loss.png, atomic checkpoints, exact resume, DDP
-through torchrun (gloo on CPU, nccl on GPU) or FSDP2 with `fsdp=True` (vla.train.fsdp), and
+through torchrun (gloo on CPU, nccl on GPU) or FSDP2 with `fsdp=True` (HSDP across nodes with
+`fsdp="hybrid"`; vla.train.fsdp), on one machine or many (docs/scale.md), and
 fine-tuning from a checkpoint (`init`) in full, with frozen parts or with LoRA
 (vla.train.trainee, freeze, lora).
 
@@ -31,7 +32,7 @@ from vla.outputs import check_output, check_parent, is_checkpoint
 from vla.spec import SpecError
 from vla.train.budget import Budget
 from vla.train.config import TrainConfig, lr_at, train_config
-from vla.train.fsdp import require_torchrun
+from vla.train.fsdp import fsdp_mode, require_torchrun
 from vla.train.init import load_init_weights
 from vla.train.loader import make_loader
 from vla.train.loop import fit
@@ -57,7 +58,7 @@ def train(
     on_save=None,
     max_seconds: float | None = None,
     init: str | Path | None = None,
-    fsdp: bool = False,
+    fsdp: bool | str = False,
     lora_rank: int | None = None,
     snapshot_seconds: tuple[float, ...] = (),
     overwrite: bool = False,
@@ -65,7 +66,8 @@ def train(
     """Train `preset` on the stores `data`; write the checkpoint to `out`. Returns its path.
 
     init: start from that checkpoint's weights, geometry, tokenizer and stats (vla.train.init).
-    fsdp: shard with FSDP2 (processes started by torchrun). lora_rank: LoRA at that base rank
+    fsdp: shard with FSDP2 over the processes torchrun started (True or "full"), or "hybrid": HSDP,
+    sharded within each node and replicated across nodes. lora_rank: LoRA at that base rank
     (the preset's [train.lora] gives stacks, targets and per-stack scales; vla.train.lora).
 
     max_seconds: a wall-clock budget; training stops (and checkpoints) at the first step past it.
@@ -78,9 +80,10 @@ def train(
     SIGINT/SIGTERM write the checkpoint of the step reached, then raise TrainingInterrupted.
     """
     _check_request(out, steps, max_seconds, resume=resume, overwrite=overwrite)
+    fsdp = fsdp_mode(fsdp)
     if fsdp:
         require_torchrun()
-    procs = Processes.join(device, fsdp=fsdp)
+    procs = Processes.join(device, fsdp=fsdp is not None)
     tcfg = train_config(preset, steps=steps, max_seconds=max_seconds, lora_rank=lora_rank, world=procs.world)
     shown = progress and procs.main
     if resume:
@@ -114,7 +117,7 @@ def _check_request(out, steps: int | None, max_seconds: float | None, *, resume:
         check_output(out, "a vla checkpoint", own=is_checkpoint, overwrite=overwrite, more="--resume to continue it")
 
 
-def _trainee(plan: RunPlan, procs: Processes, fsdp: bool) -> tuple[Trainee, int]:
+def _trainee(plan: RunPlan, procs: Processes, fsdp: str | None) -> tuple[Trainee, int]:
     """The planned model (seeded; with --init the checkpoint's weights in it) as a Trainee, and its
     parameter count as served (LoRA merged)."""
     torch.manual_seed(plan.train.seed)
