@@ -149,6 +149,13 @@ MISTAKES = [
         "--range-seconds must be > 0",
     ),
     ("calibrate scripted, no duration", "calibrate --robot so101 --port {new} --yes", "--range-seconds"),
+    ("virtual-bus over a file", "virtual-bus --robot so101 --link {file}", "never replaces"),
+    ("virtual-bus in a missing folder", "virtual-bus --robot so101 --link {new}/port", "does not exist"),
+    ("virtual-bus unknown robot", "virtual-bus --robot so102 --link {new}", "so102"),
+    ("virtual-bus unknown role", "virtual-bus --robot koch --role boss --link {new}", "boss"),
+    ("virtual-bus unknown camera", "virtual-bus --robot so101 --cameras top --link {new}", "no camera 'top'"),
+    ("virtual-bus bad camera size", "virtual-bus --robot so101 --camera-size 480 --link {new}", "HxW"),
+    ("virtual-bus negative noise", "virtual-bus --robot so101 --noise -1 --link {new}", "must be >= 0"),
     ("calibrate --id and --out", "calibrate --robot so101 --port {new} --id a --out {new2}.json", "not both"),
     (
         "calibrate missing answers",

@@ -55,6 +55,7 @@ app.command("serve")(runtime.serve_command)
 app.command("sim-robot")(runtime.sim_robot_command)
 app.command("run")(runtime.run_command)
 app.command("calibrate")(robots.calibrate_command)
+app.command("virtual-bus")(robots.virtual_bus_command)
 app.command("record")(robots.record_command)
 
 

@@ -1,4 +1,4 @@
-"""Real-robot commands: `vla calibrate`."""
+"""Real-robot commands: `vla calibrate`, `vla virtual-bus`."""
 
 from __future__ import annotations
 
@@ -132,6 +132,76 @@ def calibrate_command(
     typer.echo(
         f'use it: ServoArm(..., calibration="{ref}") or calibration = "{ref}" in the launch file\'s [robot] options'
     )
+
+
+def _camera_size(value: str) -> tuple[int, int]:
+    h, sep, w = value.lower().partition("x")
+    if not (sep and h.isdigit() and w.isdigit()):
+        raise typer.BadParameter(f"expected HxW in pixels, e.g. 480x640, got {value!r}")
+    return int(h), int(w)
+
+
+def virtual_bus_command(
+    robot: str = typer.Option(..., help="so100, so101 or koch."),
+    role: str = typer.Option("follower", help="follower (goal positions drive the arm) or leader (a scripted hand)."),
+    link: Path = typer.Option(..., help="Path of the port to create, e.g. /tmp/so101 (refused if it exists)."),
+    cameras: str = typer.Option("", help="Cameras to render, comma-separated: front, wrist [default: none]."),
+    camera_size: str = typer.Option("480x640", help="Rendered image size, HxW."),
+    camera_fps: float = typer.Option(30.0, help="Rendered frames per second."),
+    noise: Optional[float] = typer.Option(None, help="Present position noise, std in encoder ticks [default: 1]."),
+    latency_ms: Optional[float] = typer.Option(
+        None, help="Reply latency on top of the bytes' time on the wire at the servo's baud rate [default: 0.5]."
+    ),
+    seed: int = typer.Option(0, help="Seeds the assembly offsets, the noise and the leader's demonstration."),
+):
+    """A virtual arm on a pseudo-terminal: servos that speak the vendor's protocol (Feetech for
+    SO-100/SO-101, Dynamixel 2.0 for Koch) with their control tables, backed by a MuJoCo arm, until Ctrl-C.
+    Drive it like a real arm: vla calibrate --port LINK, LeRobot's buses, ... Cameras: LINK.cam-NAME."""
+    import signal
+    import threading
+
+    from vla.robots.virtual.bus import DEFAULT_LATENCY_MS, DEFAULT_NOISE, VirtualBus
+
+    try:
+        size = _camera_size(camera_size)
+    except typer.BadParameter as e:
+        fail(f"--camera-size: {e}")
+    names = tuple(c.strip() for c in cameras.split(",") if c.strip())
+    if seed < 0:
+        fail(f"--seed must be >= 0, got {seed}")
+    try:
+        vb = VirtualBus(
+            robot,
+            role,
+            link,
+            cameras=names,
+            camera_size=size,
+            camera_fps=camera_fps,
+            noise=DEFAULT_NOISE if noise is None else noise,
+            latency_ms=DEFAULT_LATENCY_MS if latency_ms is None else latency_ms,
+            seed=seed,
+        )
+    except ValueError as e:
+        fail(str(e))
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        vb.start()
+    except user_errors() as e:
+        fail(str(e))
+    try:
+        motors = ", ".join(f"{n}={m.id}" for n, m in vb.motors.items())
+        typer.echo(f"virtual {robot} {role} on {vb.link} (-> {vb.pty.tty_name}); motors {motors}")
+        for name, path in vb.camera_paths().items():
+            typer.echo(f"camera {name}: {path} ({size[0]}x{size[1]} at {camera_fps:g} fps)")
+        typer.echo("Ctrl-C to stop", err=True)
+        sys.stdout.flush()
+        while not stop.wait(0.5):
+            pass
+    finally:
+        vb.stop()
+    typer.echo(f"stopped; removed {vb.link}")
 
 
 def _size(text: Optional[str], flag: str) -> Optional[tuple[int, int]]:

@@ -126,6 +126,10 @@ class PhysicsArm:
         self.act = {mj.motor: np.array([m.actuator(j).id for j in mj.joints]) for mj in spec.joints}
         self.range = {mj.motor: m.jnt_range[m.joint(mj.joints[0]).id].copy() for mj in spec.joints}
         self.map = {mj.motor: mj for mj in spec.joints}
+        # first joint / dof / actuator of each motor as plain ints: the physics thread reads them 200 times a second
+        self._q0 = {k: int(v[0]) for k, v in self.qadr.items()}
+        self._d0 = {k: int(v[0]) for k, v in self.dadr.items()}
+        self._a0 = {k: int(v[0]) for k, v in self.act.items()}
         rng = np.random.default_rng(seed)
         # assembly: where the encoder's centre sits against the joint (a real arm's horns are not aligned)
         self.assembly = {mj.motor: int(rng.integers(-120, 121)) for mj in spec.joints}
@@ -144,13 +148,13 @@ class PhysicsArm:
         return mj.shaft_zero + mj.scale * shaft
 
     def q(self, motor: str) -> float:
-        return float(self.data.qpos[self.qadr[motor][0]])
+        return float(self.data.qpos[self._q0[motor]])
 
     def qdot(self, motor: str) -> float:
-        return float(self.data.qvel[self.dadr[motor][0]])
+        return float(self.data.qvel[self._d0[motor]])
 
     def effort(self, motor: str) -> float:
-        return float(np.mean(self.data.actuator_force[self.act[motor]])) / self.force_max[motor]
+        return float(self.data.actuator_force[self._a0[motor]]) / self.force_max[motor]
 
     # ---- follower: actuators and physics ----
     def drive(self, motor: str, q: float | None) -> None:

@@ -86,6 +86,7 @@ class VirtualBus:
         self.servos: dict[str, VirtualServo] = {}
         self.arm: PhysicsArm | None = None
         self.transactions = 0
+        self._driven: dict[str, float | None] = {}
 
     # ---- lifecycle ----
     @property
@@ -206,7 +207,9 @@ class VirtualBus:
         else:
             for name, s in self.servos.items():
                 target = s.target_ticks
-                arm.drive(name, None if target is None else arm.joint_of(name, target, s.model.resolution))
+                if target != self._driven.get(name, 0.5):  # 0.5: never a target, so the first tick drives all
+                    self._driven[name] = target
+                    arm.drive(name, None if target is None else arm.joint_of(name, target, s.model.resolution))
             arm.step_until(t)
         for name, s in self.servos.items():
             res = s.model.resolution

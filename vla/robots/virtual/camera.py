@@ -161,8 +161,11 @@ class VirtualCamera:
 def render_loop(robot: str, qpos, cameras: dict[str, str], size: tuple[int, int], fps: float, stop) -> None:
     """Child process: render `cameras` {name: frame file} of `robot`'s scene at `fps` from the shared `qpos`
     until `stop` is set or the parent dies."""
+    import signal
+
     from vla.sim.gl import ensure_offscreen_gl
 
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: the parent stops us
     ensure_offscreen_gl()
     import mujoco
 
