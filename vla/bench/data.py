@@ -483,9 +483,12 @@ def run_store(
     batch_size: int = 32,
     batches: int = 100,
     workers: tuple[int, ...] = (0, 2),
+    repeats: int = 3,
     workdir: str | None = None,
 ) -> dict:
-    """Loader windows/s on a store at a URL: no cache, cold cache, warm cache; and on a local copy."""
+    """Loader windows/s on a store at a URL: no cache, cold cache, warm cache; and on a local copy.
+    The local and warm-cache rates are the medians of `repeats` runs taken in turn (local, S3, local,
+    ...), so a change in the machine's load weighs on both alike."""
     from vla.data import remote
     from vla.spec import SpecError
 
@@ -504,9 +507,8 @@ def run_store(
         (tmp / "local" / ".writer.lock").unlink(missing_ok=True)
         copy_s = time.perf_counter() - t0
         nbytes = sum(f.stat().st_size for f in (tmp / "local").rglob("*") if f.is_file())
-        rates: dict = {}
+        rates: dict = {"local": {}, "s3_warm_cache": {}}
         local = WindowDataset(str(tmp / "local"), horizon)
-        rates["local"] = {f"workers_{w}": round(_loader_rate(local, w, batches, batch_size)) for w in workers}
         first = {"local": round(_first_batches_rate(local, max(workers), batches, batch_size))}
         with _env(VLA_CACHE=str(tmp / "cache")):
             cold = WindowDataset(src.path, horizon)
@@ -515,15 +517,18 @@ def run_store(
             _fill_cache(EpisodeStore.open(src.path))
             fill_s = time.perf_counter() - t0
             warm = WindowDataset(src.path, horizon)
-            rates["s3_warm_cache"] = {
-                f"workers_{w}": round(_loader_rate(warm, w, batches, batch_size)) for w in workers
-            }
+            for w in workers:
+                runs: dict = {"local": [], "s3_warm_cache": []}
+                for _ in range(repeats):
+                    for name, ds in (("local", local), ("s3_warm_cache", warm)):
+                        runs[name].append(_loader_rate(ds, w, batches, batch_size))
+                for name, r in runs.items():
+                    rates[name][f"workers_{w}"] = round(float(np.median(r)))
             cached = sum(f.stat().st_size for f in (tmp / "cache").rglob("c.*") if f.is_file())
         with _env(VLA_CACHE="off"):
             direct = WindowDataset(src.path, horizon)
             few = max(2, batches // 10)
             rates["s3_no_cache"] = {f"workers_{w}": round(_loader_rate(direct, w, few, batch_size), 1) for w in workers}
-    w = f"workers_{max(workers)}"
     out.update(
         {
             "setup": {
@@ -535,12 +540,16 @@ def run_store(
                 "horizon": horizon,
                 "batch_size": batch_size,
                 "batches": batches,
+                "repeats": repeats,
                 "store_bytes": nbytes,
                 "endpoint": remote.storage_options(src.path).get("endpoint_url", "default"),
             },
             "windows_per_s": rates,
             "windows_per_s_first_batches": first,
-            "s3_warm_cache_vs_local": round(rates["s3_warm_cache"][w] / rates["local"][w], 2),
+            "s3_warm_cache_vs_local": {
+                f"workers_{k}": round(rates["s3_warm_cache"][f"workers_{k}"] / rates["local"][f"workers_{k}"], 2)
+                for k in workers
+            },
             "s3_cold_vs_local_first_batches": round(first["s3_cold_cache"] / first["local"], 2),
             "copy_to_local_s": round(copy_s, 2),
             "cache_fill_after_cold_s": round(fill_s, 2),
