@@ -13,7 +13,7 @@ from pathlib import Path
 
 import typer
 
-from vla.cli import data, robots, runtime, sim, train, weights
+from vla.cli import data, peers, robots, runtime, sim, train, weights  # noqa: F401 (peers registers `vla bench peers`)
 from vla.cli.common import bench_app, fail, show_on_stdout, user_errors
 
 app = typer.Typer(
