@@ -101,3 +101,36 @@ def test_a_delay_needs_an_executor_and_a_joint_position_robot():
     env.embodiment = tiny_embodiment("ee", s=3, a=2, cams=(), hz=20.0)
     with pytest.raises(SpecError, match="holds the robot"):
         run_episode(env, ClockPolicy(), seed=0, executor=SimExecutor(ChunkingConfig()))
+
+
+class HoldChunks:
+    """Chunks of 20 that hold the arm where it is; remembers what each request carried."""
+
+    def __init__(self):
+        self.extra = []
+
+    def reset(self):
+        pass
+
+    def infer(self, obs, **extra):
+        self.extra.append(extra)
+        return {"actions": np.repeat(np.asarray(obs[STATE], np.float32)[None], 20, 0)}
+
+
+@pytest.mark.sim
+def test_evaluate_with_a_mode_and_a_delay():
+    from vla.sim.eval import evaluate, format_results
+
+    pol = HoldChunks()
+    ex = SimExecutor(ChunkingConfig(mode="rtc-guided", execute_s=0.5))
+    r = evaluate(pol, "track", episodes=1, image_size=16, progress=False, executor=ex, delay_ms=300)
+    assert r["chunking"] == {"mode": "rtc-guided", "delay_ms": 300.0}
+    o = r["overall"]
+    assert o["success_rate"] == 0 and o["boundary_jump"]["n"] >= 1 and o["boundary_jump"]["max"] < 1e-3
+    assert o["requests_per_episode"] == len(pol.extra) and "boundary jump p50" in format_results(r)
+    rtc = [e["rtc"] for e in pol.extra if e]
+    assert rtc and all(x["inference_delay"] == 6 for x in rtc)  # 300 ms at 20 Hz
+    with pytest.raises(SpecError, match="needs a chunking mode"):
+        evaluate(pol, "track", episodes=1, image_size=16, progress=False, delay_ms=100)
+    with pytest.raises(SpecError, match="scripted expert"):
+        evaluate("expert", "track", episodes=1, image_size=16, progress=False, executor=ex)

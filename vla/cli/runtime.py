@@ -1,4 +1,4 @@
-"""`vla serve`, `vla sim-robot`, `vla run` and `vla bench control`."""
+"""`vla serve`, `vla sim-robot`, `vla run`, `vla bench control` and `vla bench rtc`."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, json_path, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, show_on_stdout, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -177,5 +177,66 @@ def bench_control(
             rt_priority=rt_priority,
         )
     except _runtime_errors() as e:
+        fail(str(e))
+    emit(r, json_out)
+
+
+@bench_app.command("rtc")
+def bench_rtc(
+    json_out: Optional[Path] = typer.Option(
+        None, "--json", help="Also write the results to this JSON file.", callback=json_path
+    ),
+    out: Path = typer.Option(Path("runs/bench-rtc"), help="Work folder (demos, checkpoints, rtc.json, rtc.png)."),
+    minutes: float = typer.Option(15.0, help="Training minutes for each of the two checkpoints (plain, RTC-trained)."),
+    delays_ms: str = typer.Option("0,100,200,300", help="Injected inference delays (ms), comma-separated."),
+    episodes: int = typer.Option(20, help="Evaluation episodes per mode and delay (the same held-out seeds)."),
+    seed: int = typer.Option(0, help="Training seed; also picks the block of held-out evaluation seeds."),
+    modes: str = typer.Option(
+        "sync,async,rtc-inpaint,rtc-guided,rtc-guided-nojac,rtc-trained", help="Chunking modes, comma-separated."
+    ),
+    preset: str = typer.Option("pi0-tiny", help="Policy preset (name or .toml path)."),
+    recipe: str = typer.Option("datasets/track.toml", help="Demo recipe (collected once into OUT/demos)."),
+    suite: str = typer.Option("track", help="Evaluation suite (a dynamic task)."),
+    demos: Optional[int] = typer.Option(None, help="Demo episodes per recipe task [default: the recipe's]."),
+    steps: Optional[int] = typer.Option(None, help="Cap each training run at this many steps [default: the clock]."),
+    workers: int = typer.Option(2, help="Collection and evaluation processes (1: evaluate in this process)."),
+):
+    """Collect demos of a dynamic task, train the preset for --minutes twice (plainly and with
+    training-time RTC), then evaluate sync, async and the RTC modes at each injected inference delay
+    (simulated in sim time) on the same held-out seeds: success and chunk-boundary jumps per mode
+    and delay, OUT/rtc.png, and the targets judged."""
+    from vla.bench.rtc import MODES, run
+
+    try:
+        delays = [float(x) for x in delays_ms.split(",") if x.strip()]
+    except ValueError:
+        fail(f"--delays-ms must be comma-separated numbers of milliseconds, got {delays_ms!r}")
+    if not delays or min(delays) < 0:
+        fail(f"--delays-ms must be >= 0, got {delays_ms!r}")
+    if not minutes > 0:
+        fail(f"--minutes must be > 0, got {minutes}")
+    chosen = [m.strip() for m in modes.split(",") if m.strip()]
+    unknown = [m for m in chosen if m not in MODES]
+    if unknown or not chosen:
+        fail(f"--modes: unknown {unknown or modes!r}; choose from {','.join(MODES)}")
+    if workers < 1:
+        fail(f"--workers must be >= 1, got {workers}")
+    show_on_stdout("vla.bench.rtc")
+    try:
+        r = run(
+            out,
+            minutes=minutes,
+            delays=delays,
+            episodes=episodes,
+            seed=seed,
+            modes=chosen,
+            preset=preset,
+            recipe=recipe,
+            suite=suite,
+            demos=demos,
+            steps=steps,
+            workers=workers,
+        )
+    except user_errors() as e:
         fail(str(e))
     emit(r, json_out)

@@ -155,9 +155,18 @@ def eval_command(
     image_size: Optional[int] = typer.Option(
         None, help="Camera image size to render [default: the suite's]; must be what the policy was trained on."
     ),
+    mode: Optional[str] = typer.Option(
+        None,
+        help="Schedule chunks as the control loop's [control] mode does: sync, async, rtc (= rtc-inpaint), "
+        "rtc-guided, rtc-guided-nojac or rtc-trained; each runs --replan-every actions [default: 0.5 s].",
+    ),
+    delay_ms: float = typer.Option(
+        0.0, help="Inference delay to inject with --mode, simulated in sim time (the env steps on meanwhile)."
+    ),
 ):
     """Success rate per task (95% CI), mean episode length, a bar chart and videos. The suite's robots
-    and camera sizes are checked against the policy before the first episode."""
+    and camera sizes are checked against the policy before the first episode. With --mode (and
+    --delay-ms) also the chunk-boundary jumps."""
     from vla.outputs import check_output
     from vla.sim.eval import check_policy_robots, evaluate, format_results
     from vla.sim.suites import load_suite
@@ -166,11 +175,16 @@ def eval_command(
         fail(f"--workers must be >= 1, got {workers}")
     if num_videos < 0:
         fail(f"--num-videos must be >= 0, got {num_videos}")
+    if delay_ms < 0:
+        fail(f"--delay-ms must be >= 0, got {delay_ms}")
+    if delay_ms and mode is None:
+        fail("--delay-ms needs a chunking --mode (sync, async, rtc, rtc-guided, ...)")
     try:
         _check_ray(ray)
         if videos:
             check_output(videos, "a folder of eval videos", own=_videos_folder, overwrite=True, flag="--videos")
         cfg = load_suite(suite)
+        executor = _scheduling(mode, replan_every or cfg.replan_every, cfg, policy)
         if Path(policy).is_dir() and (workers > 1 or ray):  # loaded in the workers: check its robots here first
             from vla.model.interop.checkpoint import Checkpoint
 
@@ -191,6 +205,8 @@ def eval_command(
             seed=seed,
             image_size=image_size,
             ray=ray,
+            executor=executor,
+            delay_ms=delay_ms,
         )
     except _sim_errors() as e:
         fail(str(e))
@@ -199,6 +215,24 @@ def eval_command(
         typer.echo(f"results: {r['json']}  chart: {r['chart']}")
     if r["videos"]:
         typer.echo(f"videos: {len(r['videos'])} in {videos}")
+
+
+def _scheduling(mode: Optional[str], execute_steps: Optional[int], cfg, policy: str):
+    """--mode -> the chunk executor evaluate takes (None without --mode); bad combinations refused."""
+    if mode is None:
+        return None
+    from vla.runtime.chunking import ChunkingConfig, SimExecutor
+    from vla.sim.registry import embodiment_for
+    from vla.spec import SpecError
+
+    if policy == "expert":
+        raise SpecError(
+            "the scripted expert acts step by step, it has no chunks to schedule: --mode evaluates a "
+            "checkpoint or a policy server"
+        )
+    hz = embodiment_for(cfg.tasks[0].robot).control_hz
+    execute_s = execute_steps / hz if execute_steps else ChunkingConfig.execute_s
+    return SimExecutor(ChunkingConfig(mode=mode, execute_s=execute_s))
 
 
 def _videos_folder(p: Path) -> bool:

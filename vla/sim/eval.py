@@ -6,6 +6,12 @@ episode length, JSON, a bar chart and a few rollout videos.
 (needed for workers > 1 or Ray: each worker process builds its own). The harness adds `embodiment` to
 every observation and executes each chunk open-loop for `replan_every` steps (default: the
 suite's setting, else half the chunk). This module imports nothing from runtime/model/train.
+
+With an `executor` (vla.runtime.chunking.SimExecutor: a chunking mode of the control loop) and
+`delay_ms`, chunks are scheduled as the real-time loop schedules them, with the inference delay
+simulated in sim time (vla.sim.rollout): `vla eval CKPT --mode rtc-guided --delay-ms 300`. The
+results then also give the chunk-boundary jumps (p50 / p90 / max of the largest change of any
+action dim at a switch) and the requests per episode.
 """
 
 from __future__ import annotations
@@ -57,9 +63,56 @@ def _eval_job(context: dict, job: dict) -> dict:
         _ENVS[key] = make_env(job["robot"], job["task"], image_size=context["image_size"])
     env = _ENVS[key]
     policy = _policy(context, env, job["seed"])
-    ep = run_episode(env, policy, seed=job["seed"], replan_every=context["replan_every"], video=job["video"])
+    ex = context.get("executor")
+    delay = delay_steps(context.get("delay_ms", 0.0), env.unwrapped.embodiment.control_hz) if ex else 0
+    ep = run_episode(
+        env, policy, seed=job["seed"], replan_every=context["replan_every"], video=job["video"], executor=ex,
+        delay_steps=delay,
+    )  # fmt: skip
     ep["fps"] = int(env.metadata.get("render_fps", 20))
     return ep
+
+
+def delay_steps(delay_ms: float, control_hz: float) -> int:
+    """An injected delay in control steps of the env (rounded: 300 ms at 20 Hz is 6 steps)."""
+    return int(round(delay_ms * control_hz / 1000))
+
+
+def _check_scheduling(policy, cfg: SuiteConfig, executor, delay_ms: float) -> None:
+    """--mode / --delay-ms: a delay needs a chunking mode, and the mode needs a chunk policy and robots
+    that hold still by commanding their state."""
+    from vla.sim.registry import embodiment_for
+
+    if delay_ms < 0:
+        raise SpecError(f"delay_ms must be >= 0, got {delay_ms}")
+    if executor is None:
+        if delay_ms:
+            raise SpecError("an injected delay needs a chunking mode (--mode sync, async, rtc, ...)")
+        return
+    if isinstance(policy, str):
+        raise SpecError(
+            "the scripted expert acts step by step, it has no chunks to schedule: --mode and --delay-ms "
+            "evaluate a checkpoint or a policy server"
+        )
+    for t in cfg.tasks:
+        emb = embodiment_for(t.robot, cfg.image_size)
+        if emb.action_mode != "joint_position" or emb.state_dim != emb.action_dim:
+            raise SpecError(
+                f"suite {cfg.name!r}: robot {t.robot!r} cannot hold still by commanding its state "
+                f"({emb.action_mode}), which a chunking mode needs; evaluate it without --mode / --delay-ms"
+            )
+
+
+def _jump_stats(jumps: list[float]) -> dict:
+    if not jumps:
+        return {"p50": None, "p90": None, "max": None, "n": 0}
+    a = np.asarray(jumps)
+    return {
+        "p50": round(float(np.percentile(a, 50)), 5),
+        "p90": round(float(np.percentile(a, 90)), 5),
+        "max": round(float(a.max()), 5),
+        "n": len(jumps),
+    }
 
 
 def _policy_name(policy) -> str:
@@ -131,7 +184,12 @@ def _configure(policy, suite, *, episodes, workers, replan_every, seed, ray=None
 def _task_row(r: dict) -> dict:
     """One task's tally -> its results row (success rate with a Wilson 95% interval)."""
     n, s = r["episodes"], r["successes"]
-    return {
+    sched = (
+        {"boundary_jump": _jump_stats(r["jumps"]), "requests_per_episode": round(r["requests"] / n, 2) if n else None}
+        if r.get("scheduled")
+        else {}
+    )
+    return sched | {
         "robot": r["robot"],
         "task": r["task"],
         "episodes": n,
@@ -143,10 +201,19 @@ def _task_row(r: dict) -> dict:
     }
 
 
-def _overall(rows: list[dict]) -> dict:
+def _overall(rows: list[dict], per: dict | None = None) -> dict:
     n_all = sum(r["episodes"] for r in rows)
     s_all = sum(r["successes"] for r in rows)
-    return {
+    tallies = list((per or {}).values())
+    sched = {}
+    if tallies and tallies[0].get("scheduled"):
+        lengths = [x for t in tallies for x in t["lengths"]]
+        sched = {
+            "boundary_jump": _jump_stats([j for t in tallies for j in t["jumps"]]),
+            "requests_per_episode": round(sum(t["requests"] for t in tallies) / n_all, 2) if n_all else None,
+            "mean_length": float(np.mean(lengths)) if lengths else None,
+        }
+    return sched | {
         "episodes": n_all,
         "successes": s_all,
         "success_rate": s_all / n_all if n_all else 0.0,
@@ -169,6 +236,8 @@ def evaluate(
     num_videos: int = 2,
     progress: bool = True,
     seed: int | None = None,
+    executor=None,
+    delay_ms: float = 0.0,
     ray: str | None = None,
 ) -> dict:
     """Run `policy` on every task of `suite`; see the module docstring. Returns the results dict.
@@ -176,6 +245,8 @@ def evaluate(
     seed: the first episode seed (default: the suite's, 1,000,000 unless it says otherwise; the
     collection recipes start at 0). Task i's episode k runs on seed + i * SEED_STRIDE + k, so
     another seed block is another set of held-out scenes.
+    executor / delay_ms: schedule chunks with a chunking mode and a simulated inference delay (see
+    the module docstring).
     ray: run the episodes as Ray tasks on `workers` actors ("local" or a cluster address;
     vla.sim.ray_jobs): the same results as local workers for the same seeds."""
     cfg = _configure(policy, suite, episodes=episodes, workers=workers, replan_every=replan_every, seed=seed, ray=ray)
@@ -183,7 +254,15 @@ def evaluate(
     meta = getattr(policy, "metadata", None)
     if isinstance(meta, dict) and isinstance(meta.get("embodiments"), dict):
         check_policy_robots(meta["embodiments"], cfg, size)
-    context = {"policy": policy, "image_size": size, "replan_every": replan_every or cfg.replan_every, "built": {}}
+    _check_scheduling(policy, cfg, executor, delay_ms)
+    context = {
+        "policy": policy,
+        "image_size": size,
+        "replan_every": replan_every or cfg.replan_every,
+        "built": {},
+        "executor": executor,
+        "delay_ms": float(delay_ms),
+    }
     jobs = [
         {
             "robot": t.robot,
@@ -202,6 +281,9 @@ def evaluate(
             "successes": 0,
             "lengths": [],
             "errors": [],
+            "scheduled": executor is not None,
+            "jumps": [],
+            "requests": 0,
         }
         for t in cfg.tasks
     }
@@ -223,6 +305,8 @@ def evaluate(
             r["episodes"] += 1
             r["successes"] += int(ep["success"])
             r["lengths"].append(ep["length"])
+            r["jumps"] += ep.get("boundary_jumps", [])
+            r["requests"] += ep.get("requests", 0)
             if videos and ep["video"] and _keep_video(kept[f"{job['robot']}/{job['task']}"], ep["success"], num_videos):
                 tag = "success" if ep["success"] else "fail"
                 path = Path(videos) / f"{job['robot']}_{job['task']}_seed{job['seed']}_{tag}.mp4"
@@ -236,8 +320,13 @@ def evaluate(
         "image_size": size,
         "seed": cfg.seed,
         "replan_every": context["replan_every"],
+        **(
+            {"chunking": {"mode": getattr(executor, "mode", type(executor).__name__), "delay_ms": float(delay_ms)}}
+            if executor is not None
+            else {}
+        ),
         "tasks": rows,
-        "overall": _overall(rows),
+        "overall": _overall(rows, per),
         "seconds": round(time.perf_counter() - t0, 2),
         "videos": video_files,
     }
@@ -269,4 +358,11 @@ def format_results(results: dict) -> str:
     o = results["overall"]
     ci = "[{:.2f}, {:.2f}]".format(*o["ci95"])
     lines.append(f"{'overall':<34} {o['successes']:>4}/{o['episodes']:<4} {o['success_rate']:>6.2f} {ci:>15}")
+    if results.get("chunking"):
+        c, j = results["chunking"], o["boundary_jump"]
+        lines.append(
+            f"mode {c['mode']}, injected delay {c['delay_ms']:g} ms (simulated in sim time): "
+            f"{o['requests_per_episode']} requests per episode, boundary jump p50 {j['p50']} p90 {j['p90']} "
+            f"max {j['max']} over {j['n']} switches"
+        )
     return "\n".join(lines)
