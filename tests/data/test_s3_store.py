@@ -14,7 +14,8 @@ from typer.testing import CliRunner
 
 from vla.cli import app
 from vla.data import EpisodeStore, StoreError
-from vla.data.remote import LOCK_NAME, LeaseLock, _machine, _pid_start, storage_options
+from vla.data.lease import LOCK_NAME, LeaseLock, _machine, _pid_start
+from vla.data.remote import storage_options
 from vla.data.verify import verify_store
 from vla.spec import image_key
 

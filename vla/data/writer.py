@@ -28,6 +28,7 @@ from filelock import FileLock, Timeout
 
 from vla.data import remote
 from vla.data.frame_files import StoreError
+from vla.data.lease import LeaseLock
 from vla.spec import ACTION, ENV_STATE, IMAGE_PREFIX, STATE, TASK, TIMESTAMP, Embodiment, SpecError
 
 log = logging.getLogger(__name__)
@@ -84,13 +85,13 @@ class WriterLock:
         self.release()
 
 
-def writer_lock(root: str | Path) -> "WriterLock | remote.LeaseLock | None":
+def writer_lock(root: str | Path) -> "WriterLock | LeaseLock | None":
     """The one-writer lock of a store: an OS lock on local disk, a lease object on S3; None (with a
     warning) on other object stores, where keeping to one writer is up to the user."""
     if not remote.is_url(root):
         return WriterLock(root)
     if remote.scheme(root) in remote.S3_SCHEMES:
-        return remote.LeaseLock(str(root))
+        return LeaseLock(str(root))
     log.warning("%s: no writer lock on %s:// stores; make sure only one writer appends", root, remote.scheme(root))
     return None
 
