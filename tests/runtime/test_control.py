@@ -227,3 +227,18 @@ def test_a_recorder_failure_reaches_the_run_summary(tmp_path, fake_robot, monkey
     assert s["recorder_error"] == "OSError: [Errno 28] No space left on device" and s["recorded"] == []
     assert json.loads((tmp_path / "run" / "summary.json").read_text())["recorder_error"] == s["recorder_error"]
     assert any("No space left on device" in r.getMessage() for r in caplog.records if r.levelname == "ERROR")
+
+
+def test_rtc_request_reaches_a_remote_policy(fake_robot):
+    """rtc={...} travels from the executor through the worker, the client and `vla serve`'s server."""
+    stub = StubPolicy(latency_s=0.03)
+    srv = PolicyServer(stub, ServerConfig(port=0)).start()
+    try:
+        with RemotePolicy(srv.url) as policy:
+            r = _loop(fake_robot, policy, "rtc-trained", seconds=1.0).run()
+    finally:
+        srv.stop()
+    assert r["inference"]["failed"] == 0 and stub.rtc
+    for req in stub.rtc:
+        assert req["mode"] == "trained" and req["prev_chunk"].dtype == np.float32 and req["prev_chunk"].shape[1] == 3
+        assert isinstance(req["inference_delay"], int) and req["schedule"] == "linear"
