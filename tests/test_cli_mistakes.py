@@ -202,6 +202,17 @@ MISTAKES = [
     ),
     ("bench robot zero seconds", "bench robot --seconds 0", "--seconds must be > 0"),
     ("bench robot one real port", "bench robot --leader-port {new}", "give both --leader-port and --follower-port"),
+    ("eval the expert with a mode", "eval expert --suite track --mode rtc-guided", "scripted expert"),
+    ("eval a delay without a mode", "eval {ckpt} --suite track --delay-ms 300", "needs a chunking --mode"),
+    ("eval a negative delay", "eval {ckpt} --suite track --mode sync --delay-ms -5", "--delay-ms must be >= 0"),
+    ("eval an unknown mode", "eval {ckpt} --suite track --mode fast", "fast"),
+    ("bench rtc zero minutes", "bench rtc --minutes 0 --out {new}", "--minutes must be > 0"),
+    ("bench rtc bad delays", "bench rtc --delays-ms 0,soon --out {new}", "--delays-ms must be"),
+    ("bench rtc unknown mode", "bench rtc --modes sync,fast --out {new}", "fast"),
+    ("bench rtc zero episodes", "bench rtc --episodes 0 --out {new}", "episodes must be in"),
+    ("bench rtc unknown preset", "bench rtc --preset nope --out {new}", "nope"),
+    ("bench rtc into a store", "bench rtc --minutes 1 --out {store}", "an episode store"),
+    ("bench rtc json into a folder", "bench rtc --json {folder}", "is a folder"),
 ]
 
 
