@@ -153,11 +153,10 @@ def _run_scheduled(env, policy, executor, delay_steps: int, *, seed: int, video:
     """A rollout whose steps are ticks of a chunk executor; see run_episode. Tick k sends action k;
     the observation after it is tick k's, and the chunk asked for with it is meant to start at tick
     k + 1 but arrives at tick k + 1 + delay_steps (the order of vla.runtime.control's loop)."""
-    u = env.unwrapped
-    emb = u.embodiment
+    emb = env.unwrapped.embodiment
     obs, info = env.reset(seed=seed)
     policy.reset()
-    ex = executor(float(u.robot.control_hz if hasattr(u, "robot") else emb.control_hz), delay_steps)
+    ex = executor(float(emb.control_hz), delay_steps)
     low, high = env.action_space.low, env.action_space.high
     last = hold_command(env)
     first_cam = f"observation/images/{emb.cameras[0].name}" if emb.cameras else None
