@@ -41,11 +41,18 @@ PREV = np.linspace(-0.5, 0.5, 12, dtype=np.float32).reshape(4, 3)  # 4 steps of 
 NOISE = np.random.default_rng(0).standard_normal((6, 3)).astype(np.float32)
 
 
-def test_the_checkpoint_records_training_time_rtc(rtc_ckpt, policy):
+def test_the_checkpoint_records_training_time_rtc(rtc_ckpt, policy, tmp_path):
     ck = Checkpoint(rtc_ckpt)
     assert ck.resolved.model.rtc_max_delay == 2 and ck.resolved.train["rtc_max_delay"] == 2
     meta = policy.metadata["rtc"]
     assert meta["modes"] == ["inpaint", "guided", "guided-nojac", "trained"] and meta["trained_max_delay"] == 2
+    # a training choice, not geometry: fine-tuning it with a preset without RTC is allowed
+    from vla.config import load_preset
+    from vla.model.registry import model_type
+    from vla.train.init import init_config
+
+    plain = load_preset(write_preset(tmp_path / "plain.toml"))
+    assert init_config(ck, plain, model_type("pi0")).horizon == 6
 
 
 def test_every_mode_through_the_policy(policy):

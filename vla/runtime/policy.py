@@ -69,6 +69,7 @@ class Policy:
         self.model.prepare_for_inference()
         self.num_steps = num_steps
         self.stats = {"calls": 0, "malformed": 0}
+        self._rtc_warned: set[int] = set()  # trained-mode delays past the checkpoint's, already logged
         self._default = next(iter(self.ckpt.embodiments)) if len(self.ckpt.embodiments) == 1 else None
         self.compiled = bool(compile) and self.model.enable_compile()
         if compile and not self.compiled:
@@ -205,7 +206,9 @@ class Policy:
             a = self.ckpt.embodiments[n].action_dim
             if prev.shape[2] != a:
                 raise SpecError(f"rtc prev_chunk: expected [h', {a}] (the actions of {n!r}), got [h', {prev.shape[2]}]")
-        if rtc["mode"] == "trained" and rtc["inference_delay"] > self.cfg.rtc_max_delay:
+        late = rtc["inference_delay"]
+        if rtc["mode"] == "trained" and late > self.cfg.rtc_max_delay and late not in self._rtc_warned:
+            self._rtc_warned.add(late)  # once per delay: a control loop asks many times a second
             log.warning(
                 "rtc trained: inference_delay %d is beyond the %d this checkpoint was trained with; "
                 "the first %d actions are fed clean",
