@@ -62,6 +62,8 @@ def filesystem(url: str):
     """-> (fsspec filesystem, path inside it) for a store URL."""
     import fsspec
 
+    for name in ("aiobotocore.credentials", "botocore.credentials"):  # "Found credentials in ..." on every command
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return fsspec.url_to_fs(str(url), **storage_options(url))
     except (ImportError, ValueError) as e:
