@@ -1,4 +1,4 @@
-"""Real-robot commands: `vla calibrate`, `vla virtual-bus`."""
+"""Real-robot commands: `vla calibrate`, `vla virtual-bus`, `vla record` and `vla bench robot`."""
 
 from __future__ import annotations
 
@@ -299,7 +299,9 @@ def bench_robot(
     leader_calibration: Optional[str] = typer.Option(None, help="Real leader: calibration id or file."),
     follower_calibration: Optional[str] = typer.Option(None, help="Real follower: calibration id or file."),
     real_cameras: Optional[str] = typer.Option(None, help='Real follower: its cameras, "front=0,wrist=2".'),
-    rt_priority: int = typer.Option(0, help="Run the loop SCHED_FIFO at this priority (Linux; 0 = normal)."),
+    rt_priority: int = typer.Option(
+        50, help="Run the loop (and virtual buses) SCHED_FIFO at this priority (Linux; 0 = normal scheduling)."
+    ),
 ):
     """Bus round trip (sync read + sync write of every motor), teleoperation loop jitter and dropped frames
     while recording the cameras, and tracking error; on virtual buses unless real ports are given."""
