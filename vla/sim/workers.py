@@ -26,13 +26,16 @@ log = logging.getLogger(__name__)
 
 
 def _worker(fn, context, tasks, results, threads: int) -> None:
-    if "torch" in sys.modules:  # a policy in the context: share the cores, do not oversubscribe them
-        sys.modules["torch"].set_num_threads(threads)
+    # Share the cores, do not oversubscribe them: torch, imported by the context or by a policy
+    # factory during the first job, reads OMP_NUM_THREADS; one already imported is told directly.
+    os.environ["OMP_NUM_THREADS"] = str(threads)
     while True:
         item = tasks.recv()
         if item is None:
             return
         i, job = item
+        if "torch" in sys.modules:
+            sys.modules["torch"].set_num_threads(threads)
         try:
             out = (i, fn(context, job), None)
         except Exception:
