@@ -35,7 +35,7 @@ import json
 import logging
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -460,29 +460,30 @@ def _png(struct: dict | None, root: Path, where: str, key: str) -> np.ndarray:
 
 
 def _resolve_embodiment(name: str, derived: Embodiment) -> Embodiment:
-    """`--embodiment` names a built-in/TOML embodiment (dims must match) or just renames."""
+    """`--embodiment` names a built-in/TOML embodiment (dims must match) or just renames.
+
+    The cameras are the dataset's: a robot's camera names and sizes are a property of its setup (the
+    built-in real arms list a default front/wrist pair at 480x640), not of the arm.
+    """
     try:
         emb = load_embodiment(name)
     except SpecError:
-        from dataclasses import replace
-
         return replace(derived, name=name)
     problems = []
     if emb.state_dim != derived.state_dim:
         problems.append(f"state dim {emb.state_dim} vs dataset {derived.state_dim}")
     if emb.action_dim != derived.action_dim:
         problems.append(f"action dim {emb.action_dim} vs dataset {derived.action_dim}")
-    if sorted(c.shape for c in emb.cameras) != sorted(c.shape for c in derived.cameras):
-        problems.append(
-            f"cameras {[(c.name, c.shape) for c in emb.cameras]} vs dataset "
-            f"{[(c.name, c.shape) for c in derived.cameras]}"
-        )
-    if set(emb.camera_names) != set(derived.camera_names):
-        problems.append(f"camera names {emb.camera_names} vs dataset {derived.camera_names}")
     if not math.isclose(emb.control_hz, derived.control_hz):
         log.warning(
             "embodiment %s runs at %s Hz but the dataset at %s fps", emb.name, emb.control_hz, derived.control_hz
         )
     if problems:
         raise SpecError(f"embodiment {emb.name!r} does not match the dataset: " + "; ".join(problems))
-    return emb
+    if [(c.name, c.shape) for c in emb.cameras] != [(c.name, c.shape) for c in derived.cameras]:
+        log.info(
+            "embodiment %s: cameras as the dataset has them (%s)",
+            emb.name,
+            ", ".join(f"{c.name} {c.height}x{c.width}" for c in derived.cameras),
+        )
+    return replace(emb, cameras=derived.cameras)
