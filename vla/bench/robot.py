@@ -156,7 +156,7 @@ def _teleop(leader, follower, *, fps: float, seconds: float, store: Path, rt_pri
 
     from vla.data.store import EpisodeStore
     from vla.robots.recorder import StoreRecorder
-    from vla.robots.teleop import CameraFeed, TeleopLoop, realtime
+    from vla.robots.teleop import CameraFeed, TeleopLoop, quiet_gc, realtime
 
     emb = replace(follower.embodiment, control_hz=float(fps))
     rec = StoreRecorder.open(store, emb, source="bench")
@@ -166,7 +166,7 @@ def _teleop(leader, follower, *, fps: float, seconds: float, store: Path, rt_pri
     try:
         loop.wait_for_cameras()
         loop.run(1.0)  # a second to bring the follower onto the leader (not measured)
-        with realtime(rt_priority):
+        with quiet_gc(), realtime(rt_priority):
             st = loop.run(seconds, rec)
         rec.end_episode("bench")
     finally:

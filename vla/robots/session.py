@@ -22,7 +22,7 @@ from dataclasses import replace
 
 from vla.robots.keys import HELP, INTERRUPT, RERECORD, STOP, KeyControl
 from vla.robots.recorder import StoreRecorder
-from vla.robots.teleop import EpisodeStats, FrameFeed, TeleopLoop, realtime
+from vla.robots.teleop import EpisodeStats, FrameFeed, TeleopLoop, quiet_gc, realtime
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ def record_session(
     )
     t_start = time.monotonic()
     try:
-        with _signals(keys), realtime(rt_priority):
+        with _signals(keys), quiet_gc(), realtime(rt_priority):
             loop.wait_for_cameras()
             ended = loop.run(settle_seconds, None).ended_by if settle_seconds > 0 else "time"
             if ended in (STOP, INTERRUPT):

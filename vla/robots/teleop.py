@@ -30,6 +30,7 @@ follower reproduces the leader's motion, apart from its delay.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import threading
@@ -149,6 +150,19 @@ def realtime(priority: int):
                 os.sched_setscheduler(tid, os.SCHED_OTHER, os.sched_param(0))
             except OSError:  # the thread has ended
                 pass
+
+
+@contextlib.contextmanager
+def quiet_gc():
+    """Leave every object alive now (modules, arms, the store) out of the garbage collector's later passes
+    (gc.freeze): a full collection over a process that imported the CLI took up to 30 ms here, a stall of
+    a whole tick; passes over what the loop allocates take well under a millisecond."""
+    gc.collect()
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 def grid_phase(arrivals: list[float], period: float, candidates: int = 64) -> float:
