@@ -112,9 +112,12 @@ def test_calibrate_record_train_run_on_virtual_buses(tmp_path):
         assert {str(s.codec("so101", c)) for c in ("front", "wrist")} == {"jpeg:75"}
         ep = s.episode(1)
         assert ep[image_key("front")].shape == (frames[1], SIZE, SIZE, 3) and ep[image_key("wrist")].std() > 0
-        assert np.ptp(ep["action"], axis=0).max() > 1.0  # the leader's hand moved
-        lag = rec["episodes"][1]["tracking_error_lagged"]
-        assert lag["error"]["p50"] < 10, rec["episodes"][1]  # the follower followed (a tick or two behind)
+        # The follower followed: every joint the leader moved (> 10 units) moved with it, a tick or two behind.
+        action, state = ep["action"], ep[STATE]
+        moved = np.flatnonzero(np.ptp(action, axis=0) > 10)
+        assert len(moved), "the leader's hand did not move"
+        for j in moved:
+            assert np.corrcoef(action[8:-2, j], state[10:, j])[0, 1] > 0.8, (j, action[:, j], state[:, j])
         t_rec = time.monotonic()
 
         # 3. train a few steps on the recording

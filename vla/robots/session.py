@@ -40,14 +40,18 @@ def _signals(keys: KeyControl):
             signal.signal(s, h)
 
 
+def _f(x) -> str:
+    return "-" if x is None else f"{x:.1f}"
+
+
 def episode_line(i: int, n: int, st: EpisodeStats) -> str:
     """The progress line of one kept episode."""
     te, lag = st.tracking_error, st.tracking_error_lagged
     return (
         f"episode {i + 1}/{n}: {st.ticks} frames in {st.seconds:g} s (ended by {st.ended_by}), "
-        f"dropped frames {st.dropped_frames}, jitter p99 {st.jitter_ms.get('p99')} ms, "
-        f"tracking error p50/p99 {te.get('p50')}/{te.get('p99')} ({lag['lag_ticks']} ticks behind: "
-        f"{lag['error'].get('p50')}/{lag['error'].get('p99')})"
+        f"dropped frames {st.dropped_frames}, jitter p99 {_f(st.jitter_ms.get('p99'))} ms, "
+        f"tracking error p50/p99 {_f(te.get('p50'))}/{_f(te.get('p99'))} "
+        f"({lag['lag_ticks']} ticks behind: {_f(lag['error'].get('p50'))}/{_f(lag['error'].get('p99'))})"
     )
 
 
