@@ -48,6 +48,13 @@ MISTAKES = [
     ("collect into a checkpoint", "collect quickstart --out {ckpt} --episodes 1", "a vla checkpoint"),
     ("collect unknown recipe", "collect no-such-recipe --out {new}", "no-such-recipe"),
     ("collect zero episodes", "collect quickstart --out {new} --episodes 0", "episodes must be >= 1"),
+    ("collect to a URL", "collect quickstart --out s3://bucket/demos --episodes 1", "vla data migrate"),
+    (
+        "record to a URL",
+        "record --robot so101 --leader-port {new} --follower-port {new2} --task t --out s3://b/x",
+        "takes a local store",
+    ),
+    ("probe a URL store", "bench probe {ckpt} --data s3://bucket/demos", "takes a local store"),
     ("collect negative seed", "collect quickstart --out {new} --episodes 1 --seed -3", "seed must be >= 0"),
     ("eval unknown suite", "eval {ckpt} --suite no-such-suite", "no-such-suite"),
     ("eval robots it lacks", "eval {ckpt} --suite quickstart --episodes 1", "not trained on"),

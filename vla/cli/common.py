@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from pathlib import Path
 from typing import Optional
@@ -65,6 +66,18 @@ def json_path(value: Optional[Path]) -> Optional[Path]:
             check_file_output(value, "--json", (".json",))
         except OutputError as e:
             fail(str(e))
+    return value
+
+
+def local_store(value: Optional[Path]) -> Optional[Path]:
+    """An option that takes a local store path only: a URL (which Path would fold to `s3:/...`, a folder
+    named `s3:` here) is refused with the way to get the store there."""
+    if value is not None and re.match(r"^[A-Za-z][A-Za-z0-9+.-]+:/", str(value)):
+        url = re.sub(r"^([A-Za-z][A-Za-z0-9+.-]+):/+", r"\1://", str(value))
+        fail(
+            f"{url}: this option takes a local store; write it here, then copy it up with "
+            f"`vla data migrate LOCAL {url}` (training and the data commands read URLs directly)"
+        )
     return value
 
 

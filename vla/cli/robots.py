@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, json_path, show_on_stdout, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, local_store, show_on_stdout, user_errors
 
 
 def _scripted_ask(answers: list[str] | None, yes: bool):
@@ -218,7 +218,11 @@ def record_command(
     robot: str = typer.Option(..., help="so100, so101 or koch."),
     leader_port: str = typer.Option(..., help="The leader arm's serial port (a virtual bus's link works too)."),
     follower_port: str = typer.Option(..., help="The follower arm's serial port."),
-    out: Path = typer.Option(..., help="Episode store: created, or appended to when it holds this robot's episodes."),
+    out: Path = typer.Option(
+        ...,
+        help="Episode store: created, or appended to when it holds this robot's episodes.",
+        callback=local_store,
+    ),
     task: str = typer.Option(..., help='What the episodes show, e.g. "pick up the red cube" (stored with each).'),
     episodes: int = typer.Option(1, help="Episodes to keep."),
     seconds: float = typer.Option(20.0, help="Length of each episode (a key may end one early)."),

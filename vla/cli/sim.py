@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, json_path, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, local_store, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -23,7 +23,10 @@ def _sim_errors() -> tuple[type[BaseException], ...]:
 def collect_command(
     recipe: str = typer.Argument(..., help="Recipe TOML (datasets/*.toml) or a built-in recipe name."),
     out: Optional[Path] = typer.Option(
-        None, "--out", help="Episode store to create or append to [default: data/<recipe name>]."
+        None,
+        "--out",
+        help="Episode store to create or append to [default: data/<recipe name>].",
+        callback=local_store,
     ),
     episodes: Optional[int] = typer.Option(None, help="Episodes per recipe task [default: the recipe's]."),
     workers: int = typer.Option(1, help="Worker processes (Ray actors with --ray)."),

@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, json_path, user_errors
+from vla.cli.common import bench_app, emit, fail, json_path, local_store, user_errors
 
 tokenizer_app = typer.Typer(no_args_is_help=True, rich_markup_mode=None, help="FAST action tokenizers.")
 
@@ -327,7 +327,9 @@ def bench_memory(
 @bench_app.command("probe")
 def bench_probe(
     ckpt: Path = typer.Argument(..., help="Checkpoint directory."),
-    data: Path = typer.Option(..., help="Episode store to take windows from (e.g. the training demos)."),
+    data: Path = typer.Option(
+        ..., help="Episode store to take windows from (e.g. the training demos).", callback=local_store
+    ),
     windows: int = typer.Option(256, help="Windows to average the loss over."),
     json_out: Optional[Path] = typer.Option(
         None, "--json", help="Also write the results to this JSON file.", callback=json_path
