@@ -100,7 +100,7 @@ def test_recipes_load_and_bad_ones_say_why(tmp_path):
     }
     bad = tmp_path / "bad.toml"
     bad.write_text('[[tasks]]\nrobot = "arm7"\ntask = "juggle"\n')
-    valid = r"valid tasks are \['pick-place', 'push', 'reach', 'reach-goal'\]"
+    valid = r"valid tasks are \['pick-place', 'push', 'reach', 'reach-goal', 'track'\]"
     with pytest.raises(SpecError, match=r"unknown task 'juggle' for robot 'arm7'; " + valid):
         load_recipe(bad)
     with pytest.raises(SpecError, match="recipe not found"):
