@@ -153,14 +153,16 @@ def plot(rows: list[dict], png: Path, title: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.5))
-    for mode in MODES:
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(12, 4.8))
+    span = max([r["delay_ms"] for r in rows] + [1.0])
+    for i, mode in enumerate(MODES):
         rs = sorted(
             (r for r in rows if r["mode"] == mode and r.get("success_rate") is not None), key=lambda r: r["delay_ms"]
         )
         if not rs:
             continue
-        xs = [r["delay_ms"] for r in rs]
+        shift = (i - (len(MODES) - 1) / 2) * 0.006 * span  # modes side by side where they coincide
+        xs = [r["delay_ms"] + shift for r in rs]
         (line,) = a1.plot(xs, [r["success_rate"] for r in rs], marker="o", label=mode)
         lo = [r["success_rate"] - r["ci95"][0] for r in rs]
         hi = [r["ci95"][1] - r["success_rate"] for r in rs]
@@ -174,10 +176,11 @@ def plot(rows: list[dict], png: Path, title: str) -> Path:
     a1.grid(alpha=0.3)
     a1.legend(fontsize=8)
     a2.set_xlabel("injected inference delay (ms, simulated)")
-    a2.set_ylabel("chunk-boundary jump (max over dims; p50 solid, p90 dotted)")
+    a2.set_ylabel("boundary jump, max |change| over action dims")
+    a2.set_title("p50 solid, p90 dotted", fontsize=9)
     a2.grid(alpha=0.3)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0, 1, 0.96))
     fig.savefig(png, dpi=110)
     plt.close(fig)
     return png
