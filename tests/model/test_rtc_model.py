@@ -205,4 +205,5 @@ def test_training_with_rtc_learns_to_continue_the_prefix():
             one, noise=torch.randn(1, cfg.horizon, 2), rtc=RTCRequest("trained", want[None, :3], 3, 3)
         )
         own, other = ((out[0, 3:] - w[3:]).abs().mean().item() for w in (want, -want))
-        assert own < 0.4 < 0.8 < other, (sign, own, other)  # the chunks are 1.2 apart on these steps
+        # the two chunks are 1.2 apart on these steps; a model blind to the prefix is >= 0.6 off on average
+        assert own < 0.45 and own < 0.5 * other, (sign, own, other)
