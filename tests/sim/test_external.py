@@ -56,6 +56,22 @@ def test_aloha_adapter(task):
     env.close()
 
 
+def test_aloha_physics_divergence_ends_the_episode_as_a_failure():
+    # dm_control raises PhysicsError when actions drive the simulation unstable; an evaluation used
+    # to drop such an episode as an error, leaving it out of the count (an untrained policy's 5
+    # episodes were scored on 3). Now it is a truncated, failed episode, and the next reset is valid.
+    pytest.importorskip("gym_aloha")
+    env = vla.sim.make_env("aloha", "transfer-cube", image_size=16)
+    obs, _ = env.reset(seed=0)
+    env.unwrapped.data.qvel[:] = 1e20
+    _, _, terminated, truncated, info = env.step(obs[STATE])
+    assert (terminated, truncated, info["success"]) == (False, True, False) and "invalid" in info["physics_error"]
+    obs, _ = env.reset(seed=1)
+    _, _, _, truncated, info = env.step(obs[STATE])
+    assert not truncated and "physics_error" not in info and np.isfinite(obs[STATE]).all()
+    env.close()
+
+
 def test_aloha_transfer_cube_expert():
     # One full episode (~290 steps at 50 Hz); `vla eval expert --suite aloha` gives the rates.
     pytest.importorskip("gym_aloha")

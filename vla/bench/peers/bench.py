@@ -117,6 +117,12 @@ def _open_demos(demos, suite_cfg):
     return store
 
 
+def _cpu_seconds() -> float:
+    """CPU time of this process and of its children that have ended (loader workers, peer trainers)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
 def _load_average() -> list[float] | None:
     try:
         return [round(x, 2) for x in os.getloadavg()]
@@ -138,7 +144,7 @@ def _train_vla(preset, demos, out: Path, points, *, steps, threads, progress) ->
     ck = out / "ckpt-vla"
     before, kept = _load_average(), torch.get_num_threads()
     torch.set_num_threads(threads)
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     try:
         train(load_preset(preset), [str(demos)], ck, steps=steps, max_seconds=points[-1] * 60, progress=progress,
               overwrite=True, snapshot_seconds=tuple(m * 60 for m in points[:-1]))  # fmt: skip
@@ -156,6 +162,7 @@ def _train_vla(preset, demos, out: Path, points, *, steps, threads, progress) ->
         "params": cfg.params,
         "steps": cfg.step,
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
         "points": at,
         "load_average": {"before": before, "after": _load_average()},
         "threads": threads,
@@ -181,7 +188,7 @@ def _train_peer(name, python, script, lerobot_dir, out: Path, points, *, steps, 
         "--workers", "2", "--steps", str(steps or 0),
     ]  # fmt: skip
     before = _load_average()
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     logf = out / f"train-{name}.log"
     with open(logf, "ab") as err:
         r = subprocess.run(cmd, stdin=subprocess.DEVNULL, stdout=err, stderr=err)
@@ -201,6 +208,7 @@ def _train_peer(name, python, script, lerobot_dir, out: Path, points, *, steps, 
         "params": rep["params"],
         "steps": rep["steps"],
         "seconds": round(time.perf_counter() - t0, 1),
+        "cpu_seconds": round(_cpu_seconds() - cpu0, 1),
         "train_seconds": rep["seconds"],
         "step_seconds": rep["step_seconds"],
         "final_loss": rep["final_loss"],

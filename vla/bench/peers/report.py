@@ -13,6 +13,12 @@ def _cell(r: dict) -> str:
     return f"{100 * r['success_rate']:.0f}% ({r['successes']}/{r['episodes']})"
 
 
+def _column(name: str, row: dict) -> str:
+    """A policy's column head: size, steps reached, and the CPU time its training process actually had."""
+    cpu = f", {row['cpu_seconds'] / 60:.1f} CPU-min used" if row.get("cpu_seconds") is not None else ""
+    return f"{LABELS.get(name, name)} ({row['params'] / 1e6:.1f}M, {row['steps']} steps{cpu})"
+
+
 def markdown(results: dict) -> str:
     """Per task: each policy's held-out success at the end of training; then the averages at every point."""
     rows, avgs = results["results"], results["averages"]
@@ -20,14 +26,12 @@ def markdown(results: dict) -> str:
     end = results["minutes"]
     head = [
         f"Suite `{results['suite']}`, {results['episodes_per_task']} held-out episodes per task from seed "
-        f"{results['seed']}; {results['demos']['episodes']} demos; every policy trained {end:g} CPU-minutes "
-        f"({results['machine']['threads'] if 'machine' in results else '?'} threads).",
+        f"{results['seed']}; {results['demos']['episodes']} demos; every policy trained for {end:g} minutes of "
+        f"wall-clock time with {results['machine']['threads'] if 'machine' in results else '?'} torch threads, "
+        "one after another (the CPU time each actually got is in its column).",
         "",
     ]
-    cols = [
-        f"{LABELS.get(p, p)} ({results['policies'][p]['params'] / 1e6:.1f}M, {results['policies'][p]['steps']} steps)"
-        for p in policies
-    ]
+    cols = [_column(p, results["policies"][p]) for p in policies]
     lines = [f"| task | {' | '.join(cols)} |", "|---" * (len(cols) + 1) + "|"]
     tasks = list(dict.fromkeys(r["task"] for r in rows))
     for t in tasks:

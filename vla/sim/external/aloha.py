@@ -4,7 +4,8 @@ Robot name "aloha"; embodiment envs/embodiments/aloha.toml: 14-D joint positions
 normalized gripper (0 = closed, 1 = open), as gym-aloha and the LeRobot ALOHA datasets use.
 gym-aloha's own observation renders three 480x640 images per step; this adapter skips that and
 renders its cameras at the requested size with shadows off. Success is gym-aloha's top reward
-(4: transferred and lifted / peg in socket).
+(4: transferred and lifted / peg in socket). Actions that make the physics diverge (dm_control's
+PhysicsError) end the episode there as a failure (truncated), not as an error.
 """
 
 from __future__ import annotations
@@ -89,6 +90,7 @@ class AlohaSimEnv(gym.Env):
         st = np.asarray(self._dm.task.get_qpos(self.physics), np.float32)
         obs[STATE] = np.clip(st, self.observation_space[STATE].low, self.observation_space[STATE].high)
         obs[TASK] = self.instruction
+        self._last_obs = obs
         return obs
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
@@ -107,9 +109,19 @@ class AlohaSimEnv(gym.Env):
         return self.observe(), {"success": False, "task": self.instruction}
 
     def step(self, action):
+        from dm_control.rl.control import PhysicsError
+
         a = check_action(action, self.action_space.shape, f"aloha/{self.task_name}")
         a = np.clip(a, self.action_space.low, self.action_space.high)
-        ts = self._dm.step(a)
+        try:
+            ts = self._dm.step(a)
+        except PhysicsError as e:
+            # The actions drove the simulation unstable (dm_control refuses to go on): the episode
+            # ends there as a failure, as it would on a real robot; it is not an evaluation error
+            # to leave out of the count. The next reset() starts a valid state again.
+            self.steps += 1
+            info = {"success": False, "task": self.instruction, "physics_error": str(e).splitlines()[0]}
+            return self._last_obs, 0.0, False, True, info
         self.steps += 1
         reward = float(ts.reward or 0.0)
         success = reward >= self._dm.task.max_reward
