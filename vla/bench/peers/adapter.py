@@ -83,7 +83,12 @@ class PeerPolicy:
         except (EOFError, WireError) as e:
             self._hung = True
             code = self.proc.poll()
-            why = f"exited with code {code}" if code is not None else str(e)
+            if code is None and isinstance(e, EOFError):  # its output closed: it is exiting, wait for the code
+                try:
+                    code = self.proc.wait(timeout=5)
+                except subprocess.TimeoutExpired:
+                    pass
+            why = f"exited with code {code}" if code is not None else f"failed: {e}"
             tail = self._tail()
             raise PeerError(
                 f"{self.name}: the peer process {why}" + (f"; its log ends: {tail}" if tail else "")

@@ -171,10 +171,19 @@ def _train_vla(preset, demos, out: Path, points, *, steps, threads, progress) ->
     return row
 
 
-def _train_peer(name, python, script, lerobot_dir, out: Path, points, *, steps, threads, config, batch_size) -> dict:
+def _train_peer(
+    name, python, script, lerobot_dir, out: Path, points, *, steps, threads, config, batch_size, demos
+) -> dict:
     ck = out / f"ckpt-{name}"
     done_file = out / f"train-{name}.json"
-    want = {"policy": name, "points": points, "steps_cap": steps, "config": config, "batch_size": batch_size}
+    want = {
+        "policy": name,
+        "demos": demos,
+        "points": points,
+        "steps_cap": steps,
+        "config": config,
+        "batch_size": batch_size,
+    }
     if done_file.exists() and json.loads(done_file.read_text()).get("request") == want:
         return json.loads(done_file.read_text())
     if ck.exists():
@@ -343,14 +352,20 @@ def run(
         "policies": {},
     }
     lerobot_dir = out / "demos-lerobot"
-    if peers and not (lerobot_dir / "meta" / "info.json").exists():
+    source = {"store": str(Path(data).resolve()), "episodes": len(infos)}  # what the export was made from
+    made_from = out / "demos-lerobot.json"
+    if peers and not (made_from.exists() and json.loads(made_from.read_text()) == source):
+        import shutil
+
         from vla.data.lerobot_export import export_lerobot
         from vla.sim.registry import embodiment_for
 
+        shutil.rmtree(lerobot_dir, ignore_errors=True)
         t1 = time.perf_counter()
         emb = embodiment_for(suite_cfg.tasks[0].robot, suite_cfg.image_size).name
         results["export"] = export_lerobot(data, lerobot_dir, embodiment=emb, images="image", progress=progress)
         results["export"]["seconds"] = round(time.perf_counter() - t1, 1)
+        made_from.write_text(json.dumps(source) + "\n")
     if versions:
         results["peer_environment"] = {"python": str(python), **versions}
     for name in policies:  # one at a time: each has every core while it trains
@@ -359,7 +374,7 @@ def run(
             row = _train_vla(preset, data, out, points, steps=steps, threads=threads, progress=progress)
         else:
             row = _train_peer(name, python, side_script, lerobot_dir, out, points, steps=steps, threads=threads,
-                              config=configs[name], batch_size=batch_size)  # fmt: skip
+                              config=configs[name], batch_size=batch_size, demos=source)  # fmt: skip
             row["config"] = configs[name]
         results["policies"][name] = row
     rows = []

@@ -10,7 +10,8 @@ LABELS = {"vla": "vla", "act": "LeRobot ACT", "diffusion": "LeRobot Diffusion Po
 
 
 def _cell(r: dict) -> str:
-    return f"{100 * r['success_rate']:.0f}% ({r['successes']}/{r['episodes']})"
+    errors = f", {r['errors']} crashed" if r.get("errors") else ""  # episodes the harness could not count
+    return f"{100 * r['success_rate']:.0f}% ({r['successes']}/{r['episodes']}{errors})"
 
 
 def _column(name: str, row: dict) -> str:
