@@ -35,8 +35,7 @@ import time
 import traceback
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-import wire  # noqa: E402  (the frames; beside this file)
+import wire  # the frames; beside this file (a script's own folder is sys.path[0])
 
 log = logging.getLogger("lerobot_side")
 

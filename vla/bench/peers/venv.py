@@ -9,6 +9,7 @@ at PyTorch's CPU index where it can be reached to avoid the CUDA build's downloa
 
 from __future__ import annotations
 
+import importlib.resources
 import json
 import logging
 import os
@@ -21,7 +22,7 @@ from vla.spec import SpecError
 log = logging.getLogger(__name__)
 
 PEER_REQUIREMENTS = ("lerobot==0.4.4", "torch==2.9.1", "torchvision==0.24.1")
-SIDE_SCRIPT = Path(__file__).with_name("lerobot_side.py")
+SIDE_SCRIPT = Path(str(importlib.resources.files("vla.bench.peers") / "lerobot_side.py"))
 
 
 def default_venv() -> Path:
