@@ -40,7 +40,7 @@ from typing import Callable, Protocol
 
 import numpy as np
 
-from vla.runtime.timing import TimingLog
+from vla.runtime.timing import TimingLog, sleep_until
 
 log = logging.getLogger(__name__)
 
@@ -108,17 +108,6 @@ class EpisodeStats:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def sleep_until(deadline: float, spin_s: float) -> float:
-    """Sleep until `spin_s` before `deadline` (monotonic), then spin; returns the time woken."""
-    now = time.monotonic()
-    if deadline - now > spin_s:
-        time.sleep(deadline - now - spin_s)
-    while True:
-        now = time.monotonic()
-        if now >= deadline:
-            return now
 
 
 @contextlib.contextmanager

@@ -31,7 +31,7 @@ import numpy as np
 from vla.runtime.chunking import ChunkExecutor, ChunkingConfig
 from vla.runtime.robot import DONE, SUCCESS, Robot
 from vla.runtime.safety import SafetyConfig, SafetyFilter
-from vla.runtime.timing import TimingLog
+from vla.runtime.timing import TimingLog, sleep_until
 from vla.runtime.workers import InferenceWorker, Observer
 from vla.spec import EMBODIMENT, TASK, SpecError
 
@@ -139,16 +139,6 @@ class ControlLoop:
         q[TASK] = task
         return q
 
-    @staticmethod
-    def _wait(deadline: float, spin_s: float) -> float:
-        now = time.monotonic()
-        if deadline - now > spin_s:
-            time.sleep(deadline - now - spin_s)
-        while True:
-            now = time.monotonic()
-            if now >= deadline:
-                return now
-
     def _realtime(self, on: bool) -> None:
         """SCHED_FIFO for this (control) thread at rt_priority and for the process's other Python threads
         one below: a helper thread holding the GIL is then never descheduled by unrelated processes
@@ -197,7 +187,7 @@ class ControlLoop:
         try:
             while True:
                 deadline = t_start + k * period
-                now = self._wait(deadline, cfg.spin_s)
+                now = sleep_until(deadline, cfg.spin_s)
                 if now - deadline > period:  # woke a full period late or more: skip to the current tick
                     k_now = int((now - t_start) / period)
                     timing.skipped += k_now - k

@@ -1,14 +1,27 @@
-"""Per-tick timing of a control run: summary figures, CSV/JSON logs and a histogram PNG."""
+"""Per-tick timing of a control run: summary figures, CSV/JSON logs and a histogram PNG; and the
+fixed-rate wait that the control loop and the teleoperation loop tick on."""
 
 from __future__ import annotations
 
 import csv
 import json
 import math
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+
+def sleep_until(deadline: float, spin_s: float) -> float:
+    """Sleep until `spin_s` before `deadline` (monotonic), then spin; returns the time woken."""
+    now = time.monotonic()
+    if deadline - now > spin_s:
+        time.sleep(deadline - now - spin_s)
+    while True:
+        now = time.monotonic()
+        if now >= deadline:
+            return now
 
 
 def _q(x, q, nd: int = 4) -> float | None:
