@@ -170,3 +170,22 @@ def test_sign_encodings():
     for model, reg, bad in ((sts, "Homing_Offset", 2048), (sts, "Lock", 256), (xl, "Goal_Position", 2**31)):
         with pytest.raises(ValueError):
             model.encode(reg, bad)
+
+
+def test_a_late_reply_that_trips_the_sdk_is_a_failed_try():
+    """scservo_sdk's ping reads the model number from a reply it takes to be its own: a late reply to
+    an earlier try (no parameters) made it index past the data (IndexError) instead of a retry."""
+    import scservo_sdk as scs
+
+    bus = FeetechBus("/dev/null", {"m": Motor(1, "sts3215")}, retries=2)
+    bus._recover = lambda: None
+    bus._packet = scs.PacketHandler(0)
+    tries = iter([IndexError("list index out of range"), (777, scs.COMM_SUCCESS, 0)])
+
+    def op():
+        nxt = next(tries)
+        if isinstance(nxt, Exception):
+            raise nxt
+        return nxt
+
+    assert bus._retry(op, "ping 'm' (id 1)") == 777

@@ -408,9 +408,13 @@ class MotorBus(ABC):
 
     def _retry(self, op: Callable[[], tuple], what: str) -> Any:
         """Run one SDK transaction (-> value, comm result, status byte), retrying on communication errors."""
-        ok = self._sdk().COMM_SUCCESS
+        sdk = self._sdk()
+        ok = sdk.COMM_SUCCESS
         for attempt in range(self.retries + 1):
-            value, comm, error = op()
+            try:
+                value, comm, error = op()
+            except IndexError:  # the SDK took a late reply to an earlier try for this one and indexed past it
+                value, comm, error = None, sdk.COMM_RX_CORRUPT, 0
             if comm == ok:
                 break
             log.debug("%s on %s: try %d failed: %s", what, self.port, attempt + 1, self._packet.getTxRxResult(comm))
