@@ -189,3 +189,17 @@ def test_a_late_reply_that_trips_the_sdk_is_a_failed_try():
         return nxt
 
     assert bus._retry(op, "ping 'm' (id 1)") == 777
+
+
+def test_the_handshake_waits_for_a_motor_silent_at_first(tmp_path):
+    """The first packets after a port opens can go unanswered: the handshake pings a silent motor twice
+    more (HANDSHAKE_PAUSE_S apart) before it calls it missing."""
+    import threading
+
+    with VirtualBus("so101", "follower", tmp_path / "s") as vb:
+        vb.set_online(1, False)
+        threading.Timer(0.1, vb.set_online, (1, True)).start()
+        bus = FeetechBus(vb.link, standard_motors("so101"), timeout_ms=10, retries=0)
+        bus.connect()
+        assert bus.is_connected
+        bus.close()

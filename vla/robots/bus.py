@@ -23,6 +23,7 @@ import logging
 import os
 import select
 import threading
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ DEFAULT_BAUDRATE = 1_000_000
 # timer periods + 2); LeRobot patches Feetech's to 50 ms. A USB-serial adapter answers within a few ms.
 DEFAULT_TIMEOUT_MS = 35
 PORT_HINT = "is the arm plugged in and powered? (ls /dev/ttyACM* /dev/ttyUSB*)"
+HANDSHAKE_PAUSE_S = (0.2, 0.5)  # waits before the 2nd and 3rd round of pings of a motor that stayed silent
 
 
 class BusError(RobotError):
@@ -207,9 +209,18 @@ class MotorBus(ABC):
         """Every motor answers a ping with its model's number; each model runs one firmware version."""
         missing, wrong = [], []
         for name, m in self.motors.items():
-            try:
-                got = self.ping(name)
-            except MotorNotAnswering:
+            got = None
+            # A silent motor gets two more rounds, HANDSHAKE_PAUSE_S apart, before it counts as missing: the
+            # first packets after a port opens can go unanswered (a servo board still powering up, a USB
+            # adapter's first transfer, a busy computer), and a handshake that fails there fails the session.
+            for pause in (0.0, *HANDSHAKE_PAUSE_S):
+                time.sleep(pause)
+                try:
+                    got = self.ping(name)
+                    break
+                except MotorNotAnswering:
+                    self._recover()
+            if got is None:
                 missing.append(name)
                 continue
             want = self.models[name].model_number
