@@ -46,6 +46,20 @@ def _wait_ready(tmp: Path, procs: dict, timeout_s: float = 60.0) -> None:
             assert p.poll() is None, (tmp / f"{name}.log").read_text()
             assert time.monotonic() < deadline, f"virtual bus {name} did not start"
             time.sleep(0.05)
+    # Then until every servo answers (as a server's port is polled before its first request): a bus that has
+    # just printed its banner can still be busy starting its physics and leader threads for a moment.
+    from vla.robots.bus import BusError, make_bus
+
+    for name in procs:
+        while True:
+            bus = make_bus("so101", str(tmp / name))
+            try:
+                bus.connect()
+                bus.close()
+                break
+            except BusError:
+                assert time.monotonic() < deadline, f"virtual bus {name} never answered every servo"
+                time.sleep(0.2)
 
 
 def _stop(p: subprocess.Popen) -> None:
