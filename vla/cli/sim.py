@@ -14,6 +14,12 @@ from vla.cli.common import bench_app, emit, fail, json_path, local_store, user_e
 log = logging.getLogger(__name__)
 
 
+RAY_HELP = (
+    "Run the episodes as Ray tasks on --workers actors: 'local' (a Ray instance on this machine) or a "
+    "cluster (auto, HOST:6379, ray://HOST:10001; see docs/scale.md). Needs pip install 'vla[ray]'."
+)
+
+
 def _sim_errors() -> tuple[type[BaseException], ...]:
     from vla.sim.env import ActionError
 
@@ -34,8 +40,7 @@ def collect_command(
         None,
         "--ray",
         metavar="ADDRESS",
-        help="Run the episodes as Ray tasks on --workers actors: 'local' (a Ray instance on this machine) or a "
-        "cluster (auto, HOST:6379, ray://HOST:10001; see docs/scale.md). Needs pip install 'vla[ray]'.",
+        help=RAY_HELP,
     ),
     keep_failed: Optional[bool] = typer.Option(
         None, "--keep-failed/--drop-failed", help="Keep unsuccessful episodes [default: the recipe's, usually no]."
@@ -136,8 +141,7 @@ def eval_command(
         None,
         "--ray",
         metavar="ADDRESS",
-        help="Run the episodes as Ray tasks on --workers actors: 'local' (a Ray instance on this machine) or a "
-        "cluster (auto, HOST:6379, ray://HOST:10001; see docs/scale.md). Needs pip install 'vla[ray]'.",
+        help=RAY_HELP,
     ),
     replan_every: Optional[int] = typer.Option(
         None,
