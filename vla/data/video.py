@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 from fractions import Fraction
@@ -77,26 +78,28 @@ class VideoCursor:
         self._container.close()
 
 
-def _scheduling() -> tuple[int, os.sched_param] | None:
-    if not hasattr(os, "sched_getscheduler"):
-        return None
-    return os.sched_getscheduler(0), os.sched_getparam(0)
-
-
-def _restore_scheduling(before: tuple[int, os.sched_param] | None) -> None:
+@contextlib.contextmanager
+def _keep_scheduling():
     """SVT-AV1, run as root, switches the thread that starts an encoder to SCHED_FIFO and leaves it so:
     every thread and process it starts afterwards would then run real-time too (a test's subprocess
     starved a virtual servo bus that way). Put the caller's policy back."""
-    if before is not None and (os.sched_getscheduler(0), os.sched_getparam(0)) != before:
-        try:
-            os.sched_setscheduler(0, before[0], before[1])
-        except OSError:
-            pass
+    if not hasattr(os, "sched_getscheduler"):
+        yield
+        return
+    before = os.sched_getscheduler(0), os.sched_getparam(0)
+    try:
+        yield
+    finally:
+        if (os.sched_getscheduler(0), os.sched_getparam(0)) != before:
+            try:
+                os.sched_setscheduler(0, *before)
+            except OSError:
+                pass
 
 
 class VideoWriter:
     """Append RGB frames to an mp4 (AV1 via SVT-AV1 as LeRobot writes, else H.264). The calling thread's
-    scheduling policy is the same after each call as before it (see _restore_scheduling)."""
+    scheduling policy is the same after each call as before it (see _keep_scheduling)."""
 
     def __init__(self, path: str | Path, fps: int, height: int, width: int, codec: str = "libsvtav1"):
         self.path = Path(path)
@@ -112,25 +115,19 @@ class VideoWriter:
         self.count = 0
 
     def add(self, frames: np.ndarray) -> None:
-        before = _scheduling()
-        try:
+        with _keep_scheduling():
             for img in frames:
                 vf = av.VideoFrame.from_ndarray(np.ascontiguousarray(img), format="rgb24")
                 vf.pts = self.count  # in units of 1/fps, the codec's time base
                 for packet in self.stream.encode(vf):
                     self._c.mux(packet)
                 self.count += 1
-        finally:
-            _restore_scheduling(before)
 
     def close(self) -> None:
-        before = _scheduling()
-        try:
+        with _keep_scheduling():
             for packet in self.stream.encode():
                 self._c.mux(packet)
             self._c.close()
-        finally:
-            _restore_scheduling(before)
 
 
 def video_codec_for(height: int, width: int) -> str | None:
