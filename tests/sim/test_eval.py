@@ -178,3 +178,56 @@ def test_seed_picks_another_block_of_held_out_scenes():
     assert [e["seed"] for e in r["tasks"][0]["errors"]] == [5_000_000, 5_000_001]
     with pytest.raises(SpecError, match="seed must be >= 0"):
         evaluate(Wrong(), _suite(episodes=1), progress=False, seed=-1)
+
+
+class _Staged:
+    """A PolicyLike that holds still (the test's env hands out the staged rewards)."""
+
+    def reset(self):
+        pass
+
+    def infer(self, obs):
+        return {"actions": np.tile(obs["observation/state"], (4, 1))}
+
+
+def test_eval_reports_how_far_failed_episodes_got_by_reward_stage(monkeypatch):
+    # gym-aloha rewards 1 touched, 2 lifted, 3 handed over (touching both), 4 done: a policy at 0/50
+    # that never touches the cube and one that lifts it every time differ only in these counts.
+    import vla.sim.eval as ev
+
+    stages = {0: 2.0, 1: 0.0, 2: 3.0}  # the highest stage each episode reaches, by episode index
+    made = ev.make_env
+
+    def staged_env(robot, task, **kw):
+        env = made(robot, task, **kw)
+        step, reset = env.step, env.reset
+        seen = {"k": 0}
+
+        def new_reset(**a):
+            seen["k"] = a["seed"] - 1_000_000
+            return reset(**a)
+
+        def new_step(action):
+            obs, _, term, trunc, info = step(action)
+            return obs, stages[seen["k"]] * (env.unwrapped.steps % 2), term, trunc, info  # rises and falls
+
+        env.reset, env.step = new_reset, new_step
+        return env
+
+    monkeypatch.setattr(ev, "make_env", staged_env)
+    monkeypatch.setattr(ev, "_ENVS", {})
+    r = evaluate(_Staged(), _suite(episodes=3), progress=False)
+    row = r["tasks"][0]
+    assert row["successes"] == 0
+    assert row["max_reward_counts"] == {"0": 1, "2": 1, "3": 1} and row["mean_max_reward"] == pytest.approx(
+        5 / 3, abs=1e-4
+    )
+    assert "highest reward stage reached: 0: 1, 2: 1, 3: 1" in format_results(r)
+
+
+def test_dense_rewards_give_a_mean_but_no_stage_counts():
+    from vla.sim.eval import _reward_stats
+
+    assert _reward_stats([0.25, 1.5]) == {"mean_max_reward": 0.875}
+    assert _reward_stats([]) == {}
+    assert _reward_stats([1.0, 0.0, 1.0]) == {"mean_max_reward": 0.6667, "max_reward_counts": {"0": 1, "1": 2}}

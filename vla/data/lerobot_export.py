@@ -267,9 +267,13 @@ def export_lerobot(
     embodiment: str | None = None,
     robot_type: str | None = None,
     images: str = "auto",
+    env_state: bool = True,
     progress: bool = True,
 ) -> dict:
-    """images: 'auto' (video where the codec allows, else PNG), 'video' or 'image'."""
+    """images: 'auto' (video where the codec allows, else PNG), 'video' or 'image'.
+    env_state: export the training-only scene facts as `observation.environment_state` (LeRobot's
+    policies take that feature as an input at inference, so a comparison that must not give them
+    the simulator's facts leaves it out)."""
     from tqdm import tqdm
 
     store = EpisodeStore.open(store_path)
@@ -284,7 +288,7 @@ def export_lerobot(
     codecs = _video_codecs(emb, images)
     video_cams = [c for c in emb.camera_names if codecs[c]]
     image_cams = [c for c in emb.camera_names if not codecs[c]]
-    env_dim = store.env_state_dim(embodiment)
+    env_dim = store.env_state_dim(embodiment) if env_state else 0
     task_list = sorted({i.task for i in infos})
     task_index = {t: k for k, t in enumerate(task_list)}
 

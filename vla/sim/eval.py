@@ -197,8 +197,22 @@ def _task_row(r: dict) -> dict:
         "success_rate": s / n if n else 0.0,
         "ci95": list(wilson(s, n)),
         "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
+        **_reward_stats(r.get("max_rewards", [])),
         "errors": r["errors"],
     }
+
+
+def _reward_stats(best: list[float]) -> dict:
+    """Partial progress: the mean over episodes of each one's highest reward, and, where the env's
+    rewards are stages (whole numbers, as gym-aloha's 0-4: touched, lifted, ... done), how many
+    episodes got furthest to each stage."""
+    if not best:
+        return {}
+    out = {"mean_max_reward": round(float(np.mean(best)), 4)}
+    if all(float(b).is_integer() for b in best):
+        values, counts = np.unique(np.asarray(best, int), return_counts=True)
+        out["max_reward_counts"] = {str(v): int(c) for v, c in zip(values, counts)}
+    return out
 
 
 def _overall(rows: list[dict], per: dict | None = None) -> dict:
@@ -280,6 +294,7 @@ def evaluate(
             "episodes": 0,
             "successes": 0,
             "lengths": [],
+            "max_rewards": [],
             "errors": [],
             "scheduled": executor is not None,
             "jumps": [],
@@ -305,6 +320,8 @@ def evaluate(
             r["episodes"] += 1
             r["successes"] += int(ep["success"])
             r["lengths"].append(ep["length"])
+            if ep.get("max_reward") is not None:
+                r["max_rewards"].append(ep["max_reward"])
             r["jumps"] += ep.get("boundary_jumps", [])
             r["requests"] += ep.get("requests", 0)
             if videos and ep["video"] and _keep_video(kept[f"{job['robot']}/{job['task']}"], ep["success"], num_videos):
@@ -355,6 +372,11 @@ def format_results(results: dict) -> str:
             f"{name:<34} {r['successes']:>4}/{r['episodes']:<4} {r['success_rate']:>6.2f} "
             f"{ci:>15} {ml:>9} {len(r['errors']):>6}"
         )
+    for r in results["tasks"]:  # staged rewards (gym-aloha's 0-4) say how far the failures got
+        stages = r.get("max_reward_counts") or {}
+        if set(stages) - {"0", "1"}:
+            got = ", ".join(f"{k}: {v}" for k, v in stages.items())
+            lines.append(f"  {r['robot']}/{r['task']}: episodes by highest reward stage reached: {got}")
     o = results["overall"]
     ci = "[{:.2f}, {:.2f}]".format(*o["ci95"])
     lines.append(f"{'overall':<34} {o['successes']:>4}/{o['episodes']:<4} {o['success_rate']:>6.2f} {ci:>15}")

@@ -100,7 +100,7 @@ def _run_episode(
     first_cam = f"observation/images/{emb.cameras[0].name}" if emb.cameras else None
     queue: list[np.ndarray] = []
     env_state = getattr(env.unwrapped, "environment_state", None) if record else None
-    success, steps, length = False, 0, 0
+    success, steps, length, best = False, 0, 0, None
     while True:
         if not queue:
             q = dict(obs)
@@ -118,7 +118,8 @@ def _run_episode(
             frames.append(f)
         if video and first_cam is not None:
             images.append(obs[first_cam])
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        best = _best(best, reward)
         steps += 1
         if not success and info.get("success", False):
             success, length = True, steps
@@ -129,11 +130,20 @@ def _run_episode(
     return {
         "success": success,
         "length": length if success else steps,
+        "max_reward": best,
         "task": instruction,
         "frames": frames,
         "video": images,
         "embodiment": emb.name,
     }
+
+
+def _best(best: float | None, reward) -> float | None:
+    """The running maximum of an episode's rewards (None while the env gave none)."""
+    if reward is None:
+        return best
+    r = float(reward)
+    return r if best is None else max(best, r)
 
 
 def hold_command(env) -> np.ndarray:
@@ -163,7 +173,7 @@ def _run_scheduled(env, policy, executor, delay_steps: int, *, seed: int, video:
     images: list[np.ndarray] = []
     pending = None  # (arrival tick, chunk, observation tick)
     horizon, jumps, requests, first = 0, [], 0, True
-    success, steps, length, k = False, 0, 0, 0
+    success, steps, length, k, best = False, 0, 0, 0, None
     while True:
         if pending is None and ex.want_request(k - 1):  # the observation of tick k - 1 (after its action)
             q = dict(obs)
@@ -183,7 +193,8 @@ def _run_scheduled(env, policy, executor, delay_steps: int, *, seed: int, video:
             first = False
         if video and first_cam is not None:
             images.append(obs[first_cam])
-        obs, _, terminated, truncated, info = env.step(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+        best = _best(best, reward)
         last = action
         k += 1
         steps += 1
@@ -196,6 +207,7 @@ def _run_scheduled(env, policy, executor, delay_steps: int, *, seed: int, video:
     return {
         "success": success,
         "length": length if success else steps,
+        "max_reward": best,
         "task": obs.get(TASK, ""),
         "frames": [],
         "video": images,

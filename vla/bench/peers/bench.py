@@ -352,7 +352,9 @@ def run(
         "policies": {},
     }
     lerobot_dir = out / "demos-lerobot"
-    source = {"store": str(Path(data).resolve()), "episodes": len(infos)}  # what the export was made from
+    # What the export was made from. The peers get the demos without the training-only scene facts:
+    # LeRobot's ACT and Diffusion Policy would take `observation.environment_state` as an input.
+    source = {"store": str(Path(data).resolve()), "episodes": len(infos), "environment_state": False}
     made_from = out / "demos-lerobot.json"
     if peers and not (made_from.exists() and json.loads(made_from.read_text()) == source):
         import shutil
@@ -363,7 +365,9 @@ def run(
         shutil.rmtree(lerobot_dir, ignore_errors=True)
         t1 = time.perf_counter()
         emb = embodiment_for(suite_cfg.tasks[0].robot, suite_cfg.image_size).name
-        results["export"] = export_lerobot(data, lerobot_dir, embodiment=emb, images="image", progress=progress)
+        results["export"] = export_lerobot(
+            data, lerobot_dir, embodiment=emb, images="image", env_state=False, progress=progress
+        )
         results["export"]["seconds"] = round(time.perf_counter() - t1, 1)
         made_from.write_text(json.dumps(source) + "\n")
     if versions:

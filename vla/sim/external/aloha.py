@@ -3,7 +3,8 @@
 Robot name "aloha"; embodiment envs/embodiments/aloha.toml: 14-D joint positions with ALOHA's
 normalized gripper (0 = closed, 1 = open), as gym-aloha and the LeRobot ALOHA datasets use.
 gym-aloha's own observation renders three 480x640 images per step; this adapter skips that and
-renders its cameras at the requested size with shadows off. Success is gym-aloha's top reward
+renders its cameras at the requested size with shadows off, and records the cube's (or the peg's
+and the socket's) position as the training-only scene facts (`environment_state`). Success is gym-aloha's top reward
 (4: transferred and lifted / peg in socket). Actions that make the physics diverge (dm_control's
 PhysicsError) end the episode there as a failure (truncated), not as an error.
 """
@@ -92,6 +93,14 @@ class AlohaSimEnv(gym.Env):
         obs[TASK] = self.instruction
         self._last_obs = obs
         return obs
+
+    def environment_state(self) -> np.ndarray:
+        """Training-only scene facts (vla.spec.ENV_STATE_LAYOUT), as the built-in tasks give them: the
+        object's xyz, then the goal's. Transfer-cube: the cube, twice (what the policy must find);
+        insertion: the peg (the right arm's), then the socket (the left arm's). Never observed."""
+        free = np.asarray(self._dm.task.get_env_state(self.physics), np.float32)  # 7 per free body
+        goal = free[:3] if self.task_name == "transfer-cube" else free[7:10]
+        return np.concatenate([free[:3], goal])
 
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)

@@ -114,6 +114,13 @@ class MetaWorldEnv(gym.Env):
         obs[TASK] = self.instruction
         return obs
 
+    def environment_state(self) -> np.ndarray:
+        """Training-only scene facts (vla.spec.ENV_STATE_LAYOUT): the task's object xyz (Meta-World's
+        observation[4:7]; on tasks without one, as reach, Meta-World puts zeros there), then its goal
+        (`_target_pos`, which Meta-World hides from the policy's observation). Never observed."""
+        goal = np.asarray(self._env.unwrapped._target_pos, np.float32)
+        return np.concatenate([np.asarray(self._raw[4:7], np.float32), goal])
+
     def reset(self, *, seed: int | None = None, options: dict | None = None):
         super().reset(seed=seed)
         k = int(self.np_random.integers(len(self._tasks)))
