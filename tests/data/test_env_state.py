@@ -3,6 +3,7 @@
 import json
 
 import numpy as np
+import pyarrow.parquet as pq
 import pytest
 import torch
 
@@ -170,3 +171,16 @@ def test_lerobot_export_import_keeps_env_state(mixed, tmp_path, emb):
         a, b = mixed.episode(i, images=False), back.episode(i, images=False)
         np.testing.assert_array_equal(b[ENV_STATE], a[ENV_STATE])  # NaN rows stay NaN
         np.testing.assert_array_equal(b[STATE], a[STATE])
+
+
+@pytest.mark.interop
+def test_lerobot_export_can_leave_the_scene_facts_out(mixed, tmp_path):
+    # `vla bench peers` exports so: LeRobot's ACT and Diffusion Policy would take
+    # observation.environment_state as an input, which the evaluation never gives them.
+    export_lerobot(mixed.path, tmp_path / "lr", images="image", env_state=False, progress=False)
+    info = json.loads((tmp_path / "lr" / "meta" / "info.json").read_text())
+    stats = json.loads((tmp_path / "lr" / "meta" / "stats.json").read_text())
+    assert "observation.environment_state" not in info["features"] and "observation.environment_state" not in stats
+    assert "observation.state" in info["features"]
+    table = pq.read_table(next((tmp_path / "lr" / "data").rglob("*.parquet")))
+    assert "observation.environment_state" not in table.column_names and table.num_rows == info["total_frames"]

@@ -183,6 +183,11 @@ def data_export_lerobot(
     ),
     robot_type: Optional[str] = typer.Option(None, help="robot_type in info.json [default: the embodiment name]."),
     images: str = typer.Option("auto", help="auto: AV1 video where the size allows, else PNG; video; image (PNG)."),
+    env_state: bool = typer.Option(
+        True,
+        help="Export the simulator's training-only scene facts as observation.environment_state (LeRobot's "
+        "policies take that feature as an input; --no-env-state leaves it out).",
+    ),
 ):
     """Export a store to LeRobot v3.0 (loadable by LeRobotDataset(repo_id, root=DST))."""
     from vla.data.lerobot_export import export_lerobot
@@ -190,7 +195,7 @@ def data_export_lerobot(
     if images not in ("auto", "video", "image"):
         fail(f"--images must be auto, video or image, got {images!r}")
     try:
-        r = export_lerobot(store, dst, embodiment=embodiment, robot_type=robot_type, images=images)
+        r = export_lerobot(store, dst, embodiment=embodiment, robot_type=robot_type, images=images, env_state=env_state)
     except user_errors() as e:
         fail(str(e))
     typer.echo(
