@@ -19,7 +19,8 @@ from typing import Any, Protocol
 IMAGE_PREFIX = "observation/images/"
 STATE = "observation/state"
 # Training-only scene facts from simulation (LeRobot's `observation.environment_state`): for the
-# built-in tasks and the ALOHA and Meta-World adapters ENV_STATE_LAYOUT below. Auxiliary losses read it; policies never see it at inference.
+# built-in tasks and the ALOHA and Meta-World adapters ENV_STATE_LAYOUT below. Auxiliary losses read
+# it; policies never see it at inference.
 ENV_STATE = "observation/environment_state"
 ENV_STATE_LAYOUT = ("object_x", "object_y", "object_z", "goal_x", "goal_y", "goal_z")
 ACTION = "action"

@@ -127,3 +127,24 @@ def test_bench_runs_end_to_end_on_a_tiny_suite_and_reuses_what_is_done(tmp_path)
     again = run(out, **kw)
     assert again["results"] == res["results"]
     assert ((out / "train-act.json").stat().st_mtime_ns, (out / "eval" / "vla-0.5min.json").stat().st_mtime_ns) == stamp
+
+
+def test_table_shows_how_far_each_policy_got_where_rewards_are_stages():
+    from vla.bench.peers.report import markdown
+
+    def row(policy, task, counts):
+        n = sum(counts.values())
+        return {"policy": policy, "task": task, "minutes": 30.0, "success_rate": counts.get("4", 0) / n,
+                "successes": counts.get("4", 0), "episodes": n, "errors": 0, "max_reward_counts": counts}  # fmt: skip
+
+    rows = [row("vla", "transfer-cube", {"0": 13, "2": 29, "4": 8}), row("act", "transfer-cube", {"0": 50})]
+    results = {
+        "results": rows, "averages": [], "minutes": 30.0, "suite": "aloha", "episodes_per_task": 50, "seed": 1,
+        "demos": {"episodes": 40}, "policies": {"vla": {"params": 1.5e6, "steps": 9}, "act": {"params": 5e7, "steps": 7}},
+    }  # fmt: skip
+    table = markdown(results)
+    assert "| transfer-cube | vla | 0: 13, 2: 29, 4: 8 |" in table
+    assert "| transfer-cube | LeRobot ACT | 0: 50 |" in table
+    for r in rows:  # a suite whose rewards are only success or not (the built-in tasks) has no such table
+        r["max_reward_counts"] = {"0": 3, "1": 1}
+    assert "stage" not in markdown(results)

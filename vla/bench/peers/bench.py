@@ -400,6 +400,7 @@ def run(
                         "ci95": [round(x, 4) for x in t["ci95"]],
                         "errors": len(t["errors"]),
                         "steps": point["step"],
+                        "max_reward_counts": t.get("max_reward_counts"),
                     }
                 )
     results["results"] = rows

@@ -56,7 +56,21 @@ def markdown(results: dict) -> str:
                 a = next((x for x in avgs if x["policy"] == p and x["minutes"] == m), None)
                 vals.append(f"{100 * a['success_rate']:.1f}% ({a['steps']} steps)" if a else "-")
             lines.append(f"| {LABELS.get(p, p)} | {' | '.join(vals)} |")
-    return "\n".join(head + lines)
+    return "\n".join(head + lines + _stages(rows, policies, end))
+
+
+def _stages(rows: list[dict], policies: list[str], end: float) -> list[str]:
+    """Where the suite's rewards are stages (gym-aloha's 0-4), how far each policy's episodes got."""
+    staged = [r for r in rows if r["minutes"] == end and r.get("max_reward_counts")]
+    if not any(set(r["max_reward_counts"]) - {"0", "1"} for r in staged):  # only success or not
+        return []
+    lines = ["", "Episodes by the highest reward stage they reached (gym-aloha: 4 is success):", ""]
+    lines += ["| task | policy | episodes per stage |", "|---|---|---|"]
+    for p in policies:
+        for r in (x for x in staged if x["policy"] == p):
+            got = ", ".join(f"{k}: {v}" for k, v in r["max_reward_counts"].items())
+            lines.append(f"| {r['task']} | {LABELS.get(p, p)} | {got} |")
+    return lines
 
 
 def plot_curves(results: dict, png: Path) -> Path:
