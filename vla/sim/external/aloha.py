@@ -3,9 +3,9 @@
 Robot name "aloha"; embodiment envs/embodiments/aloha.toml: 14-D joint positions with ALOHA's
 normalized gripper (0 = closed, 1 = open), as gym-aloha and the LeRobot ALOHA datasets use.
 gym-aloha's own observation renders three 480x640 images per step; this adapter skips that and
-renders its cameras at the requested size with shadows off, and records the cube's (or the peg's
-and the socket's) position as the training-only scene facts (`environment_state`). Success is gym-aloha's top reward
-(4: transferred and lifted / peg in socket). Actions that make the physics diverge (dm_control's
+renders its cameras at the requested size with shadows off, and gives the cube's (or the peg's and
+the socket's) position as the training-only scene facts (`environment_state`). Success is gym-aloha's
+top reward (4: transferred and lifted / peg in socket). Actions that make the physics diverge (dm_control's
 PhysicsError) end the episode there as a failure (truncated), not as an error.
 """
 

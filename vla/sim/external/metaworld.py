@@ -115,9 +115,9 @@ class MetaWorldEnv(gym.Env):
         return obs
 
     def environment_state(self) -> np.ndarray:
-        """Training-only scene facts (vla.spec.ENV_STATE_LAYOUT): the task's object xyz (Meta-World's
-        observation[4:7]; on tasks without one, as reach, Meta-World puts zeros there), then its goal
-        (`_target_pos`, which Meta-World hides from the policy's observation). Never observed."""
+        """Training-only scene facts (vla.spec.ENV_STATE_LAYOUT): the task's first object's xyz
+        (Meta-World's observation[4:7]: the puck, the door handle, ...), then its goal (`_target_pos`,
+        which Meta-World hides from the policy's observation). Never observed."""
         goal = np.asarray(self._env.unwrapped._target_pos, np.float32)
         return np.concatenate([np.asarray(self._raw[4:7], np.float32), goal])
 
