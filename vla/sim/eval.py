@@ -215,6 +215,11 @@ def _reward_stats(best: list[float]) -> dict:
     return out
 
 
+def staged(counts: dict | None) -> bool:
+    """Do these `max_reward_counts` show stages beyond success or not (gym-aloha's 0-4)?"""
+    return bool(set(counts or {}) - {"0", "1"})
+
+
 def _overall(rows: list[dict], per: dict | None = None) -> dict:
     n_all = sum(r["episodes"] for r in rows)
     s_all = sum(r["successes"] for r in rows)
@@ -373,9 +378,8 @@ def format_results(results: dict) -> str:
             f"{ci:>15} {ml:>9} {len(r['errors']):>6}"
         )
     for r in results["tasks"]:  # staged rewards (gym-aloha's 0-4) say how far the failures got
-        stages = r.get("max_reward_counts") or {}
-        if set(stages) - {"0", "1"}:
-            got = ", ".join(f"{k}: {v}" for k, v in stages.items())
+        if staged(r.get("max_reward_counts")):
+            got = ", ".join(f"{k}: {v}" for k, v in r["max_reward_counts"].items())
             lines.append(f"  {r['robot']}/{r['task']}: episodes by highest reward stage reached: {got}")
     o = results["overall"]
     ci = "[{:.2f}, {:.2f}]".format(*o["ci95"])

@@ -61,13 +61,15 @@ def markdown(results: dict) -> str:
 
 def _stages(rows: list[dict], policies: list[str], end: float) -> list[str]:
     """Where the suite's rewards are stages (gym-aloha's 0-4), how far each policy's episodes got."""
-    staged = [r for r in rows if r["minutes"] == end and r.get("max_reward_counts")]
-    if not any(set(r["max_reward_counts"]) - {"0", "1"} for r in staged):  # only success or not
+    from vla.sim.eval import staged
+
+    at_end = [r for r in rows if r["minutes"] == end and r.get("max_reward_counts")]
+    if not any(staged(r["max_reward_counts"]) for r in at_end):  # only success or not
         return []
     lines = ["", "Episodes by the highest reward stage they reached (gym-aloha: 4 is success):", ""]
     lines += ["| task | policy | episodes per stage |", "|---|---|---|"]
     for p in policies:
-        for r in (x for x in staged if x["policy"] == p):
+        for r in (x for x in at_end if x["policy"] == p):
             got = ", ".join(f"{k}: {v}" for k, v in r["max_reward_counts"].items())
             lines.append(f"| {r['task']} | {LABELS.get(p, p)} | {got} |")
     return lines
