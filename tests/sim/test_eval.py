@@ -212,9 +212,11 @@ def test_eval_reports_how_far_failed_episodes_got_by_reward_stage(monkeypatch):
             return obs, stages[seen["k"]] * (env.unwrapped.steps % 2), term, trunc, info  # rises and falls
 
         env.reset, env.step = new_reset, new_step
+        env.unwrapped.reward_stages = declared
         return env
 
     monkeypatch.setattr(ev, "make_env", staged_env)
+    declared = True
     monkeypatch.setattr(ev, "_ENVS", {})
     r = evaluate(_Staged(), _suite(episodes=3), progress=False)
     row = r["tasks"][0]
@@ -223,6 +225,14 @@ def test_eval_reports_how_far_failed_episodes_got_by_reward_stage(monkeypatch):
         5 / 3, abs=1e-4
     )
     assert "highest reward stage reached: 0: 1, 2: 1, 3: 1" in format_results(r)
+    # The same whole-number rewards from an env that does not declare stages (Meta-World's dense
+    # reward saturates at exactly 10.0 when a task is solved): a mean, no stage table.
+    declared = False
+    monkeypatch.setattr(ev, "_ENVS", {})
+    r = evaluate(_Staged(), _suite(episodes=3), progress=False)
+    row = r["tasks"][0]
+    assert "max_reward_counts" not in row and row["mean_max_reward"] == pytest.approx(5 / 3, abs=1e-4)
+    assert "highest reward stage" not in format_results(r)
 
 
 def test_dense_rewards_give_a_mean_but_no_stage_counts():
@@ -230,4 +240,8 @@ def test_dense_rewards_give_a_mean_but_no_stage_counts():
 
     assert _reward_stats([0.25, 1.5]) == {"mean_max_reward": 0.875}
     assert _reward_stats([]) == {}
-    assert _reward_stats([1.0, 0.0, 1.0]) == {"mean_max_reward": 0.6667, "max_reward_counts": {"0": 1, "1": 2}}
+    assert _reward_stats([1.0, 0.0, 1.0], stages=True) == {
+        "mean_max_reward": 0.6667,
+        "max_reward_counts": {"0": 1, "1": 2},
+    }
+    assert _reward_stats([10.0, 10.0]) == {"mean_max_reward": 10.0}  # saturated, not declared stages

@@ -70,6 +70,7 @@ def _eval_job(context: dict, job: dict) -> dict:
         delay_steps=delay,
     )  # fmt: skip
     ep["fps"] = int(env.metadata.get("render_fps", 20))
+    ep["reward_stages"] = bool(getattr(env.unwrapped, "reward_stages", False))
     return ep
 
 
@@ -197,19 +198,20 @@ def _task_row(r: dict) -> dict:
         "success_rate": s / n if n else 0.0,
         "ci95": list(wilson(s, n)),
         "mean_length": float(np.mean(r["lengths"])) if r["lengths"] else None,
-        **_reward_stats(r.get("max_rewards", [])),
+        **_reward_stats(r.get("max_rewards", []), stages=r.get("reward_stages", False)),
         "errors": r["errors"],
     }
 
 
-def _reward_stats(best: list[float]) -> dict:
-    """Partial progress: the mean over episodes of each one's highest reward, and, where the env's
-    rewards are stages (whole numbers, as gym-aloha's 0-4: touched, lifted, ... done), how many
-    episodes got furthest to each stage."""
+def _reward_stats(best: list[float], *, stages: bool = False) -> dict:
+    """Partial progress: the mean over episodes of each one's highest reward, and, where the env
+    declares its rewards stages (`reward_stages = True`, as gym-aloha's 0-4: touched, lifted, ...
+    done), how many episodes got furthest to each stage. A dense reward that saturates at a whole
+    number (Meta-World's 10) is not a stage."""
     if not best:
         return {}
     out = {"mean_max_reward": round(float(np.mean(best)), 4)}
-    if all(float(b).is_integer() for b in best):
+    if stages and all(float(b).is_integer() for b in best):
         values, counts = np.unique(np.asarray(best, int), return_counts=True)
         out["max_reward_counts"] = {str(v): int(c) for v, c in zip(values, counts)}
     return out
@@ -300,6 +302,7 @@ def evaluate(
             "successes": 0,
             "lengths": [],
             "max_rewards": [],
+            "reward_stages": False,
             "errors": [],
             "scheduled": executor is not None,
             "jumps": [],
@@ -327,6 +330,7 @@ def evaluate(
             r["lengths"].append(ep["length"])
             if ep.get("max_reward") is not None:
                 r["max_rewards"].append(ep["max_reward"])
+            r["reward_stages"] = r["reward_stages"] or ep.get("reward_stages", False)
             r["jumps"] += ep.get("boundary_jumps", [])
             r["requests"] += ep.get("requests", 0)
             if videos and ep["video"] and _keep_video(kept[f"{job['robot']}/{job['task']}"], ep["success"], num_videos):
