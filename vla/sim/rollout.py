@@ -64,9 +64,10 @@ def run_episode(
     Recorded frames are store-ready: image keys, `observation/state`, and the executed `action`,
     plus ENV_STATE (training-only scene facts, taken with the observation) when the env has one;
     `video` keeps the first camera's images. `max_reward` is the highest reward of any step (how far
-    a failed episode got, where the env's rewards are stages, as gym-aloha's). A local torch policy's sampling noise comes from
-    torch's global generator, which is seeded with `seed` for the episode (and restored after),
-    so the same checkpoint on the same seeds gives the same rollouts.
+    a failed episode got, where the env's rewards are stages, as gym-aloha's). A local torch
+    policy's sampling noise comes from torch's global generator, which is seeded with `seed` for
+    the episode (and restored after), so the same checkpoint on the same seeds gives the same
+    rollouts.
     """
     if executor is None:
         if delay_steps:

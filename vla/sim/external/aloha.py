@@ -56,7 +56,7 @@ def _lean_observation(self, physics):
 
 class AlohaSimEnv(gym.Env):
     metadata = {"render_modes": ["rgb_array"], "render_fps": 50}
-    reward_stages = True  # gym-aloha's rewards 0-4 are stages (touched, lifted, ... done): vla eval counts them
+    reward_stages = True  # gym-aloha's rewards 0-4 are stages (touched, lifted, ... done): vla eval counts
 
     def __init__(
         self,
