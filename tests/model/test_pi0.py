@@ -203,6 +203,26 @@ def test_flow_times_follow_beta_and_time_at_one():
         tiny_pi0(time_at_one=1.0)
 
 
+def test_noise_scale_scales_the_initial_noise_and_defaults_to_pi0():
+    m = Pi0Policy(tiny_pi0(), 64)
+    emb = ["b", "b"]
+    assert m.cfg.noise_scale == 1.0, "pi0 as published samples from N(0, I)"
+    drawn = torch.randn(2, m.cfg.horizon, 4, generator=torch.Generator().manual_seed(5))
+    assert torch.equal(m.initial_noise(emb, torch.Generator().manual_seed(5)), drawn)
+    m.cfg = dataclasses.replace(m.cfg, noise_scale=0.25)
+    assert torch.allclose(m.initial_noise(emb, torch.Generator().manual_seed(5)), 0.25 * drawn)
+    m.cfg = dataclasses.replace(m.cfg, noise_scale=0.0)
+    assert not m.initial_noise(emb, torch.Generator().manual_seed(5)).any()
+    m.eval()  # zero noise: one chunk per observation, whatever the generator
+    batch = m.cfg.example_batch(2, vocab_size=64)
+    a = m.sample_actions(batch, noise=m.initial_noise(batch["embodiment"]))
+    b = m.sample_actions(batch, noise=m.initial_noise(batch["embodiment"]))
+    assert torch.equal(a, b)
+    for bad in (-0.1, 1.5, True, "0"):
+        with pytest.raises(SpecError, match="noise_scale"):
+            tiny_pi0(noise_scale=bad)
+
+
 def test_guided_sampling_inpaints_the_frozen_prefix():
     torch.manual_seed(3)
     cfg = tiny_pi0(num_steps=5)

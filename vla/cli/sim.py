@@ -90,10 +90,10 @@ def _check_ray(address: Optional[str]) -> None:
 
 
 # Picklable policy factories, one per worker process (module-level: pickled by reference).
-def _load_checkpoint(path: str):
+def _load_checkpoint(path: str, noise_scale: float | None = None):
     from vla.runtime.policy import load_policy
 
-    return load_policy(path)
+    return load_policy(path, noise_scale=noise_scale)
 
 
 def _connect(url: str):
@@ -102,9 +102,11 @@ def _connect(url: str):
     return RemotePolicy(url)
 
 
-def resolve_policy(policy: str, workers: int, *, remote: bool = False):
+def resolve_policy(policy: str, workers: int, *, remote: bool = False, noise_scale: float | None = None):
     """'expert', a ws:// URL, or a checkpoint dir -> what `evaluate` takes (an object for 1 local worker,
-    else a factory: `remote` for Ray actors)."""
+    else a factory: `remote` for Ray actors). noise_scale: a checkpoint's sampling noise, overridden."""
+    if noise_scale is not None and not Path(policy).is_dir():
+        fail(f"--noise-scale sets a checkpoint's sampling noise; {policy!r} is not a checkpoint directory")
     if policy == "expert":
         return "expert"
     if policy.startswith(("ws://", "wss://")):
@@ -116,7 +118,7 @@ def resolve_policy(policy: str, workers: int, *, remote: bool = False):
                 f"POLICY must be 'expert', a ws://host:port policy server, or a checkpoint directory; "
                 f"{policy!r} is none of these (no such directory)"
             )
-        module, factory = "vla.runtime.policy", functools.partial(_load_checkpoint, policy)
+        module, factory = "vla.runtime.policy", functools.partial(_load_checkpoint, policy, noise_scale)
         what = "checkpoint loading (vla.runtime.policy.load_policy)"
     import importlib
 
@@ -170,6 +172,11 @@ def eval_command(
     delay_ms: float = typer.Option(
         0.0, help="Inference delay to inject with --mode, simulated in sim time (the env steps on meanwhile)."
     ),
+    noise_scale: Optional[float] = typer.Option(
+        None,
+        help="pi0 / pi0.5 checkpoints: start each chunk's denoising from noise of this scale, in [0, 1] "
+        "[default: the checkpoint's]: 1 samples as published, 0 gives one chunk per observation.",
+    ),
 ):
     """Success rate per task (95% CI), mean episode length, a bar chart and videos. The suite's robots
     and camera sizes are checked against the policy before the first episode. With --mode (and
@@ -186,6 +193,8 @@ def eval_command(
         fail(f"--delay-ms must be >= 0, got {delay_ms}")
     if delay_ms and mode is None:
         fail("--delay-ms needs a chunking --mode (sync, async, rtc, rtc-guided, ...)")
+    if noise_scale is not None and not 0.0 <= noise_scale <= 1.0:
+        fail(f"--noise-scale must be in [0, 1], got {noise_scale}")
     try:
         _check_ray(ray)
         if videos:
@@ -198,7 +207,7 @@ def eval_command(
             check_policy_robots(Checkpoint(policy, verify=False).embodiments, cfg, image_size or cfg.image_size)
     except _sim_errors() as e:
         fail(str(e))
-    pol = resolve_policy(policy, workers, remote=ray is not None)
+    pol = resolve_policy(policy, workers, remote=ray is not None, noise_scale=noise_scale)
     try:
         r = evaluate(
             pol,

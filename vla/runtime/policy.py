@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -53,10 +54,22 @@ RTC_KEYS = ("mode", "prev_chunk", "inference_delay", "execution_horizon", "sched
 
 class Policy:
     def __init__(
-        self, path: str | Path, *, device: str | None = None, num_steps: int | None = None, compile: bool = False
+        self,
+        path: str | Path,
+        *,
+        device: str | None = None,
+        num_steps: int | None = None,
+        compile: bool = False,
+        noise_scale: float | None = None,
     ):
+        """noise_scale: override the checkpoint's (pi0, pi0.5: the initial noise of each chunk's
+        denoising; 1 = as published, 0 = one chunk per observation)."""
         self.ckpt = Checkpoint(path)
         self.model, self.tf, self.cfg = build_from_checkpoint(self.ckpt)
+        if noise_scale is not None:
+            if not hasattr(self.model.cfg, "noise_scale"):
+                raise SpecError(f"noise_scale: this {self.ckpt.resolved.model_type} model samples from no noise")
+            self.cfg = self.model.cfg = replace(self.model.cfg, noise_scale=noise_scale)  # checked there
         if self.tf.missing_stats:  # e.g. converted without stats: actions in robot units are undefined
             raise SpecError(
                 f"{self.ckpt.path} has no norm stats for {self.tf.missing_stats}, so it cannot run a "

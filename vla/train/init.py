@@ -46,7 +46,7 @@ def check_same_type(ck: Checkpoint, preset: Preset) -> None:
 # the trainer, or used only by a random init.
 NOT_GEOMETRY = {"embodiments", "grad_checkpoint", "rtc_max_delay", "pretrained", "vision_pos_init", "init_std"}
 # Training choices a fine-tune may change: the preset's value is used.
-FROM_PRESET = ("num_steps", "mask_padded_actions", "time_at_one")
+FROM_PRESET = ("num_steps", "mask_padded_actions", "time_at_one", "noise_scale")
 
 
 def _differences(want, got, path: str = "") -> list[tuple[str, object, object]]:
