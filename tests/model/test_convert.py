@@ -563,7 +563,7 @@ def test_convert_and_export_refuse_other_backbones_clearly(tmp_path, converted):
         export_weights(ck, tmp_path / "hf")
 
 
-def test_export_of_a_grounding_checkpoint_refuses_in_one_line_and_its_advice_exports(tmp_path):
+def test_export_of_a_grounding_checkpoint_refuses_in_one_line_and_its_advice_exports(tmp_path, caplog):
     """pi0-tiny (the default CPU preset) has grounding tokens and a keypoint stem, which transformers'
     PI0 has no place for: `vla export-weights` says so in one line, exits non-zero and writes nothing;
     the preset it points to (pi0-tiny without its grounding lines) exports and loads in transformers."""
@@ -602,3 +602,9 @@ def test_export_of_a_grounding_checkpoint_refuses_in_one_line_and_its_advice_exp
     assert r.exit_code == 0, r.output
     _, info = PI0ForConditionalGeneration.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"] and not info["mismatched_keys"]
+    # pi0-tiny samples from zero (noise_scale = 0), which the published layout cannot record: said, not dropped.
+    from vla.model.interop.export import export_weights
+
+    with caplog.at_level("WARNING", logger="vla.model.interop.export"):
+        export_weights(ck, tmp_path / "hf2")
+    assert "noise_scale" in caplog.text and "zeros for 0" in caplog.text

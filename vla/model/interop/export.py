@@ -15,6 +15,7 @@ embodiment's heads zero-padded to that width, which gives that embodiment exactl
 from __future__ import annotations
 
 import json
+import logging
 import shutil
 from pathlib import Path
 
@@ -27,6 +28,8 @@ from vla.model.interop.layout import TO_LEROBOT, rename
 from vla.spec import SpecError
 
 PADDED = 32  # openpi's state / action width
+
+log = logging.getLogger(__name__)
 
 
 def _heads(weights: dict, cfg, embodiment: str | None) -> tuple[dict, int]:
@@ -127,6 +130,14 @@ def export_weights(ckpt: str | Path, out: str | Path, *, embodiment: str | None 
             f"{cfg.attach!r}, which that layout cannot hold"
         )
     _refuse_grounding(ck.path, rc.model_type, cfg)
+    if cfg.noise_scale != 1.0:  # sampling only: the weights are the same, the published samplers are not
+        log.warning(
+            "%s samples from noise scaled by %g (noise_scale); the exported layout has no such setting and "
+            "its samplers draw N(0, I): pass them noise = %g * N(0, I) (zeros for 0) to get this checkpoint's actions",
+            ck.path,
+            cfg.noise_scale,
+            cfg.noise_scale,
+        )
     vocab = rc.text_vocab or (ck.text().vocab_size if ck.text() is not None else 0)
     weights, width = _heads(ck.weights(), cfg, embodiment)
     renamed, unmatched = rename(weights, TO_LEROBOT[rc.model_type])
