@@ -84,7 +84,8 @@ def _fake_run(tmp_path):
             },
             "goal": {
                 "per_embodiment": {
-                    "arm7": {"first": 0.01, "end": 0.05, "spread": 0.02, "end_if_average": 0.2, "episodes": 32}
+                    "arm7": {"first": 0.01, "end": 0.05, "spread": 0.02, "end_if_average": 0.2, "episodes": 32},
+                    "arm5": {"first": 0.01, "end": 0.04, "spread": None, "end_if_average": 0.2, "episodes": 32},
                 },
                 "samples": 3,
             },
@@ -103,7 +104,8 @@ def test_report_has_every_section_and_assets(tmp_path):
     assert (tmp_path / "report_files" / "arm7_reach_seed1_success.mp4").exists()
     assert "8/10 = 80%" in text and "10/10 = 100%" in text
     assert "0.3000 with another episode's instruction (+200%)" in text  # the offline probe's line
-    assert "arm7 0.050 (always answering the average end point: 0.200" in text  # and the goal check
+    assert "arm7 0.050 (always answering the average end point: 0.200; spread across samples 0.020)" in text
+    assert "arm5 0.040 (always answering the average end point: 0.200; one chunk per observation" in text
 
 
 def test_missing_inputs_degrade_to_notes(tmp_path):

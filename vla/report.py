@@ -141,7 +141,12 @@ def _language_section(language: dict | None) -> list[str]:
         if goal:
             rows = "; ".join(
                 f"{html.escape(n)} {g['end']:.3f} (always answering the average end point: "
-                f"{g['end_if_average']:.3f}; spread across samples {g['spread']:.3f})"
+                f"{g['end_if_average']:.3f}; "
+                + (
+                    "one chunk per observation, sampled from zero)"
+                    if g["spread"] is None
+                    else f"spread across samples {g['spread']:.3f})"
+                )
                 for n, g in goal.items()
             )
             parts.append(

@@ -34,6 +34,7 @@ def test_vla_run_against_a_sim_robot_process(tmp_path, arm7_ckpt):
 name = "e2e"
 [policy]
 checkpoint = "{arm7_ckpt}"
+noise_scale = 0.0
 [robot]
 env = "vla/Arm7-Reach-v0"
 image_size = 32
@@ -65,6 +66,7 @@ out = "{tmp_path / "run"}"
     assert "deadline misses" in r.stdout and "histogram" in r.stdout
     s = json.loads((tmp_path / "r.json").read_text())
     assert s["ticks"] > 60 and s["inference"]["requests"] >= 2 and s["inference"]["failed"] == 0
+    assert s["noise_scale"] == 0.0  # the launch file's, passed to the child `vla serve` (the checkpoint has 1)
     assert s["recorded"] and s["recorded"][0]["frames"] > 30 and s["recorder_error"] is None
     assert s["recorder_dropped_frames"] >= sum(e.get("dropped_frames", 0) for e in s["recorded"])  # + an open episode
     for key in ("timing_json", "histogram_png", "ticks_csv", "interventions"):

@@ -63,6 +63,11 @@ def test_overrides_and_errors_name_the_key():
         load_launch({"policy": {"url": "ws://x:1"}, "control": {"mode": "turbo"}})
     with pytest.raises(SpecError, match="launch file not found"):
         load_launch("no-such-launch")
+    assert load_launch({"policy": {"checkpoint": "ck", "noise_scale": 0}}).policy.noise_scale == 0
+    with pytest.raises(SpecError, match=r"\[policy\] noise_scale: expected a number in \[0, 1\], got 2"):
+        load_launch({"policy": {"checkpoint": "ck", "noise_scale": 2}})
+    with pytest.raises(SpecError, match="vla serve --noise-scale"):
+        load_launch({"policy": {"url": "ws://x:1", "noise_scale": 0.5}})
 
 
 def test_user_driver_is_loaded_by_name():

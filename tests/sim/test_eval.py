@@ -245,3 +245,14 @@ def test_dense_rewards_give_a_mean_but_no_stage_counts():
         "max_reward_counts": {"0": 1, "1": 2},
     }
     assert _reward_stats([10.0, 10.0]) == {"mean_max_reward": 10.0}  # saturated, not declared stages
+
+
+def test_results_say_what_noise_a_checkpoint_sampled_from():
+    from types import SimpleNamespace
+
+    p = Counting(h=4)
+    p.cfg = SimpleNamespace(noise_scale=0.0)  # as a pi0 Policy's model config
+    r = evaluate(p, _suite(episodes=1), progress=False)
+    assert r["noise_scale"] == 0.0 and "noise_scale 0.0" in format_results(r).splitlines()[0]
+    r = evaluate(Counting(h=4), _suite(episodes=1), progress=False)  # a policy without one: nothing said
+    assert "noise_scale" not in r and "noise_scale" not in format_results(r)

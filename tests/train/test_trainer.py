@@ -206,6 +206,14 @@ def test_goal_error_compares_first_frame_chunks_with_where_the_demos_went(tmp_pa
     eps = [st.episode(i) for i, info in enumerate(st.infos()) if info.embodiment == name][:4]
     ends = np.stack([e["action"][min(h, len(e["action"])) - 1] for e in eps])
     assert r["end_if_average"] == pytest.approx(np.abs(ends - ends.mean(0)).mean(), abs=1e-4)
+    # Sampling from zero gives one chunk per observation: one draw, and no spread to report.
+    zero = train(
+        load_preset(write_preset(tmp_path / "z.toml"), {"model": {"noise_scale": 0.0}}),
+        two_stores[:1], tmp_path / "ck0", steps=2, progress=False,
+    )  # fmt: skip
+    g0 = goal_error(zero, two_stores[0], episodes=4, samples=3)
+    assert g0["samples"] == 1 and g0["noise_scale"] == 0.0 and g["noise_scale"] == 1.0
+    assert g0["per_embodiment"][name]["spread"] is None
 
 
 def test_shuffled_instructions_depend_on_the_episode_not_the_order():

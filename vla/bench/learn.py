@@ -184,7 +184,8 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
     with the demo at the chunk's last step (or the demo's end if it is shorter), over the
     position dims (unit rad or m; grippers left out). Per embodiment, in robot units:
     `first`: error of the chunk's first action; `end`: error at its last step (mean over dims
-    and samples); `spread`: std of the last step across samples (mean over dims);
+    and samples); `spread`: std of the last step across samples (mean over dims; None for a
+    checkpoint sampling from zero, noise_scale 0, which gives one chunk per observation);
     `end_if_average`: the error of always answering the average of those demo end points, the
     score of a policy that knows nothing about where this episode goes. `end` near it: the goal
     is not being read from the observation."""
@@ -196,6 +197,9 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
     from vla.spec import ACTION, EMBODIMENT
 
     policy = load_policy(ckpt)
+    noise_scale = getattr(policy.cfg, "noise_scale", None)
+    if noise_scale == 0:
+        samples = 1  # one chunk per observation: more draws would repeat it
     st = EpisodeStore.open(store)
     per: dict[str, list[tuple[float, float, float]]] = {}
     ends: dict[str, list[np.ndarray]] = {}
@@ -225,6 +229,7 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
             )
     out = {
         n: {k: round(float(np.mean([r[j] for r in rows])), 4) for j, k in enumerate(("first", "end", "spread"))}
+        | ({"spread": None} if samples == 1 else {})
         | {
             "end_if_average": round(float(np.abs(np.stack(ends[n]) - np.mean(ends[n], 0)).mean()), 4),
             "episodes": len(rows),
@@ -232,7 +237,7 @@ def goal_error(ckpt: str | Path, store: str | Path, *, episodes: int = 32, sampl
         for n, rows in per.items()
         if rows
     }
-    return {"per_embodiment": out, "samples": samples}
+    return {"per_embodiment": out, "samples": samples, "noise_scale": noise_scale}
 
 
 def grounding_error(ckpt: str | Path, store: str | Path, *, windows: int = 48, seed: int = 0) -> dict:

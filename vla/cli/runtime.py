@@ -36,15 +36,22 @@ def serve_command(
         help="torch.compile the pi0 denoising (about 2x faster on CPU); "
         "compiled before serving: minutes the first time, seconds once cached.",
     ),
+    noise_scale: Optional[float] = typer.Option(
+        None,
+        help="pi0 / pi0.5: scale of each chunk's initial noise, in [0, 1] (1: pi0 as published, "
+        "0: one chunk per observation) [default: the checkpoint's].",
+    ),
 ):
     """Serve a checkpoint over websocket + msgpack-numpy (openpi wire protocol; GET /healthz)."""
     from vla.runtime.server import ServerConfig, serve
 
+    if noise_scale is not None and not 0.0 <= noise_scale <= 1.0:
+        fail(f"--noise-scale must be in [0, 1], got {noise_scale}")
     try:
         cfg = ServerConfig(host=host, port=port, api_key=api_key, max_message_bytes=int(max_message_mb * 2**20))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:
             log.warning("serving on %s without an API key: anyone who can reach this port can drive the policy", host)
-        serve(checkpoint, cfg, device=device, compile=compile)
+        serve(checkpoint, cfg, device=device, compile=compile, noise_scale=noise_scale)
     except (ValueError, *user_errors()) as e:
         fail(str(e))
     except OSError as e:  # the port was taken between the check and the bind

@@ -201,10 +201,13 @@ def eval_command(
             check_output(videos, "a folder of eval videos", own=_videos_folder, overwrite=True, flag="--videos")
         cfg = load_suite(suite)
         executor = _scheduling(mode, replan_every or cfg.replan_every, cfg, policy)
-        if Path(policy).is_dir() and (workers > 1 or ray):  # loaded in the workers: check its robots here first
+        if Path(policy).is_dir() and (workers > 1 or ray):  # loaded in the workers: check it here first
             from vla.model.interop.checkpoint import Checkpoint
 
-            check_policy_robots(Checkpoint(policy, verify=False).embodiments, cfg, image_size or cfg.image_size)
+            ck = Checkpoint(policy, verify=False)
+            if noise_scale is not None and not hasattr(ck.resolved.model, "noise_scale"):
+                fail(f"--noise-scale: this {ck.resolved.model_type} model samples from no noise")
+            check_policy_robots(ck.embodiments, cfg, image_size or cfg.image_size)
     except _sim_errors() as e:
         fail(str(e))
     pol = resolve_policy(policy, workers, remote=ray is not None, noise_scale=noise_scale)

@@ -53,7 +53,7 @@ def _given(**options) -> dict:
 def train_command(
     preset: str = typer.Argument(
         ...,
-        help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-small, pi05-tiny, "
+        help="Policy preset name (policies/<name>.toml: pi0-tiny, pi0-tiny-facts, pi0-small, pi05-tiny, "
         "fast-tiny, pi0-paligemma, pi05-paligemma, fast-paligemma) or a .toml path.",
     ),
     data: str = typer.Option(..., help="Episode store(s), comma-separated."),

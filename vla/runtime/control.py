@@ -121,6 +121,7 @@ class ControlLoop:
             )
         self.policy_hz = float(pe.get("control_hz") or self.emb.control_hz)
         self.horizon = int(meta.get("action_horizon") or 0)
+        self.noise_scale = meta.get("noise_scale")  # pi0 / pi0.5 servers say what they sample from
         self.recorder, self.status = recorder, status
         self.stop_requested = threading.Event()
         self.estop_requested = threading.Event()
@@ -360,6 +361,7 @@ class ControlLoop:
             {
                 "outcome": outcome,
                 "mode": self.chunking_cfg.mode,
+                "noise_scale": self.noise_scale,
                 "hz": self.cfg.hz,
                 "inject_delay_ms": self.cfg.inject_delay_ms,
                 "episodes": episodes,

@@ -41,6 +41,7 @@ class PolicyConfig:
     embodiment: str = ""  # the checkpoint's embodiment for this robot [default: the robot's name]
     device: str = ""  # cpu, cuda ... for a local checkpoint
     compile: bool = False  # torch.compile the pi0 denoising (compiled before the loop starts)
+    noise_scale: float | None = None  # pi0 / pi0.5: override the checkpoint's initial-noise scale [0, 1]
     start_timeout_s: float = 180.0
 
     def __post_init__(self):
@@ -51,6 +52,13 @@ class PolicyConfig:
             )
         if self.url and not self.url.startswith(("ws://", "wss://")):
             raise SpecError(f"[policy] url: expected ws://host:port, got {self.url!r}")
+        if self.noise_scale is not None:
+            if self.url:
+                raise SpecError("[policy] noise_scale: set it where that server runs (vla serve --noise-scale)")
+            if isinstance(self.noise_scale, bool) or not isinstance(self.noise_scale, (int, float)):
+                raise SpecError(f"[policy] noise_scale: expected a number in [0, 1], got {self.noise_scale!r}")
+            if not 0.0 <= self.noise_scale <= 1.0:
+                raise SpecError(f"[policy] noise_scale: expected a number in [0, 1], got {self.noise_scale}")
 
     @property
     def api_key(self) -> str | None:

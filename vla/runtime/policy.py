@@ -106,6 +106,7 @@ class Policy:
             "checkpoint": str(self.ckpt.path),
             "step": self.ckpt.resolved.step,
             "action_horizon": self.cfg.horizon,
+            "noise_scale": getattr(self.cfg, "noise_scale", None),  # pi0 / pi0.5: the initial noise's scale
             "embodiments": {n: e.to_dict() for n, e in self.ckpt.embodiments.items()},
             # real-time chunking: the modes `infer(rtc=...)` takes, and the largest clean prefix a
             # "trained" request is fed (the rtc_max_delay the checkpoint was trained with; 0: none)
@@ -133,7 +134,8 @@ class Policy:
         rtc: real-time chunking (module docstring), for models that support it (pi0, pi0.5; others
         ignore it). guide / guide_weights: inpainting with the caller's weights: `guide` [h, a] in
         robot units is the plan the new chunk should agree with, `guide_weights` [h] in [0, 1]
-        how strongly.
+        how strongly. noise [h, a]: the chunk's initial noise, used as given (not scaled by the
+        checkpoint's noise_scale); without it, noise_scale x N(0, I) is drawn.
         """
         if rtc is not None:
             rtc = _check_rtc(rtc)

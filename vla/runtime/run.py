@@ -196,7 +196,7 @@ def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
         from vla.runtime.policy import load_policy
 
         def load():
-            policy = load_policy(p.checkpoint, device=p.device or None, compile=p.compile)
+            policy = load_policy(p.checkpoint, device=p.device or None, compile=p.compile, noise_scale=p.noise_scale)
             if p.compile:
                 policy.warmup()
             return policy
@@ -207,6 +207,7 @@ def _policy(cfg: LaunchConfig, stack: contextlib.ExitStack, out: Path):
         ["serve", p.checkpoint, "--host", "127.0.0.1", "--port", str(port)]
         + (["--device", p.device] if p.device else [])
         + (["--compile"] if p.compile else [])
+        + (["--noise-scale", str(p.noise_scale)] if p.noise_scale is not None else [])
     )
     proc = stack.enter_context(child_process(args, out / "policy_server.log", "policy server"))
 

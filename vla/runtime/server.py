@@ -305,14 +305,19 @@ def check_port(host: str, port: int) -> None:
 
 
 def serve(
-    checkpoint: str, config: ServerConfig = ServerConfig(), *, device: str | None = None, compile: bool = False
+    checkpoint: str,
+    config: ServerConfig = ServerConfig(),
+    *,
+    device: str | None = None,
+    compile: bool = False,
+    noise_scale: float | None = None,
 ) -> None:
     """Load a checkpoint and serve it until interrupted (`vla serve`). The port is checked first:
-    a port in use is reported before seconds of loading."""
+    a port in use is reported before seconds of loading. noise_scale overrides the checkpoint's."""
     from vla.runtime.policy import load_policy
 
     check_port(config.host, config.port)
-    policy = load_policy(checkpoint, device=device, compile=compile)
+    policy = load_policy(checkpoint, device=device, compile=compile, noise_scale=noise_scale)
     if policy.compiled:
         log.info("compiling the policy before serving (minutes the first time on this machine, then cached)")
         log.info("compiled in %.1f s", policy.warmup())

@@ -71,6 +71,7 @@ def _eval_job(context: dict, job: dict) -> dict:
     )  # fmt: skip
     ep["fps"] = int(env.metadata.get("render_fps", 20))
     ep["reward_stages"] = bool(getattr(env.unwrapped, "reward_stages", False))
+    ep["noise_scale"] = getattr(getattr(policy, "cfg", None), "noise_scale", None)  # pi0 / pi0.5 checkpoints
     return ep
 
 
@@ -311,6 +312,7 @@ def evaluate(
         for t in cfg.tasks
     }
     video_files: list[str] = []
+    noise_scales: set[float] = set()
     kept = {key: {"n": 0, "success": False, "fail": False} for key in per}
     t0 = time.perf_counter()
     bar = tqdm(total=len(jobs), desc=f"eval {cfg.name}", unit="ep", disable=not progress)
@@ -333,6 +335,8 @@ def evaluate(
             r["reward_stages"] = r["reward_stages"] or ep.get("reward_stages", False)
             r["jumps"] += ep.get("boundary_jumps", [])
             r["requests"] += ep.get("requests", 0)
+            if ep.get("noise_scale") is not None:
+                noise_scales.add(ep["noise_scale"])
             if videos and ep["video"] and _keep_video(kept[f"{job['robot']}/{job['task']}"], ep["success"], num_videos):
                 tag = "success" if ep["success"] else "fail"
                 path = Path(videos) / f"{job['robot']}_{job['task']}_seed{job['seed']}_{tag}.mp4"
@@ -346,6 +350,12 @@ def evaluate(
         "image_size": size,
         "seed": cfg.seed,
         "replan_every": context["replan_every"],
+        # what a pi0 / pi0.5 checkpoint sampled from (its own or --noise-scale's): one figure per run
+        **(
+            {"noise_scale": min(noise_scales) if len(noise_scales) == 1 else sorted(noise_scales)}
+            if noise_scales
+            else {}
+        ),
         **(
             {"chunking": {"mode": getattr(executor, "mode", type(executor).__name__), "delay_ms": float(delay_ms)}}
             if executor is not None
@@ -369,7 +379,8 @@ def evaluate(
 def format_results(results: dict) -> str:
     """A plain-text table of the results."""
     lines = [
-        f"policy {results['policy']}  suite {results['suite']}  seeds from {results.get('seed')}  ({results['seconds']} s)",
+        f"policy {results['policy']}  suite {results['suite']}  seeds from {results.get('seed')}  ({results['seconds']} s)"
+        + (f"  noise_scale {results['noise_scale']}" if "noise_scale" in results else ""),
         f"{'robot/task':<34} {'success':>9} {'rate':>6} {'95% CI':>15} {'mean len':>9} {'errors':>6}",
     ]
     for r in results["tasks"]:

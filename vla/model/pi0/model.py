@@ -33,6 +33,7 @@ Batch keys (model side, produced by vla.model.transforms):
 from __future__ import annotations
 
 import math
+import numbers
 from dataclasses import dataclass, replace
 from typing import ClassVar
 
@@ -99,10 +100,11 @@ class Pi0Config(ModelConfig):
             raise SpecError(f"{self.kind}: time_at_one must be in [0, 1), got {self.time_at_one}")
         if (
             isinstance(self.noise_scale, bool)
-            or not isinstance(self.noise_scale, (int, float))
+            or not isinstance(self.noise_scale, numbers.Real)
             or not (0.0 <= self.noise_scale <= 1.0)
         ):
             raise SpecError(f"{self.kind}: noise_scale must be a number in [0, 1], got {self.noise_scale!r}")
+        object.__setattr__(self, "noise_scale", float(self.noise_scale))  # np.float32 in, a JSON number out
         if not int_at_least(self.shared_head_dim, 0):
             raise SpecError(f"{self.kind}: shared_head_dim must be an int >= 0, got {self.shared_head_dim!r}")
         wide = {k: v for k, v in self.embodiments.items() if self.shared_head_dim and max(v) > self.shared_head_dim}
@@ -503,7 +505,7 @@ class Pi0Model(ActionModel):
         a_dim = self.action_width(emb)
         p, g = self.observe(batch)
         prefix, p_valid = p.embeds, p.valid
-        x = noise if noise is not None else torch.randn(b, self.cfg.horizon, a_dim)
+        x = noise if noise is not None else self.initial_noise(emb)  # given noise is used as given
         x = x.to(prefix.device, prefix.dtype)
         x0 = x.clone()
         if guide is not None:
