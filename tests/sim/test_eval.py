@@ -254,5 +254,8 @@ def test_results_say_what_noise_a_checkpoint_sampled_from():
     p.cfg = SimpleNamespace(noise_scale=0.0)  # as a pi0 Policy's model config
     r = evaluate(p, _suite(episodes=1), progress=False)
     assert r["noise_scale"] == 0.0 and "noise_scale 0.0" in format_results(r).splitlines()[0]
+    served = Counting(h=4)
+    served.metadata = {"policy_type": "pi0", "noise_scale": 1.0}  # as a RemotePolicy's, from its server
+    assert evaluate(served, _suite(episodes=1), progress=False)["noise_scale"] == 1.0
     r = evaluate(Counting(h=4), _suite(episodes=1), progress=False)  # a policy without one: nothing said
     assert "noise_scale" not in r and "noise_scale" not in format_results(r)

@@ -71,8 +71,17 @@ def _eval_job(context: dict, job: dict) -> dict:
     )  # fmt: skip
     ep["fps"] = int(env.metadata.get("render_fps", 20))
     ep["reward_stages"] = bool(getattr(env.unwrapped, "reward_stages", False))
-    ep["noise_scale"] = getattr(getattr(policy, "cfg", None), "noise_scale", None)  # pi0 / pi0.5 checkpoints
+    ep["noise_scale"] = _noise_scale(policy)
     return ep
+
+
+def _noise_scale(policy) -> float | None:
+    """What a pi0 / pi0.5 policy samples from: a checkpoint's config, or a server's metadata."""
+    own = getattr(getattr(policy, "cfg", None), "noise_scale", None)
+    if own is not None:
+        return own
+    meta = getattr(policy, "metadata", None)
+    return meta.get("noise_scale") if isinstance(meta, dict) else None
 
 
 def delay_steps(delay_ms: float, control_hz: float) -> int:
