@@ -56,6 +56,12 @@ def user_errors() -> tuple[type[BaseException], ...]:
     return (StoreError, SpecError, FileNotFoundError)
 
 
+def check_noise_scale(value: Optional[float]) -> None:
+    """--noise-scale (vla eval, vla serve): a pi0 / pi0.5 checkpoint's initial-noise scale, in [0, 1]."""
+    if value is not None and not 0.0 <= value <= 1.0:
+        fail(f"--noise-scale must be in [0, 1], got {value}")
+
+
 def json_path(value: Optional[Path]) -> Optional[Path]:
     """--json FILE, checked when the command line is parsed (before any slow work): a folder or a
     file that is not an earlier JSON result is refused, never replaced."""

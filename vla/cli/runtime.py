@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, json_path, show_on_stdout, user_errors
+from vla.cli.common import bench_app, check_noise_scale, emit, fail, json_path, show_on_stdout, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ def serve_command(
     """Serve a checkpoint over websocket + msgpack-numpy (openpi wire protocol; GET /healthz)."""
     from vla.runtime.server import ServerConfig, serve
 
-    if noise_scale is not None and not 0.0 <= noise_scale <= 1.0:
-        fail(f"--noise-scale must be in [0, 1], got {noise_scale}")
+    check_noise_scale(noise_scale)
     try:
         cfg = ServerConfig(host=host, port=port, api_key=api_key, max_message_bytes=int(max_message_mb * 2**20))
         if host not in ("127.0.0.1", "localhost", "::1") and not api_key:

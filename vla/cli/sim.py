@@ -9,7 +9,7 @@ from typing import Optional
 
 import typer
 
-from vla.cli.common import bench_app, emit, fail, json_path, local_store, user_errors
+from vla.cli.common import bench_app, check_noise_scale, emit, fail, json_path, local_store, user_errors
 
 log = logging.getLogger(__name__)
 
@@ -193,8 +193,7 @@ def eval_command(
         fail(f"--delay-ms must be >= 0, got {delay_ms}")
     if delay_ms and mode is None:
         fail("--delay-ms needs a chunking --mode (sync, async, rtc, rtc-guided, ...)")
-    if noise_scale is not None and not 0.0 <= noise_scale <= 1.0:
-        fail(f"--noise-scale must be in [0, 1], got {noise_scale}")
+    check_noise_scale(noise_scale)
     try:
         _check_ray(ray)
         if videos:

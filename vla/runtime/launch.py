@@ -55,10 +55,9 @@ class PolicyConfig:
         if self.noise_scale is not None:
             if self.url:
                 raise SpecError("[policy] noise_scale: set it where that server runs (vla serve --noise-scale)")
-            if isinstance(self.noise_scale, bool) or not isinstance(self.noise_scale, (int, float)):
-                raise SpecError(f"[policy] noise_scale: expected a number in [0, 1], got {self.noise_scale!r}")
-            if not 0.0 <= self.noise_scale <= 1.0:
-                raise SpecError(f"[policy] noise_scale: expected a number in [0, 1], got {self.noise_scale}")
+            n = self.noise_scale
+            if isinstance(n, bool) or not isinstance(n, (int, float)) or not 0.0 <= n <= 1.0:
+                raise SpecError(f"[policy] noise_scale: expected a number in [0, 1], got {n!r}")
 
     @property
     def api_key(self) -> str | None:
