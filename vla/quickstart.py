@@ -1,7 +1,7 @@
 """The embedded default run behind `vla quickstart` / `launch/quickstart.sh`.
 
-    1 collect   scripted demos: arm7 + arm5 language-conditioned reach-goal and pick-place
-                (datasets/quickstart.toml)
+    1 collect   scripted demos: arm7 + arm5 language-conditioned reach-goal, pick-place and reach
+                with a free layout (datasets/quickstart.toml; the suite evaluates the first two)
     2 inspect   dataset summary, norm stats, contact sheet
     3 train     pi0-tiny on the demos (CPU)
     4 eval      the policy and the scripted expert on held-out seeds (suite `quickstart`), with
