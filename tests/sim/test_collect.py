@@ -96,7 +96,7 @@ def test_crashed_episode_is_reported_with_its_seed(tmp_path, monkeypatch):
 def test_recipes_load_and_bad_ones_say_why(tmp_path):
     q = load_recipe("quickstart")
     assert {(t.robot, t.task) for t in q.tasks} == {
-        (r, t) for r in ("arm7", "arm5") for t in ("reach-goal", "pick-place")
+        (r, t) for r in ("arm7", "arm5") for t in ("reach-goal", "pick-place", "reach")
     }
     bad = tmp_path / "bad.toml"
     bad.write_text('[[tasks]]\nrobot = "arm7"\ntask = "juggle"\n')
