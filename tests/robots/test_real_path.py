@@ -124,14 +124,23 @@ def test_calibrate_record_train_run_on_virtual_buses(tmp_path):
         assert s.num_episodes == 2 and s.info(0).task == "pick up the cube"
         assert [s.info(i).length for i in range(2)] == frames
         assert {str(s.codec("so101", c)) for c in ("front", "wrist")} == {"jpeg:75"}
-        ep = s.episode(1)
-        assert ep[image_key("front")].shape == (frames[1], SIZE, SIZE, 3) and ep[image_key("wrist")].std() > 0
-        # The follower followed: every joint the leader moved (> 10 units) moved with it, a tick or two behind.
+        eps = [s.episode(i) for i in range(2)]
+        for ep, n in zip(eps, frames):
+            assert ep[image_key("front")].shape == (n, SIZE, SIZE, 3) and ep[image_key("wrist")].std() > 0
+        # The follower followed: every joint the leader moved (> 10 units) moved with it, a few ticks behind.
+        # The scripted hand holds still for about a second of its ~7 s loop (as a person pauses after a take),
+        # and where in the loop an episode falls depends on the machine's speed; the two episodes are 1.3 s
+        # apart, so at least one of them sees the hand move: check the one where it moved the most.
+        ep = max(eps, key=lambda e: np.ptp(e["action"], axis=0).max())
         action, state = ep["action"], ep[STATE]
         moved = np.flatnonzero(np.ptp(action, axis=0) > 10)
         assert len(moved), "the leader's hand did not move"
         for j in moved:
-            assert np.corrcoef(action[8:-2, j], state[10:, j])[0, 1] > 0.8, (j, action[:, j], state[:, j])
+            # After its first catch-up (8 ticks), the follower's position at the best lag of 0-4 ticks is within
+            # 10% of the leader's travel on average; a follower that stayed where it began is off by far more.
+            a, q = action[8:, j], state[8:, j]
+            err = min(np.abs(a[: len(a) - k] - q[k:]).mean() for k in range(5))
+            assert err < 2 + 0.1 * np.ptp(action[:, j]), (j, err, action[:, j], state[:, j])
         t_rec = time.monotonic()
 
         # 3. train a few steps on the recording
