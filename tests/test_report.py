@@ -143,10 +143,3 @@ def test_report_renders_in_headless_chromium(tmp_path):
 
     img = np.asarray(Image.open(shot).convert("L"))
     assert img.std() > 5, "the screenshot is blank"
-
-
-def test_quickstart_names_each_kind_of_safety_intervention():
-    from vla.quickstart import _by_kind
-
-    assert _by_kind({"position_limit": 3, "velocity_limit": 2, "estop": 0}) == "5 (position limit 3, velocity limit 2)"
-    assert _by_kind({"position_limit": 0}) == "0"

@@ -265,17 +265,11 @@ def _pick_videos(videos: list[str]) -> list[str]:
     return succ + fail
 
 
-def _by_kind(counts: dict) -> str:
-    """{"position_limit": 3, "estop": 0, ...} -> "3 (position limit 3)"."""
-    total = sum(counts.values())
-    kinds = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in counts.items() if v)
-    return f"{total} ({kinds})" if total else "0"
-
-
 def _deploy(ckpt: Path, out: Path, seconds: float):
     """Short real-time run of arm7 reach-goal through `vla serve` (child) + `vla sim-robot` (child) + the loop."""
     from vla.runtime.launch import load_launch
     from vla.runtime.run import run_deployment
+    from vla.runtime.safety import describe_interventions
 
     # Episodes (5 s of reach each) restart until the duration is up: the run lasts `seconds`.
     overrides = {
@@ -295,7 +289,7 @@ def _deploy(ckpt: Path, out: Path, seconds: float):
         "inference latency p50 / p99 (ms)": "{p50} / {p99}".format(**summary["inference"]["latency_ms"]),
         "held ticks (first chunk, waits, watchdog)": t["held_ticks"],
         "watchdog holds": (summary.get("safety") or {}).get("watchdog_hold", 0),
-        "safety interventions": _by_kind(summary.get("safety") or {}),
+        "safety interventions": describe_interventions(summary.get("safety") or {}, summary.get("safety_by_dim")),
         "episodes that reached the target": "{} of {}".format(
             summary.get("successes", 0), sum(e.get("success") is not None for e in summary.get("episodes", []))
         ),

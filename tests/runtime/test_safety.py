@@ -3,7 +3,7 @@ import math
 import numpy as np
 import pytest
 
-from vla.runtime.safety import SafetyConfig, SafetyFilter
+from vla.runtime.safety import SafetyConfig, SafetyFilter, describe_interventions
 from vla.spec import SpecError
 
 from helpers import tiny_embodiment
@@ -49,6 +49,20 @@ def test_limit_margin_spares_the_gripper():
     for tick, (a, want) in enumerate((([0.5, 0.0], [0.5, 0.0]), ([0.5, 1.0], [0.5, 1.0]), ([1.0, 0.0], [0.99, 0.0]))):
         assert np.allclose(f.filter(tick, a), want)
     assert f.counts["position_limit"] == 1 and f.events[0].dims == [0]
+    f.filter(3, [0.5, 1.002])  # a gripper command a hair past closed is clipped too, and counted by name
+    assert f.counts["position_limit"] == 2 and f.by_dim == {"position_limit": {"j": 1, "gripper": 1}}
+
+
+def test_interventions_are_described_by_kind_and_action_name():
+    f = SafetyFilter(EMB, SafetyConfig(max_velocity=1.0), dt=0.1, initial=np.zeros(3))
+    for tick in range(3):
+        f.filter(tick, [9, 0, 9 if tick == 0 else 0])  # a0 past its limit and too fast each tick; a2 once
+    assert f.by_dim == {"position_limit": {"a0": 3, "a2": 1}, "velocity_limit": {"a0": 3, "a2": 1}}
+    assert (
+        describe_interventions(f.counts, f.by_dim) == "6 (position limit 3: a0 3, a2 1; velocity limit 3: a0 3, a2 1)"
+    )
+    assert describe_interventions({"estop": 1, "watchdog_hold": 0}) == "1 (estop 1)"
+    assert describe_interventions({"position_limit": 0}) == "0"
 
 
 def test_config_errors_name_the_key():

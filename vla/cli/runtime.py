@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Optional
@@ -104,6 +103,7 @@ def run_command(
 ):
     """Run the real-time control loop of a deployment: robot + policy + safety, recorded."""
     from vla.runtime.run import run_deployment
+    from vla.runtime.safety import describe_interventions
 
     ov: dict = {}
     control = {k: v for k, v in {"mode": mode, "duration_s": duration, "episodes": episodes}.items() if v is not None}
@@ -133,7 +133,7 @@ def run_command(
         f"  inference p50/p99 {inf['latency_ms']['p50']}/{inf['latency_ms']['p99']} ms over {inf['requests']} "
         f"chunks, delay {inf['delay_ticks']['p50']} ticks; chunk-boundary jump p50/max {jump['p50']}/{jump['max']}"
     )
-    typer.echo(f"  safety interventions {r['interventions']} {json.dumps({k: v for k, v in r['safety'].items() if v})}")
+    typer.echo(f"  safety interventions {describe_interventions(r['safety'], r.get('safety_by_dim'))}")
     typer.echo(
         f"  episodes {len(r['episodes'])} finished, {r['successes']} succeeded; recorded "
         f"{len(r['recorded'])} into {r['store']} ({r.get('recorder_dropped_frames', 0)} frames dropped)"

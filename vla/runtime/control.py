@@ -367,6 +367,7 @@ class ControlLoop:
                 "episodes": episodes,
                 "successes": sum(e["success"] for e in episodes),
                 "safety": dict(safety.counts),
+                "safety_by_dim": {k: dict(v) for k, v in safety.by_dim.items()},
                 "interventions": safety.interventions,
                 "executor": dict(ex.stats),
                 "delay_estimate_ticks": ex.delay_ticks,

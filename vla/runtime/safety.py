@@ -7,8 +7,9 @@ In order, per tick:
   3. velocity: |a_t - a_{t-1}| <= max_velocity * dt per dim;
   4. acceleration: |v_t - v_{t-1}| <= max_acceleration * dt per dim.
 Holds (watchdog, e-stop, no plan yet) re-send the last safe command. Every intervention is
-counted by kind and logged (the first of each kind as a warning, then at debug level) and kept
-as an event list for the run's timing log.
+counted by kind and, for the per-dim kinds, by action name (`by_dim`: a gripper command a hair past
+its range and an elbow at its limit read differently), logged (the first of each kind as a warning,
+then at debug level) and kept as an event list for the run's timing log.
 
 Velocity and acceleration limits are not part of the Embodiment spec: they come from the
 launch file's [safety] section, as a number for every dim, a list (one per action dim), or a
@@ -95,6 +96,7 @@ class SafetyFilter:
         self.vmax = per_dim(cfg.max_velocity, emb, "max_velocity")
         self.amax = per_dim(cfg.max_acceleration, emb, "max_acceleration")
         self.counts = {k: 0 for k in KINDS}
+        self.by_dim: dict[str, dict[str, int]] = {}  # kind -> action name -> ticks it acted on that dim
         self.events: list[Intervention] = []
         self.last: np.ndarray | None = (
             None if initial is None else np.clip(np.asarray(initial, np.float64), self.low, self.high)
@@ -103,6 +105,10 @@ class SafetyFilter:
 
     def _record(self, tick: int, kind: str, dims=(), detail: str = "") -> None:
         self.counts[kind] += 1
+        for d in dims:
+            per = self.by_dim.setdefault(kind, {})
+            name = self.emb.actions[int(d)].name
+            per[name] = per.get(name, 0) + 1
         if len(self.events) < MAX_EVENTS:
             self.events.append(Intervention(tick, kind, [int(d) for d in dims], detail))
         level = logging.WARNING if self.counts[kind] == 1 else logging.DEBUG
@@ -158,3 +164,15 @@ class SafetyFilter:
             self.vel = (out - self.last) / dt
         self.last = out
         return out.astype(np.float32)
+
+
+def describe_interventions(counts: dict, by_dim: dict | None = None) -> str:
+    """A run's `safety` and `safety_by_dim` in words: "4 (position limit 3: gripper 3; estop 1)", or "0"."""
+    by_dim = by_dim or {}
+
+    def one(kind: str, n: int) -> str:
+        dims = ", ".join(f"{name} {c}" for name, c in sorted(by_dim.get(kind, {}).items(), key=lambda x: -x[1]))
+        return f"{kind.replace('_', ' ')} {n}" + (f": {dims}" if dims else "")
+
+    total = sum(counts.values())
+    return f"{total} ({'; '.join(one(k, n) for k, n in counts.items() if n)})" if total else "0"
