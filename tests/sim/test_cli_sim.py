@@ -49,3 +49,17 @@ def test_bad_names_are_one_line_errors(tmp_path):
     assert r.exit_code == 2 and "POLICY must be 'expert'" in r.output
     r = runner.invoke(app, ["collect", "no-such-recipe", "--out", str(tmp_path / "s")])
     assert r.exit_code == 2 and "recipe not found" in r.output
+
+
+def test_eval_results_name_the_checkpoint_or_server_not_the_loader(tmp_path):
+    """With workers, `vla eval` hands `evaluate` a factory (functools.partial); the results named
+    it "partial" instead of the checkpoint, so two eval JSONs could not be told apart."""
+    from vla.cli.sim import resolve_policy
+    from vla.sim.eval import _policy_name
+
+    ck = tmp_path / "my-ckpt"
+    ck.mkdir()
+    assert _policy_name(resolve_policy(str(ck), workers=2)) == str(ck)
+    assert _policy_name(resolve_policy(str(ck), workers=2, noise_scale=0.0)) == str(ck)
+    assert _policy_name(resolve_policy("ws://127.0.0.1:9", workers=2)) == "ws://127.0.0.1:9"
+    assert _policy_name("expert") == "expert"

@@ -127,8 +127,13 @@ def _jump_stats(jumps: list[float]) -> dict:
 
 
 def _policy_name(policy) -> str:
-    if isinstance(policy, str):
-        return policy
+    """What the results call the policy: its name, or for a factory (functools.partial, as `vla eval`
+    with workers and the benches pass) the checkpoint path or server URL it loads from."""
+    if isinstance(policy, (str, Path)):
+        return str(policy)
+    if isinstance(policy, functools.partial):
+        source = next((a for a in policy.args if isinstance(a, (str, Path))), None)
+        return str(source) if source is not None else _policy_name(policy.func)
     return getattr(policy, "name", None) or getattr(policy, "__name__", None) or type(policy).__name__
 
 
