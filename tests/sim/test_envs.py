@@ -117,3 +117,29 @@ def test_embodiment_tomls_match_the_robots():
         emb = robot.embodiment(32)
         assert emb.action_dim == {"arm7": 8, "arm5": 6, "bimanual": 14}[robot.name]
         assert all(c.height == 32 for c in emb.cameras)
+
+
+def _project(model, data, camera, points):
+    """Image coordinates in [0, 1] (u right, v down) of world points seen by a MuJoCo camera."""
+    cid = model.camera(camera).id
+    pos, rot = data.cam_xpos[cid], data.cam_xmat[cid].reshape(3, 3)
+    f = 0.5 / np.tan(np.radians(model.cam_fovy[cid]) / 2)
+    c = (np.asarray(points) - pos) @ rot  # camera frame: x right, y up, looking down -z
+    return np.stack([0.5 + f * c[:, 0] / -c[:, 2], 0.5 - f * c[:, 1] / -c[:, 2]], axis=1)
+
+
+@pytest.mark.parametrize("robot", sorted({r for r, _ in PAIRS}))
+def test_front_camera_frames_the_workspace(robot):
+    """Where the objects spawn must fill a fair share of the front image: the bimanual camera that saw
+    the whole room (its workspace 1.6% of the frame, a bar 8 x 3 pixels at 96x96) left the handover's
+    policy unable to tell the named bar from the other (its grounding at chance)."""
+    task = next(t for r, t in PAIRS if r == robot)
+    env = vla.sim.make_env(robot, task, image_size=16)
+    env.reset(seed=0)
+    u = env.unwrapped
+    x0, x1, y0, y1 = u.robot.workspace
+    uv = _project(u.model, u.data, "front", [[x, y, 0.02] for x, y in ((x0, y0), (x1, y0), (x1, y1), (x0, y1))])
+    assert ((uv > 0) & (uv < 1)).all(), f"{robot}: workspace corners outside the front image: {uv.round(3)}"
+    area = 0.5 * abs(np.dot(uv[:, 0], np.roll(uv[:, 1], 1)) - np.dot(uv[:, 1], np.roll(uv[:, 0], 1)))
+    assert area >= 0.05, f"{robot}: the workspace covers {area:.1%} of the front image"
+    env.close()
