@@ -15,6 +15,10 @@ from vla.sim.gl import ensure_offscreen_gl
 
 ensure_offscreen_gl()  # before any sim module imports mujoco
 
+from vla.sim.mujoco_log import route_mujoco_warnings  # noqa: E402
+
+route_mujoco_warnings()  # not MUJOCO_LOG.TXT in the user's working folder
+
 from vla.sim.registry import builtin_pairs, env_id, list_robots, list_tasks, make_env, register_all  # noqa: E402
 
 register_all()
