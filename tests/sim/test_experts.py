@@ -45,7 +45,7 @@ def test_zero_action_policy_fails():
 def test_push_expert_comes_down_clear_of_the_block(robot):
     """The push expert sets its fingers down on the table `run_up` behind the block's face, not beside
     it: a learned copy, a couple of centimetres off, then still lands on the table rather than on the
-    block's top (where it got stuck with the old 2.5 cm gap)."""
+    block's top (where a learned policy at times stayed with the old 2.5 cm gap)."""
     import numpy as np
 
     env = vla.sim.make_env(robot, "push", image_size=16)

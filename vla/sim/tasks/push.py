@@ -26,9 +26,9 @@ class PushConfig(TaskConfig):
     num_blocks: int = 3
     min_push: float = 4.0  # push distance range, in block half edges
     max_push: float = 7.0
-    # Gap (m) between the block's face and where the gripper comes down before its first stroke. At
-    # 2.5 cm a learned policy's 1.5-3 cm error in that spot set its fingers down on the block's top,
-    # where they stayed (docs/status.md); from 4.5 cm it comes down on the table and slides in.
+    # Gap (m) between the block's face and where the gripper comes down before its first stroke (the
+    # re-aims between strokes keep 2.5 cm). At 2.5 cm a learned policy, 1.5-3 cm off that spot,
+    # stalled at the block, at times with its fingers on the block's top (docs/status.md).
     run_up: float = 0.045
 
 
