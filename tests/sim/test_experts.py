@@ -1,5 +1,6 @@
 """The scripted experts clear the success bar on every built-in task (fixed seeds, small images)."""
 
+import numpy as np
 import pytest
 
 import vla.sim
@@ -25,7 +26,6 @@ def test_expert_success(robot, task):
 
 def test_zero_action_policy_fails():
     """A do-nothing policy must not count as success (the success checks can fail)."""
-    import numpy as np
 
     class Hold:
         def reset(self):
@@ -46,8 +46,6 @@ def test_push_expert_comes_down_clear_of_the_block(robot):
     """The push expert sets its fingers down on the table `run_up` behind the block's face, not beside
     it: a learned copy, a couple of centimetres off, then still lands on the table rather than on the
     block's top (where a learned policy at times stayed with the old 2.5 cm gap)."""
-    import numpy as np
-
     env = vla.sim.make_env(robot, "push", image_size=16)
     expert = vla.sim.make_expert(env, noise=0.02, seed=0)
     e = env.unwrapped
